@@ -1,0 +1,258 @@
+"""The agent's configuration file: schema, defaults and validation.
+
+Decides what a valid configuration is; never opens sockets or starts anything.
+Every error reads ``path:line: field: message`` (see ``yamlpos``). Each section belongs
+to one part of the agent; its defaults are the ones an operator gets without writing
+anything, with the reason for each where it is not obvious.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent import yamlpos
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``str()`` holds one ``path:line: message`` per problem."""
+
+
+class _Model(BaseModel):
+    # Unknown fields are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def _cidr(v: str) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=False))
+    except ValueError:
+        raise ValueError(f"{v!r} is not a CIDR") from None
+
+
+def _ip(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+
+
+class NodeConfig(_Model):
+    name: str = Field(default_factory=lambda: os.uname().nodename)
+    # The underlay address other hosts reach on :15008 (and its IPv6 twin, if any).
+    address: str = "127.0.0.1"
+    address6: str | None = None
+
+    _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
+
+    @field_validator("address6")
+    @classmethod
+    def _v6(cls, v: str | None) -> str | None:
+        return None if v is None else _ip(v)
+
+
+class PeerNode(_Model):
+    """Another host of the mesh: where its pods live and where its tunnel listens."""
+
+    name: str
+    address: str
+    address6: str | None = None
+    pod_cidrs: list[str] = []
+
+    _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
+    _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+
+
+class ServiceConfig(_Model):
+    """A virtual IP with endpoints (pod IPs or remote addresses) per port."""
+
+    name: str
+    namespace: str = "default"
+    vip: str
+    ports: list[int] = []
+    endpoints: list[str] = []
+    target_port: int | None = None
+
+    _v_vip = field_validator("vip")(classmethod(lambda cls, v: _ip(v)))
+
+
+class ClusterConfig(_Model):
+    # This node's pod CIDRs (capture of inbound traffic from outside the node).
+    pod_cidrs: list[str] = []
+    nodes: list[PeerNode] = []
+    services: list[ServiceConfig] = []
+
+    _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+
+
+class AdminConfig(_Model):
+    socket: str = "/run/hostmesh/admin.sock"
+    # 0600 by default; with a group the socket is 0660 and that group's members may call.
+    group: str | None = None
+    allowed_uids: list[int] = [0]
+    # Bounds for a request (h11's default header limit; bodies hold policy files).
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+class PortsConfig(_Model):
+    """SPEC.md fixes these; overridable only so tests can run several agents per netns."""
+
+    outbound: int = 15001
+    inbound_plain: int = 15006
+    tunnel: int = 15008
+    metrics: int = 15020
+    readiness: int = 15021
+    metrics_bind: str = "127.0.0.1"
+    readiness_bind: str = "0.0.0.0"
+
+
+class CaptureConfig(_Model):
+    enabled: bool = True
+    backend: Literal["nftables", "iptables"] = "nftables"
+    # closed: an enrolled pod's TCP is reset while no agent listens; open: it flows direct.
+    fail: Literal["closed", "open"] = "closed"
+    exclude_ports: list[int] = []
+    exclude_cidrs: list[str] = []
+    exclude_pods: list[str] = []  # pod IPs that opted out
+    # Node-to-pod health probes (kubelet) bypass capture by default, as in ztunnel.
+    skip_node_probes: bool = True
+    route_table: int = 100
+
+    _v_cidrs = field_validator("exclude_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+
+
+class DataplaneConfig(_Model):
+    # 0 = one worker process per core.
+    workers: int = 1
+    engine: Literal["epoll", "trio"] = "epoll"
+    # 256 KiB: NOTES.md measured 64 KiB halving throughput; larger buys nothing.
+    buffer_bytes: int = 256 * 1024
+    connect_timeout_s: float = 5.0
+    idle_timeout_s: float = 3600.0
+    # Passthrough of traffic to addresses outside the mesh.
+    egress: Literal["allow", "deny"] = "allow"
+    max_connections: int = 100_000
+
+
+class IdentityConfig(_Model):
+    trust_domain: str = "cluster.local"
+    # Node intermediate (or root) that mints this node's SVIDs; paths to PEM files.
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    # Trusted roots (may hold several, for rotation).
+    trust_bundle: str | None = None
+    # Alternatively SVIDs dropped by an external issuer: <dir>/<ns>/<sa>/{cert,key}.pem
+    cert_dir: str | None = None
+    ttl_s: float = 24 * 3600
+    # Renewal at this fraction of the lifetime, with jitter (SPEC.md: half).
+    renew_fraction: float = 0.5
+    renew_jitter: float = 0.05
+    handshake_timeout_s: float = 5.0
+
+
+class PoliciesConfig(_Model):
+    dir: str | None = None
+    root_namespace: str = "istio-system"
+
+
+class KafkaConfig(_Model):
+    bootstrap: str
+    topic: str = "hostmesh.connections"
+    linger_ms: int = 50
+    batch_bytes: int = 256 * 1024
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    acks: Literal["0", "1", "all"] = "all"
+    idempotence: bool = False
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Bytes held while the broker is away; beyond it records are dropped and counted.
+    buffer_bytes: int = 32 * 1024 * 1024
+
+
+class OtlpConfig(_Model):
+    endpoint: str
+    protocol: Literal["grpc", "http"] = "grpc"
+    insecure: bool = True
+    headers: dict[str, str] = {}
+    export_interval_s: float = 5.0
+
+
+class TelemetryConfig(_Model):
+    access_log: str = "stderr"  # "stderr", "off", or a file path
+    # Per-worker queue of finished-connection records; overflow is dropped and counted.
+    queue_size: int = 65536
+    batch_size: int = 512
+    flush_interval_s: float = 1.0
+    kafka: KafkaConfig | None = None
+    otlp: OtlpConfig | None = None
+    # Distinct label sets kept per metric before new ones fold into "other".
+    max_series: int = 10000
+
+
+class DrainConfig(_Model):
+    deadline_s: float = 30.0
+
+
+class WorkloadConfig(_Model):
+    """A workload known at start (bare metal): same shape as the admin API's POST body."""
+
+    uid: str
+    name: str
+    namespace: str = "default"
+    service_account: str = "default"
+    ip: str
+    ips: list[str] = []
+    labels: dict[str, str] = {}
+    http_ports: list[int] = []
+    node: str | None = None
+
+
+class Config(_Model):
+    node: NodeConfig = NodeConfig()
+    ports: PortsConfig = PortsConfig()
+    admin: AdminConfig = AdminConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    capture: CaptureConfig = CaptureConfig()
+    dataplane: DataplaneConfig = DataplaneConfig()
+    identity: IdentityConfig = IdentityConfig()
+    policies: PoliciesConfig = PoliciesConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    drain: DrainConfig = DrainConfig()
+    workloads: list[WorkloadConfig] = []
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where the agent keeps runtime files (minted keys, state).
+    state_dir: str = "/run/hostmesh"
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    try:
+        doc = yamlpos.load_one(text, path)
+    except yamlpos.YamlError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{doc.where()}: the configuration must be a mapping")
+    try:
+        return Config.model_validate(doc.data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(yamlpos.pydantic_errors(doc, e))) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    return parse_config(text, str(p))

@@ -1,0 +1,163 @@
+"""The workload registry: which pods exist, where, and with which identity.
+
+Pure state: no sockets, no clock. The admin API, the lab, Kubernetes discovery and the
+static config all feed it through ``register``/``remove``; the data plane reads it
+through ``by_ip``. A workload with ``node`` None (or equal to this node's name) is local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+NAME_MAX = 253
+
+
+class WorkloadError(ValueError):
+    """A workload description that cannot be registered (400 at the admin API)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    ips: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    http_ports: frozenset[int] = frozenset()
+    node: str | None = None  # None: on this node
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
+
+    def spiffe_id(self, trust_domain: str) -> str:
+        return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    @property
+    def identity_key(self) -> tuple[str, str]:
+        return (self.namespace, self.service_account)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "namespace": self.namespace,
+            "service_account": self.service_account,
+            "ip": self.ip,
+            "ips": list(self.ips),
+            "labels": dict(self.labels),
+            "http_ports": sorted(self.http_ports),
+            "node": self.node,
+        }
+
+
+def _label(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > NAME_MAX or any(c.isspace() or c == "/" for c in v):
+        raise WorkloadError(f"{what}: {v!r} is not a valid name")
+    return v
+
+
+def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
+    """Validate an admin-API / config body into a Workload (raises WorkloadError)."""
+    if not isinstance(body, dict):
+        raise WorkloadError("body must be a JSON object")
+    allowed = {"uid", "name", "namespace", "service_account", "ip", "ips", "labels", "http_ports", "node"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise WorkloadError(f"{unknown[0]}: unknown field")
+    for req in ("uid", "name", "ip"):
+        if req not in body:
+            raise WorkloadError(f"{req}: required")
+    uid = _label(body["uid"], "uid")
+    name = _label(body["name"], "name")
+    ns = _label(body.get("namespace", "default"), "namespace")
+    sa = _label(body.get("service_account", "default"), "service_account")
+    raw_ips = [body["ip"], *(body.get("ips") or [])]
+    ips: list[str] = []
+    for v in raw_ips:
+        try:
+            ip = str(ipaddress.ip_address(v))
+        except (ValueError, TypeError):
+            raise WorkloadError(f"ip: {v!r} is not an IP address") from None
+        if ip not in ips:
+            ips.append(ip)
+    labels = body.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise WorkloadError("labels: must map strings to strings")
+    ports = body.get("http_ports") or []
+    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise WorkloadError("http_ports: must be a list of ports 1-65535")
+    node = body.get("node")
+    if node is not None:
+        node = _label(node, "node")
+        if node == local_node:
+            node = None
+    return Workload(uid, name, ns, sa, tuple(ips), dict(labels), frozenset(ports), node)
+
+
+@dataclass
+class Change:
+    added: Workload | None = None
+    removed: Workload | None = None
+
+
+class Registry:
+    """Workloads by uid and by IP. Registering an existing uid replaces it."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, Workload] = {}
+        self._by_ip: dict[str, Workload] = {}
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    def __iter__(self):
+        return iter(list(self._by_uid.values()))
+
+    def get(self, uid: str) -> Workload | None:
+        return self._by_uid.get(uid)
+
+    def by_ip(self, ip: str) -> Workload | None:
+        return self._by_ip.get(ip)
+
+    def local(self) -> list[Workload]:
+        return [w for w in self._by_uid.values() if w.node is None]
+
+    def local_identities(self) -> set[tuple[str, str]]:
+        return {w.identity_key for w in self._by_uid.values() if w.node is None}
+
+    def register(self, w: Workload) -> Change:
+        """Add or replace; raises WorkloadError if an IP belongs to another uid."""
+        for ip in w.ips:
+            other = self._by_ip.get(ip)
+            if other is not None and other.uid != w.uid:
+                raise WorkloadError(f"ip: {ip} already belongs to workload {other.uid}")
+        old = self._by_uid.get(w.uid)
+        if old is not None:
+            for ip in old.ips:
+                self._by_ip.pop(ip, None)
+        self._by_uid[w.uid] = w
+        for ip in w.ips:
+            self._by_ip[ip] = w
+        self.generation += 1
+        return Change(added=w, removed=old)
+
+    def remove(self, uid: str) -> Change:
+        w = self._by_uid.pop(uid, None)
+        if w is None:
+            return Change()
+        for ip in w.ips:
+            if self._by_ip.get(ip) is w:
+                del self._by_ip[ip]
+        self.generation += 1
+        return Change(removed=w)
+
+    def replace_all(self, workloads: Iterable[Workload]) -> None:
+        self._by_uid.clear()
+        self._by_ip.clear()
+        for w in workloads:
+            self.register(w)
