@@ -58,7 +58,11 @@ def _convert(node: yaml.Node, loc: tuple, lines: dict[tuple, int], loader: yaml.
 
 def load_all(text: str, path: str = "<input>") -> list[Doc]:
     """Every non-empty document in ``text``; raises YamlError with ``path:line``."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        line = text[: e.position].count("\n") + 1
+        raise YamlError(f"{path}:{line}: not valid YAML: character {e.character!r} is not allowed") from None
     docs: list[Doc] = []
     try:
         while loader.check_node():
@@ -77,6 +81,9 @@ def load_all(text: str, path: str = "<input>") -> list[Doc]:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlError(f"{path}:{line}: not valid YAML: {e.problem or e}") from None
+    except yaml.reader.ReaderError as e:
+        line = text[: e.position].count("\n") + 1
+        raise YamlError(f"{path}:{line}: not valid YAML: character {e.character!r} is not allowed") from None
     except yaml.YAMLError as e:
         raise YamlError(f"{path}:1: not valid YAML: {e}") from None
     finally:

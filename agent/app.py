@@ -1,0 +1,240 @@
+"""The running agent's state and the facade the admin API drives (``agent.api.AgentAPI``).
+
+``Agent`` owns the registry, policies, identities, telemetry, capture and the table of
+live connections, and keeps them consistent: registering a workload enrols its capture,
+prepares its identity and makes it routable in one step; removing it undoes all three
+and closes its connections. It starts nothing itself: ``agent.serve.run_agent`` owns the
+tasks. Methods here are synchronous and cheap, except reload and drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, log
+from agent.config import Config, ConfigError, load_config
+from agent.errors import ApiError
+from agent.proxy.conns import ConnTable
+from agent.proxy.plan import EndpointHealth, RoutingView, build_view
+from agent.state.workloads import Registry, Workload, WorkloadError, workload_from_json
+
+logger = logging.getLogger("hostmesh.agent")
+
+
+def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
+    """Every ``*.yaml``/``*.yml``/``*.json`` in ``path`` -> documents, by file.
+
+    Raises ValueError (``path:line: message``) on the first invalid file.
+    """
+    from agent.rbac.loader import load_documents
+
+    out: dict[str, list] = {}
+    d = Path(path)
+    if not d.is_dir():
+        raise ValueError(f"{path}: policy directory does not exist")
+    for f in sorted(d.iterdir()):
+        if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
+            out[str(f)] = load_documents(f.read_text(), str(f), root_namespace)
+    return out
+
+
+class Agent:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started = time.time()
+        self.registry = Registry()
+        self.conns = ConnTable()
+        self.health = EndpointHealth()
+        self.view: RoutingView = build_view(config, self.registry)
+        self.ready = False
+        self.draining = False
+        self.counters: dict[str, int] = {}
+        from agent.rbac.store import PolicyStore
+
+        self.policies = PolicyStore(config.policies.root_namespace)
+        self.identities = None
+        self.telemetry = None
+        self.capture = None
+        self.engine = None  # set by serve once the socket layer runs
+        self.drain_requested = None  # a trio.Event set by serve
+        self.reload_requested = None
+
+    # ---- internal helpers -------------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def register(self, w: Workload) -> None:
+        """Registry + capture + identity for one workload (raises WorkloadError)."""
+        change = self.registry.register(w)
+        old = change.removed
+        if old is not None and old.node is None:
+            if self.capture is not None:
+                gone = [ip for ip in old.ips if ip not in w.ips or w.node is not None]
+                if gone:
+                    self.capture.unenrol(gone)
+            if self.identities is not None:
+                self.identities.release(*old.identity_key)
+        if w.node is None:
+            if self.capture is not None:
+                self.capture.enrol(list(w.ips))
+            if self.identities is not None:
+                self.identities.ensure(*w.identity_key)
+
+    def unregister(self, uid: str) -> Workload | None:
+        change = self.registry.remove(uid)
+        w = change.removed
+        if w is None:
+            return None
+        if w.node is None:
+            for conn_id in self.conns.ids_for_ips(set(w.ips)):
+                self.close_connection(conn_id, "workload_removed")
+            if self.capture is not None:
+                self.capture.unenrol(list(w.ips))
+            if self.identities is not None:
+                self.identities.release(*w.identity_key)
+        return w
+
+    def close_connection(self, conn_id: int, reason: str) -> None:
+        c = self.conns.get(conn_id)
+        if c is None:
+            return
+        c.close_reason = reason
+        if self.engine is not None and c.in_engine:
+            self.engine.close(conn_id, reason)
+        elif c.cancel_scope is not None:
+            c.cancel_scope.cancel()
+
+    def recheck_connections(self) -> int:
+        """Re-evaluate live connections this node enforces; close the ones now denied."""
+        from agent.proxy.enforce import recheck
+
+        closed = 0
+        for c in list(self.conns):
+            d = recheck(self, c)
+            if d is not None and d.verdict == "deny":
+                c.verdict, c.policy, c.reason = "deny", d.policy, f"policy_changed: {d.reason}"
+                self.close_connection(c.id, "policy_changed")
+                closed += 1
+        return closed
+
+    # ---- AgentAPI -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node.name,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "ready": self.ready and not self.draining,
+            "draining": self.draining,
+            "workers": self.config.dataplane.workers,
+            "pid": os.getpid(),
+            "counts": {
+                "workloads": len(self.registry),
+                "local_workloads": len(self.registry.local()),
+                "policies": len(self.policies.list()),
+                "connections": len(self.conns),
+                "identities": len(self.registry.local_identities()),
+            },
+        }
+
+    def list_workloads(self) -> list[dict[str, Any]]:
+        return [w.to_json() for w in sorted(self.registry, key=lambda w: w.uid)]
+
+    def add_workload(self, body: Any) -> dict[str, Any]:
+        try:
+            w = workload_from_json(body, local_node=self.config.node.name)
+            self.register(w)
+        except WorkloadError as e:
+            raise ApiError(400, "invalid_workload", str(e)) from None
+        return w.to_json()
+
+    def remove_workload(self, uid: str) -> dict[str, Any]:
+        w = self.unregister(uid)
+        if w is None:
+            raise ApiError(404, "not_found", f"no workload with uid {uid!r}")
+        return w.to_json()
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        return self.policies.list()
+
+    def apply_policies(self, text: str, source: str) -> dict[str, Any]:
+        from agent.rbac.loader import PolicyError, load_documents
+
+        try:
+            docs = load_documents(text, source, self.config.policies.root_namespace)
+        except PolicyError as e:
+            raise ApiError(400, "invalid_policy", str(e)) from None
+        self.policies.apply(docs, source)
+        closed = self.recheck_connections()
+        return {"applied": [f"{d.namespace}/{d.name}" for d in docs], "connections_closed": closed}
+
+    def delete_policy(self, namespace: str, name: str) -> dict[str, Any]:
+        if not self.policies.delete(namespace, name):
+            raise ApiError(404, "not_found", f"no policy {namespace}/{name}")
+        self.recheck_connections()
+        return {"deleted": f"{namespace}/{name}"}
+
+    def certs(self) -> list[dict[str, Any]]:
+        return self.identities.status() if self.identities is not None else []
+
+    def connections(self) -> list[dict[str, Any]]:
+        engine_stats = self.engine.snapshot() if self.engine is not None else []
+        by_id = {s.conn_id: s for s in engine_stats} if engine_stats else {}
+        return [c.to_json(by_id.get(c.id)) for c in self.conns]
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"counters": dict(sorted(self.counters.items()))}
+        out["gauges"] = {"connections_active": len(self.conns), "workloads": len(self.registry)}
+        if self.telemetry is not None:
+            out["telemetry"] = self.telemetry.stats()
+        if self.engine is not None:
+            out["engine"] = self.engine.statistics()
+        return out
+
+    def set_log_level(self, level: str) -> dict[str, Any]:
+        if level not in ("debug", "info", "warning", "error"):
+            raise ApiError(400, "invalid_level", f"level must be debug, info, warning or error, not {level!r}")
+        log.set_level(level)
+        return {"level": level}
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the policy directory (and the config's workloads); all or nothing."""
+        result: dict[str, Any] = {}
+        if self.config_path:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as e:
+                raise ApiError(400, "invalid_config", str(e)) from None
+            self.config.policies = new.policies
+        pdir = self.config.policies.dir
+        if pdir:
+            try:
+                files = load_policy_dir(pdir, self.config.policies.root_namespace)
+            except ValueError as e:
+                raise ApiError(400, "invalid_policy", str(e)) from None
+            for source, docs in files.items():
+                self.policies.replace_source(source, docs)
+            result["policy_files"] = len(files)
+        result["connections_closed"] = self.recheck_connections()
+        return result
+
+    async def drain(self) -> dict[str, Any]:
+        if self.drain_requested is not None:
+            self.drain_requested.set()
+        self.draining = True
+        return {"draining": True, "deadline_s": self.config.drain.deadline_s}
+
+    def config_dump(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(),
+            "status": self.status(),
+            "workloads": self.list_workloads(),
+            "policies": self.list_policies(),
+            "certs": self.certs(),
+            "connections": self.connections(),
+            "stats": self.stats(),
+        }

@@ -1,0 +1,87 @@
+"""HAProxy at both ends doing the same mTLS hop as hostmesh (NOTES.md's configuration):
+node-1 takes the client pod's traffic on a transparent :15001 (the same capture rules
+hostmesh uses), picks a TLS backend by the original destination port, and node-0
+terminates TLS on its underlay address and connects to the server pod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.bench.lab import Lab, hm
+
+# Per destination port, the TLS port node-0's HAProxy listens on.
+TLS_PORT_BASE = 25000
+
+
+def client_config(ports: list[int], node0: str, certs: Path) -> str:
+    lines = [
+        "global", "  maxconn 40000", "  nbthread 1",
+        "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
+        "frontend out", "  bind 127.0.0.1:15001 transparent",
+    ]
+    for p in ports:
+        lines.append(f"  use_backend b{p} if {{ dst_port {p} }}")
+    for p in ports:
+        lines += [f"backend b{p}",
+                  f"  server n0 {node0}:{TLS_PORT_BASE + p % 1000} ssl verify required "
+                  f"ca-file {certs}/bundle.pem crt {certs}/client.pem sni str(srv) ssl-min-ver TLSv1.3"]
+    return "\n".join(lines) + "\n"
+
+
+def server_config(ports: list[int], node0: str, pod: str, certs: Path) -> str:
+    lines = [
+        "global", "  maxconn 40000", "  nbthread 1",
+        "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
+    ]
+    for p in ports:
+        lines += [f"frontend f{p}",
+                  f"  bind {node0}:{TLS_PORT_BASE + p % 1000} ssl crt {certs}/server.pem ca-file {certs}/bundle.pem "
+                  "verify required ssl-min-ver TLSv1.3",
+                  f"  default_backend b{p}", f"backend b{p}", f"  server pod {pod}:{p}"]
+    return "\n".join(lines) + "\n"
+
+
+def make_certs(work: Path) -> Path:
+    """A root, a node intermediate and two SVIDs (client, server) as HAProxy wants them."""
+    from agent.identity import ca
+
+    d = work / "haproxy-certs"
+    d.mkdir(parents=True, exist_ok=True)
+    pems = ca.bench_material("cluster.local", ["spiffe://cluster.local/ns/bench/sa/cli",
+                                               "spiffe://cluster.local/ns/bench/sa/srv"])
+    (d / "bundle.pem").write_bytes(pems["bundle"])
+    (d / "client.pem").write_bytes(pems["spiffe://cluster.local/ns/bench/sa/cli"])
+    (d / "server.pem").write_bytes(pems["spiffe://cluster.local/ns/bench/sa/srv"])
+    return d
+
+
+class HAProxyPath:
+    def __init__(self, lab: Lab, work: Path, ports: list[int]) -> None:
+        self.lab, self.work, self.ports = lab, work, ports
+        self.pids: list[int] = []
+
+    def __enter__(self) -> HAProxyPath:
+        certs = make_certs(self.work)
+        n0, n1 = self.lab.node(0), self.lab.node(1)
+        cli = self.lab.pod("cli")
+        srv = self.lab.pod("srv")
+        (self.work / "hap-client.cfg").write_text(client_config(self.ports, n0["address"], certs))
+        (self.work / "hap-server.cfg").write_text(server_config(self.ports, n0["address"], srv["ip"], certs))
+        hm("capture", "install", "--netns", n1["netns"], "--pod", cli["ip"])
+        a = self.lab.spawn(n0["netns"], "haproxy", "-db", "-f", str(self.work / "hap-server.cfg"),
+                           log=self.work / "hap-server.log")
+        b = self.lab.spawn(n1["netns"], "haproxy", "-db", "-f", str(self.work / "hap-client.cfg"),
+                           log=self.work / "hap-client.log")
+        self.pids = [a.pid, b.pid]
+        from agent.bench.lab import wait_port
+
+        wait_port(self.lab, n1["netns"], "127.0.0.1", 15001)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        n1 = self.lab.node(1)
+        hm("capture", "remove", "--netns", n1["netns"], check=False)
+        for p in self.lab.procs[-2:]:
+            p.kill()
+            p.wait()
+        del self.lab.procs[-2:]

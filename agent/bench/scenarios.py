@@ -1,0 +1,145 @@
+"""The benchmark scenarios (issue 6 / SPEC.md names), each driving a real tool from a
+client pod against a real server in the server pod, over whatever path is in place.
+
+Every function returns result rows ``{"scenario","path","metric","value"}``; a tool
+failure raises, and the runner records the scenario as failed for that path instead of
+inventing a number.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.bench import parse
+from agent.bench.lab import Lab, cpu_seconds, rss_mib, wait_port
+
+PORTS = {"iperf": 5201, "sockperf": 11111, "http": 8080, "idle": 9000}
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir}; scgi_temp_path {dir};
+  keepalive_requests 1000000;
+  server {{ listen {port} reuseport; root {dir}/www; }}
+}}
+"""
+
+
+@dataclass
+class Durations:
+    bulk_s: float
+    pingpong_s: float
+    http_s: float
+    connect_s: float
+    idle_conns: int
+
+    @classmethod
+    def pick(cls, quick: bool) -> Durations:
+        return cls(2, 2, 3, 2, 500) if quick else cls(8, 8, 10, 6, 10000)
+
+
+def row(scenario: str, path: str, metric: str, value: float) -> dict:
+    return {"scenario": scenario, "path": path, "metric": metric, "value": round(float(value), 3)}
+
+
+def start_servers(lab: Lab, work: Path) -> None:
+    srv = lab.pod("srv")
+    ns = srv["netns"]
+    www = work / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "1k").write_bytes(b"x" * 1024)
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=work, port=PORTS["http"]))
+    lab.spawn(ns, "iperf3", "-s", "-p", str(PORTS["iperf"]))
+    lab.spawn(ns, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(PORTS["sockperf"]))
+    lab.spawn(ns, "nginx", "-c", str(conf), log=work / "nginx.log")
+    lab.spawn(ns, sys.executable, "-m", "agent.bench.idle", "serve", "--port", str(PORTS["idle"]))
+    for port in PORTS.values():
+        wait_port(lab, ns, "127.0.0.1", port)
+
+
+def bulk(lab: Lab, path: str, client: str, d: Durations, streams: int) -> list[dict]:
+    srv = lab.pod("srv")["ip"]
+    r = lab.run(lab.pod(client)["netns"], "iperf3", "-c", srv, "-p", str(PORTS["iperf"]), "-t", str(d.bulk_s),
+                "-P", str(streams), "-J", timeout=d.bulk_s + 30)
+    return [row(f"bulk-{streams}", path, "gbit_s", parse.iperf3_gbit(r.stdout))]
+
+
+def pingpong(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:
+    srv = lab.pod("srv")["ip"]
+    r = lab.run(lab.pod(client)["netns"], "sockperf", "ping-pong", "--tcp", "-i", srv, "-p",
+                str(PORTS["sockperf"]), "-t", str(d.pingpong_s), timeout=d.pingpong_s + 30)
+    pct = parse.sockperf_percentiles(r.stdout + r.stderr)
+    return [row("pingpong", path, k, v) for k, v in pct.items()]
+
+
+def http_fixed_rate(lab: Lab, path: str, client: str, d: Durations, pids: list[int], n_agents: int) -> list[dict]:
+    """1,000 requests/s over 16 keep-alive connections, 1 KiB answers (hey -q per worker)."""
+    srv = lab.pod("srv")["ip"]
+    cpu0 = cpu_seconds(pids)
+    r = lab.run(lab.pod(client)["netns"], "hey", "-z", f"{d.http_s}s", "-c", "16", "-q", "62.5", "-o", "csv",
+                f"http://{srv}:{PORTS['http']}/1k", timeout=d.http_s + 60)
+    cpu = cpu_seconds(pids) - cpu0
+    h = parse.hey_csv(r.stdout)
+    out = [row("http-1000rps", path, m, h[m]) for m in ("p50_ms", "p90_ms", "p99_ms")]
+    if pids and n_agents:
+        # CPU seconds per 1,000 requests per proxy process = cores used per agent at 1,000 rps
+        out.append(row("http-1000rps", path, "cpu_per_1k_req", cpu / h["requests"] * 1000 / n_agents))
+        out.append(row("http-1000rps", path, "rss_mib", rss_mib(pids) / n_agents))
+    return out
+
+
+def connect_rate(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:
+    """A new connection per request, 16 at a time, as fast as the path allows."""
+    srv = lab.pod("srv")["ip"]
+    r = lab.run(lab.pod(client)["netns"], "hey", "-z", f"{d.connect_s}s", "-c", "16", "-disable-keepalive",
+                "-o", "csv", f"http://{srv}:{PORTS['http']}/1k", timeout=d.connect_s + 60)
+    h = parse.hey_csv(r.stdout)
+    return [row("connect-rate", path, "conn_per_s", h["rps"]), row("connect-rate", path, "ttfb_p50_ms", h["p50_ms"])]
+
+
+def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int]) -> list[dict]:
+    """Hold N idle connections through the path; memory per connection on the agents."""
+    srv = lab.pod("srv")["ip"]
+    time.sleep(0.5)
+    base = rss_mib(pids)
+    p = lab.spawn(lab.pod(client)["netns"], sys.executable, "-m", "agent.bench.idle", "hold", "--host", srv,
+                  "--port", str(PORTS["idle"]), "--count", str(d.idle_conns), "--hold", "600")
+    # the holder prints nothing; poll the agents until their RSS settles after the ramp
+    deadline = time.monotonic() + 60 + d.idle_conns / 100
+    last, stable = -1.0, 0
+    while time.monotonic() < deadline and stable < 3:
+        time.sleep(1.0)
+        now = rss_mib(pids)
+        stable = stable + 1 if abs(now - last) < 0.5 else 0
+        last = now
+    held = rss_mib(pids)
+    p.kill()
+    p.wait()
+    agents = 2
+    return [
+        row("idle-10k", path, "idle_agent_rss_mib", base / agents),
+        row("idle-10k", path, "rss_mib", held),
+        row("idle-10k", path, "kib_per_conn", (held - base) * 1024 / d.idle_conns / agents),
+    ]
+
+
+def policy(quick: bool) -> list[dict]:
+    from agent.rbac.bench import run_policy_bench
+
+    r = run_policy_bench(n_policies=2000 if quick else 10000, n_namespaces=200 if quick else 1000)
+    return [row("policy-10k", "hostmesh", "decision_p99_us", r["decision_p99_us"]),
+            row("policy-10k", "hostmesh", "load_s", r["load_s"])]
+
+
+def wait_ready(lab: Lab) -> None:
+    for n in lab.status["nodes"]:
+        wait_port(lab, n["netns"], "127.0.0.1", 15021, timeout=20)

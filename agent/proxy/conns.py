@@ -1,0 +1,100 @@
+"""The table of live connections: what each one is, for /v1/connections, policy
+re-checks and the finished-connection record. Plain data; no sockets, no clock
+(callers pass times in)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.state.workloads import Workload
+
+_ids = itertools.count(1)
+
+
+def next_id() -> int:
+    return next(_ids)
+
+
+@dataclass(eq=False)
+class Conn:
+    direction: str  # "outbound" | "inbound"
+    mode: str  # "tunnel" | "local" | "passthrough" | "plaintext"
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    start: float  # wall clock, seconds
+    start_mono: float
+    src: Workload | None = None
+    dst: Workload | None = None
+    src_principal: str | None = None
+    dst_principal: str | None = None
+    verdict: str = "allow"
+    policy: str | None = None
+    reason: str = ""
+    trace_id: str | None = None
+    # True where this node made the authorization decision (destination side).
+    enforced_here: bool = False
+    in_engine: bool = False
+    cancel_scope: Any = None
+    close_reason: str | None = None
+    bytes_sent: int = 0  # towards the destination
+    bytes_received: int = 0  # back to the source
+    id: int = field(default_factory=next_id)
+
+    def to_json(self, live: Any = None, now_mono: float | None = None) -> dict[str, Any]:
+        sent, received = self.bytes_sent, self.bytes_received
+        if live is not None:
+            sent, received = live.bytes_a_to_b, live.bytes_b_to_a
+        out = {
+            "id": self.id,
+            "direction": self.direction,
+            "mode": self.mode,
+            "src": _end(self.src_ip, self.src_port, self.src, self.src_principal),
+            "dst": _end(self.dst_ip, self.dst_port, self.dst, self.dst_principal),
+            "verdict": self.verdict,
+            "policy": self.policy,
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "start": self.start,
+        }
+        if live is not None and getattr(live, "age_s", None) is not None:
+            out["age_s"] = round(live.age_s, 3)
+        return out
+
+
+def _end(ip: str, port: int, w: Workload | None, principal: str | None) -> dict[str, Any]:
+    return {
+        "ip": ip,
+        "port": port,
+        "workload": w.name if w else None,
+        "namespace": w.namespace if w else None,
+        "principal": principal,
+    }
+
+
+class ConnTable:
+    def __init__(self) -> None:
+        self._conns: dict[int, Conn] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __iter__(self) -> Iterator[Conn]:
+        return iter(list(self._conns.values()))
+
+    def add(self, c: Conn) -> Conn:
+        self._conns[c.id] = c
+        return c
+
+    def get(self, conn_id: int) -> Conn | None:
+        return self._conns.get(conn_id)
+
+    def pop(self, conn_id: int) -> Conn | None:
+        return self._conns.pop(conn_id, None)
+
+    def ids_for_ips(self, ips: set[str]) -> list[int]:
+        return [c.id for c in self._conns.values() if c.src_ip in ips or c.dst_ip in ips]

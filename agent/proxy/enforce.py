@@ -1,0 +1,77 @@
+"""Authorization at the destination: the bridge from a connection to the policy engine.
+
+Builds the attributes the pure engine (``agent.rbac.evaluate``) needs from a ``Conn``
+and counts the outcome. It decides nothing itself. SPEC.md: evaluation happens at the
+destination — the tunnel listener (identity from the client certificate), plaintext
+inbound (no identity) and the local same-node path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.proxy.conns import Conn
+from agent.rbac.evaluate import ConnAttrs, Decision, HttpAttrs, evaluate, mtls_mode, needs_http
+
+logger = logging.getLogger("hostmesh.policy")
+
+
+def attrs(conn: Conn) -> ConnAttrs:
+    dst = conn.dst
+    principal = conn.src_principal.removeprefix("spiffe://") if conn.src_principal else None
+    src_ns = conn.src.namespace if conn.src is not None and principal else None
+    if principal and src_ns is None:
+        parts = principal.split("/")
+        src_ns = parts[2] if len(parts) >= 5 and parts[1] == "ns" else None
+    return ConnAttrs(
+        src_ip=conn.src_ip,
+        src_port=conn.src_port,
+        src_principal=principal,
+        src_namespace=src_ns,
+        dst_ip=conn.dst_ip,
+        dst_port=conn.dst_port,
+        dst_namespace=dst.namespace if dst else "",
+        dst_labels=dict(dst.labels) if dst else {},
+    )
+
+
+def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
+    d = evaluate(agent.policies, attrs(conn), request)
+    agent.count(f"policy_decisions_{d.verdict}")
+    if getattr(d, "audit", False):
+        agent.count("policy_decisions_audit")
+    for name in getattr(d, "dry_run_matches", ()) or ():
+        agent.count("policy_dry_run_matches")
+        logger.info("dry-run policy matched", extra={"policy": name, "conn": conn.id})
+    if conn.enforced_here or request is None:
+        conn.verdict = "audit" if d.verdict == "allow" and getattr(d, "audit", False) else d.verdict
+        conn.policy, conn.reason = d.policy, d.reason
+    if d.verdict == "deny":
+        logger.info(
+            "denied",
+            extra={"src": f"{conn.src_ip}:{conn.src_port}", "dst": f"{conn.dst_ip}:{conn.dst_port}",
+                   "principal": conn.src_principal, "policy": d.policy, "reason": d.reason},
+        )
+    return d
+
+
+def inspect_http(agent, conn: Conn) -> bool:
+    """True when requests on this connection must be checked one by one (L7)."""
+    dst = conn.dst
+    if dst is None or conn.dst_port not in dst.http_ports:
+        return False
+    return needs_http(agent.policies, dst.namespace, dict(dst.labels), conn.dst_port, dst.http_ports)
+
+
+def strict_mtls(agent, conn: Conn) -> bool:
+    dst = conn.dst
+    if dst is None:
+        return False
+    return mtls_mode(agent.policies, dst.namespace, dict(dst.labels), conn.dst_port) == "STRICT"
+
+
+def recheck(agent, conn: Conn) -> Decision | None:
+    """A live connection this node enforces, evaluated again under the current policies."""
+    if not conn.enforced_here:
+        return None
+    return evaluate(agent.policies, attrs(conn), None)

@@ -1,0 +1,150 @@
+"""Connections arriving at this node for one of its pods.
+
+Two doors: the mTLS tunnel listener on :15008 (the peer proves a SPIFFE identity, then
+asks with CONNECT) and plaintext capture on :15006 (clients outside the mesh; refused
+when PeerAuthentication says STRICT). Either way the decision is made here, at the
+destination, and the pod sees the original source IP.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import trio
+
+from agent.proxy import aio, enforce, plan
+from agent.proxy.conns import Conn
+from agent.proxy.handoff import hand_off, record_refusal
+from agent.proxy.sockets import connect, original_dst
+
+logger = logging.getLogger("hostmesh.inbound")
+
+
+async def handle_plaintext(agent, sock: socket.socket) -> None:
+    try:
+        src_ip, src_port = sock.getpeername()[:2]
+        dst_ip, dst_port = original_dst(sock)[:2]
+    except OSError:
+        aio.close(sock)
+        return
+    agent.count("connections_opened_inbound_plaintext")
+    conn = Conn("inbound", "plaintext", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time())
+    conn.enforced_here = True
+    p = plan.plan_inbound(dst_ip, dst_port, agent.view)
+    if isinstance(p, plan.Refuse):
+        conn.verdict, conn.reason = "deny", p.reason
+        record_refusal(agent, conn, sock)
+        return
+    conn.dst = p.dst
+    conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
+    if enforce.strict_mtls(agent, conn):
+        conn.verdict, conn.reason = "deny", "mtls_strict"
+        record_refusal(agent, conn, sock)
+        return
+    if not enforce.inspect_http(agent, conn) and enforce.decide(agent, conn).verdict == "deny":
+        record_refusal(agent, conn, sock)
+        return
+    try:
+        upstream = await connect((dst_ip, dst_port), bind_src=src_ip,
+                                 timeout=agent.config.dataplane.connect_timeout_s)
+    except (OSError, trio.TooSlowError) as e:
+        conn.reason = f"upstream_failed: {e}"
+        record_refusal(agent, conn, sock)
+        return
+    await hand_off(agent, conn, sock, upstream)
+
+
+async def handle_tunnel(agent, raw: socket.socket) -> None:
+    """mTLS handshake (server presents the destination SVID chosen by SNI), CONNECT,
+    policy, upstream connect, then ``200`` and raw bytes both ways."""
+    from agent.identity.tls import tls_handshake_server
+    from agent.proxy.connect import (
+        ConnectError,
+        ConnectRequestParser,
+        build_response,
+        parse_traceparent,
+    )
+
+    try:
+        src_node = raw.getpeername()[0]
+    except OSError:
+        aio.close(raw)
+        return
+    cfg = agent.config
+    if agent.identities is None:
+        aio.reset(raw)
+        return
+    try:
+        tls, verdict = await tls_handshake_server(raw, agent.identities.server_context(), cfg.identity.handshake_timeout_s)
+    except (OSError, trio.TooSlowError, ValueError) as e:
+        agent.count("tunnel_handshake_failures")
+        logger.info("tunnel handshake failed", extra={"peer": src_node, "error": str(e)})
+        aio.close(raw)
+        return
+    if not verdict.ok:
+        agent.count(f"peer_rejected_{verdict.reason}")
+        logger.warning("peer rejected", extra={"peer": src_node, "reason": verdict.reason})
+        aio.close(tls)
+        return
+    parser = ConnectRequestParser()
+    req = None
+    try:
+        with trio.fail_after(cfg.identity.handshake_timeout_s):
+            while req is None:
+                data = await aio.recv_some(tls)
+                if not data:
+                    aio.close(tls)
+                    return
+                req = parser.feed(data)
+    except (trio.TooSlowError, OSError):
+        aio.close(tls)
+        return
+
+    async def answer(status: int, headers=()) -> None:
+        try:
+            with trio.move_on_after(2):
+                await aio.send_all(tls, build_response(status, list(headers)))
+        except OSError:
+            pass
+        aio.close(tls)
+
+    if isinstance(req, ConnectError):
+        agent.count(f"tunnel_status_{req.status}")
+        await answer(req.status)
+        return
+    src_ip, src_port = req.forwarded_for if req.forwarded_for else (src_node, 0)
+    conn = Conn("inbound", "tunnel", src_ip, src_port, req.target_ip, req.target_port, time.time(), trio.current_time())
+    conn.enforced_here = True
+    conn.src_principal = verdict.spiffe_id
+    conn.src = agent.registry.by_ip(src_ip)
+    conn.trace_id = parse_traceparent(req.traceparent) if req.traceparent else None
+    p = plan.plan_inbound(req.target_ip, req.target_port, agent.view)
+    if isinstance(p, plan.Refuse):
+        conn.verdict, conn.reason = "deny", p.reason
+        await answer(p.status)
+        agent.count(f"tunnel_status_{p.status}")
+        return
+    conn.dst = p.dst
+    conn.dst_principal = p.dst.spiffe_id(cfg.identity.trust_domain)
+    if not enforce.inspect_http(agent, conn):
+        d = enforce.decide(agent, conn)
+        if d.verdict == "deny":
+            agent.count("tunnel_status_403")
+            await answer(403, [("x-hostmesh-policy", d.policy)] if d.policy else [])
+            from agent.proxy.finish import emit
+
+            emit(agent, conn, time.time())
+            return
+    try:
+        upstream = await connect((req.target_ip, req.target_port), bind_src=src_ip,
+                                 timeout=cfg.dataplane.connect_timeout_s)
+    except trio.TooSlowError:
+        await answer(504)
+        return
+    except OSError:
+        await answer(502)
+        return
+    await aio.send_all(tls, build_response(200, []))
+    await hand_off(agent, conn, tls, upstream, to_b=req.leftover)

@@ -1,0 +1,94 @@
+"""Connections a local pod opened, captured on :15001.
+
+Routing is decided by ``plan.plan_outbound``; this module only carries the plan out:
+refuse with a reset, connect locally (same node: policy enforced here), open an mTLS
+tunnel to the destination node (policy enforced there), or pass through. Once both
+legs exist the connection moves to the socket layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import trio
+
+from agent.proxy import aio, enforce, plan
+from agent.proxy.conns import Conn
+from agent.proxy.handoff import hand_off, record_refusal
+from agent.proxy.sockets import connect, original_dst
+
+logger = logging.getLogger("hostmesh.outbound")
+
+
+async def handle_outbound(agent, sock: socket.socket) -> None:
+    try:
+        src_ip, src_port = sock.getpeername()[:2]
+        dst_ip, dst_port = original_dst(sock)[:2]
+    except OSError:
+        aio.close(sock)
+        return
+    agent.count("connections_opened_outbound")
+    plans = plan.plan_outbound(src_ip, dst_ip, dst_port, agent.view, agent.health, trio.current_time())
+    src = agent.registry.by_ip(src_ip)
+    conn = Conn("outbound", "passthrough", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time(), src=src)
+    if agent.identities is not None and src is not None:
+        conn.src_principal = src.spiffe_id(agent.config.identity.trust_domain)
+    for i, p in enumerate(plans):
+        last = i == len(plans) - 1
+        if isinstance(p, plan.Refuse):
+            conn.verdict, conn.reason = "deny", p.reason
+            record_refusal(agent, conn, sock)
+            return
+        conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
+        if p.dst is not None:
+            conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
+        try:
+            if p.kind == "tunnel":
+                done = await _via_tunnel(agent, conn, sock, p)
+            else:
+                done = await _direct(agent, conn, sock, p)
+        except OSError as e:
+            done = False
+            conn.reason = f"connect_failed: {e.strerror or e}"
+        if done:
+            if p.service:
+                agent.health.mark_ok(p.dst_ip)
+            return
+        if p.service:
+            agent.health.mark_failed(p.dst_ip, trio.current_time())
+        if last or conn.verdict == "deny":
+            break
+    if conn.verdict != "deny":
+        conn.verdict = "allow"
+        conn.reason = conn.reason or "upstream_failed"
+    record_refusal(agent, conn, sock)
+
+
+async def _direct(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:
+    """Same-node destination (enforced here) or passthrough; the source IP is preserved."""
+    if p.kind == "local":
+        conn.enforced_here = True
+        if not enforce.inspect_http(agent, conn):
+            d = enforce.decide(agent, conn)
+            if d.verdict == "deny":
+                return False
+    upstream = await connect(
+        (p.dst_ip, p.dst_port), bind_src=conn.src_ip, timeout=agent.config.dataplane.connect_timeout_s
+    )
+    await hand_off(agent, conn, sock, upstream)
+    return True
+
+
+async def _via_tunnel(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:
+    from agent.proxy.tunnel_client import open_tunnel
+
+    result = await open_tunnel(agent, conn, p)
+    if result.status != 200:
+        conn.reason = result.reason
+        if result.status == 403:
+            conn.verdict, conn.policy = "deny", result.policy
+        return False
+    await hand_off(agent, conn, sock, result.sock, to_a=result.leftover)
+    return True

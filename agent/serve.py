@@ -1,0 +1,141 @@
+"""The agent's task tree: one root nursery, services started in order with
+``nursery.start`` so that readiness means "everything below me is listening".
+
+Order: telemetry, capture, identities, the socket layer, the three data-plane
+listeners, the admin socket, then metrics and readiness. SIGTERM drains (readiness
+503, stop accepting, connections get until ``drain.deadline_s``, then close); SIGHUP
+reloads. Optional parts whose module is absent or not configured are skipped with a log
+line, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from agent.app import Agent, load_policy_dir
+from agent.config import Config
+from agent.state.workloads import WorkloadError, workload_from_json
+
+logger = logging.getLogger("hostmesh.serve")
+
+
+async def run_agent(config: Config, config_path: str | None = None) -> int:
+    agent = Agent(config, config_path)
+    agent.drain_requested = trio.Event()
+    async with trio.open_nursery() as root:
+        await root.start(_signals, agent)
+        await _start_telemetry(agent, root)
+        await trio.to_thread.run_sync(_start_capture, agent)
+        await _start_identities(agent, root)
+        _load_static_state(agent)
+        from agent.proxy.listeners import serve_dataplane
+
+        listeners = trio.CancelScope()
+        await root.start(serve_dataplane, agent, listeners)
+        await _start_admin(agent, root)
+        await _start_http(agent, root)
+        agent.ready = True
+        logger.info("ready", extra={"node": config.node.name, "workloads": len(agent.registry)})
+        await agent.drain_requested.wait()
+        await _drain(agent, listeners)
+        root.cancel_scope.cancel()
+    logger.info("stopped")
+    return 0
+
+
+async def _signals(agent: Agent, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        task_status.started()
+        async for s in sigs:
+            if s == signal.SIGHUP:
+                try:
+                    result = await agent.reload()
+                    logger.info("reloaded", extra=result)
+                except Exception as e:  # an invalid file keeps what is in force
+                    logger.error("reload failed: %s", e)
+            else:
+                logger.info("draining", extra={"signal": signal.Signals(s).name})
+                agent.draining = True
+                agent.drain_requested.set()
+
+
+async def _drain(agent: Agent, listeners: trio.CancelScope) -> None:
+    """Stop accepting, give connections until the deadline, then close them (ztunnel's drain)."""
+    agent.draining = True
+    deadline = agent.config.drain.deadline_s
+    listeners.cancel()
+    with trio.move_on_after(deadline):
+        while len(agent.conns):
+            await trio.sleep(0.05)
+    left = len(agent.conns)
+    if left:
+        logger.warning("drain deadline reached; closing connections", extra={"open": left})
+        for c in list(agent.conns):
+            agent.close_connection(c.id, "drain_deadline")
+        await trio.sleep(0.1)
+
+
+async def _start_telemetry(agent: Agent, nursery: trio.Nursery) -> None:
+    try:
+        from agent.telemetry.pipeline import Telemetry
+    except ImportError:
+        logger.warning("telemetry module not available; records are not exported")
+        return
+    agent.telemetry = Telemetry(agent.config.telemetry, agent.config.node.name)
+    await nursery.start(agent.telemetry.run)
+
+
+def _start_capture(agent: Agent) -> None:
+    cfg = agent.config
+    if not cfg.capture.enabled:
+        logger.info("capture disabled by configuration")
+        return
+    from agent.capture import Capture
+
+    agent.capture = Capture(cfg.capture, cfg.ports, cfg.cluster.pod_cidrs)
+    agent.capture.install()
+
+
+async def _start_identities(agent: Agent, nursery: trio.Nursery) -> None:
+    cfg = agent.config.identity
+    if not (cfg.ca_cert or cfg.cert_dir):
+        logger.warning("no CA and no certificate directory configured: tunnels are unavailable")
+        return
+    from agent.identity.manager import IdentityManager
+
+    agent.identities = IdentityManager(cfg, agent.config.node.name)
+    await nursery.start(agent.identities.run)
+
+
+def _load_static_state(agent: Agent) -> None:
+    cfg = agent.config
+    for wc in cfg.workloads:
+        try:
+            agent.register(workload_from_json(wc.model_dump(exclude_none=True), local_node=cfg.node.name))
+        except WorkloadError as e:
+            logger.error("workload %s: %s", wc.uid, e)
+    if cfg.policies.dir:
+        try:
+            for source, docs in load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace).items():
+                agent.policies.replace_source(source, docs)
+        except ValueError as e:
+            logger.error("%s", e)
+
+
+async def _start_admin(agent: Agent, nursery: trio.Nursery) -> None:
+    try:
+        from agent.admin.server import serve_admin
+    except ImportError:
+        logger.warning("admin module not available")
+        return
+    await nursery.start(serve_admin, agent, agent.config.admin)
+
+
+async def _start_http(agent: Agent, nursery: trio.Nursery) -> None:
+    from agent.readiness import serve_metrics, serve_readiness
+
+    await nursery.start(serve_readiness, agent)
+    await nursery.start(serve_metrics, agent)

@@ -1,0 +1,72 @@
+"""The workload registry and the admin body validator (agent.state.workloads)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.state.workloads import Registry, WorkloadError, workload_from_json
+
+BODY = {"uid": "u1", "name": "web", "namespace": "shop", "service_account": "web-sa",
+        "ip": "198.19.0.2", "labels": {"app": "web"}, "http_ports": [8080]}
+
+
+def test_identity_and_json_round_trip():
+    w = workload_from_json(BODY)
+    assert w.spiffe_id("cluster.local") == "spiffe://cluster.local/ns/shop/sa/web-sa"
+    assert workload_from_json(w.to_json()) == w
+
+
+@pytest.mark.parametrize(
+    "patch, msg",
+    [
+        ({"ip": "300.1.1.1"}, "ip: '300.1.1.1' is not an IP address"),
+        ({"uid": ""}, "uid: '' is not a valid name"),
+        ({"namespace": "a/b"}, "namespace"),
+        ({"http_ports": [0]}, "http_ports"),
+        ({"http_ports": [True]}, "http_ports"),
+        ({"labels": {"a": 1}}, "labels"),
+        ({"colour": "red"}, "colour: unknown field"),
+    ],
+)
+def test_invalid_bodies(patch, msg):
+    with pytest.raises(WorkloadError, match=msg):
+        workload_from_json({**BODY, **patch})
+
+
+def test_missing_required():
+    with pytest.raises(WorkloadError, match="ip: required"):
+        workload_from_json({"uid": "x", "name": "x"})
+
+
+def test_registry_ip_conflict_changes_nothing():
+    r = Registry()
+    r.register(workload_from_json(BODY))
+    with pytest.raises(WorkloadError, match="already belongs"):
+        r.register(workload_from_json({**BODY, "uid": "u2"}))
+    assert [w.uid for w in r] == ["u1"] and r.by_ip("198.19.0.2").uid == "u1"
+
+
+def test_replace_moves_ip_and_remove_forgets():
+    r = Registry()
+    r.register(workload_from_json(BODY))
+    ch = r.register(workload_from_json({**BODY, "ip": "198.19.0.9"}))
+    assert ch.removed.ip == "198.19.0.2"
+    assert r.by_ip("198.19.0.2") is None and r.by_ip("198.19.0.9").uid == "u1"
+    assert r.remove("u1").removed.uid == "u1"
+    assert len(r) == 0 and r.by_ip("198.19.0.9") is None
+    assert r.remove("u1").removed is None
+
+
+def test_node_equal_to_local_means_local():
+    w = workload_from_json({**BODY, "node": "node-0"}, local_node="node-0")
+    assert w.node is None
+    assert workload_from_json({**BODY, "node": "node-1"}, local_node="node-0").node == "node-1"
+
+
+@given(st.dictionaries(st.sampled_from(list(BODY) + ["node", "ips", "x"]),
+                       st.one_of(st.text(max_size=8), st.integers(), st.none(), st.lists(st.integers(), max_size=3))))
+def test_validator_never_crashes(body):
+    try:
+        workload_from_json(body)
+    except WorkloadError:
+        pass
