@@ -22,7 +22,7 @@ class TrioRelayEngine:
         self._nursery = nursery
         self._config = config
         self._scopes: dict[int, trio.CancelScope] = {}
-        self._live: dict[int, Any] = {}
+        self._reasons: dict[int, str] = {}
         self.on_finished: Callable[[Any], None] = lambda fc: None
 
     def add(self, a, b, *, to_a: bytes = b"", to_b: bytes = b"", conn_id: int, tag: str = "") -> None:
@@ -41,10 +41,14 @@ class TrioRelayEngine:
             finally:
                 self._scopes.pop(conn_id, None)
         if scope.cancelled_caught:
-            from agent.proxy.engine import FinishedConn
+            import time
 
-            fc = FinishedConn(conn_id, tag, 0, 0, 0.0, 0.0, "closed")
+            from agent.proxy.engine import FinishedConn
+            from agent.proxy.sockets import set_reset_on_close
+
+            fc = FinishedConn(conn_id, tag, 0, 0, time.time(), time.time(), self._reasons.pop(conn_id, "closed"))
             for s in (a, b):
+                set_reset_on_close(s)
                 try:
                     s.close()
                 except OSError:
@@ -54,6 +58,7 @@ class TrioRelayEngine:
     def close(self, conn_id: int, reason: str) -> None:
         scope = self._scopes.get(conn_id)
         if scope is not None:
+            self._reasons[conn_id] = reason
             scope.cancel()
 
     def snapshot(self) -> list:
