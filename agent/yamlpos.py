@@ -106,9 +106,9 @@ def pydantic_errors(doc: Doc, err: Any, prefix: tuple = ()) -> list[str]:
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
         dotted = ""
-        for part in e["loc"]:
+        for part in prefix + tuple(e["loc"]):
             dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         out.append(f"{doc.where(loc)}: {dotted + ': ' if dotted else ''}{msg}")

@@ -1,0 +1,177 @@
+"""Transparent capture: install, check and remove the rules, enrol and un-enrol pods.
+
+``Capture`` is the shell around the pure renderer (``rules``): it runs ``nft`` (or
+iptables-restore) as one atomic transaction, updates the enrolled-pod sets element by
+element, and sets up policy routing (``routing``). Every method takes the target
+network namespace from the constructor (``None``: the current one), so the lab and
+tests can act on a node namespace without entering it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from agent.capture import rules
+
+
+class CaptureError(RuntimeError):
+    """A capture operation that could not be done; nothing was half-applied."""
+
+
+@dataclass
+class Drift:
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Capture:
+    def __init__(self, capture, ports, pod_cidrs=(), netns: str | None = None) -> None:
+        if capture.backend not in ("nftables", "iptables"):
+            raise CaptureError(f"unknown capture backend {capture.backend!r}: use nftables or iptables")
+        self.backend = capture.backend
+        self.spec = rules.spec_from_config(capture, ports)
+        self.netns = netns
+        self.skip = set(capture.exclude_pods)
+        self._enrolled: set[str] = set()
+
+    # ---- running commands ---------------------------------------------------------
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        if shutil.which(argv[0]) is None:
+            raise CaptureError(f"{argv[0]} not found: install the {'nftables' if argv[0] == 'nft' else 'iptables'} package")
+        cmd = (["ip", "netns", "exec", self.netns] if self.netns else []) + argv
+        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        if r.returncode != 0:
+            msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
+            hint = ""
+            if "not supported" in r.stderr.lower() or "no such file or directory" in r.stderr.lower():
+                hint = " (does this kernel have TPROXY and socket matching? nft_tproxy, nft_socket / xt_TPROXY)"
+            raise CaptureError(f"{' '.join(argv)}: {msg[0] if msg else 'failed'}{hint}")
+        return r.stdout
+
+    # ---- rules --------------------------------------------------------------------
+    def render(self) -> str:
+        if self.backend == "nftables":
+            return rules.render_nft(self.spec, self._enrolled)
+        return rules.render_iptables(self.spec, self._enrolled, 4) + rules.render_iptables(self.spec, self._enrolled, 6)
+
+    def install(self) -> None:
+        """Rules and policy routing, atomically; installing twice gives the same result."""
+        from agent.capture import routing
+
+        if self.backend == "nftables":
+            self._run(["nft", "-f", "-"], rules.nft_replace(self.spec, self._enrolled))
+        else:
+            self._iptables_install()
+        try:
+            routing.install(self.spec.route_table, self.netns)
+        except OSError as e:
+            self.remove()
+            raise CaptureError(str(e)) from None
+
+    def remove(self) -> None:
+        from agent.capture import routing
+
+        if self.backend == "nftables":
+            self._run(["nft", "-f", "-"], rules.nft_remove())
+        else:
+            self._iptables_remove()
+        routing.remove(self.spec.route_table, self.netns)
+
+    def enrol(self, ips) -> None:
+        new = [ip for ip in ips if ip not in self.skip and ip not in self._enrolled]
+        if not new:
+            return
+        self._enrolled |= set(new)
+        if self.backend == "nftables":
+            self._run(["nft", "-f", "-"], rules.nft_elements("add", new))
+        else:
+            self._iptables_install()
+
+    def unenrol(self, ips) -> None:
+        gone = [ip for ip in ips if ip in self._enrolled]
+        if not gone:
+            return
+        self._enrolled -= set(gone)
+        if self.backend == "nftables":
+            self._run(["nft", "-f", "-"], rules.nft_elements("delete", gone))
+        else:
+            self._iptables_install()
+
+    def enrolled(self) -> set[str]:
+        return set(self._enrolled)
+
+    def status(self) -> Drift:
+        from agent.capture import routing
+
+        d = Drift()
+        if self.backend == "nftables":
+            try:
+                live = self._run(["nft", "list", "table", "inet", rules.TABLE])
+            except CaptureError:
+                d.problems.append(f"nft table inet {rules.TABLE} is not installed (hostmesh capture install)")
+                live = ""
+            if live:
+                want = rules.render_nft(self.spec, ())
+                for chain in ("prerouting", "pod_out", "pod_in"):
+                    if f"chain {chain} " not in live:
+                        d.problems.append(f"chain {chain} missing")
+                n_live = sum(1 for ln in live.splitlines() if _is_rule(ln))
+                n_want = sum(1 for ln in want.splitlines() if _is_rule(ln))
+                if n_live != n_want:
+                    d.problems.append(f"table inet {rules.TABLE} has {n_live} rules, expected {n_want}")
+                members = _set_members(live, "pods4") | _set_members(live, "pods6")
+                if self._enrolled and members != self._enrolled:
+                    d.problems.append(f"enrolled pods differ: missing {sorted(self._enrolled - members)}, "
+                                      f"extra {sorted(members - self._enrolled)}")
+        d.problems += routing.status(self.spec.route_table, self.netns)
+        return d
+
+    # ---- iptables backend -----------------------------------------------------------
+    def _iptables_install(self) -> None:
+        for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+            self._run([f"{tool}-restore", "--noflush"], rules.render_iptables(self.spec, self._enrolled, fam))
+            for table, chain, target in (("mangle", "PREROUTING", "HOSTMESH_PRE"), ("filter", "FORWARD", "HOSTMESH_FWD"),
+                                         ("filter", "INPUT", "HOSTMESH_FWD")):
+                try:
+                    self._run([tool, "-t", table, "-C", chain, "-j", target])
+                except CaptureError:
+                    self._run([tool, "-t", table, "-I", chain, "1", "-j", target])
+
+    def _iptables_remove(self) -> None:
+        for tool in ("iptables", "ip6tables"):
+            for table, chain, target in (("mangle", "PREROUTING", "HOSTMESH_PRE"), ("filter", "FORWARD", "HOSTMESH_FWD"),
+                                         ("filter", "INPUT", "HOSTMESH_FWD")):
+                while True:
+                    try:
+                        self._run([tool, "-t", table, "-D", chain, "-j", target])
+                    except CaptureError:
+                        break
+            for table, chains in (("mangle", ["HOSTMESH_PRE", "HOSTMESH_PODS", "HOSTMESH_OUT", "HOSTMESH_IN",
+                                              "HOSTMESH_FAIL"]), ("filter", ["HOSTMESH_FWD"])):
+                for c in chains:
+                    for op in ("-F", "-X"):
+                        try:
+                            self._run([tool, "-t", table, op, c])
+                        except CaptureError:
+                            pass
+
+
+def _is_rule(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith(("table", "chain", "set", "type", "flags", "elements", "}", "#", "policy"))
+
+
+def _set_members(listing: str, name: str) -> set[str]:
+    text = listing.split(f"set {name} {{", 1)
+    if len(text) < 2:
+        return set()
+    body = text[1].split("}", 1)[0]
+    if "elements = {" not in body + "}":
+        return set()
+    inner = (body + "}").split("elements = {", 1)[1].split("}", 1)[0]
+    return {e.strip() for e in inner.replace("\n", " ").split(",") if e.strip()}

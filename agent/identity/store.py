@@ -15,7 +15,7 @@ from agent.identity import ca
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def write_private(path: Path, data: bytes) -> None:

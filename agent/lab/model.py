@@ -116,7 +116,7 @@ class PodPlan:
 
     def workload(self, node_name: str | None) -> dict:
         """The agent's workload body (admin API / config shape)."""
-        body = {"uid": f"{self.namespace}/{self.name}", "name": self.name, "namespace": self.namespace,
+        body = {"uid": f"{self.namespace}.{self.name}", "name": self.name, "namespace": self.namespace,
                 "service_account": self.service_account, "ip": self.ip4, "ips": [self.ip6],
                 "labels": dict(self.labels), "http_ports": list(self.http_ports)}
         if node_name is not None:

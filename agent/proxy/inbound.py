@@ -77,8 +77,9 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
         aio.reset(raw)
         return
     try:
-        tls, verdict = await tls_handshake_server(raw, agent.identities.server_context(), cfg.identity.handshake_timeout_s)
-    except (OSError, trio.TooSlowError, ValueError) as e:
+        tls, verdict = await tls_handshake_server(raw, agent.identities.server_context(),
+                                                  cfg.identity.handshake_timeout_s, cfg.identity.trust_domain)
+    except (OSError, ValueError) as e:
         agent.count("tunnel_handshake_failures")
         logger.info("tunnel handshake failed", extra={"peer": src_node, "error": str(e)})
         aio.close(raw)
@@ -86,6 +87,7 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
     if not verdict.ok:
         agent.count(f"peer_rejected_{verdict.reason}")
         logger.warning("peer rejected", extra={"peer": src_node, "reason": verdict.reason})
+        aio.reset(raw)
         aio.close(tls)
         return
     parser = ConnectRequestParser()

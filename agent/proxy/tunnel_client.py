@@ -57,7 +57,7 @@ class TunnelPool:
                             timeout=self.agent.config.dataplane.connect_timeout_s)
         try:
             tls = await tls_handshake_client(raw, ctx, sni, self.agent.config.identity.handshake_timeout_s,
-                                             expected_id=expected)
+                                             expected_id=expected, trust_domain=self.agent.config.identity.trust_domain)
         except BaseException:
             aio.close(raw)
             raise
@@ -125,8 +125,10 @@ async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
         return TunnelResult(503, "no_identity")
     td = agent.config.identity.trust_domain
     dst = p.dst
-    sni = sni_for(dst.namespace, dst.service_account, td) if dst else sni_for("", "", td)
-    expected = dst.spiffe_id(td) if dst else None
+    if dst is None:
+        return TunnelResult(503, "unknown_destination")
+    sni = sni_for(dst.namespace, dst.service_account, td)
+    expected = dst.spiffe_id(td)
     key = (conn.src.identity_key, sni, expected, p.node_address)
     try:
         with trio.fail_after(agent.config.dataplane.connect_timeout_s + agent.config.identity.handshake_timeout_s):

@@ -23,7 +23,7 @@ def test_defaults_are_the_spec_ports():
         ("node:\n  name: n\n  adress: 1.2.3.4\n", "cfg.yaml:3: node.adress: unknown field"),
         ("capture:\n  backend: pf\n", "cfg.yaml:2: capture.backend: Input should be 'nftables' or 'iptables'"),
         ("cluster:\n  nodes:\n    - name: a\n      address: 1.2.3.4\n      pod_cidrs: [10.0.0.0/33]\n",
-         "cfg.yaml:5: cluster.nodes[0].pod_cidrs: Value error, '10.0.0.0/33' is not a CIDR"),
+         "cfg.yaml:5: cluster.nodes[0].pod_cidrs: '10.0.0.0/33' is not a CIDR"),
         ("node: [1, 2\n", "cfg.yaml:2: not valid YAML"),
         ("- 1\n- 2\n", "cfg.yaml:1: the configuration must be a mapping"),
         ("a: 1\na: 2\n", "cfg.yaml:2: duplicate key 'a'"),

@@ -1,0 +1,54 @@
+"""`hostmesh capture render|install|remove|status` (SPEC.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent.cli.main import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("capture", help="the transparent capture rules")
+    p.add_argument("action", choices=["render", "install", "remove", "status"])
+    p.add_argument("--backend", help="nftables (default) or iptables")
+    p.add_argument("--config", help="agent configuration (capture and ports sections)")
+    p.add_argument("--netns", help="act in this network namespace")
+    p.add_argument("--pod", action="append", default=[], help="enrol this pod IP (repeatable)")
+    p.set_defaults(func=cmd_capture)
+
+
+def cmd_capture(args) -> int:
+    from agent.capture import Capture, CaptureError
+    from agent.config import ConfigError, load_config, parse_config
+
+    try:
+        cfg = load_config(args.config) if args.config else parse_config("{}")
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    if args.backend:
+        if args.backend not in ("nftables", "iptables"):
+            raise CliError(f"unknown backend {args.backend!r}: use nftables or iptables")
+        cfg.capture.backend = args.backend
+    try:
+        cap = Capture(cfg.capture, cfg.ports, cfg.cluster.pod_cidrs, netns=args.netns)
+        cap._enrolled = {ip for ip in args.pod + [w.ip for w in cfg.workloads if not w.node]}
+        if args.action == "render":
+            sys.stdout.write(cap.render())
+        elif args.action == "install":
+            cap.install()
+            print(f"capture installed ({cap.backend}, {len(cap.enrolled())} pod(s) enrolled)")
+        elif args.action == "remove":
+            cap.remove()
+            print("capture removed")
+        else:
+            drift = cap.status()
+            if drift.ok:
+                print("capture: installed and as expected")
+                return 0
+            for p in drift.problems:
+                print(f"drift: {p}")
+            return 1
+    except CaptureError as e:
+        raise CliError(str(e), 1) from None
+    return 0

@@ -1,0 +1,257 @@
+"""Policy files -> validated documents, or ``path:line: field: message`` errors.
+
+Accepts YAML (one or many documents) or JSON (a document or a list), ``apiVersion``
+``security.istio.io/v1`` or ``v1beta1``, kinds ``AuthorizationPolicy`` and
+``PeerAuthentication``. Any invalid document rejects the whole file; nothing is applied
+from it. Unknown fields are errors (a typo must not silently widen a policy).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent import yamlpos
+from agent.rbac.model import (
+    AuthorizationPolicy,
+    Condition,
+    Operation,
+    PeerAuthentication,
+    Rule,
+    Source,
+)
+
+API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+WHEN_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port",
+             "remote.ip", "destination.namespace")
+CUSTOM = "CUSTOM"
+
+
+class PolicyError(ValueError):
+    """An invalid policy file; str() is one ``path:line: message`` per problem."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _cidr(v: str) -> str:
+    try:
+        if "/" in v:
+            ipaddress.ip_network(v, strict=False)
+        else:
+            ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not a CIDR or IP address") from None
+    return v
+
+
+def _port(v: str | int) -> str:
+    s = str(v)
+    if not s.isdigit() or not 0 < int(s) < 65536:
+        raise ValueError(f"{v!r} is not a port")
+    return s
+
+
+class SourceM(_M):
+    principals: list[str] = []
+    notPrincipals: list[str] = []
+    namespaces: list[str] = []
+    notNamespaces: list[str] = []
+    serviceAccounts: list[str] = []
+    notServiceAccounts: list[str] = []
+    ipBlocks: list[str] = []
+    notIpBlocks: list[str] = []
+    remoteIpBlocks: list[str] = []
+    notRemoteIpBlocks: list[str] = []
+    requestPrincipals: list[str] = []
+    notRequestPrincipals: list[str] = []
+
+    @field_validator("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")
+    @classmethod
+    def _ips(cls, v: list[str]) -> list[str]:
+        return [_cidr(x) for x in v]
+
+
+class OperationM(_M):
+    ports: list[str | int] = []
+    notPorts: list[str | int] = []
+    methods: list[str] = []
+    notMethods: list[str] = []
+    paths: list[str] = []
+    notPaths: list[str] = []
+    hosts: list[str] = []
+    notHosts: list[str] = []
+
+    @field_validator("ports", "notPorts")
+    @classmethod
+    def _ports(cls, v: list) -> list[str]:
+        return [_port(x) for x in v]
+
+
+class FromM(_M):
+    source: SourceM = SourceM()
+
+
+class ToM(_M):
+    operation: OperationM = OperationM()
+
+
+class WhenM(_M):
+    key: str
+    values: list[str] = []
+    notValues: list[str] = []
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if v in WHEN_KEYS or (v.startswith("request.headers[") and v.endswith("]") and len(v) > 17):
+            return v
+        raise ValueError(f"unsupported when key {v!r} (supported: {', '.join(WHEN_KEYS)}, request.headers[<name>])")
+
+
+class RuleM(_M):
+    from_: list[FromM] = Field(default=[], alias="from")
+    to: list[ToM] = []
+    when: list[WhenM] = []
+
+
+class SelectorM(_M):
+    matchLabels: dict[str, str] = {}
+
+
+class AuthzSpecM(_M):
+    selector: SelectorM | None = None
+    targetRef: dict | None = None
+    targetRefs: list[dict] | None = None
+    action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
+    provider: dict | None = None
+    rules: list[RuleM] = []
+
+
+class PortMtlsM(_M):
+    mode: Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"] = "UNSET"
+
+
+class PeerSpecM(_M):
+    selector: SelectorM | None = None
+    mtls: PortMtlsM | None = None
+    portLevelMtls: dict[str, PortMtlsM] = {}
+
+    @field_validator("portLevelMtls")
+    @classmethod
+    def _ports(cls, v: dict) -> dict:
+        for k in v:
+            _port(k)
+        return v
+
+
+class MetaM(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = "default"
+    annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
+
+
+class DocM(_M):
+    apiVersion: str
+    kind: Literal["AuthorizationPolicy", "PeerAuthentication"]
+    metadata: MetaM
+    spec: dict[str, Any] | None = None
+    status: dict | None = None
+
+    @field_validator("apiVersion")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        if v not in API_VERSIONS:
+            raise ValueError(f"apiVersion {v!r} is not one of {', '.join(API_VERSIONS)}")
+        return v
+
+
+def _t(v) -> tuple:
+    return tuple(v)
+
+
+def _build_authz(meta: MetaM, spec: AuthzSpecM) -> AuthorizationPolicy:
+    rules = []
+    for r in spec.rules:
+        sources = tuple(Source(
+            principals=_t(f.source.principals), not_principals=_t(f.source.notPrincipals),
+            namespaces=_t(f.source.namespaces), not_namespaces=_t(f.source.notNamespaces),
+            service_accounts=_t(f.source.serviceAccounts), not_service_accounts=_t(f.source.notServiceAccounts),
+            ip_blocks=tuple(ipaddress.ip_network(x, strict=False) for x in f.source.ipBlocks + f.source.remoteIpBlocks),
+            not_ip_blocks=tuple(ipaddress.ip_network(x, strict=False)
+                                for x in f.source.notIpBlocks + f.source.notRemoteIpBlocks),
+        ) for f in r.from_)
+        ops = tuple(Operation(
+            ports=tuple(int(p) for p in t.operation.ports), not_ports=tuple(int(p) for p in t.operation.notPorts),
+            methods=_t(t.operation.methods), not_methods=_t(t.operation.notMethods),
+            paths=_t(t.operation.paths), not_paths=_t(t.operation.notPaths),
+            hosts=_t(t.operation.hosts), not_hosts=_t(t.operation.notHosts)) for t in r.to)
+        conds = tuple(Condition(w.key, _t(w.values), _t(w.notValues)) for w in r.when)
+        rules.append(Rule(sources, ops, conds))
+    selector = tuple(sorted(spec.selector.matchLabels.items())) if spec.selector else None
+    dry = meta.annotations.get("istio.io/dry-run", "false").lower() == "true"
+    return AuthorizationPolicy(meta.namespace, meta.name, spec.action, selector, tuple(rules), dry)
+
+
+def _build_peer(meta: MetaM, spec: PeerSpecM) -> PeerAuthentication:
+    selector = tuple(sorted(spec.selector.matchLabels.items())) if spec.selector else None
+    ports = tuple(sorted((int(k), v.mode) for k, v in spec.portLevelMtls.items()))
+    return PeerAuthentication(meta.namespace, meta.name, spec.mtls.mode if spec.mtls else "UNSET", selector, ports)
+
+
+def _docs(text: str, path: str) -> list[yamlpos.Doc]:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise PolicyError(f"{path}:{getattr(e, 'lineno', 1)}: not valid JSON: {e}") from None
+        items = data if isinstance(data, list) else [data]
+        return [yamlpos.Doc(data=d, path=path, line=1) for d in items]
+    try:
+        return yamlpos.load_all(text, path)
+    except yamlpos.YamlError as e:
+        raise PolicyError(str(e)) from None
+
+
+def load_documents(text: str, path: str = "<policy>", root_namespace: str = "istio-system") -> list:
+    """Every document in ``text`` or a PolicyError naming every problem with its line."""
+    out, errors = [], []
+    for doc in _docs(text, path):
+        if not isinstance(doc.data, dict):
+            errors.append(f"{doc.where()}: a policy document must be a mapping")
+            continue
+        try:
+            d = DocM.model_validate(doc.data)
+            spec_model = AuthzSpecM if d.kind == "AuthorizationPolicy" else PeerSpecM
+            try:
+                spec = spec_model.model_validate(d.spec or {})
+            except ValidationError as e:
+                errors += yamlpos.pydantic_errors(doc, e, prefix=("spec",))
+                continue
+        except ValidationError as e:
+            errors += yamlpos.pydantic_errors(doc, e)
+            continue
+        if d.kind == "AuthorizationPolicy":
+            if spec.action == CUSTOM:
+                errors.append(f"{doc.where(('spec', 'action'))}: spec.action: CUSTOM (external authorization) is not supported")
+                continue
+            if spec.targetRef or spec.targetRefs:
+                errors.append(f"{doc.where(('spec',))}: spec.targetRef: waypoint/gateway targets are not supported; use selector")
+                continue
+            out.append(_build_authz(d.metadata, spec))
+        else:
+            out.append(_build_peer(d.metadata, spec))
+    if errors:
+        raise PolicyError("\n".join(_fix_names(e) for e in errors))
+    return out
+
+
+def _fix_names(line: str) -> str:
+    return line.replace(".from_", ".from").replace("spec.rules", "spec.rules")

@@ -1,0 +1,83 @@
+"""One record per finished connection (and per HTTP request), in SPEC.md's schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+def rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+    workload: str | None = None
+    namespace: str | None = None
+    principal: str | None = None
+
+    def to_json(self) -> dict:
+        return {"ip": self.ip, "port": self.port, "workload": self.workload, "namespace": self.namespace,
+                "principal": self.principal}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnRecord:
+    start: float
+    end: float
+    node: str
+    direction: str  # outbound | inbound
+    mode: str  # tunnel | local | passthrough | plaintext
+    src: Endpoint
+    dst: Endpoint
+    bytes_sent: int
+    bytes_received: int
+    verdict: str  # allow | deny | audit
+    policy: str | None
+    reason: str | None
+    trace_id: str | None
+
+    def to_json(self) -> dict:
+        return {
+            "type": "connection", "start": rfc3339(self.start), "end": rfc3339(self.end),
+            "duration_ms": round((self.end - self.start) * 1000, 3), "node": self.node,
+            "direction": self.direction, "mode": self.mode, "src": self.src.to_json(), "dst": self.dst.to_json(),
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "verdict": self.verdict,
+            "policy": self.policy, "reason": self.reason, "trace_id": self.trace_id,
+        }
+
+    @property
+    def key(self) -> str:
+        """Kafka key: the source workload (SPEC.md)."""
+        return f"{self.src.namespace}/{self.src.workload}" if self.src.workload else self.src.ip
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    start: float
+    end: float
+    node: str
+    src: Endpoint
+    dst: Endpoint
+    method: str
+    path: str
+    host: str
+    status: int
+    verdict: str
+    policy: str | None
+    trace_id: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "type": "request", "start": rfc3339(self.start), "end": rfc3339(self.end),
+            "duration_ms": round((self.end - self.start) * 1000, 3), "node": self.node, "direction": "inbound",
+            "src": self.src.to_json(), "dst": self.dst.to_json(), "method": self.method, "path": self.path,
+            "host": self.host, "status": self.status, "verdict": self.verdict, "policy": self.policy,
+            "trace_id": self.trace_id,
+        }
+
+    @property
+    def key(self) -> str:
+        return f"{self.src.namespace}/{self.src.workload}" if self.src.workload else self.src.ip
