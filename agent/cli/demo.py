@@ -160,7 +160,7 @@ def run_steps(d: Demo, work: Path, servers: list) -> None:
     d.mark(r.returncode == 0, "policies in force on every agent" + ("" if r.returncode == 0 else f": {r.stderr.strip()}"))
     r = in_pod("intruder", "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/hello")
     d.detail(f"intruder: curl exit {r.returncode}, status {r.stdout or '-'}")
-    d.mark(r.returncode != 0 or r.stdout.strip() not in ("200",), "intruder is refused at the destination (L4 DENY)")
+    d.mark(r.returncode != 0 or r.stdout.strip() not in ("200",), "intruder is refused at the destination (DENY by SPIFFE principal)")
     r = in_pod("client", "curl", "-s", "-m", "5", "-w", "\n%{http_code}", f"{url}/admin/users")
     code = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "-"
     d.detail(f"client GET /admin/users: {r.stdout.strip()[:200]}")

@@ -8,8 +8,9 @@ through ``by_ip``. A workload with ``node`` None (or equal to this node's name) 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 NAME_MAX = 253
 
