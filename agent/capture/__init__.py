@@ -9,6 +9,7 @@ tests can act on a node namespace without entering it.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -120,12 +121,13 @@ class Capture:
                 for chain in ("prerouting", "pod_out", "pod_in"):
                     if f"chain {chain} " not in live:
                         d.problems.append(f"chain {chain} missing")
-                n_live = sum(1 for ln in live.splitlines() if _is_rule(ln))
-                n_want = sum(1 for ln in want.splitlines() if _is_rule(ln))
-                if n_live != n_want:
-                    d.problems.append(f"table inet {rules.TABLE} has {n_live} rules, expected {n_want}")
-                members = _set_members(live, "pods4") | _set_members(live, "pods6")
-                if self._enrolled and members != self._enrolled:
+                live_rules, want_rules = _chain_rules(live), _chain_rules(want)
+                for chain, rules_ in want_rules.items():
+                    if len(live_rules.get(chain, [])) != len(rules_):
+                        d.problems.append(f"chain {chain} has {len(live_rules.get(chain, []))} rules, "
+                                          f"expected {len(rules_)}")
+                members = {_norm(m) for m in _set_members(live, "pods4") | _set_members(live, "pods6")}
+                if self._enrolled and members != {_norm(m) for m in self._enrolled}:
                     d.problems.append(f"enrolled pods differ: missing {sorted(self._enrolled - members)}, "
                                       f"extra {sorted(members - self._enrolled)}")
         d.problems += routing.status(self.spec.route_table, self.netns)
@@ -161,9 +163,27 @@ class Capture:
                             pass
 
 
-def _is_rule(line: str) -> bool:
-    s = line.strip()
-    return bool(s) and not s.startswith(("table", "chain", "set", "type", "flags", "elements", "}", "#", "policy"))
+def _norm(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
+
+
+def _chain_rules(text: str) -> dict[str, list[str]]:
+    """Rule lines per chain of an nft listing (comments and the hook line left out)."""
+    out: dict[str, list[str]] = {}
+    chain = None
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("chain "):
+            chain = s.split()[1]
+            out[chain] = []
+        elif s == "}":
+            chain = None
+        elif chain and s and not s.startswith(("#", "type ")):
+            out[chain].append(s)
+    return out
 
 
 def _set_members(listing: str, name: str) -> set[str]:

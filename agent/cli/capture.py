@@ -32,7 +32,7 @@ def cmd_capture(args) -> int:
         cfg.capture.backend = args.backend
     try:
         cap = Capture(cfg.capture, cfg.ports, cfg.cluster.pod_cidrs, netns=args.netns)
-        cap._enrolled = {ip for ip in args.pod + [w.ip for w in cfg.workloads if not w.node]}
+        cap._enrolled = set(args.pod) | {ip for w in cfg.workloads if not w.node for ip in [w.ip, *w.ips]}
         if args.action == "render":
             sys.stdout.write(cap.render())
         elif args.action == "install":

@@ -23,7 +23,7 @@ class Handler(BaseHTTPRequestHandler):
             ctype = "application/octet-stream"
         else:
             body = json.dumps({
-                "client": f"{self.client_address[0]}:{self.client_address[1]}",
+                "client": f"{self.client_address[0].removeprefix('::ffff:')}:{self.client_address[1]}",
                 "method": self.command,
                 "path": self.path,
                 "headers": dict(self.headers),

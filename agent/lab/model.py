@@ -8,6 +8,7 @@ fd00:686d:ffff::/64, node i's pods 198.19.i.0/24 and fd00:686d:i::/48.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -165,6 +166,7 @@ def plan(name: str, topo: Topology, run_dir: str) -> LabPlan:
         lp.pods.append(PodPlan(
             name=p.name, namespace=p.namespace, service_account=p.service_account or p.name,
             labels=dict(p.labels), node=p.node, http_ports=list(p.http_ports),
-            netns=f"hm-{name}-p{p.node}-{j}", ip4=f"198.19.{p.node}.{j + 2}", ip6=f"fd00:686d:{p.node:x}::{j + 2:x}",
+            netns=f"hm-{name}-p{p.node}-{j}", ip4=f"198.19.{p.node}.{j + 2}",
+            ip6=str(ipaddress.ip_address(f"fd00:686d:{p.node:x}::{j + 2:x}")),
             veth=f"h-{j}"))
     return lp

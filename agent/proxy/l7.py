@@ -27,8 +27,10 @@ logger = logging.getLogger("hostmesh.l7")
 MAX_HEAD = 16 * 1024
 
 
-def _reply(conn: h11.Connection, status: int, body: bytes, extra=()) -> bytes:
-    hs = [("content-type", "text/plain"), ("content-length", str(len(body))), ("connection", "close"), *extra]
+def _reply(conn: h11.Connection, status: int, body: bytes, extra=(), close: bool = True) -> bytes:
+    hs = [("content-type", "text/plain"), ("content-length", str(len(body))), *extra]
+    if close:
+        hs.append(("connection", "close"))
     out = conn.send(h11.Response(status_code=status, headers=hs))
     return out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
 
@@ -52,6 +54,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
             req_side.receive_data(bytes(pending))
             fed = len(pending)
         start = None
+        discard = False
         while True:
             if state["raw"]:
                 data = await aio.recv_some(a)
@@ -91,24 +94,37 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                 d = enforce.decide(agent, conn, attrs)
                 _record(agent, conn, attrs, d, start)
                 if d.verdict == "deny":
+                    # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
+                    # usable, the denied request's body is read and dropped, never forwarded.
                     body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
                     extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
-                    await aio.send_all(a, _reply(req_side, 403, body, extra))
+                    await aio.send_all(a, _reply(req_side, 403, body, extra, close=False))
                     conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
-                    state["reason"] = "denied"
-                    raise _Done()
-                resp_side.send(h11.Request(method=ev.method, target=ev.target, headers=ev.headers,
-                                           http_version=ev.http_version))
+                    discard = True
+                else:
+                    discard = False
+                    resp_side.send(h11.Request(method=ev.method, target=ev.target, headers=ev.headers,
+                                               http_version=ev.http_version))
             elif isinstance(ev, h11.Data):
-                resp_side.send(h11.Data(data=ev.data))
+                if not discard:
+                    resp_side.send(h11.Data(data=ev.data))
             elif isinstance(ev, h11.EndOfMessage):
-                resp_side.send(h11.EndOfMessage())
+                if not discard:
+                    resp_side.send(h11.EndOfMessage())
             elif isinstance(ev, h11.ConnectionClosed):
                 break
             # forward exactly the bytes h11 consumed for this event
             chunk = bytes(pending[: consumed - forwarded])
             del pending[: consumed - forwarded]
             forwarded = consumed
+            if discard:
+                chunk = b""
+                if isinstance(ev, h11.EndOfMessage):
+                    discard = False
+                    if req_side.our_state is h11.MUST_CLOSE or req_side.their_state is h11.MUST_CLOSE:
+                        state["reason"] = "denied"
+                        raise _Done()
+                    req_side.start_next_cycle()
             if chunk:
                 await aio.send_all(b, chunk)
                 counts[0] += len(chunk)
@@ -142,13 +158,22 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     ev = resp_side.next_event()
                     if ev in (h11.NEED_DATA, h11.PAUSED):
                         break
-                    if isinstance(ev, h11.Response) and ev.status_code == 101:
-                        state["raw"] = True
-                    if isinstance(ev, h11.EndOfMessage) and resp_side.our_state is h11.DONE:
-                        resp_side.start_next_cycle()
-                        req_side.start_next_cycle()
-                        cycle.set()
-                        cycle = trio.Event()
+                    # mirror the response into the request side's state machine, so it
+                    # knows the exchange is over and parses the next keep-alive request
+                    if isinstance(ev, (h11.Response, h11.InformationalResponse)):
+                        if ev.status_code == 101:
+                            state["raw"] = True
+                            break
+                        req_side.send(type(ev)(status_code=ev.status_code, headers=ev.headers, reason=ev.reason))
+                    elif isinstance(ev, h11.Data):
+                        req_side.send(h11.Data(data=ev.data))
+                    elif isinstance(ev, h11.EndOfMessage):
+                        req_side.send(h11.EndOfMessage())
+                        if resp_side.our_state is h11.DONE and req_side.their_state is h11.DONE:
+                            resp_side.start_next_cycle()
+                            req_side.start_next_cycle()
+                            cycle.set()
+                            cycle = trio.Event()
             except (h11.ProtocolError, RuntimeError):
                 state["raw"] = True  # not something we can follow: stop tracking, keep relaying
         from agent.proxy.tlsclose import shutdown_write

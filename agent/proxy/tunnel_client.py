@@ -10,6 +10,7 @@ destination identity, node), and TLS 1.3 sessions are resumed by the identity la
 from __future__ import annotations
 
 import logging
+import select
 import socket
 from dataclasses import dataclass
 
@@ -107,19 +108,19 @@ class TunnelPool:
 
 
 def _alive(s: socket.socket) -> bool:
-    """A warm TLS connection the peer has not closed (pending bytes are session tickets)."""
-    try:
-        return socket.socket.recv(s, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+    """A warm TLS connection the peer has not shut down (pending bytes may be session
+    tickets, so only a hang-up, reset or error says it is dead)."""
+    p = select.poll()
+    p.register(s.fileno(), select.POLLIN | select.POLLRDHUP)
+    for _fd, ev in p.poll(0):
+        if ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            return False
+    return True
 
 
 async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
     """TLS to the destination node, then CONNECT; the result carries the status."""
     from agent.identity.spiffe import sni_for
-    from agent.proxy.connect import ConnectResponseParser, build_connect, new_traceparent
 
     if agent.identities is None or conn.src is None:
         return TunnelResult(503, "no_identity")
@@ -130,6 +131,19 @@ async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
     sni = sni_for(dst.namespace, dst.service_account, td)
     expected = dst.spiffe_id(td)
     key = (conn.src.identity_key, sni, expected, p.node_address)
+    for attempt in (1, 2):
+        result = await _exchange(agent, conn, p, key)
+        # a pooled connection the peer closed meanwhile: one retry on a fresh handshake
+        if result.status == 502 and result.reason == "tunnel_closed" and attempt == 1:
+            agent.count("tunnel_stale_retries")
+            continue
+        return result
+    return result
+
+
+async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
+    from agent.proxy.connect import ConnectResponseParser, build_connect, new_traceparent
+
     try:
         with trio.fail_after(agent.config.dataplane.connect_timeout_s + agent.config.identity.handshake_timeout_s):
             tls = await agent.tunnels.get(key)
@@ -139,7 +153,10 @@ async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
             parser = ConnectResponseParser()
             resp = None
             while resp is None:
-                data = await aio.recv_some(tls)
+                try:
+                    data = await aio.recv_some(tls)
+                except OSError:
+                    data = b""
                 if not data:
                     aio.close(tls)
                     return TunnelResult(502, "tunnel_closed")
