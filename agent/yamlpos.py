@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class YamlError(ValueError):
     """A document that is not YAML; ``str()`` is ``path:line: message``."""
 
@@ -37,7 +40,7 @@ class Doc:
         return f"{self.path}:{self.line_of(loc)}"
 
 
-def _convert(node: yaml.Node, loc: tuple, lines: dict[tuple, int], loader: yaml.SafeLoader) -> Any:
+def _convert(node: yaml.Node, loc: tuple, lines: dict[tuple, int], loader) -> Any:
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -59,7 +62,8 @@ def _convert(node: yaml.Node, loc: tuple, lines: dict[tuple, int], loader: yaml.
 def load_all(text: str, path: str = "<input>") -> list[Doc]:
     """Every non-empty document in ``text``; raises YamlError with ``path:line``."""
     try:
-        loader = yaml.SafeLoader(text)
+        # libyaml's parser when present: ~10x faster on large policy files
+        loader = _Loader(text)
     except yaml.reader.ReaderError as e:
         line = text[: e.position].count("\n") + 1
         raise YamlError(f"{path}:{line}: not valid YAML: character {e.character!r} is not allowed") from None

@@ -137,7 +137,9 @@ def policy(quick: bool) -> list[dict]:
 
     r = run_policy_bench(n_policies=2000 if quick else 10000, n_namespaces=200 if quick else 1000)
     return [row("policy-10k", "hostmesh", "decision_p99_us", r["decision_p99_us"]),
-            row("policy-10k", "hostmesh", "load_s", r["load_s"])]
+            row("policy-10k", "hostmesh", "decision_p50_us", r["decision_p50_us"]),
+            row("policy-10k", "hostmesh", "load_s", r["load_s"]),
+            row("policy-10k", "hostmesh", "load_yaml_s", r["load_yaml_s"])]
 
 
 def wait_ready(lab: Lab) -> None:

@@ -109,7 +109,9 @@ def down(name: str) -> list[str]:
     return left
 
 
-def _kill(pid: int, sig: int) -> None:
+def _kill(pid: int | None, sig: int) -> None:
+    if not pid:
+        return
     try:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):

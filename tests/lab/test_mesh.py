@@ -176,19 +176,21 @@ def test_l4_deny_fails_at_once_and_l7_deny_is_403_on_the_same_keepalive(mesh):
     web = mesh.pod("web")
     try:
         mesh.apply(DENY_OTHER + "---\n" + DENY_ADMIN_PATH + "---\n" + DB_ALLOW_NOBODY)
-        # L4: db allows nothing -> refused at once, not a hang
+        # L4: db allows nothing -> refused at once by the destination agent, not a hang
+        denied_before = mesh.stats(0).get("policy_decisions_deny", 0)
         t0 = time.monotonic()
         r = ns_py(mesh.pod("client")["netns"], f"""
 import socket
-c = socket.create_connection(("{mesh.pod('db')['ip']}", 9090), 5)
-c.settimeout(5)
 try:
+    c = socket.create_connection(("{mesh.pod('db')['ip']}", 9090), 5)
+    c.settimeout(5)
     print(repr(c.recv(10)))
-except ConnectionResetError:
+except (ConnectionResetError, ConnectionRefusedError):
     print("reset")
 """)
         assert r.stdout.strip() in ("reset", "b''"), r.stdout + r.stderr
         assert time.monotonic() - t0 < 3
+        assert mesh.stats(0).get("policy_decisions_deny", 0) == denied_before + 1
         # L7: one keep-alive connection: /ok allowed, /admin denied naming the policy, /ok again
         r = ns_run(mesh.pod("client")["netns"], "curl", "-s", "-m", "5", "-v", "-w", " %{http_code}\n",
                    "-o", "/dev/null", f"http://{web['ip']}:8080/ok", "-o", "/dev/null",
