@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

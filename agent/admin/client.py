@@ -43,13 +43,19 @@ class AdminClient:
             if content_type:
                 hs.append(("content-type", content_type))
             hs += list((headers or {}).items())
-            s.sendall(conn.send(h11.Request(method=method, target=path, headers=hs)) + conn.send(h11.Data(data=data))
-                      + conn.send(h11.EndOfMessage()))
+            try:
+                s.sendall(conn.send(h11.Request(method=method, target=path, headers=hs))
+                          + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered early (413, 403) and closed: read what it said
             status, chunks = 0, []
             while True:
                 ev = conn.next_event()
                 if ev is h11.NEED_DATA:
-                    d = s.recv(65536)
+                    try:
+                        d = s.recv(65536)
+                    except ConnectionResetError:
+                        d = b""
                     conn.receive_data(d)
                     continue
                 if isinstance(ev, h11.Response):

@@ -13,7 +13,6 @@ import json
 from typing import Any, Literal
 
 import yaml
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent import yamlpos
