@@ -127,8 +127,9 @@ class CaptureConfig(_Model):
 
 
 class DataplaneConfig(_Model):
-    # 0 = one worker process per core.
-    workers: int = 1
+    # Worker processes sharing the listeners. Only 1 is implemented so far; a larger
+    # value is refused rather than silently ignored (docs/dataplane.md).
+    workers: int = Field(default=1, ge=1, le=1)
     engine: Literal["epoll", "trio"] = "epoll"
     # 256 KiB: NOTES.md measured 64 KiB halving throughput; larger buys nothing.
     buffer_bytes: int = 256 * 1024

@@ -15,7 +15,7 @@ TLS_PORT_BASE = 25000
 
 def client_config(ports: list[int], node0: str, certs: Path) -> str:
     lines = [
-        "global", "  maxconn 40000", "  nbthread 1",
+        "global", "  maxconn 9000", "  nbthread 1",
         "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
         "frontend out", "  bind 127.0.0.1:15001 transparent",
     ]
@@ -30,7 +30,7 @@ def client_config(ports: list[int], node0: str, certs: Path) -> str:
 
 def server_config(ports: list[int], node0: str, pod: str, certs: Path) -> str:
     lines = [
-        "global", "  maxconn 40000", "  nbthread 1",
+        "global", "  maxconn 9000", "  nbthread 1",
         "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
     ]
     for p in ports:
@@ -42,16 +42,18 @@ def server_config(ports: list[int], node0: str, pod: str, certs: Path) -> str:
 
 
 def make_certs(work: Path) -> Path:
-    """A root, a node intermediate and two SVIDs (client, server) as HAProxy wants them."""
+    """A root, a node intermediate and two SVIDs (client, server) as HAProxy wants them:
+    each ``crt`` file holds the leaf, the intermediate and the key."""
     from agent.identity import ca
+    from agent.identity.testing import make_pki
 
     d = work / "haproxy-certs"
     d.mkdir(parents=True, exist_ok=True)
-    pems = ca.bench_material("cluster.local", ["spiffe://cluster.local/ns/bench/sa/cli",
-                                               "spiffe://cluster.local/ns/bench/sa/srv"])
-    (d / "bundle.pem").write_bytes(pems["bundle"])
-    (d / "client.pem").write_bytes(pems["spiffe://cluster.local/ns/bench/sa/cli"])
-    (d / "server.pem").write_bytes(pems["spiffe://cluster.local/ns/bench/sa/srv"])
+    pki = make_pki("cluster.local")
+    (d / "bundle.pem").write_bytes(ca.cert_pem(pki.root))
+    for name, sid in (("client", "spiffe://cluster.local/ns/bench/sa/cli"), ("server", "spiffe://cluster.local/ns/bench/sa/srv")):
+        chain, key = pki.svid(sid)
+        (d / f"{name}.pem").write_bytes(chain + key)
     return d
 
 

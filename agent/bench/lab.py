@@ -37,6 +37,7 @@ class Lab:
 
     def __enter__(self) -> Lab:
         hm("lab", "down", "--name", self.name, check=False)
+        self.work.mkdir(parents=True, exist_ok=True)
         topo = self.work / "topology.yaml"
         topo.write_text(TOPOLOGY)
         args = ["lab", "up", "--name", self.name, "--topology", str(topo)]

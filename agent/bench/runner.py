@@ -56,13 +56,16 @@ class Run:
 
 
 def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
+    from agent.cli.run import _raise_fd_limit
+
+    _raise_fd_limit()  # HAProxy and the idle-connection holders inherit it
     run = Run(quick, progress)
     work = Path(tempfile.mkdtemp(prefix="hostmesh-bench-"))
     ports = list(sc.PORTS.values())
     progress(f"benchmark ({'quick' if quick else 'full'}), work dir {work}")
 
     progress("phase 1: lab without agents (direct, haproxy)")
-    with Lab("bench-d", work / "d", agents=False) as lab:
+    with Lab("benchd", work / "d", agents=False) as lab:
         sc.start_servers(lab, work / "d")
         run.standard(lab, "direct", "cli", [], 0)
         try:
@@ -73,15 +76,14 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
             progress(f"  haproxy path FAILED to start: {e}")
 
     progress("phase 2: lab with hostmesh agents")
-    with Lab("bench-m", work / "m", agents=True) as lab:
+    with Lab("benchm", work / "m", agents=True) as lab:
         sc.start_servers(lab, work / "m")
         pids = lab.agent_pids()
         run.standard(lab, "hostmesh", "cli", pids, 2)
         run.step("hostmesh idle", lambda: sc.idle(lab, "hostmesh", "cli", run.d, lab.agent_pids()))
         run.standard(lab, "hostmesh-same-node", "cli0", [], 1, full=False)
         for variant, setting in (("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
-                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}}),
-                                 ("hostmesh-2-workers", {"dataplane": {"workers": 2}})):
+                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}})):
             try:
                 restart_agents(lab, setting)
             except Exception as e:
