@@ -24,7 +24,7 @@ def client_config(ports: list[int], node0: str, certs: Path) -> str:
     for p in ports:
         lines += [f"backend b{p}",
                   f"  server n0 {node0}:{TLS_PORT_BASE + p % 1000} ssl verify required "
-                  f"ca-file {certs}/bundle.pem crt {certs}/client.pem sni str(srv) ssl-min-ver TLSv1.3"]
+                  f"ca-file {certs}/bundle.pem crt {certs}/client.pem ssl-min-ver TLSv1.3"]
     return "\n".join(lines) + "\n"
 
 
