@@ -183,6 +183,7 @@ async def serve_unix(path: str, handler: Handler, *, mode: int = 0o600, gid: int
     os.chmod(path, mode)
     if gid is not None:
         os.chown(path, -1, gid)
+    ours = os.stat(path).st_ino
     sock.listen(128)
     listener = trio.SocketListener(sock)
 
@@ -200,8 +201,9 @@ async def serve_unix(path: str, handler: Handler, *, mode: int = 0o600, gid: int
             task_status.started()
             await trio.serve_listeners(conn, [listener], handler_nursery=n)
     finally:
-        try:
-            os.unlink(path)
+        try:  # a replacement agent may have taken the path over while we drained
+            if os.stat(path).st_ino == ours:
+                os.unlink(path)
         except OSError:
             pass
 

@@ -74,7 +74,7 @@ def cmd_inspect(args) -> int:
     from agent.identity import ca
 
     rows = []
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for f in args.files:
         try:
             certs = ca.load_certs(f.read_bytes())

@@ -170,7 +170,7 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
     d = Path(lp.dir)
     cfg = {
         "node": {"name": n.name, "address": n.ip4, "address6": n.ip6},
-        "cluster": {"pod_cidrs": [n.cidr4, n.cidr6],
+        "cluster": {"pod_cidrs": [n.cidr4, n.cidr6], "services": _services_config(lp, state),
                     "nodes": [{"name": m.name, "address": m.ip4, "address6": m.ip6, "pod_cidrs": [m.cidr4, m.cidr6]}
                               for m in lp.nodes]},
         "admin": {"socket": n.admin_socket},
@@ -192,6 +192,15 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     base.unlink(missing_ok=True)
     return path
+
+
+def _services_config(lp: LabPlan, state: dict) -> list[dict]:
+    out = []
+    for svc in state["topology"].get("services", []):
+        ips = [lp.pod(e).ip4 for e in svc["endpoints"]]
+        out.append({"name": svc["name"], "namespace": svc["namespace"], "vip": svc["vip"], "ports": [svc["port"]],
+                    "target_port": svc["target_port"], "endpoints": ips})
+    return out
 
 
 def _services(lp: LabPlan, state: dict, kafka: bool, otlp: bool) -> None:

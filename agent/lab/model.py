@@ -43,10 +43,28 @@ class PodSpec(BaseModel):
         return v
 
 
+class ServiceSpec(BaseModel):
+    """A virtual IP load-balanced over pods (extends SPEC.md's topology file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    namespace: str = "default"
+    vip: str
+    port: int = Field(ge=1, le=65535)
+    target_port: int | None = Field(default=None, ge=1, le=65535)
+    endpoints: list[str]
+
+    @field_validator("vip")
+    @classmethod
+    def _vip(cls, v: str) -> str:
+        return str(ipaddress.ip_address(v))
+
+
 class Topology(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nodes: int = Field(default=2, ge=1, le=MAX_NODES)
     pods: list[PodSpec] = []
+    services: list[ServiceSpec] = []
 
 
 def parse_topology(text: str, path: str) -> Topology:
@@ -72,6 +90,11 @@ def parse_topology(text: str, path: str) -> Topology:
         per_node[p.node] = per_node.get(p.node, 0) + 1
         if per_node[p.node] > MAX_PODS_PER_NODE:
             raise TopologyError(f"{doc.where(('pods', i))}: node {p.node} has more than {MAX_PODS_PER_NODE} pods")
+    for i, svc in enumerate(topo.services):
+        for ep in svc.endpoints:
+            if ep not in seen:
+                raise TopologyError(f"{doc.where(('services', i, 'endpoints'))}: services[{i}].endpoints: "
+                                    f"no pod named {ep!r}")
     return topo
 
 
