@@ -202,6 +202,9 @@ class TelemetryConfig(_Model):
 
 class DrainConfig(_Model):
     deadline_s: float = 30.0
+    # Keep accepting while draining until a replacement listens, at most this long:
+    # stopping at once would make capture refuse pods' connections until one starts.
+    accept_grace_s: float = 10.0
 
 
 class WorkloadConfig(_Model):

@@ -64,8 +64,16 @@ async def _signals(agent: Agent, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 async def _drain(agent: Agent, listeners: trio.CancelScope) -> None:
     """Stop accepting, give connections until the deadline, then close them (ztunnel's drain)."""
+    from agent.drain import read_proc_tcp, replacement_present
+
     agent.draining = True
     deadline = agent.config.drain.deadline_s
+    port = agent.config.ports.outbound
+    own = 2 if agent.config.capture.enabled else 1  # 127.0.0.1 and ::1
+    with trio.move_on_after(min(agent.config.drain.accept_grace_s, deadline)):
+        while not replacement_present(read_proc_tcp(), port, own):
+            await trio.sleep(0.05)
+        logger.info("a replacement agent is listening; handing new connections over")
     listeners.cancel()
     with trio.move_on_after(deadline):
         while len(agent.conns):

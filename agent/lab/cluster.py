@@ -178,7 +178,7 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
                      "ca_key": str(d / "ca" / "nodes" / n.name / "key.pem"), "trust_bundle": str(d / "ca" / "bundle.pem")},
         "capture": {"enabled": True, "backend": "nftables", "fail": "closed"},
         "ports": {"metrics_bind": "0.0.0.0"},
-        "drain": {"deadline_s": 5.0},
+        "drain": {"deadline_s": 5.0, "accept_grace_s": 3.0},
         "state_dir": n.dir,
         "workloads": [p.workload(None if p.node == n.index else f"node-{p.node}") for p in lp.pods],
         "telemetry": {"access_log": "stderr"},

@@ -139,8 +139,11 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
 
             emit(agent, conn, time.time())
             return
+    # The pod sees the original source address (Forwarded); without one the peer is
+    # another node itself, whose underlay address is not ours to borrow.
+    bind = src_ip if req.forwarded_for else None
     try:
-        upstream = await connect((req.target_ip, req.target_port), bind_src=src_ip,
+        upstream = await connect((req.target_ip, req.target_port), bind_src=bind,
                                  timeout=cfg.dataplane.connect_timeout_s)
     except trio.TooSlowError:
         await answer(504)

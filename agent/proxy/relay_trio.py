@@ -14,6 +14,7 @@ import time
 import trio
 
 from agent.proxy.engine import FinishedConn
+from agent.proxy.sockets import set_reset_on_close
 from agent.proxy.tlsclose import shutdown_write
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
@@ -79,13 +80,11 @@ async def relay(a: socket.socket, b: socket.socket, *, to_a: bytes = b"", to_b: 
             outer.cancel_scope.cancel()
     except* OSError:
         reason = "reset"
-        for s in (a, b):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            except OSError:
-                pass
     if idle.last is None:
         reason = "idle_timeout"
+    if reason != "closed":  # as the engine: the peers see a reset, not a clean end
+        for s in (a, b):
+            set_reset_on_close(s)
     for s in (a, b):
         try:
             s.close()

@@ -61,22 +61,37 @@ def make_listener(host: str, port: int, *, transparent: bool = True, reuseport: 
     return s
 
 
-def original_dst(sock: socket.socket) -> tuple[str, int]:
-    """For a TPROXY-accepted socket the local address is the original destination."""
+def original_dst(sock: socket.socket, *, redirected: bool = False) -> tuple[str, int]:
+    """For a TPROXY-accepted socket the local address is the original destination.
+    ``redirected=True`` is for a socket captured by REDIRECT/DNAT instead (IPv4): the
+    address comes from conntrack through SO_ORIGINAL_DST; if that fails (no NAT entry),
+    the local address is the answer."""
+    if redirected and sock.family == socket.AF_INET:
+        try:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
+            return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+        except OSError:
+            pass
     addr = sock.getsockname()
     return addr[0], addr[1]
 
 
-def connect_socket(dst: tuple[str, int], *, bind_src: str | None = None) -> socket.socket:
+def connect_socket(dst: tuple[str, int], *, bind_src: str | None = None,
+                   transparent: bool | None = None) -> socket.socket:
     """A non-blocking, marked socket whose connect is in progress; bound to ``bind_src``
-    with IP_TRANSPARENT when the original source address must be preserved."""
+    (port 0) with IP_TRANSPARENT when the original source address must be preserved.
+    ``transparent`` defaults to "when ``bind_src`` is given"; ``transparent=False`` with
+    a ``bind_src`` binds to a local address of this host (IP_FREEBIND not needed)."""
+    if transparent is None:
+        transparent = bind_src is not None
     fam = _family(dst[0])
     s = socket.socket(fam, socket.SOCK_STREAM)
     try:
         _mark(s)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if bind_src is not None and _family(bind_src) == fam:
-            _transparent(s, fam)
+            if transparent:
+                _transparent(s, fam)
             s.bind((bind_src, 0))
         s.setblocking(False)
         err = s.connect_ex(dst)

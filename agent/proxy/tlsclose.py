@@ -30,6 +30,10 @@ def _load() -> bool:
             lib.SSL_shutdown.restype = ctypes.c_int
             lib.SSL_get_fd.argtypes = [ctypes.c_void_p]
             lib.SSL_get_fd.restype = ctypes.c_int
+            lib.SSL_in_init.argtypes = [ctypes.c_void_p]
+            lib.SSL_in_init.restype = ctypes.c_int
+            lib.ERR_clear_error.argtypes = []
+            lib.ERR_clear_error.restype = None
             _lib, _ok = lib, True
         except (OSError, AttributeError):
             _ok = False
@@ -50,8 +54,13 @@ def shutdown_write(sock: socket.socket) -> None:
     """Half-close ``sock``'s sending side (close_notify for TLS, then TCP FIN)."""
     if isinstance(sock, ssl.SSLSocket):
         ptr = _ssl_ptr(sock)
-        if ptr is not None:
-            _lib.SSL_shutdown(ptr)  # 0: close_notify sent, peer's not yet seen — expected
+        # Mid-handshake (e.g. a TLS 1.3 server still owing its session tickets) there is
+        # no close_notify to send: the TCP FIN alone ends the stream.
+        if ptr is not None and not _lib.SSL_in_init(ptr):
+            if _lib.SSL_shutdown(ptr) < 0:  # 0: close_notify sent, peer's not yet seen — expected
+                # a failure leaves an entry on OpenSSL's per-thread error queue, which the
+                # next SSL call on ANY connection of this thread would report as its own
+                _lib.ERR_clear_error()
     try:
         socket.socket.shutdown(sock, socket.SHUT_WR)
     except OSError:

@@ -46,7 +46,10 @@ class TunnelPool:
         self._nursery = nursery
         self._warm: dict[tuple, list[tuple[float, socket.socket]]] = {}
         self._filling: set[tuple] = set()
-        self.stats = {"handshakes": 0, "warm_hits": 0, "warm_misses": 0, "handshake_failures": 0}
+        # TLS 1.3 session tickets per key: a resumed handshake skips the certificate
+        # exchange and signature (NOTES.md: ~650 resumed vs ~360 full mTLS handshakes/s)
+        self._sessions: dict[tuple, object] = {}
+        self.stats = {"handshakes": 0, "resumed": 0, "warm_hits": 0, "warm_misses": 0, "handshake_failures": 0}
 
     async def _handshake(self, key: tuple) -> socket.socket:
         from agent.identity.tls import tls_handshake_client
@@ -57,13 +60,35 @@ class TunnelPool:
         raw = await connect((node_address, self.agent.config.ports.tunnel), bind_src=None,
                             timeout=self.agent.config.dataplane.connect_timeout_s)
         try:
-            tls = await tls_handshake_client(raw, ctx, sni, self.agent.config.identity.handshake_timeout_s,
-                                             expected_id=expected, trust_domain=self.agent.config.identity.trust_domain)
+            held = self._sessions.get(key)
+            # a session belongs to the context that made it; a renewed SVID means a new one
+            session = held[1] if held is not None and held[0] is ctx else None
+            try:
+                tls = await tls_handshake_client(raw, ctx, sni, self.agent.config.identity.handshake_timeout_s,
+                                                 expected_id=expected, trust_domain=self.agent.config.identity.trust_domain,
+                                                 session=session)
+            except ValueError:
+                if session is None:
+                    raise
+                # a ticket the server no longer accepts (restart, new certificate): forget it
+                self._sessions.pop(key, None)
+                raise
         except BaseException:
             aio.close(raw)
             raise
         self.stats["handshakes"] += 1
+        if tls.session_reused:
+            self.stats["resumed"] += 1
         return tls
+
+    def remember_session(self, key: tuple, tls) -> None:
+        """After the CONNECT exchange the server's session tickets have arrived."""
+        try:
+            sess = tls.session
+        except (AttributeError, ValueError):
+            return
+        if sess is not None and sess.has_ticket:
+            self._sessions[key] = (tls.context, sess)
 
     async def get(self, key: tuple) -> socket.socket:
         now = trio.current_time()
@@ -169,6 +194,7 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
     except ValueError as e:  # identity rejected (named reason) or malformed response
         agent.count("tunnel_rejected")
         return TunnelResult(502, f"tunnel_rejected: {e}")
+    agent.tunnels.remember_session(key, tls)
     if resp.status != 200:
         aio.close(tls)
         policy = dict(resp.headers).get("x-hostmesh-policy")

@@ -108,3 +108,14 @@ def test_inbound(view, dst, port, expect):
         assert isinstance(p, Route) and p.dst.uid == "b"
     else:
         assert isinstance(p, Refuse) and p.reason == expect
+
+
+def test_drain_sees_a_replacement_listener():
+    from agent.drain import listeners_on, replacement_present
+
+    head = "  sl  local_address rem_address   st\n"
+    one = "   0: 0100007F:3A99 00000000:0000 0A\n"
+    est = "   1: 0100007F:3A99 0200007F:1234 01\n"
+    assert listeners_on(head + one + est, 15001) == 1
+    assert not replacement_present(head + one, 15001, own=1)
+    assert replacement_present(head + one + one, 15001, own=1)
