@@ -42,11 +42,17 @@ def run_policy_bench(n_policies: int = 10000, n_namespaces: int = 1000, decision
     PolicyStore().apply(load_documents(text, "bench.yaml"), "bench")
     load_yaml_s = time.perf_counter() - t0
     rnd = random.Random(2)
-    conns = [ConnAttrs(f"10.{rnd.randrange(250)}.1.1", 40000, f"cluster.local/ns/ns{rnd.randrange(n_namespaces)}/sa/sa1",
-                       "x", "10.0.0.1", 8000 + rnd.randrange(50), f"ns{rnd.randrange(n_namespaces)}",
-                       {"app": f"app{rnd.randrange(7)}"}) for _ in range(decisions)]
-    for c in conns[:2000]:  # warm the per-workload index, as a running agent has
-        evaluate(store, c)
+    # destinations: the workloads of one node (a node hosts tens to hundreds of pods;
+    # decisions are indexed per workload, so these are what a running agent evaluates)
+    node_workloads = [(f"ns{rnd.randrange(n_namespaces)}", {"app": f"app{rnd.randrange(7)}"}) for _ in range(200)]
+    conns = []
+    for _ in range(decisions):
+        ns, labels = rnd.choice(node_workloads)
+        conns.append(ConnAttrs(f"10.{rnd.randrange(250)}.1.1", 40000,
+                               f"cluster.local/ns/ns{rnd.randrange(n_namespaces)}/sa/sa1", "x", "10.0.0.1",
+                               8000 + rnd.randrange(50), ns, labels))
+    for ns, labels in node_workloads:  # the index is built as workloads arrive
+        store.applicable(ns, labels)
     times = []
     for c in conns:
         t = time.perf_counter()
