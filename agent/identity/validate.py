@@ -74,26 +74,7 @@ def validate_peer(chain: list[x509.Certificate], roots: list[x509.Certificate], 
         cur = nxt
     if not trusted:
         return _fail("untrusted")
-    try:
-        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
-    if not uris:
-        return _fail("no_uri_san")
-    if len(uris) > 1:
-        return _fail("multiple_uri_sans")
-    if _is_ca(leaf):
-        return _fail("leaf_is_ca")
-    try:
-        sid = parse(uris[0])
-    except SpiffeError:
-        return _fail("bad_spiffe_id")
-    if sid.trust_domain != trust_domain:
-        return _fail("trust_domain_mismatch")
-    if expected_id is not None and uris[0] != expected_id:
-        return _fail("unexpected_identity")
-    return PeerVerdict(True, uris[0], "")
+    return validate_leaf(leaf, trust_domain, expected_id)
 
 
 def validate_leaf(leaf: x509.Certificate | None, trust_domain: str, expected_id: str | None = None) -> PeerVerdict:

@@ -17,18 +17,16 @@ import trio
 from agent.proxy import aio, enforce, plan
 from agent.proxy.conns import Conn
 from agent.proxy.handoff import hand_off, record_refusal
-from agent.proxy.sockets import connect, original_dst
+from agent.proxy.sockets import captured_ends, connect
 
 logger = logging.getLogger("hostmesh.inbound")
 
 
 async def handle_plaintext(agent, sock: socket.socket) -> None:
-    try:
-        src_ip, src_port = sock.getpeername()[:2]
-        dst_ip, dst_port = original_dst(sock)[:2]
-    except OSError:
-        aio.close(sock)
+    ends = captured_ends(sock)
+    if ends is None:
         return
+    src_ip, src_port, dst_ip, dst_port = ends
     agent.count("connections_opened_inbound_plaintext")
     conn = Conn("inbound", "plaintext", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time())
     conn.enforced_here = True

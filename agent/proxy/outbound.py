@@ -14,21 +14,19 @@ import time
 
 import trio
 
-from agent.proxy import aio, enforce, plan
+from agent.proxy import enforce, plan
 from agent.proxy.conns import Conn
 from agent.proxy.handoff import hand_off, record_refusal
-from agent.proxy.sockets import connect, original_dst
+from agent.proxy.sockets import captured_ends, connect
 
 logger = logging.getLogger("hostmesh.outbound")
 
 
 async def handle_outbound(agent, sock: socket.socket) -> None:
-    try:
-        src_ip, src_port = sock.getpeername()[:2]
-        dst_ip, dst_port = original_dst(sock)[:2]
-    except OSError:
-        aio.close(sock)
+    ends = captured_ends(sock)
+    if ends is None:
         return
+    src_ip, src_port, dst_ip, dst_port = ends
     agent.count("connections_opened_outbound")
     plans = plan.plan_outbound(src_ip, dst_ip, dst_port, agent.view, agent.health, trio.current_time())
     src = agent.registry.by_ip(src_ip)

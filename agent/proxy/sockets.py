@@ -124,3 +124,15 @@ def set_reset_on_close(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     except OSError:
         pass
+
+
+def captured_ends(sock: socket.socket) -> tuple[str, int, str, int] | None:
+    """(source ip, port, original destination ip, port) of a captured connection, or None
+    (and the socket closed) when the peer is already gone."""
+    try:
+        src = sock.getpeername()
+        dst = original_dst(sock)
+    except OSError:
+        sock.close()
+        return None
+    return src[0], src[1], dst[0], dst[1]
