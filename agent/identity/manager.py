@@ -149,10 +149,10 @@ class IdentityManager:
         e.svid, e.last_error = svid, None
         e.renewals += 1
         self.count("renewals")
-        life_nb = svid.not_before.timestamp()
-        life_na = svid.not_after.timestamp()
+        # half of the lifetime from issue, not from not_before (backdated for clock skew)
         wall = dt.datetime.now(dt.UTC).timestamp()
-        at = schedule.renew_at(life_nb, life_na, self.cfg.renew_fraction, self.cfg.renew_jitter, random.random())
+        at = schedule.renew_at(wall, svid.not_after.timestamp(), self.cfg.renew_fraction, self.cfg.renew_jitter,
+                               random.random())
         e.renewal.deadline = now + max(1.0, at - wall)
         e.renewal.failures = 0
         self._wake.set()
