@@ -10,8 +10,10 @@ tests can act on a node namespace without entering it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from agent.capture import rules
@@ -60,28 +62,33 @@ class Capture:
             return rules.render_nft(self.spec, self._enrolled)
         return rules.render_iptables(self.spec, self._enrolled, 4) + rules.render_iptables(self.spec, self._enrolled, 6)
 
+    def _routing(self, action: str) -> str:
+        """Policy routing through ``agent.capture.routing`` (pyroute2), in a child process
+        so the agent never holds pyroute2's memory."""
+        r = subprocess.run([sys.executable, "-m", "agent.capture.routing", action, str(self.spec.route_table),
+                            self.netns or ""], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CaptureError(f"policy routing ({action}): {r.stderr.strip() or 'failed'}")
+        return r.stdout
+
     def install(self) -> None:
         """Rules and policy routing, atomically; installing twice gives the same result."""
-        from agent.capture import routing
-
         if self.backend == "nftables":
             self._run(["nft", "-f", "-"], rules.nft_replace(self.spec, self._enrolled))
         else:
             self._iptables_install()
         try:
-            routing.install(self.spec.route_table, self.netns)
-        except OSError as e:
+            self._routing("install")
+        except CaptureError:
             self.remove()
-            raise CaptureError(str(e)) from None
+            raise
 
     def remove(self) -> None:
-        from agent.capture import routing
-
         if self.backend == "nftables":
             self._run(["nft", "-f", "-"], rules.nft_remove())
         else:
             self._iptables_remove()
-        routing.remove(self.spec.route_table, self.netns)
+        self._routing("remove")
 
     def enrol(self, ips) -> None:
         new = [ip for ip in ips if ip not in self.skip and ip not in self._enrolled]
@@ -107,8 +114,6 @@ class Capture:
         return set(self._enrolled)
 
     def status(self) -> Drift:
-        from agent.capture import routing
-
         d = Drift()
         if self.backend == "nftables":
             try:
@@ -130,7 +135,7 @@ class Capture:
                 if self._enrolled and members != {_norm(m) for m in self._enrolled}:
                     d.problems.append(f"enrolled pods differ: missing {sorted(self._enrolled - members)}, "
                                       f"extra {sorted(members - self._enrolled)}")
-        d.problems += routing.status(self.spec.route_table, self.netns)
+        d.problems += json.loads(self._routing("status") or "[]")
         return d
 
     # ---- iptables backend -----------------------------------------------------------

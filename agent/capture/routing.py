@@ -76,3 +76,32 @@ def status(table: int, netns: str | None = None) -> list[str]:
 def link_names(netns: str | None = None) -> set[str]:
     with _ipr(netns) as ipr:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.capture.routing install|remove|status TABLE [NETNS]``.
+
+    The agent runs these in a short-lived child process: pyroute2 costs ~20 MiB of
+    resident memory, which a long-running agent should not carry for two netlink calls.
+    """
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    action, table = args[0], int(args[1])
+    netns = args[2] if len(args) > 2 and args[2] else None
+    try:
+        if action == "install":
+            install(table, netns)
+        elif action == "remove":
+            remove(table, netns)
+        else:
+            print(json.dumps(status(table, netns)))
+    except OSError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
