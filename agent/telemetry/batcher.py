@@ -1,6 +1,7 @@
 """Batching by size or age, as pure arithmetic (aioquic-style: ``add(item, now)``,
 ``next_deadline()``, ``take(now)``). Bounded: beyond ``max_items`` an item is dropped
-and counted, never queued."""
+and counted, never queued. Each item keeps the time it was added, so the age of what
+remains after a partial take is still its own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ class Batcher:
         self.batch_size = batch_size
         self.max_age_s = max_age_s
         self.max_items = max_items
-        self._items: deque = deque()
-        self._oldest: float | None = None
+        self._items: deque = deque()  # (added_at, item)
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -23,21 +23,17 @@ class Batcher:
         if len(self._items) >= self.max_items:
             self.dropped += 1
             return False
-        if not self._items:
-            self._oldest = now
-        self._items.append(item)
+        self._items.append((now, item))
         return True
 
     def next_deadline(self) -> float | None:
-        return None if self._oldest is None else self._oldest + self.max_age_s
+        return self._items[0][0] + self.max_age_s if self._items else None
 
     def take(self, now: float) -> list | None:
         """A batch when one is full or the oldest item is old enough; else None."""
         if not self._items:
             return None
-        if len(self._items) < self.batch_size and now < self._oldest + self.max_age_s:
+        if len(self._items) < self.batch_size and now < self._items[0][0] + self.max_age_s:
             return None
         n = min(self.batch_size, len(self._items))
-        batch = [self._items.popleft() for _ in range(n)]
-        self._oldest = now if self._items else None
-        return batch
+        return [self._items.popleft()[1] for _ in range(n)]

@@ -1,0 +1,107 @@
+"""Telemetry records, batching and metrics (agent.telemetry), pure."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.telemetry.batcher import Batcher
+from agent.telemetry.metrics import Metrics, tcp_labels
+from agent.telemetry.record import ConnRecord, Endpoint, RequestRecord
+
+SRC = Endpoint("198.19.1.2", 40000, "client", "front", "spiffe://cluster.local/ns/front/sa/client")
+DST = Endpoint("198.19.0.2", 8080, "web", "shop", "spiffe://cluster.local/ns/shop/sa/web")
+
+
+def rec(**kw):
+    base = dict(start=1795345876.25, end=1795345876.5, node="node-0", direction="outbound", mode="tunnel",
+                src=SRC, dst=DST, bytes_sent=79, bytes_received=1073, verdict="allow", policy=None, reason="closed",
+                trace_id="ab" * 16)
+    base.update(kw)
+    return ConnRecord(**base)
+
+
+def test_connection_record_has_exactly_the_spec_schema():
+    doc = rec().to_json()
+    assert list(doc) == ["type", "start", "end", "duration_ms", "node", "direction", "mode", "src", "dst",
+                         "bytes_sent", "bytes_received", "verdict", "policy", "reason", "trace_id"]
+    assert doc["type"] == "connection" and doc["start"].endswith("Z") and doc["duration_ms"] == 250.0
+    assert set(doc["src"]) == {"ip", "port", "workload", "namespace", "principal"}
+    assert json.loads(json.dumps(doc)) == doc
+    assert rec().key == "front/client"
+    assert rec(src=Endpoint("10.0.0.9", 1)).key == "10.0.0.9"
+
+
+def test_request_record():
+    r = RequestRecord(1.0, 1.5, "n", SRC, DST, "GET", "/admin", "web", 403, "deny", "shop/no-admin")
+    doc = r.to_json()
+    assert (doc["type"], doc["status"], doc["policy"], doc["direction"]) == ("request", 403, "shop/no-admin", "inbound")
+
+
+def test_batcher_flushes_on_size_or_age_and_is_bounded():
+    b = Batcher(batch_size=3, max_age_s=1.0, max_items=5)
+    assert b.take(0.0) is None and b.next_deadline() is None
+    b.add("a", 10.0)
+    assert b.next_deadline() == 11.0 and b.take(10.5) is None
+    assert b.take(11.0) == ["a"]
+    for i in range(6):
+        b.add(i, 20.0)
+    assert b.dropped == 1 and len(b) == 5
+    assert b.take(20.0) == [0, 1, 2] and b.take(20.0) is None  # two left, young
+    assert b.take(21.0) == [3, 4]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 0.5)), max_size=60))
+def test_batcher_never_loses_or_reorders(ops):
+    b = Batcher(batch_size=4, max_age_s=1.0, max_items=1000)
+    now, added, taken = 0.0, [], []
+    for i, (kind, dt) in enumerate(ops):
+        now += dt
+        if kind:
+            b.add(i, now)
+            added.append(i)
+        else:
+            taken += b.take(now) or []
+    taken += b.take(now + 10) or []
+    while len(b):
+        taken += b.take(now + 10) or []
+    assert taken == added
+
+
+def test_metrics_istio_names_labels_and_render():
+    m = Metrics()
+    lb = tcp_labels(rec())
+    m.inc("istio_tcp_connections_opened_total", lb)
+    m.inc("istio_tcp_sent_bytes_total", lb, 79)
+    text = m.render()
+    assert "# TYPE istio_tcp_connections_opened_total counter" in text
+    assert ('istio_tcp_sent_bytes_total{reporter="source",source_workload="client",source_workload_namespace="front",'
+            'source_principal="spiffe://cluster.local/ns/front/sa/client",destination_workload="web",'
+            'destination_workload_namespace="shop",destination_principal="spiffe://cluster.local/ns/shop/sa/web",'
+            'connection_security_policy="mutual_tls",response_flags="-"} 79') in text
+
+
+def test_metrics_cardinality_is_bounded_and_counted():
+    m = Metrics(max_series=3)
+    for i in range(10):
+        m.inc("hostmesh_policy_decisions_total", ("allow", f"p{i}"))
+    series = m.counters["hostmesh_policy_decisions_total"]
+    assert len(series) == 4 and series[("other", "other")] == 7
+    assert m.counters["hostmesh_metrics_series_overflow_total"][("hostmesh_policy_decisions_total",)] == 7
+
+
+def test_metrics_merge_sums_worker_snapshots():
+    a, b, total = Metrics(), Metrics(), Metrics()
+    a.inc("istio_tcp_connections_closed_total", ("x",) * 9, 2)
+    b.inc("istio_tcp_connections_closed_total", ("x",) * 9, 3)
+    b.observe_ms(("y",) * 9, 7.0)
+    total.merge(json.loads(json.dumps(a.snapshot())))
+    total.merge(json.loads(json.dumps(b.snapshot())))
+    assert total.counters["istio_tcp_connections_closed_total"][("x",) * 9] == 5
+    assert "istio_request_duration_milliseconds_count" in total.render()
+
+
+@pytest.mark.parametrize("verdict, flags", [("allow", "-"), ("deny", "UAEX")])
+def test_response_flags(verdict, flags):
+    assert tcp_labels(rec(verdict=verdict))[-1] == flags
