@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent import yamlpos
 
@@ -240,15 +240,9 @@ class Config(_Model):
 
 def parse_config(text: str, path: str = "<config>") -> Config:
     try:
-        doc = yamlpos.load_one(text, path)
+        return yamlpos.load_model(text, path, Config, "the configuration")[1]
     except yamlpos.YamlError as e:
         raise ConfigError(str(e)) from None
-    if not isinstance(doc.data, dict):
-        raise ConfigError(f"{doc.where()}: the configuration must be a mapping")
-    try:
-        return Config.model_validate(doc.data)
-    except ValidationError as e:
-        raise ConfigError("\n".join(yamlpos.pydantic_errors(doc, e))) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -116,3 +116,17 @@ def pydantic_errors(doc: Doc, err: Any, prefix: tuple = ()) -> list[str]:
             msg = "unknown field"
         out.append(f"{doc.where(loc)}: {dotted + ': ' if dotted else ''}{msg}")
     return out
+
+
+def load_model(text: str, path: str, model, what: str):
+    """One YAML mapping validated into ``model``: ``(doc, instance)``, or YamlError whose
+    str() holds every problem as ``path:line: field: message`` (one per line)."""
+    from pydantic import ValidationError
+
+    doc = load_one(text, path)
+    if not isinstance(doc.data, dict):
+        raise YamlError(f"{doc.where()}: {what} must be a mapping")
+    try:
+        return doc, model.model_validate(doc.data)
+    except ValidationError as e:
+        raise YamlError("\n".join(pydantic_errors(doc, e))) from None

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent import yamlpos
 
@@ -69,15 +69,9 @@ class Topology(BaseModel):
 
 def parse_topology(text: str, path: str) -> Topology:
     try:
-        doc = yamlpos.load_one(text, path)
+        doc, topo = yamlpos.load_model(text, path, Topology, "a topology (nodes and pods)")
     except yamlpos.YamlError as e:
-        raise TopologyError(str(e)) from None
-    if not isinstance(doc.data, dict):
-        raise TopologyError(f"{doc.where()}: a topology is a mapping with nodes and pods")
-    try:
-        topo = Topology.model_validate(doc.data)
-    except ValidationError as e:
-        raise TopologyError(yamlpos.pydantic_errors(doc, e)[0]) from None
+        raise TopologyError(str(e).splitlines()[0]) from None
     seen: dict[str, int] = {}
     per_node: dict[int, int] = {}
     for i, p in enumerate(topo.pods):
