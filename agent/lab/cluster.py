@@ -52,13 +52,14 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       progress=print) -> dict:
+       capture: dict | None = None, progress=print) -> dict:
     check_name(name)
     if state_path(name).parent.exists() or netns.existing(f"hm-{name}-"):
         raise LabError(f"a lab named {name!r} exists already (hostmesh lab down --name {name}, or pick --name)")
     lp = plan(name, topo, RUN_DIR)
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
+             "capture": capture or {"backend": "nftables", "fail": "closed"},
              "kafka": None, "otlp": None, "created": time.time()}
     save_state(name, state)
     try:
@@ -176,7 +177,7 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
         "admin": {"socket": n.admin_socket},
         "identity": {"trust_domain": "cluster.local", "ca_cert": str(d / "ca" / "nodes" / n.name / "cert.pem"),
                      "ca_key": str(d / "ca" / "nodes" / n.name / "key.pem"), "trust_bundle": str(d / "ca" / "bundle.pem")},
-        "capture": {"enabled": True, "backend": "nftables", "fail": "closed"},
+        "capture": {"enabled": True, **state.get("capture", {"backend": "nftables", "fail": "closed"})},
         "ports": {"metrics_bind": "0.0.0.0"},
         "drain": {"deadline_s": 5.0, "accept_grace_s": 3.0},
         "state_dir": n.dir,
