@@ -122,6 +122,8 @@ class CaptureConfig(_Model):
     # Node-to-pod health probes (kubelet) bypass capture by default, as in ztunnel.
     skip_node_probes: bool = True
     route_table: int = 100
+    # Watch pod interfaces over netlink: a vanished one un-registers its workload.
+    watch_links: bool = True
 
     _v_cidrs = field_validator("exclude_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
 

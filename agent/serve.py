@@ -29,6 +29,10 @@ async def run_agent(config: Config, config_path: str | None = None) -> int:
         await root.start(_signals, agent)
         await _start_telemetry(agent, root)
         await trio.to_thread.run_sync(_start_capture, agent)
+        if agent.capture is not None and config.capture.watch_links:
+            from agent.capture.links import watch_links
+
+            await root.start(watch_links, agent)
         await _start_identities(agent, root)
         _load_static_state(agent)
         from agent.proxy.listeners import serve_dataplane

@@ -51,7 +51,8 @@ class Capture:
         if r.returncode != 0:
             msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
             hint = ""
-            if "not supported" in r.stderr.lower() or "no such file or directory" in r.stderr.lower():
+            low = r.stderr.lower()
+            if "not supported" in low or "no such file or directory" in low or "tproxy" in low:
                 hint = " (does this kernel have TPROXY and socket matching? nft_tproxy, nft_socket / xt_TPROXY)"
             raise CaptureError(f"{' '.join(argv)}: {msg[0] if msg else 'failed'}{hint}")
         return r.stdout
@@ -74,9 +75,15 @@ class Capture:
     def install(self) -> None:
         """Rules and policy routing, atomically; installing twice gives the same result."""
         if self.backend == "nftables":
-            self._run(["nft", "-f", "-"], rules.nft_replace(self.spec, self._enrolled))
+            self._run(["nft", "-f", "-"], rules.nft_replace(self.spec, self._enrolled))  # one transaction
         else:
-            self._iptables_install()
+            # iptables-restore is atomic per family and table only: a failure part-way
+            # (say ip6tables without xt_TPROXY) takes back what the earlier steps added
+            try:
+                self._iptables_install()
+            except CaptureError:
+                self._iptables_remove()
+                raise
         try:
             self._routing("install")
         except CaptureError:
