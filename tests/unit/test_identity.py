@@ -10,7 +10,13 @@ from agent.identity import ca, schedule, spiffe
 from agent.identity.testing import bad_svids, make_pki
 from agent.identity.validate import REASONS, validate_leaf, validate_peer
 
-NOW = dt.datetime.now(dt.UTC)
+
+
+def now() -> dt.datetime:
+    """The time of the check itself: certificates are minted when the fixture runs,
+    which in a full suite is minutes after this module is imported."""
+    return dt.datetime.now(dt.UTC)
+
 ID = "spiffe://cluster.local/ns/shop/sa/web"
 
 
@@ -53,7 +59,7 @@ def chain_of(pem: bytes):
 
 def test_good_svid_validates(pki):
     chain, _ = pki.svid(ID)
-    v = validate_peer(chain_of(chain), [pki.root], "cluster.local", NOW, expected_id=ID)
+    v = validate_peer(chain_of(chain), [pki.root], "cluster.local", now(), expected_id=ID)
     assert v.ok and v.spiffe_id == ID
     leaf = chain_of(chain)[0]
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= dt.timedelta(hours=24, minutes=5)
@@ -61,7 +67,7 @@ def test_good_svid_validates(pki):
 
 def test_every_bad_svid_is_rejected_with_its_reason(pki):
     for reason, (chain, _) in bad_svids(pki, ID).items():
-        v = validate_peer(chain_of(chain), [pki.root], "cluster.local", NOW)
+        v = validate_peer(chain_of(chain), [pki.root], "cluster.local", now())
         want = "untrusted" if reason.startswith("untrusted") else reason
         assert (v.ok, v.reason) == (False, want), reason
         assert v.reason in REASONS
@@ -69,13 +75,13 @@ def test_every_bad_svid_is_rejected_with_its_reason(pki):
 
 def test_unexpected_identity_and_rotation_bundle(pki):
     chain, _ = pki.svid(ID)
-    v = validate_peer(chain_of(chain), [pki.root], "cluster.local", NOW, expected_id=ID + "x")
+    v = validate_peer(chain_of(chain), [pki.root], "cluster.local", now(), expected_id=ID + "x")
     assert v.reason == "unexpected_identity"
     new = make_pki()
     # a bundle with the old and the new root accepts both during rotation
-    assert validate_peer(chain_of(new.svid(ID)[0]), [pki.root, new.root], "cluster.local", NOW).ok
-    assert validate_peer(chain_of(chain), [pki.root, new.root], "cluster.local", NOW).ok
-    assert validate_peer([], [pki.root], "cluster.local", NOW).reason == "no_certificate"
+    assert validate_peer(chain_of(new.svid(ID)[0]), [pki.root, new.root], "cluster.local", now()).ok
+    assert validate_peer(chain_of(chain), [pki.root, new.root], "cluster.local", now()).ok
+    assert validate_peer([], [pki.root], "cluster.local", now()).reason == "no_certificate"
 
 
 def test_leaf_rules_alone(pki):
