@@ -16,6 +16,9 @@ from agent.rbac.evaluate import ConnAttrs, Decision, HttpAttrs, evaluate, mtls_m
 logger = logging.getLogger("hostmesh.policy")
 
 
+_NO_LABELS: dict[str, str] = {}
+
+
 def attrs(conn: Conn) -> ConnAttrs:
     dst = conn.dst
     principal = conn.src_principal.removeprefix("spiffe://") if conn.src_principal else None
@@ -31,7 +34,9 @@ def attrs(conn: Conn) -> ConnAttrs:
         dst_ip=conn.dst_ip,
         dst_port=conn.dst_port,
         dst_namespace=dst.namespace if dst else "",
-        dst_labels=dict(dst.labels) if dst else {},
+        # the workload's own mapping, not a copy: workloads are immutable, and the policy
+        # store keys its per-workload cache on this object (agent.rbac.store.applicable)
+        dst_labels=dst.labels if dst else _NO_LABELS,
     )
 
 

@@ -16,14 +16,13 @@ that needs them does not match (docs/policy.md).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
-from agent.rbac.model import AuthorizationPolicy, Condition, Operation, Rule, Source
+from agent.rbac.matchers import match_string  # noqa: F401 - re-exported: the string-matching API
 from agent.rbac.store import PolicyStore
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ConnAttrs:
     src_ip: str
     src_port: int
@@ -43,7 +42,7 @@ class HttpAttrs:
     headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case names
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     verdict: str  # "allow" | "deny"
     policy: str | None = None  # "ns/name" that decided, if one did
@@ -53,167 +52,23 @@ class Decision:
     dry_run_matches: tuple[str, ...] = ()
 
 
-def match_string(pattern: str, value: str | None) -> bool:
-    """Istio string match: exact, prefix ``abc*``, suffix ``*abc``, presence ``*``."""
-    if value is None:
-        return False
-    if pattern == "*":
-        return value != ""
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    if pattern.startswith("*"):
-        return value.endswith(pattern[1:])
-    return value == pattern
-
-
-def _any(patterns, value) -> bool:
-    return any(match_string(p, value) for p in patterns)
-
-
-def _principal(p: str) -> str:
-    return p.removeprefix("spiffe://")
-
-
-def _any_principal(patterns, value) -> bool:
-    return any(match_string(_principal(p), value) for p in patterns)
-
-
-def _in_blocks(blocks, ip: str) -> bool:
-    a = ipaddress.ip_address(ip)
-    return any(a.version == b.version and a in b for b in blocks)
-
-
-def _sa(c: ConnAttrs) -> str | None:
-    if not c.src_principal:
-        return None
-    parts = c.src_principal.split("/")
-    return f"{parts[2]}/{parts[4]}" if len(parts) >= 5 else None
-
-
-def _source(s: Source, c: ConnAttrs) -> bool:
-    if s.principals and not _any_principal(s.principals, c.src_principal):
-        return False
-    if s.not_principals and _any_principal(s.not_principals, c.src_principal):
-        return False
-    if s.namespaces and not _any(s.namespaces, c.src_namespace):
-        return False
-    if s.not_namespaces and _any(s.not_namespaces, c.src_namespace):
-        return False
-    if s.service_accounts and not _any(s.service_accounts, _sa(c)):
-        return False
-    if s.not_service_accounts and _any(s.not_service_accounts, _sa(c)):
-        return False
-    if s.ip_blocks and not _in_blocks(s.ip_blocks, c.src_ip):
-        return False
-    if s.not_ip_blocks and _in_blocks(s.not_ip_blocks, c.src_ip):
-        return False
-    return True
-
-
-def _host(h: str) -> str:
-    h = h.lower()
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-
-
-def _operation(o: Operation, c: ConnAttrs, r: HttpAttrs | None) -> bool:
-    if o.ports and c.dst_port not in o.ports:
-        return False
-    if o.not_ports and c.dst_port in o.not_ports:
-        return False
-    if o.is_http and r is None:
-        return False  # cannot be known at L4
-    if r is not None:
-        if o.methods and not _any(o.methods, r.method):
-            return False
-        if o.not_methods and _any(o.not_methods, r.method):
-            return False
-        if o.paths and not _any(o.paths, r.path):
-            return False
-        if o.not_paths and _any(o.not_paths, r.path):
-            return False
-        host = _host(r.host)
-        if o.hosts and not any(match_string(p.lower(), host) or match_string(p.lower(), r.host.lower()) for p in o.hosts):
-            return False
-        if o.not_hosts and any(match_string(p.lower(), host) for p in o.not_hosts):
-            return False
-    return True
-
-
-def _cond_values(k: Condition, c: ConnAttrs, r: HttpAttrs | None) -> list[str] | None:
-    key = k.key
-    if key in ("source.ip", "remote.ip"):
-        return [c.src_ip]
-    if key == "source.namespace":
-        return [c.src_namespace] if c.src_namespace else []
-    if key == "source.principal":
-        return [c.src_principal] if c.src_principal else []
-    if key == "destination.ip":
-        return [c.dst_ip]
-    if key == "destination.port":
-        return [str(c.dst_port)]
-    if key == "destination.namespace":
-        return [c.dst_namespace]
-    if key.startswith("request.headers["):
-        if r is None:
-            return None
-        return r.headers.get(key[16:-1].lower(), [])
-    return []
-
-
-def _cond_match(pattern: str, key: str, value: str) -> bool:
-    if key in ("source.ip", "remote.ip", "destination.ip"):
-        try:
-            return _in_blocks([ipaddress.ip_network(pattern, strict=False)], value)
-        except ValueError:
-            return False
-    if key == "source.principal":
-        return match_string(_principal(pattern), value)
-    return match_string(pattern, value)
-
-
-def _condition(k: Condition, c: ConnAttrs, r: HttpAttrs | None) -> bool:
-    vals = _cond_values(k, c, r)
-    if vals is None:
-        return False
-    if k.values and not any(_cond_match(p, k.key, v) for p in k.values for v in vals):
-        return False
-    if k.not_values and any(_cond_match(p, k.key, v) for p in k.not_values for v in vals):
-        return False
-    return True
-
-
-def rule_matches(rule: Rule, c: ConnAttrs, r: HttpAttrs | None) -> bool:
-    # Istio: a rule matches when any `from` matches, any `to` matches and every `when`.
-    if rule.sources and not any(_source(s, c) for s in rule.sources):
-        return False
-    if rule.operations and not any(_operation(o, c, r) for o in rule.operations):
-        return False
-    return all(_condition(k, c, r) for k in rule.conditions)
-
-
-def policy_matches(p: AuthorizationPolicy, c: ConnAttrs, r: HttpAttrs | None) -> bool:
-    # A policy without rules matches nothing: `spec: {}` as ALLOW therefore allows nothing.
-    return any(rule_matches(rule, c, r) for rule in p.rules)
-
-
 def evaluate(store: PolicyStore, c: ConnAttrs, r: HttpAttrs | None = None) -> Decision:
     a = store.applicable(c.dst_namespace, c.dst_labels)
-    dry = tuple(p.ref for p in a.dry_run if policy_matches(p, c, r))
-    audit = next((p for p in a.audit if policy_matches(p, c, r)), None)
-    extra = {"audit": audit is not None, "audit_policy": audit.ref if audit else None, "dry_run_matches": dry}
+    dry = tuple(ref for ref, m in a.dry_run if m(c, r)) if a.dry_run else ()
+    audit = next((ref for ref, m in a.audit if m(c, r)), None) if a.audit else None
     # 1. "If there are any DENY policies that match the request, deny the request."
-    for p in a.deny:
-        if policy_matches(p, c, r):
-            return Decision("deny", p.ref, "denied by DENY policy", **extra)
+    for ref, m in a.deny:
+        if m(c, r):
+            return Decision("deny", ref, "denied by DENY policy", audit is not None, audit, dry)
     # 2. "If there are no ALLOW policies for the workload, allow the request."
     if not a.allow:
-        return Decision("allow", None, "no ALLOW policy applies", **extra)
+        return Decision("allow", None, "no ALLOW policy applies", audit is not None, audit, dry)
     # 3. "If any of the ALLOW policies match the request, allow the request."
-    for p in a.allow:
-        if policy_matches(p, c, r):
-            return Decision("allow", p.ref, "allowed by ALLOW policy", **extra)
+    for ref, m in a.allow:
+        if m(c, r):
+            return Decision("allow", ref, "allowed by ALLOW policy", audit is not None, audit, dry)
     # 4. "Deny the request."
-    return Decision("deny", None, "no ALLOW policy matched", **extra)
+    return Decision("deny", None, "no ALLOW policy matched", audit is not None, audit, dry)
 
 
 def needs_http(store: PolicyStore, namespace: str, labels: dict[str, str], port: int, http_ports) -> bool:

@@ -8,6 +8,7 @@ from it. Unknown fields are errors (a typo must not silently widen a policy).
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 from typing import Any, Literal
@@ -24,6 +25,11 @@ from agent.rbac.model import (
     Rule,
     Source,
 )
+
+try:  # pragma: no branch - the fallback is for platforms without a wheel
+    import ryaml
+except ImportError:  # pragma: no cover
+    ryaml = None
 
 _FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -59,18 +65,18 @@ def _port(v: str | int) -> str:
 
 
 class SourceM(_M):
-    principals: list[str] = []
-    notPrincipals: list[str] = []
-    namespaces: list[str] = []
-    notNamespaces: list[str] = []
-    serviceAccounts: list[str] = []
-    notServiceAccounts: list[str] = []
-    ipBlocks: list[str] = []
-    notIpBlocks: list[str] = []
-    remoteIpBlocks: list[str] = []
-    notRemoteIpBlocks: list[str] = []
-    requestPrincipals: list[str] = []
-    notRequestPrincipals: list[str] = []
+    principals: list[str] = Field(default_factory=list)
+    notPrincipals: list[str] = Field(default_factory=list)
+    namespaces: list[str] = Field(default_factory=list)
+    notNamespaces: list[str] = Field(default_factory=list)
+    serviceAccounts: list[str] = Field(default_factory=list)
+    notServiceAccounts: list[str] = Field(default_factory=list)
+    ipBlocks: list[str] = Field(default_factory=list)
+    notIpBlocks: list[str] = Field(default_factory=list)
+    remoteIpBlocks: list[str] = Field(default_factory=list)
+    notRemoteIpBlocks: list[str] = Field(default_factory=list)
+    requestPrincipals: list[str] = Field(default_factory=list)
+    notRequestPrincipals: list[str] = Field(default_factory=list)
 
     @field_validator("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")
     @classmethod
@@ -79,14 +85,14 @@ class SourceM(_M):
 
 
 class OperationM(_M):
-    ports: list[str | int] = []
-    notPorts: list[str | int] = []
-    methods: list[str] = []
-    notMethods: list[str] = []
-    paths: list[str] = []
-    notPaths: list[str] = []
-    hosts: list[str] = []
-    notHosts: list[str] = []
+    ports: list[str | int] = Field(default_factory=list)
+    notPorts: list[str | int] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    notMethods: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list)
+    notPaths: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    notHosts: list[str] = Field(default_factory=list)
 
     @field_validator("ports", "notPorts")
     @classmethod
@@ -95,17 +101,17 @@ class OperationM(_M):
 
 
 class FromM(_M):
-    source: SourceM = SourceM()
+    source: SourceM = Field(default_factory=SourceM)
 
 
 class ToM(_M):
-    operation: OperationM = OperationM()
+    operation: OperationM = Field(default_factory=OperationM)
 
 
 class WhenM(_M):
     key: str
-    values: list[str] = []
-    notValues: list[str] = []
+    values: list[str] = Field(default_factory=list)
+    notValues: list[str] = Field(default_factory=list)
 
     @field_validator("key")
     @classmethod
@@ -116,13 +122,13 @@ class WhenM(_M):
 
 
 class RuleM(_M):
-    from_: list[FromM] = Field(default=[], alias="from")
-    to: list[ToM] = []
-    when: list[WhenM] = []
+    from_: list[FromM] = Field(default_factory=list, alias="from")
+    to: list[ToM] = Field(default_factory=list)
+    when: list[WhenM] = Field(default_factory=list)
 
 
 class SelectorM(_M):
-    matchLabels: dict[str, str] = {}
+    matchLabels: dict[str, str] = Field(default_factory=dict)
 
 
 class AuthzSpecM(_M):
@@ -131,7 +137,7 @@ class AuthzSpecM(_M):
     targetRefs: list[dict] | None = None
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     provider: dict | None = None
-    rules: list[RuleM] = []
+    rules: list[RuleM] = Field(default_factory=list)
 
 
 class PortMtlsM(_M):
@@ -141,7 +147,7 @@ class PortMtlsM(_M):
 class PeerSpecM(_M):
     selector: SelectorM | None = None
     mtls: PortMtlsM | None = None
-    portLevelMtls: dict[str, PortMtlsM] = {}
+    portLevelMtls: dict[str, PortMtlsM] = Field(default_factory=dict)
 
     @field_validator("portLevelMtls")
     @classmethod
@@ -155,8 +161,8 @@ class MetaM(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1, max_length=253)
     namespace: str = "default"
-    annotations: dict[str, str] = {}
-    labels: dict[str, str] = {}
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class DocM(_M):
@@ -217,9 +223,10 @@ def _docs(text: str, path: str, lines: bool = True) -> list[yamlpos.Doc]:
         items = data if isinstance(data, list) else [data]
         return [yamlpos.Doc(data=d, path=path, line=1) for d in items]
     if not lines:
-        # fast path: libyaml builds the values; line numbers are only worked out when
-        # something is wrong (the slow path below), so 10,000 policies load in well under 1 s
-        return [yamlpos.Doc(data=d, path=path) for d in yaml.load_all(text, Loader=_FAST) if d is not None]
+        # fast path: a native parser builds the values; line numbers are only worked out
+        # when something is wrong (the slow path below), so 10,000 policies load in under 1 s
+        docs = ryaml.loads_all(text) if ryaml is not None else yaml.load_all(text, Loader=_FAST)
+        return [yamlpos.Doc(data=d, path=path) for d in docs if d is not None]
     try:
         return yamlpos.load_all(text, path)
     except yamlpos.YamlError as e:
@@ -228,10 +235,19 @@ def _docs(text: str, path: str, lines: bool = True) -> list[yamlpos.Doc]:
 
 def load_documents(text: str, path: str = "<policy>", root_namespace: str = "istio-system") -> list:
     """Every document in ``text`` or a PolicyError naming every problem with its line."""
+    # Loading builds hundreds of thousands of small objects, none of them garbage; left
+    # on, the cyclic collector walks them again and again (a third of the load time for
+    # 10,000 policies). Reference counting still frees everything.
+    paused = gc.isenabled()
+    gc.disable()
     try:
-        return _load(text, path, lines=False)
-    except (PolicyError, yaml.YAMLError, ValueError, TypeError):
-        return _load(text, path, lines=True)  # again, with line numbers for the errors
+        try:
+            return _load(text, path, lines=False)
+        except (PolicyError, yaml.YAMLError, ValueError, TypeError):  # ryaml's errors are ValueErrors
+            return _load(text, path, lines=True)  # again, with line numbers for the errors
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _load(text: str, path: str, lines: bool) -> list:

@@ -1,5 +1,10 @@
 """Authorization documents as values: Istio ``AuthorizationPolicy`` and
-``PeerAuthentication`` after validation (``loader`` builds them). Frozen; no I/O."""
+``PeerAuthentication`` after validation (``loader`` builds them). No I/O.
+
+Values are never changed after the loader builds them. They are slotted dataclasses with
+a hash rather than ``frozen=True`` ones: a frozen dataclass pays one
+``object.__setattr__`` per field at construction, which was a third of the time to load
+10,000 policies."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import dataclass, field
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Source:
     principals: tuple[str, ...] = ()
     not_principals: tuple[str, ...] = ()
@@ -21,7 +26,7 @@ class Source:
     not_ip_blocks: tuple[Net, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Operation:
     ports: tuple[int, ...] = ()
     not_ports: tuple[int, ...] = ()
@@ -37,7 +42,7 @@ class Operation:
         return bool(self.methods or self.not_methods or self.paths or self.not_paths or self.hosts or self.not_hosts)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Condition:
     key: str
     values: tuple[str, ...] = ()
@@ -48,7 +53,7 @@ class Condition:
         return self.key.startswith("request.")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Rule:
     sources: tuple[Source, ...] = ()
     operations: tuple[Operation, ...] = ()
@@ -59,7 +64,7 @@ class Rule:
         return any(o.is_http for o in self.operations) or any(c.is_http for c in self.conditions)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AuthorizationPolicy:
     namespace: str
     name: str
@@ -74,7 +79,7 @@ class AuthorizationPolicy:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PeerAuthentication:
     namespace: str
     name: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.rbac.matchers import Matcher, compile_policy
 from agent.rbac.model import AuthorizationPolicy, PeerAuthentication
 
 Doc = AuthorizationPolicy | PeerAuthentication
@@ -13,12 +14,13 @@ Doc = AuthorizationPolicy | PeerAuthentication
 
 @dataclass(frozen=True)
 class Applicable:
-    """The AuthorizationPolicies that apply to one workload, split by action."""
+    """The AuthorizationPolicies that apply to one workload, split by action, each as
+    ``(ref, matcher)`` (``agent.rbac.matchers``) in a stable order."""
 
-    deny: tuple[AuthorizationPolicy, ...]
-    allow: tuple[AuthorizationPolicy, ...]
-    audit: tuple[AuthorizationPolicy, ...]
-    dry_run: tuple[AuthorizationPolicy, ...]
+    deny: tuple[tuple[str, Matcher], ...]
+    allow: tuple[tuple[str, Matcher], ...]
+    audit: tuple[tuple[str, Matcher], ...]
+    dry_run: tuple[tuple[str, Matcher], ...]
     http: bool  # some applicable rule needs HTTP attributes
 
 
@@ -34,6 +36,8 @@ class PolicyStore:
         self._by_ns: dict[str, list[AuthorizationPolicy]] = {}
         self._peer: list[PeerAuthentication] = []
         self._index: dict[tuple, Applicable] = {}
+        self._compiled: dict[int, tuple[str, Matcher]] = {}  # id(policy) -> (ref, matcher)
+        self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
         self.generation = 0
 
     def _rebuild(self) -> None:
@@ -45,6 +49,8 @@ class PolicyStore:
             else:
                 self._peer.append(doc)
         self._index.clear()
+        self._by_obj.clear()
+        self._compiled.clear()
         self.generation += 1
 
     def apply(self, docs: list[Doc], source: str) -> None:
@@ -85,6 +91,18 @@ class PolicyStore:
         return selector is None or all(labels.get(k) == v for k, v in selector)
 
     def applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
+        # Fast path: a workload's labels are one long-lived mapping, so its identity is a
+        # key (the entry holds the mapping, so the id cannot be reused while cached).
+        hit = self._by_obj.get((namespace, id(labels)))
+        if hit is not None and hit[0] is labels:
+            return hit[1]
+        a = self._applicable(namespace, labels)
+        if len(self._by_obj) >= INDEX_MAX:
+            self._by_obj.clear()
+        self._by_obj[(namespace, id(labels))] = (labels, a)
+        return a
+
+    def _applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
         key = (namespace, tuple(sorted(labels.items())))
         hit = self._index.get(key)
         if hit is not None:
@@ -92,17 +110,25 @@ class PolicyStore:
         pols = [p for ns in {namespace, self.root_namespace} for p in self._by_ns.get(ns, ())
                 if self._selects(p.selector, labels)]
         enforced = [p for p in pols if not p.dry_run]
+        m = self._matcher
         a = Applicable(
-            deny=tuple(p for p in enforced if p.action == "DENY"),
-            allow=tuple(p for p in enforced if p.action == "ALLOW"),
-            audit=tuple(p for p in enforced if p.action == "AUDIT"),
-            dry_run=tuple(p for p in pols if p.dry_run),
+            deny=tuple(m(p) for p in enforced if p.action == "DENY"),
+            allow=tuple(m(p) for p in enforced if p.action == "ALLOW"),
+            audit=tuple(m(p) for p in enforced if p.action == "AUDIT"),
+            dry_run=tuple(m(p) for p in pols if p.dry_run),
             http=any(r.is_http for p in pols for r in p.rules),
         )
         if len(self._index) >= INDEX_MAX:
             self._index.clear()
         self._index[key] = a
         return a
+
+    def _matcher(self, p: AuthorizationPolicy) -> tuple[str, Matcher]:
+        """Compiled once per store generation, shared by every workload it applies to."""
+        hit = self._compiled.get(id(p))
+        if hit is None:
+            hit = self._compiled[id(p)] = (p.ref, compile_policy(p))
+        return hit
 
     def peer_authentications(self) -> list[PeerAuthentication]:
         return self._peer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 NAME_MAX = 253
@@ -26,7 +27,7 @@ class Workload:
     namespace: str
     service_account: str
     ips: tuple[str, ...]
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # read-only (MappingProxyType)
     http_ports: frozenset[int] = frozenset()
     node: str | None = None  # None: on this node
 
@@ -96,7 +97,7 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
         node = _label(node, "node")
         if node == local_node:
             node = None
-    return Workload(uid, name, ns, sa, tuple(ips), dict(labels), frozenset(ports), node)
+    return Workload(uid, name, ns, sa, tuple(ips), MappingProxyType(dict(labels)), frozenset(ports), node)
 
 
 @dataclass
