@@ -183,11 +183,16 @@ class KafkaConfig(_Model):
 
 
 class OtlpConfig(_Model):
+    # gRPC: "http://collector:4317" (or host:port); HTTP: the base URL, "http://collector:4318"
+    # (the sink appends /v1/traces, /v1/logs, /v1/metrics).
     endpoint: str
     protocol: Literal["grpc", "http"] = "grpc"
-    insecure: bool = True
+    insecure: bool = True  # gRPC without TLS; HTTP follows the URL's scheme
     headers: dict[str, str] = {}
-    export_interval_s: float = 5.0
+    export_interval_s: float = Field(5.0, gt=0)  # metrics
+    timeout_s: float = Field(5.0, gt=0)  # one export, retries inside it included
+    # Records (log + span) waiting for the receiver; beyond, new ones are dropped and counted.
+    buffer_records: int = Field(20000, ge=1)
 
 
 class TelemetryConfig(_Model):

@@ -44,8 +44,17 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
+
+
+# Client libraries that log every retry of an unreachable broker or collector (an error
+# line every few hundred milliseconds in an outage). The sinks warn once themselves and
+# count every failure (/v1/stats, hostmesh_telemetry_export_failures_total); at debug
+# level the libraries speak again.
+_CHATTY = ("aiokafka", "opentelemetry.exporter", "opentelemetry.sdk")
 
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.lower() == "debug" else logging.CRITICAL)

@@ -138,7 +138,9 @@ def status(name: str) -> dict:
                  for p in lp.pods],
         "external": {"netns": lp.ext, "ip": lp.ext_ip4, "ip6": lp.ext_ip6},
         "kafka": state.get("kafka") and {"bootstrap": state["kafka"]["bootstrap"]},
-        "otlp": state.get("otlp") and {"endpoint": state["otlp"]["endpoint"]},
+        "otlp": state.get("otlp") and {"endpoint": state["otlp"]["endpoint"],
+                                       "http_endpoint": state["otlp"].get("http_endpoint"),
+                                       "received": state["otlp"].get("out")},
         "complete": state.get("complete", False),
     }
 
@@ -187,7 +189,8 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
     if state.get("kafka"):
         cfg["telemetry"]["kafka"] = {"bootstrap": state["kafka"]["bootstrap"], "linger_ms": 20}
     if state.get("otlp"):
-        cfg["telemetry"]["otlp"] = {"endpoint": state["otlp"]["endpoint"], "protocol": "grpc"}
+        cfg["telemetry"]["otlp"] = {"endpoint": state["otlp"]["endpoint"], "protocol": "grpc",
+                                    "export_interval_s": 2.0}
     path = Path(n.dir) / "config.yaml"
     base = Path(n.dir) / "config.base.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -216,7 +219,8 @@ def _services(lp: LabPlan, state: dict, kafka: bool, otlp: bool) -> None:
         state["kafka"] = {"bootstrap": f"{lp.ext_ip4}:9092", "pid": p.pid}
     if otlp:
         p = services.start_otlp(lp.ext, lp.ext_ip4, 4317, 4318, work)
-        state["otlp"] = {"endpoint": f"http://{lp.ext_ip4}:4317", "pid": p.pid, "out": str(work / "otlp.jsonl")}
+        state["otlp"] = {"endpoint": f"http://{lp.ext_ip4}:4317", "http_endpoint": f"http://{lp.ext_ip4}:4318",
+                         "pid": p.pid, "out": str(work / "otlp.jsonl")}
     save_state(lp.name, state)
 
 

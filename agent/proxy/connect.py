@@ -36,11 +36,13 @@ def new_traceparent(entropy: bytes | None = None) -> tuple[str, str]:
     return f"00-{trace}-{span}-01", trace
 
 
-def parse_traceparent(value: str) -> str | None:
+
+def traceparent_ids(value: str) -> tuple[str, str] | None:
+    """(trace id, parent span id) of a W3C traceparent, or None when it is not one."""
     m = _TRACEPARENT.match(value.strip().lower())
-    if not m or m.group(1) == "0" * 32:
+    if not m or m.group(1) == "0" * 32 or m.group(2) == "0" * 16:
         return None
-    return m.group(1)
+    return m.group(1), m.group(2)
 
 
 def build_connect(dst_ip: str, dst_port: int, src_ip: str, src_port: int, traceparent: str) -> bytes:

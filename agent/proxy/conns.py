@@ -36,6 +36,10 @@ class Conn:
     policy: str | None = None
     reason: str = ""
     trace_id: str | None = None
+    # W3C span ids: the source's span (sent as the traceparent's parent id) and, at the
+    # destination, that same id as the parent of its own span (OTLP, agent.telemetry.otlp)
+    span_id: str | None = None
+    parent_span_id: str | None = None
     # True where this node made the authorization decision (destination side).
     enforced_here: bool = False
     in_engine: bool = False

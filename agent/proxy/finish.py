@@ -54,4 +54,6 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         policy=conn.policy,
         reason=conn.close_reason or conn.reason or None,
         trace_id=conn.trace_id,
+        span_id=conn.span_id if direction == "outbound" else None,
+        parent_span_id=conn.parent_span_id if direction == "inbound" else None,
     )

@@ -62,7 +62,7 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
         ConnectError,
         ConnectRequestParser,
         build_response,
-        parse_traceparent,
+        traceparent_ids,
     )
 
     try:
@@ -119,7 +119,9 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
     conn.enforced_here = True
     conn.src_principal = verdict.spiffe_id
     conn.src = agent.registry.by_ip(src_ip)
-    conn.trace_id = parse_traceparent(req.traceparent) if req.traceparent else None
+    ids = traceparent_ids(req.traceparent) if req.traceparent else None
+    if ids:
+        conn.trace_id, conn.parent_span_id = ids
     p = plan.plan_inbound(req.target_ip, req.target_port, agent.view)
     if isinstance(p, plan.Refuse):
         conn.verdict, conn.reason = "deny", p.reason

@@ -173,7 +173,7 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
         with trio.fail_after(agent.config.dataplane.connect_timeout_s + agent.config.identity.handshake_timeout_s):
             tls = await agent.tunnels.get(key)
             traceparent, trace_id = new_traceparent()
-            conn.trace_id = trace_id
+            conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
             await aio.send_all(tls, build_connect(p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent))
             parser = ConnectResponseParser()
             resp = None

@@ -32,6 +32,7 @@ class Metrics:
         self.counters: dict[str, dict[tuple, float]] = defaultdict(dict)
         self.gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         self.hist: dict[tuple, list] = {}  # labels -> [bucket counts..., sum, count]
+        self.minmax: dict[tuple, list] = {}  # labels -> [min, max] (OTLP histograms carry both)
 
     def inc(self, name: str, labels: tuple, v: float = 1) -> None:
         series = self.counters[name]
@@ -51,11 +52,17 @@ class Metrics:
                 h[i] += 1
         h[-2] += ms
         h[-1] += 1
+        mm = self.minmax.get(labels)
+        if mm is None:
+            self.minmax[labels] = [ms, ms]
+        else:
+            mm[0], mm[1] = min(mm[0], ms), max(mm[1], ms)
 
     def snapshot(self) -> dict:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
                 "gauges": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.gauges.items()},
-                "hist": [[list(lb), h] for lb, h in self.hist.items()]}
+                "hist": [[list(lb), h] for lb, h in self.hist.items()],
+                "minmax": [[list(lb), mm] for lb, mm in self.minmax.items()]}
 
     def merge(self, snap: dict) -> None:
         for k, rows in snap.get("counters", {}).items():
@@ -68,6 +75,9 @@ class Metrics:
             mine = self.hist.setdefault(tuple(lb), [0] * len(BUCKETS_MS) + [0.0, 0])
             for i, v in enumerate(h):
                 mine[i] += v
+        for lb, (lo, hi) in snap.get("minmax", []):
+            mm = self.minmax.setdefault(tuple(lb), [lo, hi])
+            mm[0], mm[1] = min(mm[0], lo), max(mm[1], hi)
 
     def render(self) -> str:
         out = []

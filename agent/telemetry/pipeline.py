@@ -83,6 +83,10 @@ class Telemetry:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 self.flush()
+                for s in self.sinks:
+                    tick = getattr(s, "tick", None)
+                    if tick is not None:
+                        tick()
         finally:
             self.flush()
             for s in self.sinks:

@@ -38,6 +38,10 @@ class ConnRecord:
     policy: str | None
     reason: str | None
     trace_id: str | None
+    # not in the JSON record: OTLP spans use them to nest the destination's span under
+    # the source's (the source's span id travels as the traceparent's parent id)
+    span_id: str | None = None
+    parent_span_id: str | None = None
 
     def to_json(self) -> dict:
         return {
