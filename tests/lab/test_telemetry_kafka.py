@@ -62,7 +62,9 @@ def test_records_from_both_agents_and_a_broker_outage(tmp_path):
         assert lab.status["kafka"] == {"bootstrap": "198.18.0.254:9092"}
         lab.serve_http("pod-1-0", 8080)
         n = 10
+        t0 = time.monotonic()
         traffic(lab, n)
+        healthy = time.monotonic() - t0
         time.sleep(1.2)  # the flush interval
         settle(lab, n)
         recs = consume(lab)
@@ -74,7 +76,7 @@ def test_records_from_both_agents_and_a_broker_outage(tmp_path):
         assert {v["trace_id"] for v in out} == {v["trace_id"] for v in inn}
         assert {v["dst"]["principal"] for v in out} == {"spiffe://cluster.local/ns/default/sa/pod-1-0"}
 
-        # the broker stops answering (SIGSTOP) for 12 s under traffic: traffic is unaffected,
+        # the broker stops answering (SIGSTOP) for 30 s under traffic: traffic is unaffected,
         # records wait in the bounded buffer, producers time out and retry, then catch up
         state = json.loads(Path("/run/hostmesh/lab/tkaf/state.json").read_text())
         broker = state["kafka"]["pid"]
@@ -82,8 +84,10 @@ def test_records_from_both_agents_and_a_broker_outage(tmp_path):
         try:
             t0 = time.monotonic()
             traffic(lab, n)
-            assert time.monotonic() - t0 < 10  # curl never waited on telemetry
-            time.sleep(11)
+            stalled = time.monotonic() - t0
+            # curl never waits on telemetry: the same 10 requests take as long as before
+            assert stalled < 2 * healthy + 0.5, (healthy, stalled)
+            time.sleep(30 - stalled)
             s = kafka_stats(lab, 0)
             assert s["delivered"] == n and s["produced"] == 2 * n and s["buffered"] == n, s
         finally:
