@@ -202,20 +202,32 @@ class Agent:
         return {"level": level}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the policy directory (and the config's workloads); all or nothing."""
+        """Re-read the policy directory and the CA material (trust bundle, node CA); all or
+        nothing: anything invalid answers 400 and leaves what is in force."""
         result: dict[str, Any] = {}
+        identity = self.config.identity
+        policies_cfg = self.config.policies
         if self.config_path:
             try:
                 new = load_config(self.config_path)
             except ConfigError as e:
                 raise ApiError(400, "invalid_config", str(e)) from None
-            self.config.policies = new.policies
-        pdir = self.config.policies.dir
-        if pdir:
+            if new.identity.trust_domain != identity.trust_domain:
+                raise ApiError(400, "invalid_config", "identity.trust_domain cannot change on reload (restart the agent)")
+            identity, policies_cfg = new.identity, new.policies
+        files = None
+        if policies_cfg.dir:
             try:
-                files = load_policy_dir(pdir, self.config.policies.root_namespace)
+                files = load_policy_dir(policies_cfg.dir, policies_cfg.root_namespace)
             except ValueError as e:
                 raise ApiError(400, "invalid_policy", str(e)) from None
+        if self.identities is not None:
+            try:
+                result.update(self.identities.reload_ca(identity))
+            except ValueError as e:
+                raise ApiError(400, "invalid_ca", str(e)) from None
+        self.config.identity, self.config.policies = identity, policies_cfg
+        if files is not None:
             for source, docs in files.items():
                 self.policies.replace_source(source, docs)
             result["policy_files"] = len(files)

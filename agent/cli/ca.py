@@ -1,4 +1,4 @@
-"""`hostmesh ca init|issue|inspect`: a local CA for bare-metal installs (docs/identity.md)."""
+"""`hostmesh ca init|issue|retire|inspect`: a local CA for bare-metal installs (docs/identity.md)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, help="with --spiffe-id: directory for cert.pem and key.pem")
     s.add_argument("--ttl", type=float, help="with --spiffe-id: lifetime in seconds (default 24 h)")
     s.set_defaults(func=cmd_issue)
+    r = cs.add_parser("retire", help="end a root rotation: keep only the current root in the bundle")
+    r.add_argument("--dir", required=True, type=Path)
+    r.set_defaults(func=cmd_retire)
     n = cs.add_parser("inspect", help="show certificates: chain, identities, validity")
     n.add_argument("files", nargs="+", type=Path)
     n.add_argument("--json", action="store_true")
@@ -41,6 +44,16 @@ def cmd_init(args) -> int:
     except FileExistsError as e:
         raise CliError(str(e)) from None
     print(f"root CA for {args.trust_domain}: {root} (bundle {args.dir / 'bundle.pem'})")
+    return 0
+
+
+def cmd_retire(args) -> int:
+    from agent.identity import store
+
+    if not (args.dir / "root.pem").exists() or not (args.dir / "bundle.pem").exists():
+        raise CliError(f"{args.dir}: no root CA here (hostmesh ca init --dir {args.dir})")
+    dropped = store.retire_old_roots(args.dir)
+    print(f"{args.dir / 'bundle.pem'}: {dropped} old root(s) removed; distribute it and reload the agents")
     return 0
 
 

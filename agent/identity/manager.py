@@ -19,10 +19,15 @@ from pathlib import Path
 
 import trio
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 
 from agent.identity import ca, schedule, spiffe, tls
 
 logger = logging.getLogger("hostmesh.identity")
+_SHA256 = hashes.SHA256()
+# How often an external issuer's directory (identity.cert_dir) is checked for new files.
+CERT_DIR_POLL_S = 2.0
 
 
 @dataclass
@@ -62,20 +67,68 @@ class IdentityManager:
         self._sni: dict[str, tuple[str, str]] = {}
         self._wake = trio.Event()
         self.counters: dict[str, int] = {}
-        self._load_ca()
-        self._server_ctx = tls._base("server")
-        self._server_ctx.load_verify_locations(cadata=self.bundle_pem.decode())
-        self._server_ctx.sni_callback = self._pick
+        self._dir_seen: dict[tuple[str, str], tuple] = {}  # cert_dir: (mtime_ns, size) per file
+        self.bundle_pem, self.issuer, self.issuer_key = self._read_ca(cfg)
+        self._server_ctx = self._dispatcher()
 
-    def _load_ca(self) -> None:
-        c = self.cfg
-        self.bundle_pem = Path(c.trust_bundle).read_bytes() if c.trust_bundle else b""
-        self.issuer = self.issuer_key = None
+    def _dispatcher(self) -> ssl.SSLContext:
+        """The listener's context: its SNI callback swaps in the chosen identity's own."""
+        ctx = tls._base("server")
+        ctx.load_verify_locations(cadata=self.bundle_pem.decode())
+        ctx.sni_callback = self._pick
+        return ctx
+
+    @staticmethod
+    def _read_ca(c) -> tuple[bytes, x509.Certificate | None, object]:
+        """(trust bundle, node intermediate, its key) from the configured files, checked:
+        the key must match the certificate, and the certificate chain to a root of the
+        bundle — otherwise a reload would leave the node minting SVIDs nobody trusts."""
+        bundle = Path(c.trust_bundle).read_bytes() if c.trust_bundle else b""
+        issuer = issuer_key = None
         if c.ca_cert and c.ca_key:
-            self.issuer = ca.load_certs(Path(c.ca_cert).read_bytes())[0]
-            self.issuer_key = ca.load_key(Path(c.ca_key).read_bytes())
-            if not self.bundle_pem:
-                self.bundle_pem = ca.cert_pem(self.issuer)
+            issuer = ca.load_certs(Path(c.ca_cert).read_bytes())[0]
+            issuer_key = ca.load_key(Path(c.ca_key).read_bytes())
+            if issuer_key.public_key().public_numbers() != issuer.public_key().public_numbers():
+                raise ValueError(f"{c.ca_key} is not the key of {c.ca_cert}")
+            if not bundle:
+                bundle = ca.cert_pem(issuer)
+            roots = ca.load_certs(bundle)
+            if not any(r == issuer or _issued_by(issuer, r) for r in roots):
+                raise ValueError(f"{c.ca_cert} ({issuer.subject.rfc4514_string()}) is not issued by a root in "
+                                 f"{c.trust_bundle}")
+        if bundle:
+            try:
+                ca.load_certs(bundle)
+            except ValueError as e:
+                raise ValueError(f"{c.trust_bundle}: {e}") from None
+        return bundle, issuer, issuer_key
+
+    def reload_ca(self, cfg=None) -> dict:
+        """Re-read the trust bundle and node CA (SIGHUP, ``POST /v1/reload``) and, when they
+        changed, re-issue every SVID at once with the new chain and trust. All or nothing:
+        an unreadable or inconsistent set raises ValueError and keeps what is in force.
+        Established connections keep their sessions; new handshakes use the new material.
+        Root rotation: distribute a bundle with both roots, reload; issue intermediates
+        from the new root, reload; drop the old root, reload (docs/identity.md)."""
+        cfg = cfg or self.cfg
+        try:
+            bundle, issuer, key = self._read_ca(cfg)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"CA material not reloaded: {e}") from None
+        same_issuer = (issuer is None and self.issuer is None) or (
+            issuer is not None and self.issuer is not None and issuer.fingerprint(_SHA256) == self.issuer.fingerprint(_SHA256))
+        if bundle == self.bundle_pem and same_issuer:
+            return {"ca_changed": False, "reissued": 0}
+        self.cfg = cfg
+        self.bundle_pem, self.issuer, self.issuer_key = bundle, issuer, key
+        self._server_ctx = self._dispatcher()
+        now = trio.current_time() if _in_trio() else 0.0
+        for e in list(self._entries.values()):
+            self._renew(e, now)
+        self.count("ca_reloads")
+        logger.info("CA material reloaded", extra={"roots": len(ca.load_certs(bundle)) if bundle else 0,
+                                                    "reissued": len(self._entries)})
+        return {"ca_changed": True, "reissued": len(self._entries), "roots": len(ca.load_certs(bundle)) if bundle else 0}
 
     # ---- registry-driven ------------------------------------------------------------
     def ensure(self, ns: str, sa: str) -> None:
@@ -125,8 +178,16 @@ class IdentityManager:
         sid = spiffe.format_id(self.td, ns, sa)
         if self.cfg.cert_dir:
             d = Path(self.cfg.cert_dir) / ns / sa
+            self._dir_seen[(ns, sa)] = self._dir_stamp(ns, sa)  # bad files are retried on change or backoff
             chain_pem, key_pem = (d / "cert.pem").read_bytes(), (d / "key.pem").read_bytes()
             cert = ca.load_certs(chain_pem)[0]
+            # an external issuer's files are checked like a peer would: wrong identity or a
+            # key that is not the certificate's keeps the SVID in force (a renewal failure)
+            uris = _uri_sans(cert)
+            if uris != [sid]:
+                raise ValueError(f"{d}/cert.pem is for {uris or 'no URI SAN'}, not {sid}")
+            if ca.load_key(key_pem).public_key().public_numbers() != cert.public_key().public_numbers():
+                raise ValueError(f"{d}/key.pem is not the key of {d}/cert.pem")
         else:
             if self.issuer is None:
                 raise RuntimeError("no CA configured (identity.ca_cert/ca_key) and no cert_dir")
@@ -157,6 +218,23 @@ class IdentityManager:
         e.renewal.failures = 0
         self._wake.set()
 
+    def _dir_stamp(self, ns: str, sa: str) -> tuple:
+        d = Path(self.cfg.cert_dir) / ns / sa
+        out = []
+        for name in ("cert.pem", "key.pem"):
+            try:
+                st = (d / name).stat()
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _changed_in_dir(self) -> list[_Entry]:
+        """Identities whose files in ``cert_dir`` changed since they were read (an external
+        issuer — cert-manager, SPIRE — rewrote them): re-read at once, not at half-life."""
+        return [e for e in self._entries.values()
+                if e.svid is not None and self._dir_seen.get(e.key) != self._dir_stamp(*e.key)]
+
     def force_renew_all(self) -> None:
         for e in self._entries.values():
             e.renewal.deadline = 0.0
@@ -169,7 +247,13 @@ class IdentityManager:
             for e in list(self._entries.values()):
                 if e.svid is None or e.renewal.due(now):
                     self._renew(e, now)
+            if self.cfg.cert_dir:
+                for e in self._changed_in_dir():
+                    logger.info("certificate files changed", extra={"identity": f"{e.key[0]}/{e.key[1]}"})
+                    self._renew(e, now)
             nxt = min((e.renewal.next_deadline() for e in self._entries.values()), default=now + 60)
+            if self.cfg.cert_dir:
+                nxt = min(nxt, now + CERT_DIR_POLL_S)
             self._wake = trio.Event()
             with trio.move_on_at(max(nxt, now + 0.05)):
                 await self._wake.wait()
@@ -190,6 +274,22 @@ class IdentityManager:
                 "renewals": e.renewals, "last_error": e.last_error,
             })
         return out
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)  # names and the signature
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def _in_trio() -> bool:

@@ -1,8 +1,8 @@
 """CA material on disk (`hostmesh ca`, the lab, Ansible): the layout of a CA directory.
 
 ``D/root.pem``, ``D/root.key`` (0600), ``D/bundle.pem`` (every trusted root; rotation
-adds a root and keeps the old), ``D/nodes/<node>/cert.pem`` + ``key.pem`` (the node
-intermediate, issued by the newest root).
+adds a root and keeps the old until ``retire_old_roots``), ``D/nodes/<node>/cert.pem`` +
+``key.pem`` (the node intermediate, issued by the newest root).
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ def init_dir(d: Path, trust_domain: str = "cluster.local", rotate: bool = False)
     (d / "bundle.pem").write_bytes(old + ca.cert_pem(cert))
     (d / "trust_domain").write_text(trust_domain + "\n")
     return d / "root.pem"
+
+
+def retire_old_roots(d: Path) -> int:
+    """The last step of a root rotation: the bundle keeps only the current root (after
+    every node runs on an intermediate from it). Returns how many roots were dropped."""
+    d = Path(d)
+    current = ca.load_certs((d / "root.pem").read_bytes())[0]
+    roots = ca.load_certs((d / "bundle.pem").read_bytes())
+    (d / "bundle.pem").write_bytes(ca.cert_pem(current))
+    return sum(1 for r in roots if r != current)
 
 
 def trust_domain_of(d: Path) -> str:

@@ -1,5 +1,6 @@
 """Certificates renewed every ~5 s under a steady stream of new connections: none fails."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -48,3 +49,44 @@ def test_renewal_every_5s_under_load_fails_no_connection(tmp_path):
         # ~16 s at one renewal per ~5 s (plus the first issue): 3 to 5, not one a second
         assert all(3 <= c["renewals"] <= 6 for c in after), after
         time.sleep(0.1)
+
+
+def test_root_rotation_with_an_overlapping_bundle_fails_no_connection():
+    """ca init --rotate (bundle: old + new root) -> reload; new intermediates -> reload one
+    node, then the other; ca retire (bundle: new root only) -> reload: under steady load."""
+    with lab_up("troot", "--nodes", "2", "--pods-per-node", "1") as lab:
+        lab.serve_http("pod-1-0", 8080)
+        ca_dir = Path("/run/hostmesh/lab/troot/ca")
+        old_root = (ca_dir / "root.pem").read_bytes()
+        before = {i: {c["identity"]: c["serial"] for c in lab.admin(i, "GET", "/v1/certs")[1]} for i in (0, 1)}
+        load = lab.spawn(lab.pod("pod-0-0")["netns"], sys.executable, "-c",
+                         LOAD.format(seconds=9, ip=lab.pod("pod-1-0")["ip"]))
+
+        def reload(i):
+            status, body = lab.admin(i, "POST", "/v1/reload")
+            assert status == 200, body
+            return body
+
+        time.sleep(1)
+        assert hm("ca", "init", "--dir", str(ca_dir), "--rotate").returncode == 0
+        assert all(reload(i)["ca_changed"] for i in (0, 1))
+        time.sleep(1)
+        for i in (0, 1):
+            assert hm("ca", "issue", "--dir", str(ca_dir), "--node", f"node-{i}").returncode == 0
+            assert reload(i)["reissued"] == 1  # the SVID of the node's one pod, at once
+            time.sleep(1)
+        assert hm("ca", "retire", "--dir", str(ca_dir)).returncode == 0
+        assert all(reload(i)["ca_changed"] for i in (0, 1))
+        out, err = load.communicate(timeout=30)
+        ok, bad = map(int, out.split())
+        assert bad == 0 and ok > 100, out + err
+        # really rotated: new serials, the old root is no longer in the bundle
+        for i in (0, 1):
+            assert all(c["serial"] != before[i][c["identity"]] for c in lab.admin(i, "GET", "/v1/certs")[1])
+        assert old_root not in (ca_dir / "bundle.pem").read_bytes()
+        # and an invalid bundle is refused with the reason, keeping what is in force
+        (ca_dir / "bundle.pem").write_text("not a certificate\n")
+        status, body = lab.admin(0, "POST", "/v1/reload")
+        assert status == 400 and body["error"]["code"] == "invalid_ca", body
+        r = ns_py(lab.pod("pod-0-0")["netns"], LOAD.format(seconds=1, ip=lab.pod("pod-1-0")["ip"]))
+        assert r.stdout.split()[1] == "0", r.stdout

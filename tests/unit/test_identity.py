@@ -103,3 +103,83 @@ def test_renewal_schedule_half_life_with_jitter_and_backoff():
     assert r.next_deadline() == 100.0 + schedule.BACKOFF_CAP_S
     r.on_renewed(200, 300, 0.5, 0.0, 0.3)
     assert (r.failures, r.next_deadline()) == (0, 250)
+
+
+def _node_cfg(d, node="node-0", **kw):
+    from agent.config import IdentityConfig
+
+    return IdentityConfig(ca_cert=str(d / "nodes" / node / "cert.pem"), ca_key=str(d / "nodes" / node / "key.pem"),
+                          trust_bundle=str(d / "bundle.pem"), **kw)
+
+
+def test_reload_ca_is_all_or_nothing(tmp_path):
+    import trio
+
+    from agent.identity import store
+    from agent.identity.manager import IdentityManager
+
+    d, other = tmp_path / "ca", tmp_path / "other"
+    for x in (d, other):
+        store.init_dir(x)
+        store.issue_node(x, "node-0")
+    m = IdentityManager(_node_cfg(d), "node-0")
+
+    async def main():
+        m.ensure("shop", "web")
+        serial = m.get("shop", "web").cert.serial_number
+        assert m.reload_ca() == {"ca_changed": False, "reissued": 0}
+        # a key that is not the certificate's, then an intermediate of a root not in the bundle
+        (d / "nodes" / "node-0" / "key.pem").write_bytes((other / "nodes" / "node-0" / "key.pem").read_bytes())
+        with pytest.raises(ValueError, match="is not the key of"):
+            m.reload_ca()
+        (d / "nodes" / "node-0" / "cert.pem").write_bytes((other / "nodes" / "node-0" / "cert.pem").read_bytes())
+        with pytest.raises(ValueError, match="is not issued by a root in"):
+            m.reload_ca()
+        assert m.get("shop", "web").cert.serial_number == serial  # nothing changed
+        # a rotated root: every SVID re-issued at once, chaining to the new root
+        store.init_dir(d, rotate=True)
+        store.issue_node(d, "node-0")
+        r = m.reload_ca()
+        assert r["ca_changed"] and r["reissued"] == 1 and r["roots"] == 2
+        new = m.get("shop", "web")
+        assert new.cert.serial_number != serial
+        new_root = ca.load_certs((d / "root.pem").read_bytes())[0]
+        assert validate_peer(chain_of(new.chain_pem), [new_root], "cluster.local", now()).ok
+
+    trio.run(main)
+
+
+def test_cert_dir_files_are_reread_when_they_change(tmp_path):
+    import trio
+
+    from agent.config import IdentityConfig
+    from agent.identity import store
+    from agent.identity.manager import IdentityManager
+
+    d, certs = tmp_path / "ca", tmp_path / "certs"
+    store.init_dir(d)
+    store.issue_node(d, "node-0")
+    sid = "spiffe://cluster.local/ns/shop/sa/web"
+    store.issue_leaf(d, sid, certs / "shop" / "web", node="node-0")
+    m = IdentityManager(IdentityConfig(cert_dir=str(certs), trust_bundle=str(d / "bundle.pem")), "node-0")
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(m.run)
+            m.ensure("shop", "web")
+            first = m.get("shop", "web").cert.serial_number
+            store.issue_leaf(d, sid, certs / "shop" / "web", node="node-0")  # the issuer rotates it
+            with trio.fail_after(6):
+                while m.get("shop", "web").cert.serial_number == first:
+                    await trio.sleep(0.1)
+            second = m.get("shop", "web").cert.serial_number
+            # files for another identity are refused; the one in force stays
+            store.issue_leaf(d, "spiffe://cluster.local/ns/shop/sa/other", certs / "shop" / "web", node="node-0")
+            with trio.fail_after(6):
+                while not m.counters.get("renewal_failures"):
+                    await trio.sleep(0.1)
+            assert m.get("shop", "web").cert.serial_number == second
+            assert "not spiffe://cluster.local/ns/shop/sa/web" in m.status()[0]["last_error"]
+            n.cancel_scope.cancel()
+
+    trio.run(main)
