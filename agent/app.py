@@ -193,6 +193,8 @@ class Agent:
             out["telemetry"] = self.telemetry.stats()
         if self.engine is not None:
             out["engine"] = self.engine.statistics()
+        if getattr(self, "tunnels", None) is not None:
+            out["tunnels"] = dict(self.tunnels.stats)
         return out
 
     def set_log_level(self, level: str) -> dict[str, Any]:

@@ -29,6 +29,9 @@ WARM_PER_KEY = 2
 # A warm connection older than this is dropped rather than used (the peer may have
 # closed it; ztunnel's pool idle timeout is of the same order).
 WARM_MAX_AGE_S = 20.0
+# A TLS 1.3 ticket is resumed by every new connection of its key for this long, then
+# replaced by a fresh one (servers issue tickets valid for hours; OpenSSL's default 2 h).
+SESSION_REFRESH_S = 30.0
 
 
 @dataclass
@@ -82,13 +85,20 @@ class TunnelPool:
         return tls
 
     def remember_session(self, key: tuple, tls) -> None:
-        """After the CONNECT exchange the server's session tickets have arrived."""
+        """After the CONNECT exchange the server's session tickets have arrived. Reading
+        ``tls.session`` serializes the session (~5% of a connection's CPU), and a ticket can
+        be resumed many times, so one is kept per key and refreshed every
+        ``SESSION_REFRESH_S`` (or when the SVID, hence the context, changed)."""
+        held = self._sessions.get(key)
+        now = trio.current_time()
+        if held is not None and held[0] is tls.context and now - held[2] < SESSION_REFRESH_S:
+            return
         try:
             sess = tls.session
         except (AttributeError, ValueError):
             return
         if sess is not None and sess.has_ticket:
-            self._sessions[key] = (tls.context, sess)
+            self._sessions[key] = (tls.context, sess, now)
 
     async def get(self, key: tuple) -> socket.socket:
         now = trio.current_time()
