@@ -9,6 +9,7 @@ tasks. Methods here are synchronous and cheap, except reload and drain.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -98,6 +99,52 @@ class Agent:
             if self.identities is not None:
                 self.identities.release(*w.identity_key)
         return w
+
+    # ---- worker side of agent/workers.py ---------------------------------------------
+    def sync_state(self, body: dict) -> dict[str, Any]:
+        """Make the supervisor's whole state this agent's: workloads registered, changed
+        or removed to match, every policy source replaced, sources it lacks dropped. The
+        same call brings a fresh worker up to date and keeps running ones current."""
+        from agent.rbac.loader import PolicyError, load_documents
+
+        try:
+            wanted = {}
+            for item in body["workloads"]:
+                w = workload_from_json(item, local_node=self.config.node.name)
+                wanted[w.uid] = w
+            sources = {src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
+                       for src, docs in body["policies"].items()}
+        except (KeyError, TypeError, WorkloadError, PolicyError) as e:
+            raise ApiError(400, "invalid_state", str(e)) from None
+        added = removed = 0
+        for w in list(self.registry):
+            if w.uid not in wanted:
+                self.unregister(w.uid)
+                removed += 1
+        for uid, w in wanted.items():
+            if self.registry.get(uid) != w:
+                self.register(w)
+                added += 1
+        for src in set(self.policies.sources()) - set(sources):
+            self.policies.replace_source(src, [])
+        for src, docs in sources.items():
+            self.policies.replace_source(src, docs)
+        closed = self.recheck_connections()
+        return {"registered": added, "removed": removed, "policy_sources": len(sources), "connections_closed": closed}
+
+    def metrics_registry(self):
+        """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""
+        return self.telemetry.metrics if self.telemetry is not None else None
+
+    def active_connections(self) -> int:
+        return len(self.conns)
+
+    def event_counters(self) -> dict[str, int]:
+        return self.counters
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        return {"metrics": self.telemetry.metrics.snapshot() if self.telemetry is not None else {},
+                "counters": dict(self.counters), "connections": len(self.conns)}
 
     def close_connection(self, conn_id: int, reason: str) -> None:
         c = self.conns.get(conn_id)

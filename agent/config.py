@@ -129,9 +129,9 @@ class CaptureConfig(_Model):
 
 
 class DataplaneConfig(_Model):
-    # Worker processes sharing the listeners. Only 1 is implemented so far; a larger
-    # value is refused rather than silently ignored (docs/dataplane.md).
-    workers: int = Field(default=1, ge=1, le=1)
+    # Data-plane processes sharing the listeners (SO_REUSEPORT) under one supervisor;
+    # 1 runs everything in one process; 0 means one per core (agent/workers.py).
+    workers: int = Field(default=1, ge=0, le=64)
     engine: Literal["epoll", "trio"] = "epoll"
     # 256 KiB: NOTES.md measured 64 KiB halving throughput; larger buys nothing.
     buffer_bytes: int = 256 * 1024

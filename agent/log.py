@@ -39,7 +39,16 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
+_FORMAT = ["text"]
+
+
+def current_format() -> str:
+    """The format ``setup`` chose (worker processes log the way their supervisor does)."""
+    return _FORMAT[0]
+
+
 def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
+    _FORMAT[0] = fmt
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
     root = logging.getLogger()

@@ -23,8 +23,9 @@ def readiness(agent, path: str) -> tuple[int, bytes]:
 
 def metrics_text(agent) -> bytes:
     parts = []
-    if agent.telemetry is not None:
-        parts.append(agent.telemetry.metrics.render())
+    registry = agent.metrics_registry()
+    if registry is not None:
+        parts.append(registry.render())
     parts.append(_agent_gauges(agent))
     return "".join(parts).encode()
 
@@ -33,7 +34,7 @@ def _agent_gauges(agent) -> str:
     lines = [
         "# HELP hostmesh_connections_active Connections carried right now.",
         "# TYPE hostmesh_connections_active gauge",
-        f"hostmesh_connections_active {len(agent.conns)}",
+        f"hostmesh_connections_active {agent.active_connections()}",
         "# HELP hostmesh_workloads Workloads in the registry.",
         "# TYPE hostmesh_workloads gauge",
         f"hostmesh_workloads {len(agent.registry)}",
@@ -43,7 +44,7 @@ def _agent_gauges(agent) -> str:
         "# HELP hostmesh_events_total Agent events by name (refusals, handshakes, decisions).",
         "# TYPE hostmesh_events_total counter",
     ]
-    for k, v in sorted(agent.counters.items()):
+    for k, v in sorted(agent.event_counters().items()):
         lines.append(f'hostmesh_events_total{{event="{k}"}} {v}')
     return "\n".join(lines) + "\n"
 

@@ -22,13 +22,21 @@ from agent.state.workloads import WorkloadError, workload_from_json
 logger = logging.getLogger("hostmesh.serve")
 
 
-async def run_agent(config: Config, config_path: str | None = None) -> int:
+async def run_agent(config: Config, config_path: str | None = None, worker: int | None = None) -> int:
+    """The agent; with ``dataplane.workers`` > 1 the supervisor of that many workers
+    (agent/workers.py). ``worker``: this process is one of them — no capture, no
+    :15020/:15021 (the supervisor's), the registry pushed by the supervisor."""
+    from agent.workers import run_supervisor, worker_count
+
+    if worker is None and worker_count(config.dataplane.workers) > 1:
+        return await run_supervisor(config, config_path)
     agent = Agent(config, config_path)
     agent.drain_requested = trio.Event()
     async with trio.open_nursery() as root:
         await root.start(_signals, agent)
         await _start_telemetry(agent, root)
-        await trio.to_thread.run_sync(_start_capture, agent)
+        if worker is None:
+            await trio.to_thread.run_sync(_start_capture, agent)
         if agent.capture is not None and config.capture.watch_links:
             from agent.capture.links import watch_links
 
@@ -40,7 +48,8 @@ async def run_agent(config: Config, config_path: str | None = None) -> int:
         listeners = trio.CancelScope()
         await root.start(serve_dataplane, agent, listeners)
         await _start_admin(agent, root)
-        await _start_http(agent, root)
+        if worker is None:
+            await _start_http(agent, root)
         agent.ready = True
         logger.info("ready", extra={"node": config.node.name, "workloads": len(agent.registry)})
         await agent.drain_requested.wait()

@@ -83,7 +83,8 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
         run.step("hostmesh idle", lambda: sc.idle(lab, "hostmesh", "cli", run.d, lab.agent_pids()))
         run.standard(lab, "hostmesh-same-node", "cli0", [], 1, full=False)
         for variant, setting in (("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
-                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}})):
+                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}}),
+                                 ("hostmesh-2-workers", {"dataplane": {"workers": 2}})):
             try:
                 restart_agents(lab, setting)
             except Exception as e:

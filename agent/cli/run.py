@@ -11,6 +11,8 @@ from agent.cli.main import CliError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the agent in the foreground (SIGTERM drains, SIGHUP reloads)")
     p.add_argument("--config", "-c", required=True, help="agent configuration (YAML)")
+    # started by the supervisor of dataplane.workers > 1 (agent/workers.py), not by hand
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
     c = sub.add_parser("check-config", help="validate a configuration and its policies")
     c.add_argument("file")
@@ -55,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.serve import run_agent
 
-    return trio.run(run_agent, cfg, args.config)
+    return trio.run(run_agent, cfg, args.config, args.worker)
 
 
 # Two sockets per relayed connection plus listeners: 10k idle connections need ~20k fds.

@@ -284,3 +284,48 @@ def _load(text: str, path: str, lines: bool) -> list:
 
 def _fix_names(line: str) -> str:
     return line.replace(".from_", ".from").replace("spec.rules", "spec.rules")
+
+
+def to_document(doc) -> dict:
+    """The Istio document of a loaded policy, as a mapping: ``load_documents`` of its JSON
+    gives back an equal value. Worker processes receive the supervisor's policies this
+    way (agent/workers.py); ``remoteIpBlocks`` come back as ``ipBlocks``, their meaning
+    here being the same (docs/policy.md)."""
+    meta: dict[str, Any] = {"name": doc.name, "namespace": doc.namespace}
+    spec: dict[str, Any] = {}
+    if doc.selector is not None:
+        spec["selector"] = {"matchLabels": dict(doc.selector)}
+    if isinstance(doc, PeerAuthentication):
+        if doc.mode != "UNSET":
+            spec["mtls"] = {"mode": doc.mode}
+        if doc.port_modes:
+            spec["portLevelMtls"] = {str(p): {"mode": m} for p, m in doc.port_modes}
+        return {"apiVersion": API_VERSIONS[0], "kind": "PeerAuthentication", "metadata": meta, "spec": spec}
+    if doc.dry_run:
+        meta["annotations"] = {"istio.io/dry-run": "true"}
+    spec["action"] = doc.action
+    spec["rules"] = [_rule_doc(r) for r in doc.rules]
+    return {"apiVersion": API_VERSIONS[0], "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
+
+
+def _fields(obj, names: dict[str, str]) -> dict:
+    return {key: [str(v) for v in getattr(obj, attr)] for attr, key in names.items() if getattr(obj, attr)}
+
+
+_SOURCE_KEYS = {"principals": "principals", "not_principals": "notPrincipals", "namespaces": "namespaces",
+                "not_namespaces": "notNamespaces", "service_accounts": "serviceAccounts",
+                "not_service_accounts": "notServiceAccounts", "ip_blocks": "ipBlocks", "not_ip_blocks": "notIpBlocks"}
+_OPERATION_KEYS = {"ports": "ports", "not_ports": "notPorts", "methods": "methods", "not_methods": "notMethods",
+                   "paths": "paths", "not_paths": "notPaths", "hosts": "hosts", "not_hosts": "notHosts"}
+
+
+def _rule_doc(r: Rule) -> dict:
+    out: dict[str, Any] = {}
+    if r.sources:
+        out["from"] = [{"source": _fields(s, _SOURCE_KEYS)} for s in r.sources]
+    if r.operations:
+        out["to"] = [{"operation": _fields(o, _OPERATION_KEYS)} for o in r.operations]
+    if r.conditions:
+        out["when"] = [{"key": c.key, **({"values": list(c.values)} if c.values else {}),
+                        **({"notValues": list(c.not_values)} if c.not_values else {})} for c in r.conditions]
+    return out

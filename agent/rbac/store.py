@@ -62,6 +62,13 @@ class PolicyStore:
         self._docs = {k: v for k, v in self._docs.items() if v[1] != source}
         self.apply(docs, source)
 
+    def sources(self) -> dict[str, list[Doc]]:
+        """Every source (a file, ``admin-api``, ``kubernetes``...) with its documents."""
+        out: dict[str, list[Doc]] = {}
+        for _key, (doc, source) in sorted(self._docs.items()):
+            out.setdefault(source, []).append(doc)
+        return out
+
     def delete(self, namespace: str, name: str) -> bool:
         keys = [k for k in self._docs if k[1] == namespace and k[2] == name]
         for k in keys:

@@ -99,6 +99,16 @@ class Lab:
         self.procs.clear()
 
 
+def wait_for(pred, timeout: float = 15) -> None:
+    """Poll ``pred`` every 0.1 s until it holds; one last check asserts it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    assert pred()
+
+
 def wait_listen(netns: str, port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
     code = f"import socket; socket.create_connection(('{host}', {port}), 1).close()"
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from agent.config import OtlpConfig
 from agent.telemetry.metrics import Metrics
 from agent.telemetry.otlp import OtlpSink
 from agent.telemetry.record import ConnRecord, Endpoint
-from tests.lab.conftest import hm, lab_up, ns_run
+from tests.lab.conftest import hm, lab_up, ns_run, wait_for
 
 
 def received(path) -> list[dict]:
@@ -103,15 +103,6 @@ def pair(now: float) -> list[ConnRecord]:
                        None, sid)]
 
 
-def wait_for(pred, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    assert pred()
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_sink_sends_spans_logs_and_metrics(receiver, protocol):
     grpc_url, http_url, out = receiver()
@@ -184,7 +175,7 @@ def test_two_agents_spans_share_a_trace_in_the_lab():
 
 def test_unreachable_endpoints_warn_at_start_and_traffic_is_served():
     with lab_up("tbad", "--nodes", "2", "--pods-per-node", "1") as lab:
-        node0 = Path(f"/run/hostmesh/lab/tbad/node-0")
+        node0 = Path("/run/hostmesh/lab/tbad/node-0")
         assert hm("lab", "agent", "--name", "tbad", "node-0", "stop").returncode == 0
         cfg = yaml.safe_load((node0 / "config.yaml").read_text())
         # nothing listens on these (the lab's external address, no services started)

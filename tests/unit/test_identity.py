@@ -11,7 +11,6 @@ from agent.identity.testing import bad_svids, make_pki
 from agent.identity.validate import REASONS, validate_leaf, validate_peer
 
 
-
 def now() -> dt.datetime:
     """The time of the check itself: certificates are minted when the fixture runs,
     which in a full suite is minutes after this module is imported."""

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.rbac.loader import PolicyError, load_documents
+from agent.rbac.loader import PolicyError, load_documents, to_document
 
 GOOD = """\
 apiVersion: security.istio.io/v1
@@ -78,3 +78,43 @@ def test_structured_garbage_specs(spec):
         load_documents(json.dumps(doc), "g.json")
     except PolicyError as e:
         assert str(e).startswith("g.json:")
+
+
+EVERY_FIELD = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: every, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  action: AUDIT
+  selector: {matchLabels: {app: web, tier: front}}
+  rules:
+    - from:
+        - source: {principals: ["cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/c/*"], notPrincipals: ["*x"],
+                   namespaces: [a], notNamespaces: [b], serviceAccounts: [a/b], notServiceAccounts: [c/d],
+                   ipBlocks: [10.0.0.0/8, "2001:db8::/32"], notIpBlocks: [10.1.0.0/16]}
+        - source: {remoteIpBlocks: [192.0.2.0/24]}
+      to:
+        - operation: {ports: ["80", "8080"], notPorts: ["9090"], methods: [GET], notMethods: [DELETE],
+                      paths: ["/api/*"], notPaths: ["/admin"], hosts: ["*.shop"], notHosts: [evil.shop]}
+      when:
+        - {key: source.ip, values: [10.0.0.1], notValues: [10.0.0.2]}
+        - {key: "request.headers[x-user]", values: ["alice"]}
+    - {}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: pa, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}, portLevelMtls: {"8080": {mode: PERMISSIVE}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: nothing, namespace: shop}
+spec: {}
+"""
+
+
+def test_to_document_round_trips_every_field():
+    docs = load_documents(EVERY_FIELD, "every.yaml")
+    again = load_documents(json.dumps([to_document(d) for d in docs]), "again.json")
+    assert again == docs and len(docs) == 3
+    assert to_document(docs[0])["metadata"]["annotations"] == {"istio.io/dry-run": "true"}
