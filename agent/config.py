@@ -42,9 +42,11 @@ def _ip(v: str) -> str:
 
 
 class NodeConfig(_Model):
-    name: str = Field(default_factory=lambda: os.uname().nodename)
+    # Unset: NODE_NAME / NODE_IP from the environment (a DaemonSet's downward API,
+    # deploy/kubernetes/daemonset.yaml), else the host name and loopback.
+    name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or os.uname().nodename)
     # The underlay address other hosts reach on :15008 (and its IPv6 twin, if any).
-    address: str = "127.0.0.1"
+    address: str = Field(default_factory=lambda: os.environ.get("NODE_IP") or "127.0.0.1")
     address6: str | None = None
 
     _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
@@ -229,7 +231,7 @@ class WorkloadConfig(_Model):
 
 
 class Config(_Model):
-    node: NodeConfig = NodeConfig()
+    node: NodeConfig = Field(default_factory=NodeConfig)  # read at load time (NODE_NAME, NODE_IP)
     ports: PortsConfig = PortsConfig()
     admin: AdminConfig = AdminConfig()
     cluster: ClusterConfig = ClusterConfig()

@@ -62,3 +62,14 @@ def test_yaml_loader_errors_carry_a_line(text):
     except YamlError as e:
         head = str(e).split(":")
         assert head[0] == "y" and head[1].isdigit()
+
+
+def test_node_name_and_address_from_the_downward_api(monkeypatch):
+    from agent.config import Config
+
+    monkeypatch.setenv("NODE_NAME", "worker-7")
+    monkeypatch.setenv("NODE_IP", "10.0.0.7")
+    c = Config.model_validate({})
+    assert (c.node.name, c.node.address) == ("worker-7", "10.0.0.7")
+    c = Config.model_validate({"node": {"name": "n", "address": "10.0.0.8"}})  # explicit wins
+    assert (c.node.name, c.node.address) == ("n", "10.0.0.8")
