@@ -64,6 +64,7 @@ class Agent:
         self.engine = None  # set by serve once the socket layer runs
         self.drain_requested = None  # a trio.Event set by serve
         self.reload_requested = None
+        self.discovery = None  # agent.k8s.discovery, when kubernetes.enabled
 
     # ---- internal helpers -------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -129,8 +130,20 @@ class Agent:
             self.policies.replace_source(src, [])
         for src, docs in sources.items():
             self.policies.replace_source(src, docs)
+        if "cluster" in body:  # peers and services the supervisor discovered
+            from agent.config import ClusterConfig
+
+            try:
+                self.config.cluster = ClusterConfig.model_validate(body["cluster"])
+            except ValueError as e:
+                raise ApiError(400, "invalid_state", str(e)) from None
+            self.cluster_changed()
         closed = self.recheck_connections()
         return {"registered": added, "removed": removed, "policy_sources": len(sources), "connections_closed": closed}
+
+    def cluster_changed(self) -> None:
+        """Peers or services changed (Kubernetes discovery): rebuild the routing view."""
+        self.view = build_view(self.config, self.registry)
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""
@@ -242,6 +255,8 @@ class Agent:
             out["engine"] = self.engine.statistics()
         if getattr(self, "tunnels", None) is not None:
             out["tunnels"] = dict(self.tunnels.stats)
+        if self.discovery is not None:
+            out["kubernetes"] = self.discovery.stats()
         return out
 
     def set_log_level(self, level: str) -> dict[str, Any]:

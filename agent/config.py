@@ -230,6 +230,20 @@ class WorkloadConfig(_Model):
     node: str | None = None
 
 
+class KubernetesConfig(_Model):
+    """Discovery from the Kubernetes API (DaemonSet mode; agent/k8s, docs/kubernetes.md)."""
+
+    enabled: bool = False
+    # Unset: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+    api_server: str | None = None
+    token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    # Server-side watch timeout; the watch is then resumed from the last version seen.
+    watch_timeout_s: int = Field(300, ge=1)
+    backoff_max_s: float = Field(30.0, gt=0)
+    istio_api_version: str = "v1"  # of security.istio.io AuthorizationPolicy / PeerAuthentication
+
+
 class Config(_Model):
     node: NodeConfig = Field(default_factory=NodeConfig)  # read at load time (NODE_NAME, NODE_IP)
     ports: PortsConfig = PortsConfig()
@@ -242,6 +256,7 @@ class Config(_Model):
     telemetry: TelemetryConfig = TelemetryConfig()
     drain: DrainConfig = DrainConfig()
     workloads: list[WorkloadConfig] = []
+    kubernetes: KubernetesConfig = KubernetesConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the agent keeps runtime files (minted keys, state).
     state_dir: str = "/run/hostmesh"

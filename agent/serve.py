@@ -35,6 +35,7 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
     async with trio.open_nursery() as root:
         await root.start(_signals, agent)
         await _start_telemetry(agent, root)
+        discovery = await _start_discovery(agent, root) if worker is None else None
         if worker is None:
             await trio.to_thread.run_sync(_start_capture, agent)
         if agent.capture is not None and config.capture.watch_links:
@@ -43,6 +44,10 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
             await root.start(watch_links, agent)
         await _start_identities(agent, root)
         _load_static_state(agent)
+        if discovery is not None:
+            from agent.k8s.discovery import run as run_discovery
+
+            await run_discovery(discovery, root)
         from agent.proxy.listeners import serve_dataplane
 
         listeners = trio.CancelScope()
@@ -107,6 +112,16 @@ async def _start_telemetry(agent: Agent, nursery: trio.Nursery) -> None:
         return
     agent.telemetry = Telemetry(agent.config.telemetry, agent.config.node.name)
     await nursery.start(agent.telemetry.run)
+
+
+async def _start_discovery(agent: Agent, nursery: trio.Nursery):
+    """Kubernetes discovery's first list, before capture (it learns this node's pod
+    CIDRs); the watches start once identities and static state are in."""
+    if not agent.config.kubernetes.enabled:
+        return None
+    from agent.k8s.discovery import start
+
+    return await start(agent, nursery)
 
 
 def _start_capture(agent: Agent) -> None:

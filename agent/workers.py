@@ -62,6 +62,7 @@ def worker_config(config, index: int, state_dir: Path) -> dict:
     d["admin"]["group"] = None
     d["dataplane"]["workers"] = 1
     d["workloads"] = []
+    d["kubernetes"]["enabled"] = False  # the supervisor watches the API and pushes the result
     d["state_dir"] = str(state_dir / f"worker-{index}")
     return d
 
@@ -136,11 +137,16 @@ class Supervisor(Agent):
         self._mark()
         return w
 
+    def cluster_changed(self) -> None:
+        super().cluster_changed()
+        self._mark()
+
     def state(self) -> dict:
         from agent.rbac.loader import to_document
 
         return {"workloads": [w.to_json() for w in self.registry],
-                "policies": {src: [to_document(d) for d in docs] for src, docs in self.policies.sources().items()}}
+                "policies": {src: [to_document(d) for d in docs] for src, docs in self.policies.sources().items()},
+                "cluster": self.config.cluster.model_dump(mode="json")}
 
     async def sync_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Pushes the state to every ready worker that does not hold it yet (policies
@@ -352,18 +358,30 @@ def _exit(code: int) -> str:
 async def run_supervisor(config, config_path: str | None) -> int:
     """``hostmesh run`` with ``dataplane.workers`` > 1 (the single-process agent's
     start order, with the data plane replaced by the workers)."""
-    from agent.serve import _load_static_state, _signals, _start_admin, _start_capture, _start_http
+    from agent.serve import (
+        _load_static_state,
+        _signals,
+        _start_admin,
+        _start_capture,
+        _start_discovery,
+        _start_http,
+    )
 
     sup = Supervisor(config, config_path)
     sup.drain_requested = trio.Event()
     async with trio.open_nursery() as root:
         await root.start(_signals, sup)
+        discovery = await _start_discovery(sup, root)
         await trio.to_thread.run_sync(_start_capture, sup)
         if sup.capture is not None and config.capture.watch_links:
             from agent.capture.links import watch_links
 
             await root.start(watch_links, sup)
         _load_static_state(sup)
+        if discovery is not None:
+            from agent.k8s.discovery import run as run_discovery
+
+            await run_discovery(discovery, root)
         sup.write_configs()
         await root.start(sup.sync_loop)
         for w in sup.workers:

@@ -1,0 +1,215 @@
+"""Kubernetes objects -> what the agent knows: workloads, peer nodes, services, policies.
+
+Pure: no I/O, no clock. ``Cache`` holds the objects of every watched kind the way
+the API server last described them (a relist replaces a kind wholesale, so objects
+deleted while a watch was down disappear); ``desired`` turns it into the agent's
+state. The shell (``agent.k8s.discovery``) feeds it list results and watch events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+# Pod annotation naming the ports that speak HTTP/1.1 (L7 policy), e.g. "8080,9090".
+HTTP_PORTS_ANNOTATION = "hostmesh.io/http-ports"
+# Pod label or annotation that keeps a pod out of the mesh (capture opt-out).
+OPT_OUT = ("hostmesh.io/capture", "disabled")
+
+KINDS = ("pods", "nodes", "services", "endpointslices", "authorizationpolicies", "peerauthentications")
+POLICY_KINDS = {"authorizationpolicies": "AuthorizationPolicy", "peerauthentications": "PeerAuthentication"}
+
+
+def key_of(obj: dict) -> str:
+    m = obj.get("metadata") or {}
+    return f"{m.get('namespace') or ''}/{m.get('name') or ''}"
+
+
+def resource_version(obj: dict) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+@dataclass
+class Cache:
+    """The last known objects per kind, and the resourceVersion to resume each watch."""
+
+    objects: dict[str, dict[str, dict]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    versions: dict[str, str | None] = field(default_factory=lambda: {k: None for k in KINDS})
+
+    def replace(self, kind: str, items: list[dict], version: str | None) -> None:
+        """A list result: the kind is exactly ``items`` now."""
+        self.objects[kind] = {key_of(o): o for o in items}
+        self.versions[kind] = version
+
+    def event(self, kind: str, etype: str, obj: dict) -> bool:
+        """A watch event; True when the objects changed (a bookmark only moves the version)."""
+        rv = resource_version(obj)
+        if rv:
+            self.versions[kind] = rv
+        if etype == "BOOKMARK":
+            return False
+        if etype == "DELETED":
+            return self.objects[kind].pop(key_of(obj), None) is not None
+        if etype in ("ADDED", "MODIFIED"):
+            self.objects[kind][key_of(obj)] = obj
+            return True
+        return False
+
+    def forget(self, kind: str) -> None:
+        """410 Gone: the version is too old; the next list starts afresh."""
+        self.versions[kind] = None
+
+
+# ---- pods -> workloads ----------------------------------------------------------------
+
+
+def _ips(pod: dict) -> list[str]:
+    st = pod.get("status") or {}
+    ips = [p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")]
+    if not ips and st.get("podIP"):
+        ips = [st["podIP"]]
+    out = []
+    for ip in ips:
+        try:
+            out.append(str(ipaddress.ip_address(ip)))
+        except ValueError:
+            continue
+    return out
+
+
+def _http_ports(value: str | None) -> list[int]:
+    out = []
+    for part in (value or "").replace(" ", "").split(","):
+        if part.isdigit() and 0 < int(part) < 65536:
+            out.append(int(part))
+    return sorted(set(out))
+
+
+def pod_workload(pod: dict, this_node: str) -> dict | None:
+    """The admin API's workload body for a pod, or None when it is not a mesh workload:
+    host-network pods (they share the node's address), pods without an IP yet, finished
+    pods, and pods that opted out. Identity: the pod's namespace and service account."""
+    meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    if spec.get("hostNetwork") or st.get("phase") in ("Succeeded", "Failed"):
+        return None
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    if labels.get(OPT_OUT[0]) == OPT_OUT[1] or annotations.get(OPT_OUT[0]) == OPT_OUT[1]:
+        return None
+    ips = _ips(pod)
+    if not ips or not meta.get("uid") or not meta.get("name"):
+        return None
+    node = spec.get("nodeName")
+    return {
+        "uid": meta["uid"], "name": meta["name"], "namespace": meta.get("namespace") or "default",
+        "service_account": spec.get("serviceAccountName") or "default", "ip": ips[0], "ips": ips,
+        "labels": {str(k): str(v) for k, v in labels.items()},
+        "http_ports": _http_ports(annotations.get(HTTP_PORTS_ANNOTATION)),
+        "node": None if node == this_node else node,
+    }
+
+
+# ---- nodes, services -------------------------------------------------------------------
+
+
+def node_entry(node: dict) -> dict | None:
+    """A peer node: its InternalIP (v4, and v6 if any) and pod CIDRs."""
+    meta, spec, st = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
+    v4 = v6 = None
+    for a in st.get("addresses") or []:
+        if a.get("type") != "InternalIP":
+            continue
+        try:
+            ip = ipaddress.ip_address(a.get("address", ""))
+        except ValueError:
+            continue
+        if ip.version == 4 and v4 is None:
+            v4 = str(ip)
+        elif ip.version == 6 and v6 is None:
+            v6 = str(ip)
+    cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    if not meta.get("name") or not (v4 or v6):
+        return None
+    return {"name": meta["name"], "address": v4 or v6, "address6": v6 if v4 else None, "pod_cidrs": list(cidrs)}
+
+
+def service_entries(svc: dict, slices: list[dict]) -> list[dict]:
+    """One ``cluster.services`` entry per service port (the routing view's service has
+    a single target port): the ClusterIPs, and the ready endpoints' addresses from the
+    service's EndpointSlices, whose ports resolve named target ports."""
+    meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+    vips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
+    if not vips or spec.get("type") == "ExternalName":
+        return []
+    addrs = []
+    for s in slices:
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            addrs += ep.get("addresses") or []
+    out = []
+    tcp = [p for p in spec.get("ports") or [] if (p.get("protocol") or "TCP") == "TCP" and p.get("port")]
+    for p in tcp:
+        target = p.get("targetPort", p["port"])
+        if not isinstance(target, int):  # a named port: the slices know its number
+            target = next((sp.get("port") for s in slices for sp in s.get("ports") or []
+                           if sp.get("name") == p.get("name") and sp.get("port")), None)
+        for vip in vips:
+            suffix = f":{p['port']}" if len(tcp) > 1 else ""
+            out.append({"name": f"{meta.get('name')}{suffix}", "namespace": meta.get("namespace") or "default",
+                        "vip": vip, "ports": [int(p["port"])], "endpoints": sorted(set(addrs)),
+                        "target_port": int(target) if target else None})
+    return out
+
+
+def slices_by_service(slices: dict[str, dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for s in slices.values():
+        meta = s.get("metadata") or {}
+        svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        if svc:
+            out.setdefault(f"{meta.get('namespace') or ''}/{svc}", []).append(s)
+    return out
+
+
+# ---- the whole desired state ------------------------------------------------------------
+
+
+@dataclass
+class Desired:
+    workloads: dict[str, dict]  # uid -> workload body
+    nodes: list[dict]
+    services: list[dict]
+    policy_docs: list[dict]  # Istio documents, each loaded on its own (a bad one is skipped)
+    this_node: dict | None  # this node's own entry (address, pod CIDRs)
+
+
+def desired(cache: Cache, this_node: str) -> Desired:
+    workloads = {}
+    for pod in cache.objects["pods"].values():
+        w = pod_workload(pod, this_node)
+        if w is not None:
+            workloads[w["uid"]] = w
+    nodes, me = [], None
+    for n in cache.objects["nodes"].values():
+        e = node_entry(n)
+        if e is None:
+            continue
+        if e["name"] == this_node:
+            me = e
+        else:
+            nodes.append(e)
+    by_svc = slices_by_service(cache.objects["endpointslices"])
+    services = []
+    for key, svc in sorted(cache.objects["services"].items()):
+        services += service_entries(svc, by_svc.get(key, []))
+    docs = []
+    for kind, k8s_kind in POLICY_KINDS.items():
+        for obj in cache.objects[kind].values():
+            meta = obj.get("metadata") or {}
+            m = {"name": meta.get("name"), "namespace": meta.get("namespace")}
+            if meta.get("annotations"):
+                m["annotations"] = meta["annotations"]
+            docs.append({"apiVersion": obj.get("apiVersion") or "security.istio.io/v1", "kind": k8s_kind,
+                         "metadata": m, "spec": obj.get("spec") or {}})
+    docs.sort(key=lambda d: (d["kind"], d["metadata"]["namespace"] or "", d["metadata"]["name"] or ""))
+    return Desired(workloads, sorted(nodes, key=lambda e: e["name"]), services, docs, me)
