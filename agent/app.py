@@ -23,6 +23,7 @@ from agent.proxy.conns import ConnTable
 from agent.proxy.plan import EndpointHealth, RoutingView, build_view
 from agent.state.workloads import Registry, Workload, WorkloadError, workload_from_json
 
+API_WORKLOADS_FILE = "workloads.json"
 logger = logging.getLogger("hostmesh.agent")
 
 
@@ -65,6 +66,8 @@ class Agent:
         self.drain_requested = None  # a trio.Event set by serve
         self.reload_requested = None
         self.discovery = None  # agent.k8s.discovery, when kubernetes.enabled
+        self.api_uids: set[str] = set()  # registered through the admin API (persisted)
+        self.config_uids: set[str] = set()  # from the config's workloads (reload reconciles)
 
     # ---- internal helpers -------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -210,13 +213,78 @@ class Agent:
             self.register(w)
         except WorkloadError as e:
             raise ApiError(400, "invalid_workload", str(e)) from None
+        self.api_uids.add(w.uid)
+        self.save_api_workloads()
         return w.to_json()
 
     def remove_workload(self, uid: str) -> dict[str, Any]:
         w = self.unregister(uid)
         if w is None:
             raise ApiError(404, "not_found", f"no workload with uid {uid!r}")
+        self.api_uids.discard(uid)
+        self.save_api_workloads()
         return w.to_json()
+
+    # ---- workloads registered through the API survive a restart -----------------------
+    # A CNI plugin calls ADD once, when the pod starts: an agent restarted later (an
+    # upgrade, a crash) must still know the pod, or capture would refuse its traffic.
+    def _api_workloads_path(self) -> Path:
+        return Path(self.config.state_dir) / API_WORKLOADS_FILE
+
+    def save_api_workloads(self) -> None:
+        rows = [w.to_json() for uid in sorted(self.api_uids) if (w := self.registry.get(uid)) is not None]
+        path = self._api_workloads_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(rows, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            self.count("workloads_save_failures")
+            logger.warning("workloads registered through the API not saved to %s: %s", path, e.strerror or e)
+
+    def load_api_workloads(self) -> int:
+        """Workloads the admin API registered before a restart (``<state_dir>/workloads.json``);
+        a row that no longer validates is logged and dropped."""
+        path = self._api_workloads_path()
+        try:
+            rows = json.loads(path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as e:
+            logger.warning("%s unreadable (%s): workloads registered through the API before the restart are lost",
+                           path, e)
+            return 0
+        n = 0
+        for body in rows if isinstance(rows, list) else []:
+            try:
+                w = workload_from_json(body, local_node=self.config.node.name)
+            except WorkloadError as e:
+                logger.warning("%s: workload %s dropped: %s", path, body.get("uid") if isinstance(body, dict) else "?", e)
+                continue
+            self.register(w)
+            self.api_uids.add(w.uid)
+            n += 1
+        if n:
+            logger.info("workloads registered through the API restored", extra={"count": n, "file": str(path)})
+        return n
+
+    def reconcile_config_workloads(self, bodies: list[dict]) -> None:
+        """The config's ``workloads`` (start and reload): new and changed ones registered,
+        ones the config no longer lists removed. Raises WorkloadError before changing
+        anything when one is invalid."""
+        wanted = {}
+        for body in bodies:
+            w = workload_from_json(body, local_node=self.config.node.name)
+            wanted[w.uid] = w
+        for uid in sorted(self.config_uids - set(wanted)):
+            self.unregister(uid)
+        for uid, w in wanted.items():
+            if self.registry.get(uid) != w:
+                self.register(w)
+        self.config_uids = set(wanted)
 
     def list_policies(self) -> list[dict[str, Any]]:
         return self.policies.list()
@@ -266,11 +334,13 @@ class Agent:
         return {"level": level}
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the policy directory and the CA material (trust bundle, node CA); all or
-        nothing: anything invalid answers 400 and leaves what is in force."""
+        """Re-read the config's peers, services and workloads, the policy directory and the
+        CA material (trust bundle, node CA); all or nothing: anything invalid answers 400
+        and leaves what is in force."""
         result: dict[str, Any] = {}
         identity = self.config.identity
         policies_cfg = self.config.policies
+        new = None
         if self.config_path:
             try:
                 new = load_config(self.config_path)
@@ -279,6 +349,12 @@ class Agent:
             if new.identity.trust_domain != identity.trust_domain:
                 raise ApiError(400, "invalid_config", "identity.trust_domain cannot change on reload (restart the agent)")
             identity, policies_cfg = new.identity, new.policies
+            bodies = [wc.model_dump(exclude_none=True) for wc in new.workloads]
+            for body in bodies:
+                try:
+                    workload_from_json(body, local_node=self.config.node.name)
+                except WorkloadError as e:
+                    raise ApiError(400, "invalid_config", f"workloads: {body.get('uid')}: {e}") from None
         files = None
         if policies_cfg.dir:
             try:
@@ -291,6 +367,17 @@ class Agent:
             except ValueError as e:
                 raise ApiError(400, "invalid_ca", str(e)) from None
         self.config.identity, self.config.policies = identity, policies_cfg
+        if new is not None:
+            self.reconcile_config_workloads(bodies)
+            result["config_workloads"] = len(self.config_uids)
+            if self.discovery is None:  # with Kubernetes discovery the API owns peers and services
+                c = self.config.cluster
+                if new.cluster.pod_cidrs != c.pod_cidrs:
+                    logger.warning("cluster.pod_cidrs changed: the capture rules take it at the next start")
+                if (new.cluster.nodes, new.cluster.services) != (c.nodes, c.services):
+                    c.nodes, c.services = new.cluster.nodes, new.cluster.services
+                    self.cluster_changed()
+                    result["cluster_changed"] = True
         if files is not None:
             for source, docs in files.items():
                 self.policies.replace_source(source, docs)

@@ -150,9 +150,12 @@ def _load_static_state(agent: Agent) -> None:
     cfg = agent.config
     for wc in cfg.workloads:
         try:
-            agent.register(workload_from_json(wc.model_dump(exclude_none=True), local_node=cfg.node.name))
+            w = workload_from_json(wc.model_dump(exclude_none=True), local_node=cfg.node.name)
+            agent.register(w)
+            agent.config_uids.add(w.uid)
         except WorkloadError as e:
             logger.error("workload %s: %s", wc.uid, e)
+    agent.load_api_workloads()
     if cfg.policies.dir:
         try:
             for source, docs in load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace).items():

@@ -70,3 +70,40 @@ def test_validator_never_crashes(body):
         workload_from_json(body)
     except WorkloadError:
         pass
+
+
+def test_api_workloads_survive_a_restart_and_config_workloads_follow_reload(tmp_path):
+    import trio
+    import yaml
+
+    from agent.app import Agent
+    from agent.config import load_config
+    from agent.errors import ApiError
+
+    cfg_path = tmp_path / "config.yaml"
+    doc = {"node": {"name": "n0", "address": "192.0.2.1"}, "state_dir": str(tmp_path / "state"),
+           "workloads": [{"uid": "s1", "name": "static", "ip": "10.0.0.1"}]}
+    cfg_path.write_text(yaml.safe_dump(doc))
+    a = Agent(load_config(str(cfg_path)), str(cfg_path))
+    a.reconcile_config_workloads([wc.model_dump(exclude_none=True) for wc in a.config.workloads])
+    a.add_workload({"uid": "p1", "name": "pod", "ip": "10.0.0.2"})
+    a.add_workload({"uid": "p2", "name": "gone", "ip": "10.0.0.3"})
+    a.remove_workload("p2")
+
+    # a restarted agent (same state_dir) knows the API's pods again, not the removed one
+    b = Agent(load_config(str(cfg_path)), str(cfg_path))
+    assert b.load_api_workloads() == 1 and {w.uid for w in b.registry} == {"p1"}
+
+    # reload: the config's workloads are reconciled, peers follow; a bad one changes nothing
+    b.reconcile_config_workloads([wc.model_dump(exclude_none=True) for wc in b.config.workloads])
+    doc["workloads"] = [{"uid": "s2", "name": "static2", "ip": "10.0.0.4"}]
+    doc["cluster"] = {"nodes": [{"name": "n1", "address": "192.0.2.2", "pod_cidrs": ["10.1.0.0/24"]}]}
+    cfg_path.write_text(yaml.safe_dump(doc))
+    r = trio.run(b.reload)
+    assert r["config_workloads"] == 1 and r["cluster_changed"]
+    assert {w.uid for w in b.registry} == {"p1", "s2"} and [p.name for p in b.view.peers] == ["n1"]
+    doc["workloads"] = [{"uid": "s3", "name": "bad", "ip": "not-an-ip"}]
+    cfg_path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ApiError) as e:
+        trio.run(b.reload)
+    assert e.value.status == 400 and {w.uid for w in b.registry} == {"p1", "s2"}
