@@ -21,6 +21,8 @@ import threading
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from agent.telemetry.metrics import count_exports
+
 logger = logging.getLogger("hostmesh.kafka")
 
 # Records handed to the producer per round: enough to fill a batch, few enough that an
@@ -42,6 +44,7 @@ class KafkaSink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.counts = {"produced": 0, "delivered": 0, "dropped_buffer_full": 0, "send_errors": 0, "connected": False}
+        self._seen = (0, 0)  # delivered, send errors already in the registry
 
     # ---- trio thread -------------------------------------------------------------------
     def start(self) -> None:
@@ -65,6 +68,14 @@ class KafkaSink:
                     continue
                 self._buf.append((rec.key.encode(), value))
                 self._bytes += len(value)
+
+    def tick(self) -> None:
+        """Called by the pipeline in the trio thread, which owns the metrics registry: the
+        asyncio thread only counts, and the counts reach the registry here (a registry
+        written from two threads could change size under a scrape's iteration)."""
+        with self._lock:
+            delivered, errors = self.counts["delivered"], self.counts["send_errors"]
+        self._seen = count_exports(self.metrics, "kafka", self._seen, delivered, errors)
 
     def stats(self) -> dict:
         with self._lock:
@@ -123,12 +134,10 @@ class KafkaSink:
                     key, value = self._buf.popleft()
                     self._bytes -= len(value)
                 self.counts["delivered"] += ok
-            if ok:
-                self.metrics.inc("hostmesh_telemetry_exported_total", ("kafka",), ok)
             if ok < len(window):
-                self.counts["send_errors"] += 1
-                self.counts["connected"] = False
-                self.metrics.inc("hostmesh_telemetry_export_failures_total", ("kafka",))
+                with self._lock:
+                    self.counts["send_errors"] += 1
+                    self.counts["connected"] = False
                 await _close(producer)
                 producer = None
                 await self._sleep(backoff)

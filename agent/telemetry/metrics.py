@@ -116,6 +116,17 @@ def _labels(names, values) -> str:
     return "{" + ",".join(f'{n}="{_esc(v)}"' for n, v in zip(names, values)) + "}"
 
 
+def count_exports(metrics: Metrics, sink: str, seen: tuple[int, int], delivered: int, failures: int) -> tuple[int, int]:
+    """A sink thread's running totals into the registry, from the thread that owns it
+    (a registry written from two threads can change size under a scrape's iteration).
+    Returns the totals now counted, for the next call."""
+    if delivered > seen[0]:
+        metrics.inc("hostmesh_telemetry_exported_total", (sink,), delivered - seen[0])
+    if failures > seen[1]:
+        metrics.inc("hostmesh_telemetry_export_failures_total", (sink,), failures - seen[1])
+    return delivered, failures
+
+
 def tcp_labels(rec) -> tuple:
     """Istio's TCP label values for a ConnRecord."""
     return (

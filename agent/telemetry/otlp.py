@@ -57,7 +57,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from agent.telemetry.metrics import BUCKETS_MS, COUNTERS, HTTP_LABELS
+from agent.telemetry.metrics import BUCKETS_MS, COUNTERS, HTTP_LABELS, count_exports
 
 logger = logging.getLogger("hostmesh.otlp")
 
@@ -310,12 +310,7 @@ class OtlpSink:
         registry: brings the export counters into it and hands over a snapshot when due."""
         with self._lock:
             delivered, errors = self.counts["delivered"], self.counts["export_errors"]
-        seen_d, seen_e = self._seen
-        if delivered > seen_d:
-            self.metrics.inc("hostmesh_telemetry_exported_total", ("otlp",), delivered - seen_d)
-        if errors > seen_e:
-            self.metrics.inc("hostmesh_telemetry_export_failures_total", ("otlp",), errors - seen_e)
-        self._seen = (delivered, errors)
+        self._seen = count_exports(self.metrics, "otlp", self._seen, delivered, errors)
         now = time.monotonic()
         if now - self._last_snapshot >= self.config.export_interval_s:
             self._last_snapshot = now

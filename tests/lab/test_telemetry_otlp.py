@@ -117,6 +117,8 @@ def test_sink_sends_spans_logs_and_metrics(receiver, protocol):
         sink.offer(recs, [r.to_json() for r in recs])
         sink.tick()
         wait_for(lambda: sink.stats()["delivered"] == 2 and sink.stats()["metrics_exported"] >= 1)
+        sink.tick()  # the pipeline's flush: the sink's totals reach the registry
+        assert m.counters["hostmesh_telemetry_exported_total"] == {("otlp",): 2}
     finally:
         sink.stop()
     lines = received(out)

@@ -105,3 +105,15 @@ def test_metrics_merge_sums_worker_snapshots():
 @pytest.mark.parametrize("verdict, flags", [("allow", "-"), ("deny", "UAEX")])
 def test_response_flags(verdict, flags):
     assert tcp_labels(rec(verdict=verdict))[-1] == flags
+
+
+def test_sink_totals_reach_the_registry_once():
+    from agent.telemetry.metrics import Metrics, count_exports
+
+    m = Metrics()
+    seen = count_exports(m, "kafka", (0, 0), 5, 1)
+    seen = count_exports(m, "kafka", seen, 5, 1)  # nothing new: nothing counted twice
+    seen = count_exports(m, "kafka", seen, 8, 1)
+    assert seen == (8, 1)
+    assert m.counters["hostmesh_telemetry_exported_total"] == {("kafka",): 8}
+    assert m.counters["hostmesh_telemetry_export_failures_total"] == {("kafka",): 1}
