@@ -370,7 +370,9 @@ class Agent:
         if new is not None:
             self.reconcile_config_workloads(bodies)
             result["config_workloads"] = len(self.config_uids)
-            if self.discovery is None:  # with Kubernetes discovery the API owns peers and services
+            if self.discovery is not None:  # discovered peers and services stay, merged anew
+                self.discovery.set_static(new.cluster.nodes, new.cluster.services)
+            else:
                 c = self.config.cluster
                 if new.cluster.pod_cidrs != c.pod_cidrs:
                     logger.warning("cluster.pod_cidrs changed: the capture rules take it at the next start")

@@ -234,12 +234,17 @@ class KubernetesConfig(_Model):
     """Discovery from the Kubernetes API (DaemonSet mode; agent/k8s, docs/kubernetes.md)."""
 
     enabled: bool = False
+    # This node's Node object name; unset: node.name (itself NODE_NAME by default).
+    node_name: str | None = None
     # Unset: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
     api_server: str | None = None
     token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     ca_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     # Server-side watch timeout; the watch is then resumed from the last version seen.
     watch_timeout_s: int = Field(300, ge=1)
+    # Retry after an API error: backoff_initial_s doubling to backoff_max_s, jittered
+    # (client-go's reflector: 0.8 s to 30 s); 410 Gone relists at once.
+    backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     istio_api_version: str = "v1"  # of security.istio.io AuthorizationPolicy / PeerAuthentication
 

@@ -8,10 +8,12 @@ list, then watch from the list's ``resourceVersion`` with bookmarks; a watch tha
 ends or drops resumes from the last version seen; ``410 Gone`` (as an HTTP status or
 as a watch ``ERROR`` event) relists, and the relist replaces the kind wholesale, so
 objects deleted meanwhile go away; other errors back off (capped, jittered).
-Changes are coalesced and applied to the agent: workloads registered, changed and
-removed (only the ones discovery made), peers and services into the routing view,
-``AuthorizationPolicy``/``PeerAuthentication`` objects as policy source ``kubernetes``
-(an invalid one is skipped and logged, the others apply).
+Changes are coalesced and applied to the agent as ``agent.k8s.reconcile`` plans them:
+workloads registered, changed and removed through ``Agent.register``/``unregister`` (the
+admin API's path; only the ones discovery made are removed), peers and services into the
+routing view next to the config's static ones, ``AuthorizationPolicy`` /
+``PeerAuthentication`` objects as policy source ``kubernetes`` (an invalid one is
+skipped and logged, the others apply). Counters: ``k8s_*`` in ``/v1/stats``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from pathlib import Path
 
 import trio
 
-from agent.k8s.model import KINDS, Cache, Desired, desired
+from agent.k8s.model import KINDS, POLICY_KINDS, Cache, Desired, desired
+from agent.k8s.reconcile import Backoff, merge_nodes, merge_services, plan_workloads
 
 logger = logging.getLogger("hostmesh.k8s")
 
-BACKOFF_FIRST_S = 0.5
+# Changes within this window are applied together (a relist, a burst of pod events).
 COALESCE_S = 0.05
+# A watch that ends this soon without an event is treated as a failure (backed off):
+# a proxy or server that closes every watch at once must not be polled in a tight loop.
+QUICK_END_S = 1.0
 ISTIO_GROUP = "security.istio.io"
 
 
@@ -73,10 +79,19 @@ class Discovery:
         self.cache = Cache()
         self.owned: set[str] = set()  # workload uids discovery registered
         self.policy_docs: list | None = None
+        # the config's own peers and services: kept next to the discovered ones
+        cluster = agent.config.cluster
+        self.static = (list(cluster.nodes), list(cluster.services))
+        self._conflicts: set[str] = set()  # what was logged already
+        self._skipped: set[str] = set()
         self._changed = trio.Event()
         self.counts = {"lists": 0, "relists_410": 0, "watch_restarts": 0, "errors": 0, "events": 0,
-                       "policies_rejected": 0, "applies": 0}
+                       "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
         self._api = None
+
+    def count(self, name: str) -> None:
+        self.counts[name] += 1
+        self.agent.count(f"k8s_{name}")
 
     # ---- the API calls (blocking; threads) ------------------------------------------------
     def _call(self, kind: str, **kw):
@@ -119,54 +134,67 @@ class Discovery:
 
     # ---- per kind: list, watch, resume, relist ----------------------------------------------
     async def list_all(self) -> None:
-        """Every kind once (start-up: before capture, so this node's pod CIDRs are known)."""
+        """Every kind once (start-up: before capture, so this node's pod CIDRs are known).
+        Without the Istio CRDs the policy kinds are empty (their watch checks again)."""
         for kind in KINDS:
-            await self._relist(kind)
+            try:
+                await self._relist(kind)
+            except Exception as e:
+                if getattr(e, "status", None) != 404 or kind not in POLICY_KINDS:
+                    raise
+                logger.info("no %s resource (Istio CRDs not installed); checking again later", kind)
+                self.cache.replace(kind, [], None)
 
     async def _relist(self, kind: str) -> None:
         items, version = await trio.to_thread.run_sync(self._list, kind, abandon_on_cancel=True)
         self.cache.replace(kind, items, version)
-        self.counts["lists"] += 1
+        self.count("lists")
         self._changed.set()
 
     async def reflect(self, kind: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        backoff = BACKOFF_FIRST_S
+        backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         while True:
             try:
                 if self.cache.versions[kind] is None:
                     await self._relist(kind)
-                await self._watch(kind)
-                self.counts["watch_restarts"] += 1  # the server ended the watch: resume
-                backoff = BACKOFF_FIRST_S
+                began = trio.current_time()
+                events = await self._watch(kind)
+                self.count("watch_restarts")  # the server ended the watch: resume
+                if events or trio.current_time() - began >= QUICK_END_S:
+                    backoff.reset()
+                else:
+                    await trio.sleep(backoff.next(random.random()))
             except Gone:
-                self.counts["relists_410"] += 1
+                self.count("relists_410")
                 logger.info("watch of %s: 410 Gone; listing again", kind)
                 self.cache.forget(kind)
             except Exception as e:  # noqa: BLE001 - API errors, dropped connections: retry
                 status = getattr(e, "status", None)
-                if status == 410:
-                    self.counts["relists_410"] += 1
+                if status == 410:  # as an HTTP status (a list or watch from a compacted version)
+                    self.count("relists_410")
+                    logger.info("%s: 410 Gone; listing again", kind)
                     self.cache.forget(kind)
                     continue
-                self.counts["errors"] += 1
-                if status == 404 and kind in ("authorizationpolicies", "peerauthentications"):
+                self.count("errors")
+                if status == 404 and kind in POLICY_KINDS:
                     logger.info("no %s resource (Istio CRDs not installed); checking again later", kind)
                     self.cache.replace(kind, [], None)
                     self._changed.set()
                     await trio.sleep(self.cfg.backoff_max_s)
                     continue
-                logger.warning("kubernetes %s: %s; retrying in %.1f s", kind, _short(e), backoff)
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(self.cfg.backoff_max_s, backoff * 2)
+                delay = backoff.next(random.random())
+                logger.warning("kubernetes %s: %s; retrying in %.1f s", kind, _short(e), delay)
+                await trio.sleep(delay)
 
-    async def _watch(self, kind: str) -> None:
+    async def _watch(self, kind: str) -> int:
+        """One watch from the kind's last version; the number of events it carried."""
         try:
-            await self._watch_once(kind)
+            return await self._watch_once(kind)
         except BaseExceptionGroup as eg:  # the reader thread's error, or ours: raise it as is
             raise _first(eg) from None
 
-    async def _watch_once(self, kind: str) -> None:
+    async def _watch_once(self, kind: str) -> int:
         send, recv = trio.open_memory_channel(256)
 
         async def reader() -> None:
@@ -174,6 +202,7 @@ class Discovery:
                 await trio.to_thread.run_sync(self._stream, kind, self.cache.versions[kind], send,
                                               abandon_on_cancel=True)
 
+        events = 0
         async with trio.open_nursery() as n:
             n.start_soon(reader)
             async with recv:
@@ -184,9 +213,11 @@ class Discovery:
                             raise Gone()  # the nursery stops the reader (no cancel first: a
                             # checkpoint on the way out would swap Gone for Cancelled)
                         raise RuntimeError(f"watch error: {obj.get('message') or obj}")
-                    self.counts["events"] += 1
+                    events += 1
+                    self.counts["events"] += 1  # not an agent counter: one per event is noise
                     if self.cache.event(kind, etype, obj):
                         self._changed.set()
+        return events
 
     # ---- applying to the agent --------------------------------------------------------------
     async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -202,41 +233,51 @@ class Discovery:
 
     def apply_desired(self, d: Desired) -> None:
         from agent.config import PeerNode, ServiceConfig
-        from agent.state.workloads import WorkloadError, workload_from_json
 
         a = self.agent
         self.counts["applies"] += 1
-        for uid in sorted(self.owned - set(d.workloads)):
+        for c in sorted(set(d.conflicts) - self._conflicts):
+            logger.warning("%s; the newer pod keeps it", c)
+        self._conflicts = set(d.conflicts)
+        plan = plan_workloads(d.workloads, self.owned, a.registry, self.node)
+        for uid in plan.unregister:
             a.unregister(uid)
-        owned = set()
-        for uid, body in d.workloads.items():
+        for w in plan.register:
             try:
-                w = workload_from_json(body, local_node=self.node)
-            except WorkloadError as e:
-                logger.warning("pod %s/%s skipped: %s", body.get("namespace"), body.get("name"), e)
-                continue
-            owned.add(uid)
-            if a.registry.get(uid) != w:
                 a.register(w)
-        self.owned = owned
+            except Exception as e:  # noqa: BLE001 - one pod (e.g. its capture) must not stop the rest
+                if a.registry.get(w.uid) is None:
+                    plan.owned.discard(w.uid)
+                plan.skipped.append(f"{w.namespace}/{w.name}: {_short(e)}")
+        for s in sorted(set(plan.skipped) - self._skipped):  # each once, not on every apply
+            self.count("pods_skipped")
+            logger.warning("pod %s: skipped", s)
+        self._skipped = set(plan.skipped)
+        self.owned = plan.owned
         cluster = a.config.cluster
         nodes, services = [], []
-        for e in d.nodes:
+        for entry in d.nodes:
             try:
-                nodes.append(PeerNode.model_validate(e))
+                nodes.append(PeerNode.model_validate(entry))
             except ValueError as err:
-                logger.warning("node %s skipped: %s", e.get("name"), err)
-        for e in d.services:
+                logger.warning("node %s skipped: %s", entry.get("name"), err)
+        for entry in d.services:
             try:
-                services.append(ServiceConfig.model_validate(e))
+                services.append(ServiceConfig.model_validate(entry))
             except ValueError as err:
-                logger.warning("service %s/%s skipped: %s", e.get("namespace"), e.get("name"), err)
+                logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
         if d.this_node and d.this_node.get("pod_cidrs") and not cluster.pod_cidrs:
             cluster.pod_cidrs = list(d.this_node["pod_cidrs"])
+        nodes, services = merge_nodes(self.static[0], nodes), merge_services(self.static[1], services)
         if nodes != cluster.nodes or services != cluster.services:
             cluster.nodes, cluster.services = nodes, services
             a.cluster_changed()
         self._apply_policies(d.policy_docs)
+
+    def set_static(self, nodes: list, services: list) -> None:
+        """The config's peers and services changed (reload): merge them in again."""
+        self.static = (list(nodes), list(services))
+        self.apply()
 
     def _apply_policies(self, docs: list[dict]) -> None:
         from agent.rbac.loader import PolicyError, load_documents
@@ -251,7 +292,7 @@ class Discovery:
             try:
                 loaded += load_documents(json.dumps(doc), where, self.agent.config.policies.root_namespace)
             except PolicyError as e:
-                self.counts["policies_rejected"] += 1
+                self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
         self.agent.policies.replace_source("kubernetes", loaded)
         self.agent.recheck_connections()
@@ -277,16 +318,18 @@ def _short(e: BaseException) -> str:
 async def start(agent, nursery: trio.Nursery) -> Discovery:
     """Start-up half: list everything (before capture: this node's pod CIDRs). The
     caller then registers static state and calls ``run``."""
-    d = Discovery(agent, agent.config.kubernetes, agent.config.node.name)
-    backoff = BACKOFF_FIRST_S
+    cfg = agent.config.kubernetes
+    d = Discovery(agent, cfg, cfg.node_name or agent.config.node.name)
+    backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
     while True:
         try:
             await d.list_all()
             break
         except Exception as e:  # noqa: BLE001 - not ready until the API answered once
-            logger.warning("kubernetes API not reachable yet: %s; retrying in %.1f s", _short(e), backoff)
-            await trio.sleep(backoff)
-            backoff = min(agent.config.kubernetes.backoff_max_s, backoff * 2)
+            d.count("errors")
+            delay = backoff.next(random.random())
+            logger.warning("kubernetes API not reachable yet: %s; retrying in %.1f s", _short(e), delay)
+            await trio.sleep(delay)
     pods = desired(d.cache, d.node)
     if pods.this_node and pods.this_node.get("pod_cidrs") and not agent.config.cluster.pod_cidrs:
         agent.config.cluster.pod_cidrs = list(pods.this_node["pod_cidrs"])

@@ -3,7 +3,8 @@
 Pure: no I/O, no clock. ``Cache`` holds the objects of every watched kind the way
 the API server last described them (a relist replaces a kind wholesale, so objects
 deleted while a watch was down disappear); ``desired`` turns it into the agent's
-state. The shell (``agent.k8s.discovery``) feeds it list results and watch events.
+state, one pod per address; ``agent.k8s.reconcile`` plans how to get there. The shell
+(``agent.k8s.discovery``) feeds it list results and watch events.
 """
 
 from __future__ import annotations
@@ -87,10 +88,13 @@ def _http_ports(value: str | None) -> list[int]:
 
 def pod_workload(pod: dict, this_node: str) -> dict | None:
     """The admin API's workload body for a pod, or None when it is not a mesh workload:
-    host-network pods (they share the node's address), pods without an IP yet, finished
-    pods, and pods that opted out. Identity: the pod's namespace and service account."""
+    host-network pods (they share the node's address), pods without an IP yet, pods
+    neither Running nor Pending, and pods that opted out. Identity: the pod's namespace and service account."""
     meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
-    if spec.get("hostNetwork") or st.get("phase") in ("Succeeded", "Failed"):
+    # Running, or Pending once the CNI gave it an address (its containers may be starting,
+    # its peers may already connect). Succeeded/Failed pods hold no address any more;
+    # Unknown means its node stopped reporting — nothing to route to with confidence.
+    if spec.get("hostNetwork") or st.get("phase") not in ("Running", "Pending"):
         return None
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     if labels.get(OPT_OUT[0]) == OPT_OUT[1] or annotations.get(OPT_OUT[0]) == OPT_OUT[1]:
@@ -140,7 +144,7 @@ def service_entries(svc: dict, slices: list[dict]) -> list[dict]:
     vips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
     if not vips or spec.get("type") == "ExternalName":
         return []
-    addrs = []
+    addrs: list[str] = []
     for s in slices:
         for ep in s.get("endpoints") or []:
             if (ep.get("conditions") or {}).get("ready") is False:
@@ -181,14 +185,42 @@ class Desired:
     services: list[dict]
     policy_docs: list[dict]  # Istio documents, each loaded on its own (a bad one is skipped)
     this_node: dict | None  # this node's own entry (address, pod CIDRs)
+    conflicts: list[str] = field(default_factory=list)  # addresses two pods claimed (logged)
+
+
+def _claim_rank(pod: dict) -> tuple:
+    """Who keeps an address two pods claim: a pod not being deleted, then the newer one.
+    (A terminating pod's object keeps ``status.podIPs`` after the CNI released the
+    address, and the address can already belong to a new pod on the same node.)"""
+    m = pod.get("metadata") or {}
+    return (m.get("deletionTimestamp") is None, m.get("creationTimestamp") or "", m.get("uid") or "")
+
+
+def pod_workloads(pods, this_node: str) -> tuple[dict[str, dict], list[str]]:
+    """Workload bodies by uid, each address held by one pod only; and what lost an
+    address to another pod, for the log."""
+    workloads: dict[str, dict] = {}
+    conflicts: list[str] = []
+    claimed: dict[str, str] = {}  # ip -> "ns/name" holding it
+    for pod in sorted(pods, key=_claim_rank, reverse=True):
+        w = pod_workload(pod, this_node)
+        if w is None:
+            continue
+        ips = [ip for ip in w["ips"] if ip not in claimed]
+        for ip in w["ips"]:
+            if ip in claimed:
+                conflicts.append(f"pod {w['namespace']}/{w['name']}: {ip} is held by pod {claimed[ip]}")
+        if not ips:
+            continue
+        w["ip"], w["ips"] = ips[0], ips
+        for ip in ips:
+            claimed[ip] = f"{w['namespace']}/{w['name']}"
+        workloads[w["uid"]] = w
+    return workloads, conflicts
 
 
 def desired(cache: Cache, this_node: str) -> Desired:
-    workloads = {}
-    for pod in cache.objects["pods"].values():
-        w = pod_workload(pod, this_node)
-        if w is not None:
-            workloads[w["uid"]] = w
+    workloads, conflicts = pod_workloads(cache.objects["pods"].values(), this_node)
     nodes, me = [], None
     for n in cache.objects["nodes"].values():
         e = node_entry(n)
@@ -202,7 +234,7 @@ def desired(cache: Cache, this_node: str) -> Desired:
     services = []
     for key, svc in sorted(cache.objects["services"].items()):
         services += service_entries(svc, by_svc.get(key, []))
-    docs = []
+    docs: list[dict] = []
     for kind, k8s_kind in POLICY_KINDS.items():
         for obj in cache.objects[kind].values():
             meta = obj.get("metadata") or {}
@@ -212,4 +244,4 @@ def desired(cache: Cache, this_node: str) -> Desired:
             docs.append({"apiVersion": obj.get("apiVersion") or "security.istio.io/v1", "kind": k8s_kind,
                          "metadata": m, "spec": obj.get("spec") or {}})
     docs.sort(key=lambda d: (d["kind"], d["metadata"]["namespace"] or "", d["metadata"]["name"] or ""))
-    return Desired(workloads, sorted(nodes, key=lambda e: e["name"]), services, docs, me)
+    return Desired(workloads, sorted(nodes, key=lambda e: e["name"]), services, docs, me, conflicts)

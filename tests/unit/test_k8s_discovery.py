@@ -1,6 +1,8 @@
-"""Kubernetes discovery against a server that replays real API list and watch responses
-(no API server runs here): the registry, peers, services and policies end up exactly as
-the replayed cluster describes, through bookmarks, 410 Gone and a dropped watch."""
+"""Kubernetes discovery (agent.k8s.discovery, the trio shell with the official client)
+against a server that replays real API list and watch responses (no API server runs
+here): the registry, peers, services and policies end up exactly as the replayed cluster
+describes, through bookmarks, 410 Gone, a dropped watch and API errors. The pure core
+has its own tests (test_k8s_reconcile.py)."""
 
 from __future__ import annotations
 
@@ -15,72 +17,14 @@ import trio
 from agent.app import Agent
 from agent.config import Config
 from agent.k8s import discovery as disc
-from agent.k8s.model import Cache, desired, pod_workload, service_entries
-
-NODE = "node-a"
-
-
-def pod(name, ip, node=NODE, uid=None, rv="1", labels=None, sa="web", ns="shop", **kw):
-    p = {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": name, "namespace": ns, "uid": uid or f"uid-{name}", "resourceVersion": rv,
-                      "labels": labels or {"app": name}, "annotations": kw.pop("annotations", {})},
-         "spec": {"nodeName": node, "serviceAccountName": sa, "hostNetwork": kw.pop("host_network", False),
-                  "containers": [{"name": "c", "image": "x"}]},
-         "status": {"phase": kw.pop("phase", "Running"), "podIP": ip, "podIPs": [{"ip": ip}] if ip else []}}
-    return p
-
-
-def node(name, ip, cidr, rv="1"):
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "resourceVersion": rv},
-            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-            "status": {"addresses": [{"type": "Hostname", "address": name}, {"type": "InternalIP", "address": ip}]}}
-
-
-def lst(kind, items, rv):
-    return {"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv}, "items": items}
-
-
-# ---- the pure part ------------------------------------------------------------------------
-
-
-def test_pods_become_workloads_and_others_do_not():
-    w = pod_workload(pod("web", "10.1.0.5", annotations={"hostmesh.io/http-ports": "8080, 9090,x"}), NODE)
-    assert w == {"uid": "uid-web", "name": "web", "namespace": "shop", "service_account": "web",
-                 "ip": "10.1.0.5", "ips": ["10.1.0.5"], "labels": {"app": "web"}, "http_ports": [8080, 9090], "node": None}
-    assert pod_workload(pod("far", "10.2.0.5", node="node-b"), NODE)["node"] == "node-b"
-    for skipped in (pod("nip", None), pod("hn", "10.0.0.1", host_network=True), pod("done", "10.1.0.6", phase="Succeeded"),
-                    pod("out", "10.1.0.7", labels={"hostmesh.io/capture": "disabled"})):
-        assert pod_workload(skipped, NODE) is None
-
-
-def test_services_take_ready_endpoints_and_resolve_named_ports():
-    svc = {"metadata": {"name": "api", "namespace": "shop"},
-           "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                    "ports": [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"},
-                              {"name": "udp", "port": 53, "protocol": "UDP"}]}}
-    sl = {"metadata": {"labels": {"kubernetes.io/service-name": "api"}, "namespace": "shop"},
-          "ports": [{"name": "http", "port": 8080}],
-          "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}},
-                        {"addresses": ["10.1.0.6"], "conditions": {"ready": False}}]}
-    assert service_entries(svc, [sl]) == [{"name": "api", "namespace": "shop", "vip": "10.96.0.10", "ports": [80],
-                                           "endpoints": ["10.1.0.5"], "target_port": 8080}]
-
-
-def test_a_relist_forgets_what_was_deleted_meanwhile_and_bookmarks_only_move_the_version():
-    c = Cache()
-    c.replace("pods", [pod("a", "10.1.0.5"), pod("b", "10.1.0.6")], "10")
-    assert not c.event("pods", "BOOKMARK", {"metadata": {"resourceVersion": "15"}})
-    assert c.versions["pods"] == "15" and len(c.objects["pods"]) == 2
-    c.replace("pods", [pod("b", "10.1.0.6")], "20")
-    assert set(desired(c, NODE).workloads) == {"uid-b"}
-
+from tests.unit.k8s_objects import NODE, authz, endpointslice, lst, node, pod, service
 
 # ---- the shell against a replay server ------------------------------------------------------
 
 
 class Replay:
     """Scripted API server. ``lists[path]``: list bodies served in turn (the last one
-    repeats); ``watches[path]``: per watch request, a list of steps — a dict (an event
+    repeats; ("status", code) answers that status instead); ``watches[path]``: per watch request, a list of steps — a dict (an event
     line), ("status", code) (answer with that HTTP status), "drop" (cut the connection
     mid-line), "end" (close the stream); after the scripts, watches hang until shutdown."""
 
@@ -104,6 +48,8 @@ class Replay:
                 if not bodies:
                     return self._send(404, {"kind": "Status", "code": 404, "message": "not found"})
                 body = bodies.pop(0) if len(bodies) > 1 else bodies[0]
+                if isinstance(body, tuple):
+                    return self._send(body[1], {"kind": "Status", "code": body[1], "message": "scripted"})
                 self._send(200, body)
 
             def _send(self, status, obj):
@@ -168,26 +114,34 @@ def replay():
     r.close()
 
 
-def run_discovery(replay: Replay, until, timeout: float = 8.0) -> Agent:
-    cfg = Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"},
-                                 "kubernetes": {"enabled": True, "api_server": replay.url, "token_path": "/nonexistent",
-                                                "backoff_max_s": 0.2}})
-    agent = Agent(cfg)  # the real one: registry, policies, routing view; no data plane
+def config(url: str, **extra) -> Config:
+    return Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, **extra,
+                                  "kubernetes": {"enabled": True, "api_server": url, "token_path": "/nonexistent",
+                                                 "backoff_initial_s": 0.05, "backoff_max_s": 0.2}})
+
+
+def run_discovery(replay: Replay, until, timeout: float = 8.0, agent: Agent | None = None) -> Agent:
+    """The real shell (start: first list; run: apply loop and one watch per kind) on a
+    real Agent (registry, policies, routing view; no data plane) until ``until`` holds."""
+    agent = agent or Agent(config(replay.url))
 
     async def main():
-        async with trio.open_nursery() as n:
-            d = await disc.start(agent, n)
-            await disc.run(d, n)
-            with trio.fail_after(timeout):
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as n:
+                d = await disc.start(agent, n)
+                await disc.run(d, n)
                 while not until(agent, d):
                     await trio.sleep(0.02)
-            n.cancel_scope.cancel()
+                n.cancel_scope.cancel()
 
     trio.run(main)
     return agent
 
 
 PODS = "/api/v1/pods"
+NODES = "/api/v1/nodes"
+AUTHZ = "/apis/security.istio.io/v1/authorizationpolicies"
+PEERAUTHN = "/apis/security.istio.io/v1/peerauthentications"
 
 
 def uids(agent) -> set[str]:
@@ -195,34 +149,44 @@ def uids(agent) -> set[str]:
 
 
 def test_list_watch_bookmark_and_resume_from_the_last_version(replay):
-    replay.lists["/api/v1/nodes"] = [lst("NodeList", [node(NODE, "192.0.2.1", "10.1.0.0/24"),
-                                                      node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")]
-    replay.lists[PODS] = [lst("PodList", [pod("a", "10.1.0.5", rv="8"), pod("b", "10.2.0.5", node="node-b", rv="9")],
-                              "10")]
+    replay.lists[NODES] = [lst("NodeList", [node(NODE, "192.0.2.1", "10.1.0.0/24"),
+                                            node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")]
+    replay.lists[PODS] = [lst("PodList", [pod("a", "10.1.0.5", rv="8"), pod("b", "10.2.0.5", node="node-b", rv="9"),
+                                          pod("hn", "192.0.2.1", host_network=True, rv="9")], "10")]
     replay.watches[PODS] = [
         [{"type": "ADDED", "object": pod("c", "10.1.0.7", rv="11")},
          {"type": "MODIFIED", "object": pod("a", "10.1.0.5", rv="12", labels={"app": "a", "v": "2"})},
-         {"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "20"}}}, "end"],
+         {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "20"}}},
+         "end"],
         [{"type": "DELETED", "object": pod("b", "10.2.0.5", node="node-b", rv="21")}],
     ]
     agent = run_discovery(replay, lambda a, d: uids(a) == {"uid-a", "uid-c"})
     assert replay.watch_versions(PODS)[:2] == ["10", "20"]  # resumed after the bookmark
+    q = next(q for p, q in replay.seen if p == PODS and q.get("watch"))
+    assert q["allowWatchBookmarks"] == "true" and q["timeoutSeconds"] == "300"
     a = agent.registry.get("uid-a")
     assert dict(a.labels) == {"app": "a", "v": "2"} and a.node is None and a.identity_key == ("shop", "web")
     assert [n.name for n in agent.config.cluster.nodes] == ["node-b"]
+    assert [p.name for p in agent.view.peers] == ["node-b"]  # the routing view was rebuilt
     assert agent.config.cluster.pod_cidrs == ["10.1.0.0/24"]  # this node's, from its Node object
+    assert agent.counters["k8s_watch_restarts"] >= 1
 
 
 @pytest.mark.parametrize("gone", ["event", "status"])
 def test_410_gone_relists_and_drops_what_vanished(replay, gone):
     replay.lists[PODS] = [lst("PodList", [pod("a", "10.1.0.5"), pod("b", "10.1.0.6")], "10"),
-                          lst("PodList", [pod("b", "10.1.0.6"), pod("d", "10.1.0.8")], "30")]
-    first = ([{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}]
+                          lst("PodList", [pod("b", "10.1.0.6", labels={"app": "b2"}), pod("d", "10.1.0.8")], "30")]
+    first = ([{"type": "ADDED", "object": pod("x", "10.1.0.9", rv="11")},
+              {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                           "message": "too old resource version: 10 (25)", "reason": "Expired",
+                                           "code": 410}}]
              if gone == "event" else [("status", 410)])
     replay.watches[PODS] = [first]
     agent = run_discovery(replay, lambda a, d: d.counts["relists_410"] >= 1 and uids(a) == {"uid-b", "uid-d"})
     assert replay.watch_versions(PODS)[:2] == ["10", "30"]  # watched again from the relist
     assert agent.registry.get("uid-a") is None  # deleted while the watch was down: gone
+    assert dict(agent.registry.get("uid-b").labels) == {"app": "b2"}  # changed meanwhile: current
+    assert agent.counters["k8s_relists_410"] == 1 and agent.counters["k8s_lists"] == 7  # 6 kinds + 1 relist
 
 
 def test_a_dropped_watch_resumes_from_the_last_version_seen(replay):
@@ -233,25 +197,82 @@ def test_a_dropped_watch_resumes_from_the_last_version_seen(replay):
     ]
     agent = run_discovery(replay, lambda a, d: uids(a) == {"uid-e"})
     assert replay.watch_versions(PODS)[:2] == ["10", "14"]
+    assert sum(1 for p, q in replay.seen if p == PODS and not q.get("watch")) == 1  # resumed, not relisted
     assert agent.discovery.counts["errors"] >= 1  # the drop was seen as an error, then resumed
 
 
+def test_api_errors_back_off_and_retry_without_relisting(replay):
+    replay.lists[PODS] = [("status", 500), lst("PodList", [pod("a", "10.1.0.5")], "10")]
+    replay.watches[PODS] = [
+        [("status", 503)],
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "etcdserver: leader changed"}}],
+        [{"type": "ADDED", "object": pod("b", "10.1.0.6", rv="11")}],
+    ]
+    del replay.lists[AUTHZ], replay.lists[PEERAUTHN]  # no Istio CRDs: 404, not a failure to start
+    agent = run_discovery(replay, lambda a, d: uids(a) == {"uid-a", "uid-b"})
+    assert replay.watch_versions(PODS)[:3] == ["10", "10", "10"]  # each retry from the same version
+    assert sum(1 for p, q in replay.seen if p == PODS and not q.get("watch")) == 2  # the failed list + one
+    assert agent.discovery.counts["errors"] >= 3 and agent.counters["k8s_errors"] >= 3
+    assert agent.discovery.counts["relists_410"] == 0 and len(agent.policies) == 0
+
+
+def test_what_the_config_and_the_admin_api_registered_stays(replay, tmp_path):
+    cfg = config(replay.url, state_dir=str(tmp_path), cluster={"nodes": [{"name": "metal-1", "address": "192.0.2.50",
+                                                 "pod_cidrs": ["10.50.0.0/24"]}]})
+    agent = Agent(cfg)
+    agent.add_workload({"uid": "cni-1", "name": "manual", "namespace": "shop", "ip": "10.1.0.5"})
+    replay.lists[NODES] = [lst("NodeList", [node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")]
+    replay.lists[PODS] = [lst("PodList", [pod("a", "10.1.0.5"), pod("b", "10.1.0.6")], "10")]
+    replay.watches[PODS] = [[{"type": "DELETED", "object": pod("b", "10.1.0.6", rv="11")}]]
+    run_discovery(replay, lambda a, d: d.counts["events"] >= 1 and uids(a) == {"cni-1"}, agent=agent)
+    # pod a's address belongs to the admin API's workload: a is skipped (counted), not fatal
+    assert agent.counters["k8s_pods_skipped"] == 1 and agent.registry.by_ip("10.1.0.5").uid == "cni-1"
+    assert [n.name for n in agent.config.cluster.nodes] == ["metal-1", "node-b"]
+
+
 def test_policies_services_and_a_bad_policy_is_skipped(replay):
-    good = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-            "metadata": {"name": "deny-all", "namespace": "shop", "resourceVersion": "3"},
-            "spec": {"action": "DENY", "rules": [{}]}}
-    bad = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-           "metadata": {"name": "typo", "namespace": "shop", "resourceVersion": "4"},
-           "spec": {"action": "DENY", "rulez": []}}
-    replay.lists["/apis/security.istio.io/v1/authorizationpolicies"] = [lst("AuthorizationPolicyList", [good, bad], "5")]
-    replay.lists["/api/v1/services"] = [lst("ServiceList", [
-        {"metadata": {"name": "api", "namespace": "shop", "resourceVersion": "2"},
-         "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}]}}], "2")]
+    bad = authz("typo", rv="4", action="DENY", rulez=[])
+    replay.lists[AUTHZ] = [lst("AuthorizationPolicyList", [authz("deny-all", rv="3", action="DENY", rules=[{}]), bad],
+                               "5")]
+    replay.watches[AUTHZ] = [[{"type": "DELETED", "object": bad},
+                              {"type": "ADDED", "object": authz("allow-web", rv="6", selector={
+                                  "matchLabels": {"app": "web"}}, rules=[{"from": [{"source": {
+                                      "principals": ["cluster.local/ns/shop/sa/client"]}}]}])}]]
+    replay.lists["/api/v1/services"] = [lst("ServiceList", [service("api", "10.96.0.10", [
+        {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}])], "2")]
     replay.lists["/apis/discovery.k8s.io/v1/endpointslices"] = [lst("EndpointSliceList", [
-        {"metadata": {"name": "api-x", "namespace": "shop", "labels": {"kubernetes.io/service-name": "api"}},
-         "endpoints": [{"addresses": ["10.1.0.5"]}], "ports": [{"port": 8080}]}], "2")]
+        endpointslice("api", ["10.1.0.5"], [{"name": "http", "port": 8080, "protocol": "TCP"}])], "2")]
     replay.lists[PODS] = [lst("PodList", [], "1")]
-    agent = run_discovery(replay, lambda a, d: d.counts["applies"] >= 1 and len(a.policies) == 1)
-    assert [p["name"] for p in agent.policies.list()] == ["deny-all"]
+    agent = run_discovery(replay, lambda a, d: len(a.policies) == 2)
+    assert sorted(p["name"] for p in agent.policies.list()) == ["allow-web", "deny-all"]
+    assert set(agent.policies.sources()) == {"kubernetes"}
+    assert agent.discovery.counts["policies_rejected"] == 1  # the typo, once (then deleted)
     assert [(s.vip, s.ports, s.endpoints, s.target_port) for s in agent.config.cluster.services] == [
         ("10.96.0.10", [80], ["10.1.0.5"], 8080)]
+    assert agent.view.services[("10.96.0.10", 80)].endpoints == ("10.1.0.5",)
+
+
+def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp_path):
+    from agent.config import load_config
+    from agent.k8s.model import Cache
+
+    def write(static_peer: str) -> None:
+        path.write_text(json.dumps({
+            "node": {"name": NODE, "address": "192.0.2.1"}, "state_dir": str(tmp_path),
+            "cluster": {"nodes": [{"name": static_peer, "address": "192.0.2.50", "pod_cidrs": ["10.50.0.0/24"]}]},
+            "kubernetes": {"enabled": True, "api_server": "http://127.0.0.1:9"}}))
+
+    path = tmp_path / "hostmesh.yaml"
+    write("metal-1")
+    agent = Agent(load_config(str(path)), str(path))
+    d = agent.discovery = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.cache = Cache()
+    d.cache.replace("nodes", [node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")
+    d.cache.replace("pods", [pod("far", "10.2.0.9", node="node-b")], "5")
+    d.apply()
+    assert [n.name for n in agent.config.cluster.nodes] == ["metal-1", "node-b"]
+    write("metal-2")
+    trio.run(agent.reload)
+    assert [n.name for n in agent.config.cluster.nodes] == ["metal-2", "node-b"]
+    assert [p.name for p in agent.view.peers] == ["metal-2", "node-b"]
+    assert {w.uid for w in agent.registry} == {"uid-far"}  # the config's (empty) workloads do not touch it

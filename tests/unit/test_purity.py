@@ -26,6 +26,8 @@ PURE = [
     "agent.telemetry.record",
     "agent.capture.rules",
     "agent.lab.model",
+    "agent.k8s.model",
+    "agent.k8s.reconcile",
     "agent.admin.routes",
     "agent.drain",
     "agent.bench.parse",
