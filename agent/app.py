@@ -112,23 +112,12 @@ class Agent:
         from agent.rbac.loader import PolicyError, load_documents
 
         try:
-            wanted = {}
-            for item in body["workloads"]:
-                w = workload_from_json(item, local_node=self.config.node.name)
-                wanted[w.uid] = w
+            wanted = self._workloads(body["workloads"])
             sources = {src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
                        for src, docs in body["policies"].items()}
         except (KeyError, TypeError, WorkloadError, PolicyError) as e:
             raise ApiError(400, "invalid_state", str(e)) from None
-        added = removed = 0
-        for w in list(self.registry):
-            if w.uid not in wanted:
-                self.unregister(w.uid)
-                removed += 1
-        for uid, w in wanted.items():
-            if self.registry.get(uid) != w:
-                self.register(w)
-                added += 1
+        added, removed = self._converge({w.uid for w in self.registry}, wanted)
         for src in set(self.policies.sources()) - set(sources):
             self.policies.replace_source(src, [])
         for src, docs in sources.items():
@@ -275,16 +264,28 @@ class Agent:
         """The config's ``workloads`` (start and reload): new and changed ones registered,
         ones the config no longer lists removed. Raises WorkloadError before changing
         anything when one is invalid."""
-        wanted = {}
+        wanted = self._workloads(bodies)
+        self._converge(self.config_uids, wanted)
+        self.config_uids = set(wanted)
+
+    def _workloads(self, bodies) -> dict[str, Workload]:
+        """Workload bodies -> by uid; raises WorkloadError on the first invalid one."""
+        out = {}
         for body in bodies:
             w = workload_from_json(body, local_node=self.config.node.name)
-            wanted[w.uid] = w
-        for uid in sorted(self.config_uids - set(wanted)):
+            out[w.uid] = w
+        return out
+
+    def _converge(self, owned: set[str], wanted: dict[str, Workload]) -> tuple[int, int]:
+        """Remove the ``owned`` workloads no longer wanted, register new and changed
+        ``wanted`` ones; (registered, removed)."""
+        gone = sorted(owned - set(wanted))
+        for uid in gone:
             self.unregister(uid)
-        for uid, w in wanted.items():
-            if self.registry.get(uid) != w:
-                self.register(w)
-        self.config_uids = set(wanted)
+        changed = [w for uid, w in wanted.items() if self.registry.get(uid) != w]
+        for w in changed:
+            self.register(w)
+        return len(changed), len(gone)
 
     def list_policies(self) -> list[dict[str, Any]]:
         return self.policies.list()

@@ -298,7 +298,8 @@ class Supervisor(Agent):
             for k, v in s.get("counters", {}).items():
                 out["counters"][k] = out["counters"].get(k, 0) + v
             out["workers"].append(dict(s, index=w.index))
-        out["gauges"] = {"connections_active": sum(len_or(s, "gauges", "connections_active") for s in out["workers"]),
+        out["gauges"] = {"connections_active": sum(s.get("gauges", {}).get("connections_active", 0)
+                                                   for s in out["workers"]),
                          "workloads": len(self.registry)}
         return out
 
@@ -333,12 +334,6 @@ class Supervisor(Agent):
         return {"config": self.config.model_dump(), "status": self.status(), "workloads": self.list_workloads(),
                 "policies": self.list_policies(), "certs": await self.certs(),
                 "connections": await self.connections(), "stats": await self.stats()}
-
-
-def len_or(d: dict, *keys) -> int:
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d if isinstance(d, int) else 0
 
 
 def _request(w: Worker, method: str, path: str, body):
