@@ -63,6 +63,7 @@ class Agent:
         self.telemetry = None
         self.capture = None
         self.engine = None  # set by serve once the socket layer runs
+        self.listen_ports: list[int] = []  # data-plane ports, set by serve_dataplane (drain hand-over)
         self.drain_requested = None  # a trio.Event set by serve
         self.reload_requested = None
         self.discovery = None  # agent.k8s.discovery, when kubernetes.enabled

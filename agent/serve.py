@@ -48,6 +48,7 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
             from agent.k8s.discovery import run as run_discovery
 
             await run_discovery(discovery, root)
+        _settle_capture(agent)
         from agent.proxy.listeners import serve_dataplane
 
         listeners = trio.CancelScope()
@@ -82,14 +83,13 @@ async def _signals(agent: Agent, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 async def _drain(agent: Agent, listeners: trio.CancelScope) -> None:
     """Stop accepting, give connections until the deadline, then close them (ztunnel's drain)."""
-    from agent.drain import read_proc_tcp, replacement_present
+    from agent.drain import listening_inodes, read_proc_tcp, replacement_present
 
     agent.draining = True
     deadline = agent.config.drain.deadline_s
-    port = agent.config.ports.outbound
-    own = 2 if agent.config.capture.enabled else 1  # 127.0.0.1 and ::1
+    before = listening_inodes(read_proc_tcp(), agent.listen_ports)
     with trio.move_on_after(min(agent.config.drain.accept_grace_s, deadline)):
-        while not replacement_present(read_proc_tcp(), port, own):
+        while not replacement_present(read_proc_tcp(), before):
             await trio.sleep(0.05)
         logger.info("a replacement agent is listening; handing new connections over")
     listeners.cancel()
@@ -124,7 +124,19 @@ async def _start_discovery(agent: Agent, nursery: trio.Nursery):
     return await start(agent, nursery)
 
 
+def _enable_request_migration() -> None:
+    from agent.drain import enable_request_migration
+
+    why = enable_request_migration()
+    if why:
+        logger.warning("%s: connections queued on this agent's listeners when it hands over to a "
+                       "replacement will be reset; set it to 1 (sysctl)", why)
+
+
 def _start_capture(agent: Agent) -> None:
+    """Capture rules installed, keeping the pods a predecessor enrolled (``_settle_capture``
+    drops the ones this agent does not know once its state is loaded)."""
+    _enable_request_migration()
     cfg = agent.config
     if not cfg.capture.enabled:
         logger.info("capture disabled by configuration")
@@ -132,7 +144,15 @@ def _start_capture(agent: Agent) -> None:
     from agent.capture import Capture
 
     agent.capture = Capture(cfg.capture, cfg.ports, cfg.cluster.pod_cidrs)
-    agent.capture.install()
+    agent.capture.install(adopt=True)
+
+
+def _settle_capture(agent: Agent) -> None:
+    if agent.capture is None:
+        return
+    gone = agent.capture.settle([ip for w in agent.registry.local() for ip in w.ips])
+    if gone:
+        logger.info("un-enrolled pods the previous agent had and this one does not", extra={"ips": gone})
 
 
 async def _start_identities(agent: Agent, nursery: trio.Nursery) -> None:

@@ -355,6 +355,7 @@ async def run_supervisor(config, config_path: str | None) -> int:
     start order, with the data plane replaced by the workers)."""
     from agent.serve import (
         _load_static_state,
+        _settle_capture,
         _signals,
         _start_admin,
         _start_capture,
@@ -377,6 +378,7 @@ async def run_supervisor(config, config_path: str | None) -> int:
             from agent.k8s.discovery import run as run_discovery
 
             await run_discovery(discovery, root)
+        _settle_capture(sup)
         sup.write_configs()
         await root.start(sup.sync_loop)
         for w in sup.workers:

@@ -41,6 +41,8 @@ class Capture:
         self.netns = netns
         self.skip = set(capture.exclude_pods)
         self._enrolled: set[str] = set()
+        # pods a predecessor enrolled, kept through install until this agent knows its own
+        self._adopted: set[str] = set()
 
     # ---- running commands ---------------------------------------------------------
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
@@ -72,8 +74,16 @@ class Capture:
             raise CaptureError(f"policy routing ({action}): {r.stderr.strip() or 'failed'}")
         return r.stdout
 
-    def install(self) -> None:
-        """Rules and policy routing, atomically; installing twice gives the same result."""
+    def install(self, adopt: bool = False) -> None:
+        """Rules and policy routing, atomically; installing twice gives the same result.
+
+        ``adopt``: keep the pods the rules in place enrol (a replacement agent taking over
+        from a draining one), so their connections stay captured while this agent is
+        still loading its own workloads; ``settle`` then drops the ones it does not know."""
+        if adopt:
+            live = self._live_enrolled() - self._enrolled
+            self._adopted = live
+            self._enrolled |= live
         if self.backend == "nftables":
             self._run(["nft", "-f", "-"], rules.nft_replace(self.spec, self._enrolled))  # one transaction
         else:
@@ -116,6 +126,30 @@ class Capture:
             self._run(["nft", "-f", "-"], rules.nft_elements("delete", gone))
         else:
             self._iptables_install()
+
+    def settle(self, local_ips) -> list[str]:
+        """Un-enrol the adopted pods that are not among ``local_ips``; returns them."""
+        keep = {_norm(ip) for ip in local_ips}
+        gone = sorted(ip for ip in self._adopted if _norm(ip) not in keep)
+        self._adopted = set()
+        self.unenrol(gone)
+        return gone
+
+    def _live_enrolled(self) -> set[str]:
+        """The pod addresses the installed rules enrol (empty when none are installed)."""
+        try:
+            if self.backend == "nftables":
+                live = self._run(["nft", "list", "table", "inet", rules.TABLE])
+                return {_norm(m) for m in _set_members(live, "pods4") | _set_members(live, "pods6")}
+            out = set()
+            for tool in ("iptables", "ip6tables"):
+                for line in self._run([tool, "-t", "mangle", "-S", "HOSTMESH_PODS"]).splitlines():
+                    parts = line.split()
+                    if len(parts) >= 4 and parts[:3] == ["-A", "HOSTMESH_PODS", "-s"]:
+                        out.add(_norm(parts[3].split("/")[0]))
+            return out
+        except CaptureError:
+            return set()
 
     def enrolled(self) -> set[str]:
         return set(self._enrolled)

@@ -66,6 +66,13 @@ def checks(cfg, sock_path: str) -> list[tuple[str, str, str]]:
         out.append(("OK" if disabled == "0" else "WARN", f"io_uring_disabled={disabled} (optional)", ""))
     except OSError:
         out.append(("WARN", "io_uring status unknown (optional)", ""))
+    try:
+        migrate = open("/proc/sys/net/ipv4/tcp_migrate_req").read().strip()
+        out.append(("OK", "tcp_migrate_req=1 (queued connections survive a hand-over)", "") if migrate == "1"
+                   else ("WARN", f"tcp_migrate_req={migrate}: a replacement agent's hand-over may reset "
+                                 "a few queued connections", "sysctl -w net.ipv4.tcp_migrate_req=1"))
+    except OSError:
+        out.append(("WARN", "tcp_migrate_req unknown (kernel older than 5.14?)", ""))
     if cfg.capture.enabled:
         try:
             from agent.capture import Capture

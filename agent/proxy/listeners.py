@@ -56,6 +56,7 @@ async def serve_dataplane(agent, listeners: trio.CancelScope, task_status=trio.T
                     logger.warning("no IPv6 on %s; skipping listener", host)
                     continue
                 raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+        agent.listen_ports = sorted({s.getsockname()[1] for s, _ in socks})
         async with trio.open_nursery() as nursery, open_socket_layer(
             agent.config.dataplane, partial(on_engine_finished, agent)
         ) as engine:

@@ -44,3 +44,42 @@ def test_fail_open_lets_traffic_through_directly_while_the_agent_is_down():
         r = ns_run(lab.pod("pod-0-0")["netns"], "curl", "-s", "-m", "5", f"http://{lab.pod('pod-1-0')['ip']}:8080/")
         assert r.returncode == 0, r.stderr  # reached the destination directly (plaintext)
         assert json.loads(r.stdout)["client"].split(":")[0] == lab.pod("pod-0-0")["ip"]
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_replacement_install_keeps_the_enrolled_pods_until_it_settles(backend, tmp_path):
+    """A replacement agent re-installs the rules before it has loaded its workloads: the
+    pods the old agent enrolled must stay captured in between (else their new
+    connections bypass the mesh or are refused), and the ones it no longer knows go
+    when it settles."""
+    import subprocess
+    import uuid
+
+    from agent.capture import Capture
+    from agent.config import CaptureConfig, PortsConfig
+
+    ns = f"hm-t-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+    try:
+        cfg = CaptureConfig(backend=backend)
+        old = Capture(cfg, PortsConfig(), netns=ns)
+        old.install()
+        old.enrol(["10.9.0.1", "10.9.0.2", "fd00::9"])
+
+        def live():
+            return Capture(cfg, PortsConfig(), netns=ns)._live_enrolled()
+
+        assert live() == {"10.9.0.1", "10.9.0.2", "fd00::9"}
+        new = Capture(cfg, PortsConfig(), netns=ns)
+        new.install(adopt=True)
+        assert live() == {"10.9.0.1", "10.9.0.2", "fd00::9"}
+        new.enrol(["10.9.0.3"])
+        assert new.settle(["10.9.0.1", "10.9.0.3"]) == ["10.9.0.2", "fd00::9"]
+        assert live() == {"10.9.0.1", "10.9.0.3"}
+        # a plain install (the offline CLI) starts from the config alone
+        Capture(cfg, PortsConfig(), netns=ns).install()
+        assert live() == set()
+        new.remove()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])

@@ -110,12 +110,32 @@ def test_inbound(view, dst, port, expect):
         assert isinstance(p, Refuse) and p.reason == expect
 
 
-def test_drain_sees_a_replacement_listener():
-    from agent.drain import listeners_on, replacement_present
+def test_drain_sees_a_replacement_listener_on_every_port():
+    from agent.drain import listeners_on, listening_inodes, replacement_present
 
-    head = "  sl  local_address rem_address   st\n"
-    one = "   0: 0100007F:3A99 00000000:0000 0A\n"
-    est = "   1: 0100007F:3A99 0200007F:1234 01\n"
-    assert listeners_on(head + one + est, 15001) == 1
-    assert not replacement_present(head + one, 15001, own=1)
-    assert replacement_present(head + one + one, 15001, own=1)
+    head = "  sl  local_address rem_address   st tx:rx tr:tm retr uid timeout inode\n"
+
+    def row(port, inode, st="0A"):
+        return f"   0: 0100007F:{port:04X} 00000000:0000 {st} 0:0 0:0 0 0 0 {inode} 1\n"
+
+    old = head + row(15001, 11) + row(15001, 12) + row(15008, 13) + row(15001, 99, st="01")
+    assert listeners_on(old, 15001) == 2
+    before = listening_inodes(old, [15001, 15008])
+    assert before == {15001: {"11", "12"}, 15008: {"13"}}
+    assert not replacement_present(old, before)
+    # a sibling worker's listeners were there before the drain: not a replacement
+    assert not replacement_present(old + row(15001, 12), before)
+    # the replacement opened :15001 but not yet :15008
+    assert not replacement_present(old + row(15001, 21), before)
+    assert replacement_present(old + row(15001, 21) + row(15008, 22), before)
+    # the old listeners gone (closed by a sibling) does not matter
+    assert replacement_present(head + row(15001, 21) + row(15008, 22), before)
+
+
+def test_request_migration_sysctl(tmp_path):
+    from agent.drain import enable_request_migration
+
+    f = tmp_path / "tcp_migrate_req"
+    f.write_text("0\n")
+    assert enable_request_migration(str(f)) is None and f.read_text().strip() == "1"
+    assert "could not be set" in enable_request_migration(str(tmp_path / "missing"))
