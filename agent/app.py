@@ -63,6 +63,9 @@ class Agent:
         self.telemetry = None
         self.capture = None
         self.engine = None  # set by serve once the socket layer runs
+        # conn id -> where the socket layer hands a stream's TLS leg once the stream ended
+        # cleanly (reusable tunnel streams: the client's pool, the server's next request)
+        self.reuse_callbacks: dict[int, Any] = {}
         self.listen_ports: list[int] = []  # data-plane ports, set by serve_dataplane (drain hand-over)
         self.drain_requested = None  # a trio.Event set by serve
         self.reload_requested = None
@@ -368,6 +371,8 @@ class Agent:
                 result.update(self.identities.reload_ca(identity))
             except ValueError as e:
                 raise ApiError(400, "invalid_ca", str(e)) from None
+            if result.get("ca_changed") and getattr(self, "tunnels", None) is not None:
+                self.tunnels.close()  # idle tunnels were authenticated under the old trust
         self.config.identity, self.config.policies = identity, policies_cfg
         if new is not None:
             self.reconcile_config_workloads(bodies)

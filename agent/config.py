@@ -135,6 +135,10 @@ class DataplaneConfig(_Model):
     # 1 runs everything in one process; 0 means one per core (agent/workers.py).
     workers: int = Field(default=1, ge=0, le=64)
     engine: Literal["epoll", "trio"] = "epoll"
+    # Offer and accept reusable tunnel streams (ALPN hostmesh-streams/1; a TLS connection
+    # carries one stream after another instead of one CONNECT; docs/decisions/0001).
+    # Needs the epoll engine; off: one TLS connection per tunnelled connection, CONNECT only.
+    tunnel_streams: bool = True
     # 256 KiB: NOTES.md measured 64 KiB halving throughput; larger buys nothing.
     buffer_bytes: int = 256 * 1024
     connect_timeout_s: float = 5.0

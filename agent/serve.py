@@ -161,8 +161,12 @@ async def _start_identities(agent: Agent, nursery: trio.Nursery) -> None:
         logger.warning("no CA and no certificate directory configured: tunnels are unavailable")
         return
     from agent.identity.manager import IdentityManager
+    from agent.proxy.connect import ALPN_STREAMS
 
-    agent.identities = IdentityManager(cfg, agent.config.node.name)
+    dp = agent.config.dataplane
+    # reusable streams need the framing of the epoll socket layer (agent/proxy/engine.py)
+    alpn = (ALPN_STREAMS,) if dp.tunnel_streams and dp.engine == "epoll" else ()
+    agent.identities = IdentityManager(cfg, agent.config.node.name, alpn)
     await nursery.start(agent.identities.run)
 
 

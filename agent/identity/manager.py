@@ -59,9 +59,10 @@ class _Entry:
 
 
 class IdentityManager:
-    def __init__(self, cfg, node_name: str) -> None:
+    def __init__(self, cfg, node_name: str, alpn: tuple[str, ...] = ()) -> None:
         self.cfg = cfg
         self.node = node_name
+        self.alpn = alpn  # offered and accepted on the tunnel (reusable streams, connect.py)
         self.td = cfg.trust_domain
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._sni: dict[str, tuple[str, str]] = {}
@@ -76,6 +77,8 @@ class IdentityManager:
         ctx = tls._base("server")
         ctx.load_verify_locations(cadata=self.bundle_pem.decode())
         ctx.sni_callback = self._pick
+        if self.alpn:
+            ctx.set_alpn_protocols(list(self.alpn))
         return ctx
 
     @staticmethod
@@ -195,8 +198,8 @@ class IdentityManager:
             cert, key = ca.make_svid(sid, self.issuer, self.issuer_key, now, dt.timedelta(seconds=self.cfg.ttl_s))
             chain_pem, key_pem = ca.cert_pem(cert, self.issuer), ca.key_pem(key)
         return Svid(sid, cert, chain_pem, key_pem,
-                    tls.make_context("client", chain_pem, key_pem, self.bundle_pem),
-                    tls.make_context("server", chain_pem, key_pem, self.bundle_pem))
+                    tls.make_context("client", chain_pem, key_pem, self.bundle_pem, self.alpn),
+                    tls.make_context("server", chain_pem, key_pem, self.bundle_pem, self.alpn))
 
     def _renew(self, e: _Entry, now: float) -> None:
         try:

@@ -39,9 +39,13 @@ def _base(purpose) -> ssl.SSLContext:
     return ctx
 
 
-def make_context(purpose: str, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> ssl.SSLContext:
-    """A context presenting ``chain_pem`` (leaf + intermediate) and trusting ``bundle_pem``."""
+def make_context(purpose: str, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes,
+                 alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A context presenting ``chain_pem`` (leaf + intermediate) and trusting ``bundle_pem``;
+    ``alpn``: protocols offered (client) or accepted (server), e.g. reusable streams."""
     ctx = _base(purpose)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     ctx.load_verify_locations(cadata=bundle_pem.decode())
     # load_cert_chain only reads files: a private temporary directory, removed at once
     with tempfile.TemporaryDirectory(prefix="hostmesh-svid-") as d:

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 import trio
 
 from agent.proxy.engine_conn import FinishedConn, LiveConn, _Leg, _Pair, _Reset
@@ -95,10 +96,11 @@ class Engine:
         os.close(self._wake)
 
     def add(self, a: socket.socket, b: socket.socket, *, to_a: bytes = b"", to_b: bytes = b"",
-            conn_id: int, tag: str = "") -> None:
+            conn_id: int, tag: str = "", a_framing=None, b_framing=None) -> None:
+        """``a_framing``/``b_framing``: the h11 state of a leg carrying a reusable stream."""
         a.setblocking(False)
         b.setblocking(False)
-        self._cmds.append(("add", a, b, to_a, to_b, conn_id, tag))
+        self._cmds.append(("add", a, b, to_a, to_b, conn_id, tag, a_framing, b_framing))
         self._kick()
 
     def close(self, conn_id: int, reason: str) -> None:
@@ -179,9 +181,9 @@ class Engine:
         while self._cmds:
             cmd = self._cmds.popleft()
             if cmd[0] == "add":
-                _, a, b, to_a, to_b, conn_id, tag = cmd
+                _, a, b, to_a, to_b, conn_id, tag, fa, fb = cmd
                 p = _Pair(conn_id, tag, self._now)
-                p.a, p.b = _Leg(a, p, to_a), _Leg(b, p, to_b)
+                p.a, p.b = _Leg(a, p, to_a, fa), _Leg(b, p, to_b, fb)
                 self._pairs[conn_id] = p
                 for leg in (p.a, p.b):
                     self._legs[leg.fd] = leg
@@ -208,6 +210,8 @@ class Engine:
             self._end(p, str(e) or "reset", reset=True)
             return
         p.active = self._now
+        if src.eof:  # a stream's last chunk is plain data (no RDHUP): the end may be here
+            self._service(p)
 
     def _service(self, p: _Pair) -> None:
         if p.done:
@@ -221,7 +225,7 @@ class Engine:
             return
         p.active = self._now
         a, b = p.a, p.b
-        if a.eof and b.eof and a.shut and b.shut:
+        if a.eof and b.eof and a.shut and b.shut and a.pending is None and b.pending is None:
             self._end(p, "closed", reset=False)
 
     def _pump(self, src: _Leg, dst: _Leg) -> int:
@@ -230,34 +234,26 @@ class Engine:
         if dst.pending is not None:
             if not dst.writable or not self._flush(dst):
                 return 0
-        buf, view = self._buf, self._view
+        if src.h11 is not None:
+            return self._unframe(src, dst)
+        view, size, read = self._view, len(self._buf), self._read
         while src.readable and not src.eof:
-            try:
-                n = src.sock.recv_into(buf)
-            except _WOULD_BLOCK:
-                src.readable = False
+            n, eof = read(src)
+            if n <= 0:
+                src.eof = n == 0
                 break
-            except _EOF:
-                n = 0
-            except OSError as e:
-                raise _Reset(_reason(e)) from None
-            if n == 0:
-                src.eof = True
-                break
-            if n < len(buf) and not src.tls and not src.hup:
+            if n < size and not src.tls and not src.hup:
                 # a short read emptied the TCP receive queue: edge-triggered epoll signals
                 # the next arrival, so skip the recv that would only say EAGAIN
                 src.readable = False
-            if src.tls:
-                # one SSL read yields one TLS record (16 KiB): gather records until the
-                # buffer is full or OpenSSL has nothing more, then send once
-                try:
-                    n, eof = _fill_tls(src.sock, view, n)
-                except OSError as e:
-                    raise _Reset(_reason(e)) from None
-                if eof:
-                    src.eof = True
+            if eof:
+                src.eof = True
             moved += n
+            if dst.h11 is not None:
+                # one chunk per read (h11 frames it: size line, bytes, CRLF)
+                if not self._send(dst, dst.h11.send(h11.Data(data=view[:n]))):
+                    break
+                continue
             try:
                 sent = dst.sock.send(view[:n])
             except _WOULD_BLOCK:
@@ -270,25 +266,89 @@ class Engine:
                 self._blocked(dst)
                 break
         if src.eof and dst.pending is None and not dst.shut:
-            dst.shut = True
-            shutdown_write(dst.sock)
+            self._half_close(dst)
         return moved
 
-    def _flush(self, leg: _Leg) -> bool:
-        data = leg.pending
+    def _read(self, src: _Leg) -> tuple[int, bool]:
+        """One read into the buffer: (bytes, EOF right after them); (0, True) at EOF,
+        (-1, False) when there is nothing (``src`` is then not readable). A TLS leg
+        gathers records (one SSL read yields one 16 KiB record) until the buffer is full
+        or OpenSSL has nothing more, so the data goes on in one send."""
         try:
-            sent = leg.sock.send(data)
+            n = src.sock.recv_into(self._buf)
         except _WOULD_BLOCK:
-            # OpenSSL wants the same bytes again: ``pending`` is left as it was
-            self._blocked(leg)
-            return False
+            src.readable = False
+            return -1, False
+        except _EOF:
+            return 0, True
+        except OSError as e:
+            raise _Reset(_reason(e)) from None
+        if n and src.tls:
+            try:
+                return _fill_tls(src.sock, self._view, n)
+            except OSError as e:
+                raise _Reset(_reason(e)) from None
+        return n, n == 0
+
+    def _half_close(self, dst: _Leg) -> None:
+        dst.shut = True
+        if dst.h11 is None:
+            shutdown_write(dst.sock)
+        else:  # a stream's direction ends with its last chunk; the connection stays
+            self._send(dst, dst.h11.send(h11.EndOfMessage()))
+
+    def _send(self, dst: _Leg, data: bytes) -> bool:
+        """Send all of ``data`` or keep the rest as ``pending``; False when blocked."""
+        try:
+            sent = dst.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
         except OSError as e:
             raise _Reset(_reason(e)) from None
         if sent < len(data):
-            leg.pending = memoryview(data)[sent:]
-            self._blocked(leg)
+            dst.pending = memoryview(data)[sent:]
+            self._blocked(dst)
             return False
-        leg.pending = None
+        return True
+
+    def _unframe(self, src: _Leg, dst: _Leg) -> int:
+        """A stream leg: take the chunks h11 has decoded, read more when it needs data,
+        and pass the bytes on; the last chunk is the stream's EOF. Returns the bytes
+        passed on (framing excluded). A connection closed mid-stream or bad framing
+        is a reset (a clean end always has its last chunk)."""
+        conn, moved = src.h11, 0
+        while not src.eof:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise _Reset(f"tunnel_protocol: {e}") from None
+            if ev is h11.NEED_DATA:
+                if not src.readable:
+                    break
+                n, _eof = self._read(src)
+                if n < 0:
+                    break
+                if n == 0:
+                    raise _Reset("tunnel_closed")
+                conn.receive_data(bytes(self._view[:n]))  # an EOF after it shows at the next read
+                continue
+            if type(ev) is h11.Data:
+                moved += len(ev.data)
+                if not self._send(dst, ev.data):
+                    break  # the rest stays decoded in h11 until dst drains
+            elif type(ev) is h11.EndOfMessage:
+                src.eof = True
+            else:  # a second response/request head, ConnectionClosed, ...
+                raise _Reset(f"tunnel_protocol: unexpected {type(ev).__name__}")
+        if src.eof and dst.pending is None and not dst.shut:
+            self._half_close(dst)
+        return moved
+
+    def _flush(self, leg: _Leg) -> bool:
+        # after a would-block OpenSSL wants the same bytes again: _send keeps them all
+        data, leg.pending = leg.pending, None
+        if not self._send(leg, data):
+            return False
         if leg.armed:
             leg.armed = False
             self._ep.modify(leg.fd, EV_READ)
@@ -314,12 +374,17 @@ class Engine:
             return
         p.done = True
         self._pairs.pop(p.id, None)
+        reuse = None
         for leg in (p.a, p.b):
             self._legs.pop(leg.fd, None)
             try:
                 self._ep.unregister(leg.fd)
             except (OSError, ValueError):
                 pass
+            if not reset and leg.h11 is not None and _stream_done(leg.h11):
+                leg.sock.setblocking(False)
+                reuse = (leg.sock, leg.h11)  # both bodies complete: ready for the next stream
+                continue
             if reset:
                 try:
                     leg.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -331,7 +396,19 @@ class Engine:
                 pass
         self.stats["finished"] += 1
         wall = time.time()
-        self._finished.append(FinishedConn(p.id, p.tag, p.a2b, p.b2a, wall - (time.monotonic() - p.start), wall, reason))
+        self._finished.append(FinishedConn(p.id, p.tag, p.a2b, p.b2a, wall - (time.monotonic() - p.start), wall, reason,
+                                           reuse))
+
+
+def _stream_done(conn: h11.Connection) -> bool:
+    """Both messages of the stream are complete and the connection may carry another."""
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        try:
+            conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+    return False
 
 
 def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int) -> tuple[int, bool]:

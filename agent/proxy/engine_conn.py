@@ -18,6 +18,9 @@ class FinishedConn:
     start: float
     end: float
     close_reason: str
+    # a framed leg whose stream ended cleanly: (socket, h11 state), open and ready for
+    # the next stream — the receiver owns it now
+    reuse: tuple | None = None
 
 
 @dataclass(slots=True)
@@ -34,9 +37,9 @@ class _Reset(Exception):
 
 
 class _Leg:
-    __slots__ = ("sock", "fd", "tls", "readable", "hup", "writable", "armed", "eof", "shut", "pending", "pair")
+    __slots__ = ("sock", "fd", "tls", "readable", "hup", "writable", "armed", "eof", "shut", "pending", "pair", "h11")
 
-    def __init__(self, sock: socket.socket, pair: _Pair, pending: bytes) -> None:
+    def __init__(self, sock: socket.socket, pair: _Pair, pending: bytes, framing=None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.tls = isinstance(sock, ssl.SSLSocket)
@@ -48,6 +51,9 @@ class _Leg:
         self.shut = False  # we half-closed this socket's sending side
         self.pending: bytes | memoryview | None = pending or None  # owed to this socket
         self.pair = pair
+        # an h11.Connection when the leg carries a reusable stream (chunked both ways,
+        # connect.py): bytes are framed on the way in and unframed on the way out
+        self.h11 = framing
 
 
 class _Pair:

@@ -25,7 +25,10 @@ class TrioRelayEngine:
         self._reasons: dict[int, str] = {}
         self.on_finished: Callable[[Any], None] = lambda fc: None
 
-    def add(self, a, b, *, to_a: bytes = b"", to_b: bytes = b"", conn_id: int, tag: str = "") -> None:
+    def add(self, a, b, *, to_a: bytes = b"", to_b: bytes = b"", conn_id: int, tag: str = "",
+            a_framing=None, b_framing=None) -> None:
+        if a_framing is not None or b_framing is not None:  # never offered with this engine (serve.py)
+            raise ValueError("the trio relay does not carry reusable tunnel streams")
         self._nursery.start_soon(self._run, a, b, to_a, to_b, conn_id, tag)
 
     async def _run(self, a, b, to_a, to_b, conn_id, tag) -> None:

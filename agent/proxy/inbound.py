@@ -54,16 +54,16 @@ async def handle_plaintext(agent, sock: socket.socket) -> None:
     await hand_off(agent, conn, sock, upstream)
 
 
+# A TLS connection that carried a stream waits this long for the next request, then is
+# closed (the client stops reusing one after tunnel_client.WARM_MAX_AGE_S, well before).
+STREAM_IDLE_S = 60.0
+
+
 async def handle_tunnel(agent, raw: socket.socket) -> None:
-    """mTLS handshake (server presents the destination SVID chosen by SNI), CONNECT,
-    policy, upstream connect, then ``200`` and raw bytes both ways."""
+    """mTLS handshake (server presents the destination SVID chosen by SNI), then the
+    first request: a CONNECT, or a reusable stream when ALPN chose hostmesh-streams/1."""
     from agent.identity.tls import tls_handshake_server
-    from agent.proxy.connect import (
-        ConnectError,
-        ConnectRequestParser,
-        build_response,
-        traceparent_ids,
-    )
+    from agent.proxy.connect import ConnectRequestParser
 
     try:
         src_node = raw.getpeername()[0]
@@ -88,24 +88,55 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
         aio.reset(raw)
         aio.close(tls)
         return
-    parser = ConnectRequestParser()
-    req = None
+    alpn = agent.identities.alpn
+    streams = bool(alpn) and tls.selected_alpn_protocol() in alpn
+    await _serve_request(agent, tls, verdict, src_node, ConnectRequestParser(streams=streams), first=True)
+
+
+def _next_stream(agent, verdict, src_node: str, reuse) -> None:
+    """The socket layer ended a stream cleanly: wait for the connection's next request
+    (called in the trio thread)."""
+    from agent.proxy.connect import ConnectRequestParser
+
+    tls, framing = reuse
+    if agent.draining or agent.tunnels is None:
+        aio.close(tls)
+        return
+    agent.tunnels.spawn(_serve_request, agent, tls, verdict, src_node,
+                        ConnectRequestParser(framing, streams=True), False)
+
+
+async def _serve_request(agent, tls, verdict, src_node: str, parser, first: bool) -> None:
+    """Read one request on ``tls`` and carry it out: policy, upstream connect, answer,
+    then the socket layer. ``first``: right after the handshake (handshake timeout);
+    otherwise an idle connection that carried streams (STREAM_IDLE_S, closed on drain)."""
+    from agent.proxy.connect import ConnectError, build_response, traceparent_ids
+
+    cfg = agent.config
+    req = parser.feed(b"") if not first else None  # a request may already be buffered
+    scope = trio.CancelScope(deadline=trio.current_time() + (cfg.identity.handshake_timeout_s if first
+                                                              else STREAM_IDLE_S))
+    agent.tunnels.idle.add(scope)
     try:
-        with trio.fail_after(cfg.identity.handshake_timeout_s):
+        with scope:
             while req is None:
                 data = await aio.recv_some(tls)
                 if not data:
-                    aio.close(tls)
-                    return
+                    break
                 req = parser.feed(data)
-    except (trio.TooSlowError, OSError):
+    except OSError:
+        req = None
+    finally:
+        agent.tunnels.idle.discard(scope)
+    if req is None:  # closed by the peer, idle or slow, or the agent drains
         aio.close(tls)
         return
+    stream = getattr(req, "stream", False)
 
     async def answer(status: int, headers=()) -> None:
         try:
             with trio.move_on_after(2):
-                await aio.send_all(tls, build_response(status, list(headers)))
+                await aio.send_all(tls, build_response(status, list(headers), parser.conn if stream else None))
         except OSError:
             pass
         aio.close(tls)
@@ -151,5 +182,14 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
     except OSError:
         await answer(502)
         return
-    await aio.send_all(tls, build_response(200, []))
-    await hand_off(agent, conn, tls, upstream, to_b=req.leftover)
+    try:
+        await aio.send_all(tls, build_response(200, [], parser.conn if stream else None))
+    except OSError:
+        aio.close(tls)
+        aio.close(upstream)
+        return
+    if stream:
+        agent.reuse_callbacks[conn.id] = lambda reuse: _next_stream(agent, verdict, src_node, reuse)
+        await hand_off(agent, conn, tls, upstream, a_framing=parser.conn)
+    else:
+        await hand_off(agent, conn, tls, upstream, to_b=req.leftover)

@@ -88,5 +88,8 @@ async def _via_tunnel(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> 
         if result.status == 403:
             conn.verdict, conn.policy = "deny", result.policy
         return False
-    await hand_off(agent, conn, sock, result.sock, to_a=result.leftover)
+    t = result.tunnel
+    if t is not None and t.framing is not None:
+        agent.reuse_callbacks[conn.id] = lambda reuse: agent.tunnels.give_back(result.key, t, reuse)
+    await hand_off(agent, conn, sock, result.sock, to_a=result.leftover, b_framing=t.framing if t else None)
     return True

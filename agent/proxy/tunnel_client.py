@@ -1,10 +1,13 @@
 """The source side of the mTLS tunnel: a TLS connection to the destination node's
 :15008 presenting the source workload's SVID, checked to be the expected destination
-identity, then one HTTP/1.1 CONNECT (SPEC.md "Tunnel").
+identity, then one request: a CONNECT (SPEC.md "Tunnel"), or — when both agents offer
+ALPN ``hostmesh-streams/1`` — a reusable stream (connect.py), after which the TLS
+connection comes back here for the next connection of the same key.
 
 Handshakes are the expensive part (NOTES.md: 1–2 ms of CPU per mutual handshake), so
-``TunnelPool`` keeps a few connections handshaken ahead of need per (source identity,
-destination identity, node), and TLS 1.3 sessions are resumed by the identity layer.
+``TunnelPool`` keeps connections per (source identity, destination identity, node):
+ones that carried a stream and are idle, and a few handshaken ahead of need; TLS 1.3
+sessions are resumed for the handshakes that remain (docs/decisions/0001).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 from dataclasses import dataclass
 
 import trio
@@ -26,12 +30,31 @@ logger = logging.getLogger("hostmesh.tunnel")
 # Handshaken connections kept ready per key; a few absorb a burst without a handshake
 # on the critical path, more would hold server resources for nothing.
 WARM_PER_KEY = 2
-# A warm connection older than this is dropped rather than used (the peer may have
-# closed it; ztunnel's pool idle timeout is of the same order).
+# Idle connections kept per key once their stream ended (reusable streams): enough for
+# the key's usual concurrency; beyond it they are closed.
+IDLE_PER_KEY = 64
+# An idle connection older than this is dropped rather than used: well under the
+# server's idle timeout (inbound.STREAM_IDLE_S), so the server never closes one that
+# is being reused (ztunnel's pool idle timeout is of the same order).
 WARM_MAX_AGE_S = 20.0
+# A TLS connection carries streams for at most this long, then a fresh handshake (with
+# the then-current certificates and trust) replaces it.
+MAX_LIFE_S = 120.0
 # A TLS 1.3 ticket is resumed by every new connection of its key for this long, then
 # replaced by a fresh one (servers issue tickets valid for hours; OpenSSL's default 2 h).
 SESSION_REFRESH_S = 30.0
+
+
+class Tunnel:
+    """One TLS connection to a peer's :15008 and, when it carries reusable streams, its
+    h11 framing state."""
+
+    __slots__ = ("sock", "framing", "born", "idle_since", "streams")
+
+    def __init__(self, sock: ssl.SSLSocket, framing, now: float) -> None:
+        self.sock, self.framing = sock, framing
+        self.born = self.idle_since = now
+        self.streams = 0  # carried so far
 
 
 @dataclass
@@ -41,20 +64,26 @@ class TunnelResult:
     policy: str | None = None
     sock: socket.socket | None = None
     leftover: bytes = b""
+    tunnel: Tunnel | None = None
+    key: tuple | None = None  # the pool key the tunnel goes back to
 
 
 class TunnelPool:
     def __init__(self, agent, nursery: trio.Nursery) -> None:
         self.agent = agent
         self._nursery = nursery
-        self._warm: dict[tuple, list[tuple[float, socket.socket]]] = {}
+        self._warm: dict[tuple, list[Tunnel]] = {}
         self._filling: set[tuple] = set()
+        # server side: cancel scopes of connections waiting for their next stream
+        # (cancelled on drain and when the trust changes)
+        self.idle: set[trio.CancelScope] = set()
         # TLS 1.3 session tickets per key: a resumed handshake skips the certificate
         # exchange and signature (NOTES.md: ~650 resumed vs ~360 full mTLS handshakes/s)
         self._sessions: dict[tuple, object] = {}
-        self.stats = {"handshakes": 0, "resumed": 0, "warm_hits": 0, "warm_misses": 0, "handshake_failures": 0}
+        self.stats = {"handshakes": 0, "resumed": 0, "warm_hits": 0, "warm_misses": 0, "handshake_failures": 0,
+                      "streams": 0, "reused": 0, "returned": 0}
 
-    async def _handshake(self, key: tuple) -> socket.socket:
+    async def _handshake(self, key: tuple) -> Tunnel:
         from agent.identity.tls import tls_handshake_client
 
         (src_ns, src_sa), sni, expected, node_address = key
@@ -82,7 +111,12 @@ class TunnelPool:
         self.stats["handshakes"] += 1
         if tls.session_reused:
             self.stats["resumed"] += 1
-        return tls
+        framing = None
+        if ids.alpn and tls.selected_alpn_protocol() in ids.alpn:
+            from agent.proxy.connect import client_connection
+
+            framing = client_connection()
+        return Tunnel(tls, framing, trio.current_time())
 
     def remember_session(self, key: tuple, tls) -> None:
         """After the CONNECT exchange the server's session tickets have arrived. Reading
@@ -100,23 +134,45 @@ class TunnelPool:
         if sess is not None and sess.has_ticket:
             self._sessions[key] = (tls.context, sess, now)
 
-    async def get(self, key: tuple) -> socket.socket:
+    async def get(self, key: tuple) -> Tunnel:
+        """The most recently idle connection of ``key`` that is still good, else a fresh
+        handshake; the warm pool is topped up behind it."""
         now = trio.current_time()
         warm = self._warm.get(key) or []
-        sock = None
+        t = None
         while warm:
-            born, s = warm.pop()
-            if now - born < WARM_MAX_AGE_S and _alive(s):
-                sock = s
+            c = warm.pop()
+            if now - c.idle_since < WARM_MAX_AGE_S and now - c.born < MAX_LIFE_S and _alive(c.sock):
+                t = c
                 break
-            aio.close(s)
-        if sock is not None:
+            aio.close(c.sock)
+        if t is not None:
             self.stats["warm_hits"] += 1
+            if t.streams:
+                self.stats["reused"] += 1
         else:
             self.stats["warm_misses"] += 1
-            sock = await self._handshake(key)
+            t = await self._handshake(key)
         self._refill(key)
-        return sock
+        return t
+
+    def give_back(self, key: tuple, t: Tunnel, reuse) -> None:
+        """The socket layer finished a stream cleanly (called in the trio thread)."""
+        sock, _framing = reuse
+        now = trio.current_time()
+        ids = self.agent.identities
+        try:
+            current = ids.client_context(*key[0]) if ids is not None else None
+        except ValueError:  # the source identity left this node
+            current = None
+        pool = self._warm.setdefault(key, [])
+        if (self.agent.draining or sock.context is not current or now - t.born >= MAX_LIFE_S
+                or len(pool) >= IDLE_PER_KEY):
+            aio.close(sock)  # a renewed SVID or trust means a fresh handshake
+            return
+        t.idle_since = now
+        self.stats["returned"] += 1
+        pool.append(t)
 
     def _refill(self, key: tuple) -> None:
         if key in self._filling or len(self._warm.get(key, ())) >= WARM_PER_KEY or self.agent.draining:
@@ -127,19 +183,29 @@ class TunnelPool:
     async def _fill(self, key: tuple) -> None:
         try:
             while len(self._warm.get(key, ())) < WARM_PER_KEY and not self.agent.draining:
-                s = await self._handshake(key)
-                self._warm.setdefault(key, []).append((trio.current_time(), s))
+                t = await self._handshake(key)
+                self._warm.setdefault(key, []).append(t)
         except (OSError, trio.TooSlowError, ValueError) as e:
             self.stats["handshake_failures"] += 1
             logger.debug("warm handshake failed: %s", e)
         finally:
             self._filling.discard(key)
 
+    def drop(self, key: tuple) -> None:
+        for t in self._warm.pop(key, ()):
+            aio.close(t.sock)
+
+    def spawn(self, fn, *args) -> None:
+        self._nursery.start_soon(fn, *args)
+
     def close(self) -> None:
+        """Close every idle and warm connection, both sides (drain, new trust)."""
         for lst in self._warm.values():
-            for _, s in lst:
-                aio.close(s)
+            for t in lst:
+                aio.close(t.sock)
         self._warm.clear()
+        for scope in list(self.idle):
+            scope.cancel()
 
 
 def _alive(s: socket.socket) -> bool:
@@ -169,23 +235,41 @@ async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
     for attempt in (1, 2):
         result = await _exchange(agent, conn, p, key)
         # a pooled connection the peer closed meanwhile: one retry on a fresh handshake
+        # (the peer closes its idle ones together — drain, new trust — so the key's other
+        # pooled connections are dropped too)
         if result.status == 502 and result.reason == "tunnel_closed" and attempt == 1:
             agent.count("tunnel_stale_retries")
+            agent.tunnels.drop(key)
             continue
         return result
     return result
 
 
 async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
-    from agent.proxy.connect import ConnectResponseParser, build_connect, new_traceparent
+    from agent.proxy.connect import (
+        ConnectResponseParser,
+        build_connect,
+        build_stream_request,
+        new_traceparent,
+    )
 
     try:
         with trio.fail_after(agent.config.dataplane.connect_timeout_s + agent.config.identity.handshake_timeout_s):
-            tls = await agent.tunnels.get(key)
+            t = await agent.tunnels.get(key)
+            tls = t.sock
             traceparent, trace_id = new_traceparent()
             conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
-            await aio.send_all(tls, build_connect(p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent))
-            parser = ConnectResponseParser()
+            if t.framing is not None:
+                head = build_stream_request(t.framing, p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent)
+                parser = ConnectResponseParser(t.framing)
+            else:
+                head = build_connect(p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent)
+                parser = ConnectResponseParser()
+            try:
+                await aio.send_all(tls, head)
+            except OSError:  # a pooled connection the peer closed meanwhile
+                aio.close(tls)
+                return TunnelResult(502, "tunnel_closed")
             resp = None
             while resp is None:
                 try:
@@ -209,4 +293,7 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
         aio.close(tls)
         policy = dict(resp.headers).get("x-hostmesh-policy")
         return TunnelResult(resp.status, f"tunnel_status_{resp.status}", policy)
-    return TunnelResult(200, sock=tls, leftover=resp.leftover)
+    t.streams += 1
+    if t.framing is not None:
+        agent.tunnels.stats["streams"] += 1
+    return TunnelResult(200, sock=tls, leftover=resp.leftover, tunnel=t, key=key)

@@ -64,6 +64,39 @@ def test_cross_node_http_keeps_source_ip_and_both_agents_record_it(mesh):
     assert out[-1]["bytes_sent"] == inn[-1]["bytes_sent"] > 0
 
 
+def test_new_connections_reuse_tunnels_and_each_keeps_its_own_record(mesh):
+    """Reusable streams (ALPN hostmesh-streams/1, both agents offer it): 30 curls, each a
+    new TCP connection, ride a handful of TLS connections, and each is still its own
+    connection at the destination: source IP, identity, trace id, bytes."""
+    web, client = mesh.pod("web"), mesh.pod("client")
+
+    def tunnels():
+        return mesh.admin(1, "GET", "/v1/stats")[1]["tunnels"]
+
+    def inbound():
+        return [x for x in mesh.access_log(0) if x["type"] == "connection" and x["src"]["ip"] == client["ip"]
+                and x["direction"] == "inbound"]
+
+    time.sleep(1.3)
+    logged = len(inbound())
+    before = tunnels()
+    seen = []
+    for i in range(30):
+        r = curl(mesh, "client", f"http://{web['ip']}:8080/reuse-{i}")
+        assert r.returncode == 0, r.stderr
+        seen.append(json.loads(r.stdout)["client"])
+    after = tunnels()
+    assert all(s.split(":")[0] == client["ip"] for s in seen) and len(set(seen)) == 30
+    assert after["streams"] - before["streams"] == 30
+    assert after["handshakes"] - before["handshakes"] <= 4, (before, after)  # the warm pool's, not one per curl
+    assert after["reused"] - before["reused"] >= 25, (before, after)
+    time.sleep(1.3)
+    inn = inbound()[logged:]
+    assert len(inn) == 30 and len({x["trace_id"] for x in inn}) == 30
+    assert all(x["mode"] == "tunnel" and x["src"]["principal"].endswith("/ns/front/sa/client-sa") for x in inn)
+    assert all(x["bytes_sent"] > 0 and x["bytes_received"] > 0 for x in inn)
+
+
 def test_ipv6_across_nodes(mesh):
     r = curl(mesh, "client", f"http://[{mesh.pod('db')['ip6']}]:9090/v6")
     assert r.returncode == 0, r.stderr
