@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PATH_ORDER = ["direct", "haproxy", "hostmesh", "hostmesh-same-node", "hostmesh-trio-relay",
+PATH_ORDER = ["direct", "haproxy", "hostmesh", "hostmesh-same-node", "hostmesh-one-shot", "hostmesh-trio-relay",
               "hostmesh-telemetry-off", "hostmesh-2-workers"]
 
 
@@ -110,7 +110,10 @@ def analysis(doc: dict) -> list[str]:
         out.append(f"- **Bulk** ({hm:g} vs HAProxy {hp:g} Gbit/s): both are bound by AES-GCM in OpenSSL on 2 shared "
                    "cores (client, server and two proxies). hostmesh's socket layer moves 256 KiB per call and gathers "
                    "TLS records before each send, so Python's share is small; without TLS (same node) it carries "
-                   f"{same:g} Gbit/s." if same else "")
+                   f"{same:g} Gbit/s." + (f" Unframing the stream's chunks (h11) costs two copies per byte; with one TLS "
+                                          f"connection per connection (raw bytes) it carries {one_b:g} Gbit/s."
+                                          if (one_b := g("bulk-1", "hostmesh-one-shot", "gbit_s")) else "")
+                   if same else "")
     d, a, b = g("pingpong", "direct", "p50_us"), g("pingpong", "haproxy", "p50_us"), g("pingpong", "hostmesh", "p50_us")
     s = g("pingpong", "hostmesh-same-node", "p50_us")
     if None not in (d, a, b):
@@ -118,7 +121,10 @@ def analysis(doc: dict) -> list[str]:
                    "trip crosses four relay passes (two agents, two directions), each a Python wake-up of the engine "
                    "thread plus an SSL read or write of a tiny record. One agent without TLS adds "
                    f"{(s - d) if s else 0:.0f} us (same node), so most of the gap is the TLS leg's per-record Python work "
-                   "and the second agent. The plain trio relay adds far more (see the table): the batched socket layer "
+                   "and the second agent. Reusable streams add the chunk framing (h11, ~10 us per message per agent)"
+                   + (f"; with one TLS connection per connection (raw bytes after CONNECT) the p50 is {one_p:g} us"
+                      if (one_p := g("pingpong", "hostmesh-one-shot", "p50_us")) else "")
+                   + ". The plain trio relay adds far more (see the table): the batched socket layer "
                    "is what keeps trio's per-message wake-ups off the path.")
     c, ch = g("http-1000rps", "hostmesh", "cpu_per_1k_req"), g("http-1000rps", "haproxy", "cpu_per_1k_req")
     if c:
@@ -127,14 +133,16 @@ def analysis(doc: dict) -> list[str]:
                    "of interpreter time each. Telemetry is not the cost: with the access log off the CPU is the same "
                    "within noise.")
     r, rh = g("connect-rate", "hostmesh", "conn_per_s"), g("connect-rate", "haproxy", "conn_per_s")
+    one = g("connect-rate", "hostmesh-one-shot", "conn_per_s")
     if r and rh:
-        out.append(f"- **Connection rate** ({r:g} vs HAProxy {rh:g} conn/s): every tunnelled connection is one TLS "
-                   "connection (decisions/0001). Handshakes are taken ahead of need (a warm pool per identity pair) "
-                   "and TLS 1.3 sessions are resumed (over 99% of handshakes), but a connection still costs ~2 ms of CPU "
-                   "in each agent (measured per process): on the destination about 45% is OpenSSL's resumed "
-                   "handshake, the rest Python — SSLSocket set-up, trio tasks, the CONNECT exchange, the hand-off to "
-                   "the socket layer. That bounds the rate on 2 shared cores; HAProxy does all of it in C. The rate "
-                   "moved between 0.48x and 0.73x of HAProxy's over this session's runs (a shared VM).")
+        out.append(f"- **Connection rate** ({r:g} vs HAProxy {rh:g} conn/s): both agents offer reusable streams "
+                   "(ALPN hostmesh-streams/1, decisions/0001), so a new connection rides an idle TLS connection that "
+                   "carried earlier ones and costs no handshake — only the source agent's accept, routing and stream "
+                   "request and the destination's request parsing, policy decision and upstream connect. "
+                   + (f"With one TLS connection per tunnelled connection (SPEC.md's CONNECT, `hostmesh-one-shot`) each "
+                      f"connection pays a resumed TLS 1.3 handshake and TLS set-up in Python on both agents, and the "
+                      f"rate is {one:g} conn/s. " if one else "")
+                   + "HAProxy pays a resumed handshake per connection too, in C.")
     k, idle = g("idle-10k", "hostmesh", "kib_per_conn"), g("idle-10k", "hostmesh", "idle_agent_rss_mib")
     if k:
         out.append(f"- **Memory** ({idle:g} MiB idle agent, {k:g} KiB per idle tunnelled connection per agent): the "

@@ -2,7 +2,8 @@
 
 Phase 1, a lab without agents: ``direct`` (no capture) and ``haproxy`` (HAProxy at both
 ends, same mTLS hop). Phase 2, a lab with agents: ``hostmesh`` (cross-node tunnel),
-``hostmesh-same-node``, then the agents restarted with the plain trio relay
+``hostmesh-same-node``, then the agents restarted with one TLS connection per tunnelled
+connection (``hostmesh-one-shot``: CONNECT, no reusable streams), the plain trio relay
 (``hostmesh-trio-relay``), with telemetry off, and with two workers. A scenario that
 fails on a path is recorded under ``errors`` and the run goes on.
 """
@@ -82,7 +83,8 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
         run.standard(lab, "hostmesh", "cli", pids, 2)
         run.step("hostmesh idle", lambda: sc.idle(lab, "hostmesh", "cli", run.d, lab.agent_pids()))
         run.standard(lab, "hostmesh-same-node", "cli0", [], 1, full=False)
-        for variant, setting in (("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
+        for variant, setting in (("hostmesh-one-shot", {"dataplane": {"tunnel_streams": False}}),
+                                 ("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
                                  ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}}),
                                  ("hostmesh-2-workers", {"dataplane": {"workers": 2}})):
             try:
@@ -91,7 +93,10 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
                 run.errors.append({"step": f"{variant} restart", "error": str(e)[:500]})
                 progress(f"  {variant}: agents did not restart: {e}")
                 continue
-            if variant == "hostmesh-trio-relay":
+            if variant == "hostmesh-one-shot":  # one TLS connection per connection (CONNECT), decisions/0001
+                run.step(f"{variant} connect-rate", lambda v=variant: sc.connect_rate(lab, v, "cli", run.d))
+                run.standard(lab, variant, "cli", lab.agent_pids(), 2, full=False)
+            elif variant == "hostmesh-trio-relay":
                 run.standard(lab, variant, "cli", lab.agent_pids(), 2, full=False)
             elif variant == "hostmesh-telemetry-off":
                 run.step(f"{variant} http-1000rps",

@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import h11
 import trio
 
 from agent.proxy.engine_conn import FinishedConn, LiveConn, _Leg, _Pair, _Reset
+from agent.proxy.frames import END, HEADER, FrameError
 from agent.proxy.tlsclose import shutdown_write
 
 __all__ = ["Engine", "FinishedConn", "LiveConn", "open_engine"]
@@ -97,7 +97,7 @@ class Engine:
 
     def add(self, a: socket.socket, b: socket.socket, *, to_a: bytes = b"", to_b: bytes = b"",
             conn_id: int, tag: str = "", a_framing=None, b_framing=None) -> None:
-        """``a_framing``/``b_framing``: the h11 state of a leg carrying a reusable stream."""
+        """``a_framing``/``b_framing``: the ``frames.Framing`` of a leg carrying a reusable stream."""
         a.setblocking(False)
         b.setblocking(False)
         self._cmds.append(("add", a, b, to_a, to_b, conn_id, tag, a_framing, b_framing))
@@ -234,11 +234,13 @@ class Engine:
         if dst.pending is not None:
             if not dst.writable or not self._flush(dst):
                 return 0
-        if src.h11 is not None:
+        if src.framing is not None:
             return self._unframe(src, dst)
-        view, size, read = self._view, len(self._buf), self._read
+        # onto a stream leg: read behind room for the frame header, then send both at once
+        off = HEADER if dst.framing is not None else 0
+        view, size, read = self._view, len(self._buf) - off, self._read
         while src.readable and not src.eof:
-            n, eof = read(src)
+            n, eof = read(src, off)
             if n <= 0:
                 src.eof = n == 0
                 break
@@ -249,33 +251,22 @@ class Engine:
             if eof:
                 src.eof = True
             moved += n
-            if dst.h11 is not None:
-                # one chunk per read (h11 frames it: size line, bytes, CRLF)
-                if not self._send(dst, dst.h11.send(h11.Data(data=view[:n]))):
-                    break
-                continue
-            try:
-                sent = dst.sock.send(view[:n])
-            except _WOULD_BLOCK:
-                sent = 0
-            except OSError as e:
-                raise _Reset(_reason(e)) from None
-            if sent < n:
-                # backpressure: keep the rest, stop reading src until dst drains
-                dst.pending = bytes(view[sent:n])
-                self._blocked(dst)
+            if off:
+                view[:HEADER] = n.to_bytes(HEADER, "big")
+            if not self._send(dst, view[:off + n]):
+                # backpressure: the rest is kept, src is not read until dst drains
                 break
         if src.eof and dst.pending is None and not dst.shut:
             self._half_close(dst)
         return moved
 
-    def _read(self, src: _Leg) -> tuple[int, bool]:
-        """One read into the buffer: (bytes, EOF right after them); (0, True) at EOF,
-        (-1, False) when there is nothing (``src`` is then not readable). A TLS leg
-        gathers records (one SSL read yields one 16 KiB record) until the buffer is full
-        or OpenSSL has nothing more, so the data goes on in one send."""
+    def _read(self, src: _Leg, off: int = 0) -> tuple[int, bool]:
+        """One read into the buffer at ``off``: (bytes, EOF right after them); (0, True)
+        at EOF, (-1, False) when there is nothing (``src`` is then not readable). A TLS
+        leg gathers records (one SSL read yields one 16 KiB record) until the buffer is
+        full or OpenSSL has nothing more, so the data goes on in one send."""
         try:
-            n = src.sock.recv_into(self._buf)
+            n = src.sock.recv_into(self._view[off:] if off else self._buf)
         except _WOULD_BLOCK:
             src.readable = False
             return -1, False
@@ -285,20 +276,24 @@ class Engine:
             raise _Reset(_reason(e)) from None
         if n and src.tls:
             try:
-                return _fill_tls(src.sock, self._view, n)
+                total, eof = _fill_tls(src.sock, self._view, off + n)
             except OSError as e:
                 raise _Reset(_reason(e)) from None
+            return total - off, eof
         return n, n == 0
 
     def _half_close(self, dst: _Leg) -> None:
         dst.shut = True
-        if dst.h11 is None:
+        if dst.framing is None:
             shutdown_write(dst.sock)
-        else:  # a stream's direction ends with its last chunk; the connection stays
-            self._send(dst, dst.h11.send(h11.EndOfMessage()))
+        else:  # a stream's direction ends with an empty frame; the connection stays
+            dst.framing.out_done = True
+            self._send(dst, END)
 
-    def _send(self, dst: _Leg, data: bytes) -> bool:
-        """Send all of ``data`` or keep the rest as ``pending``; False when blocked."""
+    def _send(self, dst: _Leg, data) -> bool:
+        """Send all of ``data`` or keep the rest as ``pending`` (copied: ``data`` may be
+        the shared buffer); False when blocked. After a would-block OpenSSL wants the
+        same bytes again, which ``pending`` holds."""
         try:
             sent = dst.sock.send(data)
         except _WOULD_BLOCK:
@@ -306,49 +301,70 @@ class Engine:
         except OSError as e:
             raise _Reset(_reason(e)) from None
         if sent < len(data):
-            dst.pending = memoryview(data)[sent:]
+            dst.pending = bytes(data[sent:])
             self._blocked(dst)
             return False
         return True
 
     def _unframe(self, src: _Leg, dst: _Leg) -> int:
-        """A stream leg: take the chunks h11 has decoded, read more when it needs data,
-        and pass the bytes on; the last chunk is the stream's EOF. Returns the bytes
-        passed on (framing excluded). A connection closed mid-stream or bad framing
-        is a reset (a clean end always has its last chunk)."""
-        conn, moved = src.h11, 0
-        while not src.eof:
-            try:
-                ev = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                raise _Reset(f"tunnel_protocol: {e}") from None
-            if ev is h11.NEED_DATA:
-                if not src.readable:
-                    break
-                n, _eof = self._read(src)
+        """A stream leg: decode frames in place and send their payload on; the empty
+        frame is the stream's EOF. Returns the payload bytes passed on. The connection
+        closing before the empty frame, or a bad frame, is a reset (a clean end always
+        has its empty frame)."""
+        fr, moved = src.framing, 0
+        try:
+            if fr.backlog:  # read with the CONNECT head, before the hand-over
+                data, fr.backlog = fr.backlog, b""
+                moved += self._send_parts(fr.decode(memoryview(data)), dst)
+            while not fr.in_done and src.readable and dst.pending is None:
+                n, eof = self._read(src)
                 if n < 0:
                     break
-                if n == 0:
+                if n:
+                    moved += self._send_parts(fr.decode(self._view[:n]), dst)
+                if (eof or not n) and not fr.in_done:
                     raise _Reset("tunnel_closed")
-                conn.receive_data(bytes(self._view[:n]))  # an EOF after it shows at the next read
+        except FrameError as e:
+            raise _Reset(f"tunnel_protocol: {e}") from None
+        if fr.in_done:
+            src.eof = True
+            if dst.pending is None and not dst.shut:
+                self._half_close(dst)
+        return moved
+
+    def _send_parts(self, slices: list, dst: _Leg) -> int:
+        """Send payload slices in order; on backpressure the rest is kept as ``pending``."""
+        moved = 0
+        for k, part in enumerate(slices):
+            moved += len(part)
+            if dst.pending is not None:
                 continue
-            if type(ev) is h11.Data:
-                moved += len(ev.data)
-                if not self._send(dst, ev.data):
-                    break  # the rest stays decoded in h11 until dst drains
-            elif type(ev) is h11.EndOfMessage:
-                src.eof = True
-            else:  # a second response/request head, ConnectionClosed, ...
-                raise _Reset(f"tunnel_protocol: unexpected {type(ev).__name__}")
-        if src.eof and dst.pending is None and not dst.shut:
-            self._half_close(dst)
+            try:
+                sent = dst.sock.send(part)
+            except _WOULD_BLOCK:
+                sent = 0
+            except OSError as e:
+                raise _Reset(_reason(e)) from None
+            if sent < len(part):
+                dst.pending = b"".join([part[sent:], *slices[k + 1:]])
+                self._blocked(dst)
         return moved
 
     def _flush(self, leg: _Leg) -> bool:
-        # after a would-block OpenSSL wants the same bytes again: _send keeps them all
-        data, leg.pending = leg.pending, None
-        if not self._send(leg, data):
+        data = leg.pending
+        try:
+            sent = leg.sock.send(data)
+        except _WOULD_BLOCK:
+            # OpenSSL wants the same bytes again: ``pending`` is left as it was
+            self._blocked(leg)
             return False
+        except OSError as e:
+            raise _Reset(_reason(e)) from None
+        if sent < len(data):
+            leg.pending = memoryview(data)[sent:]
+            self._blocked(leg)
+            return False
+        leg.pending = None
         if leg.armed:
             leg.armed = False
             self._ep.modify(leg.fd, EV_READ)
@@ -381,9 +397,8 @@ class Engine:
                 self._ep.unregister(leg.fd)
             except (OSError, ValueError):
                 pass
-            if not reset and leg.h11 is not None and _stream_done(leg.h11):
-                leg.sock.setblocking(False)
-                reuse = (leg.sock, leg.h11)  # both bodies complete: ready for the next stream
+            if not reset and leg.framing is not None and leg.framing.done:
+                reuse = (leg.sock, leg.framing)  # both directions ended: ready for the next stream
                 continue
             if reset:
                 try:
@@ -398,17 +413,6 @@ class Engine:
         wall = time.time()
         self._finished.append(FinishedConn(p.id, p.tag, p.a2b, p.b2a, wall - (time.monotonic() - p.start), wall, reason,
                                            reuse))
-
-
-def _stream_done(conn: h11.Connection) -> bool:
-    """Both messages of the stream are complete and the connection may carry another."""
-    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-        try:
-            conn.start_next_cycle()
-        except h11.LocalProtocolError:
-            return False
-        return True
-    return False
 
 
 def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int) -> tuple[int, bool]:

@@ -18,8 +18,8 @@ class FinishedConn:
     start: float
     end: float
     close_reason: str
-    # a framed leg whose stream ended cleanly: (socket, h11 state), open and ready for
-    # the next stream — the receiver owns it now
+    # a framed leg whose stream ended cleanly: (socket, Framing), open and ready for the
+    # next stream (Framing.carry: bytes of the next request) — the receiver owns it now
     reuse: tuple | None = None
 
 
@@ -37,7 +37,7 @@ class _Reset(Exception):
 
 
 class _Leg:
-    __slots__ = ("sock", "fd", "tls", "readable", "hup", "writable", "armed", "eof", "shut", "pending", "pair", "h11")
+    __slots__ = ("sock", "fd", "tls", "readable", "hup", "writable", "armed", "eof", "shut", "pending", "pair", "framing")
 
     def __init__(self, sock: socket.socket, pair: _Pair, pending: bytes, framing=None) -> None:
         self.sock = sock
@@ -51,9 +51,9 @@ class _Leg:
         self.shut = False  # we half-closed this socket's sending side
         self.pending: bytes | memoryview | None = pending or None  # owed to this socket
         self.pair = pair
-        # an h11.Connection when the leg carries a reusable stream (chunked both ways,
-        # connect.py): bytes are framed on the way in and unframed on the way out
-        self.h11 = framing
+        # a frames.Framing when the leg carries a reusable stream (length-prefixed frames
+        # both ways): bytes are framed on the way in and unframed on the way out
+        self.framing = framing
 
 
 class _Pair:

@@ -16,7 +16,7 @@ async def hand_off(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_
                    a_framing=None, b_framing=None) -> None:
     """``a`` is the source side, ``b`` the destination side; to_a/to_b are bytes already
     read that must be delivered first (e.g. what followed a CONNECT head); a_framing /
-    b_framing: the h11 state of a leg carrying a reusable stream (connect.py). When the
+    b_framing: the ``frames.Framing`` of a leg carrying a reusable stream. When the
     stream ends cleanly the socket layer hands that leg to ``agent.reuse_callbacks``."""
     agent.conns.add(conn)
     agent.count("connections_established")

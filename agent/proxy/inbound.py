@@ -61,9 +61,9 @@ STREAM_IDLE_S = 60.0
 
 async def handle_tunnel(agent, raw: socket.socket) -> None:
     """mTLS handshake (server presents the destination SVID chosen by SNI), then the
-    first request: a CONNECT, or a reusable stream when ALPN chose hostmesh-streams/1."""
+    first CONNECT; with ALPN hostmesh-streams/1 the connection then carries one framed
+    stream after another."""
     from agent.identity.tls import tls_handshake_server
-    from agent.proxy.connect import ConnectRequestParser
 
     try:
         src_node = raw.getpeername()[0]
@@ -90,30 +90,35 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
         return
     alpn = agent.identities.alpn
     streams = bool(alpn) and tls.selected_alpn_protocol() in alpn
-    await _serve_request(agent, tls, verdict, src_node, ConnectRequestParser(streams=streams), first=True)
+    await _serve_request(agent, tls, verdict, src_node, streams, carry=None)
 
 
 def _next_stream(agent, verdict, src_node: str, reuse) -> None:
     """The socket layer ended a stream cleanly: wait for the connection's next request
     (called in the trio thread)."""
-    from agent.proxy.connect import ConnectRequestParser
-
     tls, framing = reuse
     if agent.draining or agent.tunnels is None:
         aio.close(tls)
         return
-    agent.tunnels.spawn(_serve_request, agent, tls, verdict, src_node,
-                        ConnectRequestParser(framing, streams=True), False)
+    agent.tunnels.spawn(_serve_request, agent, tls, verdict, src_node, True, framing.carry)
 
 
-async def _serve_request(agent, tls, verdict, src_node: str, parser, first: bool) -> None:
-    """Read one request on ``tls`` and carry it out: policy, upstream connect, answer,
-    then the socket layer. ``first``: right after the handshake (handshake timeout);
-    otherwise an idle connection that carried streams (STREAM_IDLE_S, closed on drain)."""
-    from agent.proxy.connect import ConnectError, build_response, traceparent_ids
+async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carry: bytes | None) -> None:
+    """Read one CONNECT on ``tls`` and carry it out: policy, upstream connect, answer,
+    then the socket layer. ``carry`` None: right after the handshake (handshake
+    timeout); else an idle connection that carried streams (STREAM_IDLE_S, closed on
+    drain), with the bytes that followed the last stream's end."""
+    from agent.proxy.connect import (
+        ConnectError,
+        ConnectRequestParser,
+        build_response,
+        traceparent_ids,
+    )
 
     cfg = agent.config
-    req = parser.feed(b"") if not first else None  # a request may already be buffered
+    first = carry is None
+    parser = ConnectRequestParser()
+    req = parser.feed(carry) if carry else None  # the next request may already be here
     scope = trio.CancelScope(deadline=trio.current_time() + (cfg.identity.handshake_timeout_s if first
                                                               else STREAM_IDLE_S))
     agent.tunnels.idle.add(scope)
@@ -131,12 +136,10 @@ async def _serve_request(agent, tls, verdict, src_node: str, parser, first: bool
     if req is None:  # closed by the peer, idle or slow, or the agent drains
         aio.close(tls)
         return
-    stream = getattr(req, "stream", False)
-
     async def answer(status: int, headers=()) -> None:
         try:
             with trio.move_on_after(2):
-                await aio.send_all(tls, build_response(status, list(headers), parser.conn if stream else None))
+                await aio.send_all(tls, build_response(status, list(headers)))
         except OSError:
             pass
         aio.close(tls)
@@ -183,13 +186,15 @@ async def _serve_request(agent, tls, verdict, src_node: str, parser, first: bool
         await answer(502)
         return
     try:
-        await aio.send_all(tls, build_response(200, [], parser.conn if stream else None))
+        await aio.send_all(tls, build_response(200, []))
     except OSError:
         aio.close(tls)
         aio.close(upstream)
         return
-    if stream:
+    if streams:
+        from agent.proxy.frames import Framing
+
         agent.reuse_callbacks[conn.id] = lambda reuse: _next_stream(agent, verdict, src_node, reuse)
-        await hand_off(agent, conn, tls, upstream, a_framing=parser.conn)
+        await hand_off(agent, conn, tls, upstream, a_framing=Framing(req.leftover))
     else:
         await hand_off(agent, conn, tls, upstream, to_b=req.leftover)

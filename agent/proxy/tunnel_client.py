@@ -1,8 +1,9 @@
 """The source side of the mTLS tunnel: a TLS connection to the destination node's
 :15008 presenting the source workload's SVID, checked to be the expected destination
-identity, then one request: a CONNECT (SPEC.md "Tunnel"), or — when both agents offer
-ALPN ``hostmesh-streams/1`` — a reusable stream (connect.py), after which the TLS
-connection comes back here for the next connection of the same key.
+identity, then one CONNECT (SPEC.md "Tunnel"). When both agents offer ALPN
+``hostmesh-streams/1`` the bytes after ``200`` are framed (frames.py) and the TLS
+connection comes back here, once both directions ended, for the next connection of the
+same key.
 
 Handshakes are the expensive part (NOTES.md: 1–2 ms of CPU per mutual handshake), so
 ``TunnelPool`` keeps connections per (source identity, destination identity, node):
@@ -46,13 +47,12 @@ SESSION_REFRESH_S = 30.0
 
 
 class Tunnel:
-    """One TLS connection to a peer's :15008 and, when it carries reusable streams, its
-    h11 framing state."""
+    """One TLS connection to a peer's :15008; ``reusable`` when ALPN chose streams."""
 
-    __slots__ = ("sock", "framing", "born", "idle_since", "streams")
+    __slots__ = ("sock", "reusable", "born", "idle_since", "streams")
 
-    def __init__(self, sock: ssl.SSLSocket, framing, now: float) -> None:
-        self.sock, self.framing = sock, framing
+    def __init__(self, sock: ssl.SSLSocket, reusable: bool, now: float) -> None:
+        self.sock, self.reusable = sock, reusable
         self.born = self.idle_since = now
         self.streams = 0  # carried so far
 
@@ -111,12 +111,7 @@ class TunnelPool:
         self.stats["handshakes"] += 1
         if tls.session_reused:
             self.stats["resumed"] += 1
-        framing = None
-        if ids.alpn and tls.selected_alpn_protocol() in ids.alpn:
-            from agent.proxy.connect import client_connection
-
-            framing = client_connection()
-        return Tunnel(tls, framing, trio.current_time())
+        return Tunnel(tls, bool(ids.alpn) and tls.selected_alpn_protocol() in ids.alpn, trio.current_time())
 
     def remember_session(self, key: tuple, tls) -> None:
         """After the CONNECT exchange the server's session tickets have arrived. Reading
@@ -246,12 +241,7 @@ async def open_tunnel(agent, conn: Conn, p: Route) -> TunnelResult:
 
 
 async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
-    from agent.proxy.connect import (
-        ConnectResponseParser,
-        build_connect,
-        build_stream_request,
-        new_traceparent,
-    )
+    from agent.proxy.connect import ConnectResponseParser, build_connect, new_traceparent
 
     try:
         with trio.fail_after(agent.config.dataplane.connect_timeout_s + agent.config.identity.handshake_timeout_s):
@@ -259,12 +249,8 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
             tls = t.sock
             traceparent, trace_id = new_traceparent()
             conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
-            if t.framing is not None:
-                head = build_stream_request(t.framing, p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent)
-                parser = ConnectResponseParser(t.framing)
-            else:
-                head = build_connect(p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent)
-                parser = ConnectResponseParser()
+            head = build_connect(p.dst_ip, p.dst_port, conn.src_ip, conn.src_port, traceparent)
+            parser = ConnectResponseParser()
             try:
                 await aio.send_all(tls, head)
             except OSError:  # a pooled connection the peer closed meanwhile
@@ -294,6 +280,6 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
         policy = dict(resp.headers).get("x-hostmesh-policy")
         return TunnelResult(resp.status, f"tunnel_status_{resp.status}", policy)
     t.streams += 1
-    if t.framing is not None:
+    if t.reusable:
         agent.tunnels.stats["streams"] += 1
     return TunnelResult(200, sock=tls, leftover=resp.leftover, tunnel=t, key=key)

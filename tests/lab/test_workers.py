@@ -128,3 +128,25 @@ def _alive(pid: int) -> bool:
         return False
     st = Path(f"/proc/{pid}/stat").read_text().split()
     return st[2] != "Z"
+
+
+def test_an_agent_without_reusable_streams_still_talks_connect_with_one_that_has_them():
+    """node-0 runs with dataplane.tunnel_streams: false (no ALPN hostmesh-streams/1):
+    node-1's agent, which offers it, falls back to SPEC.md's CONNECT, one TLS connection
+    per connection, both ways; node-1's own pods keep reusing nothing toward node-0."""
+    with lab_up("tmix", "--nodes", "2", "--pods-per-node", "1") as lab:
+        node0 = Path("/run/hostmesh/lab/tmix/node-0")
+        assert hm("lab", "agent", "--name", "tmix", "node-0", "stop").returncode == 0
+        cfg = yaml.safe_load((node0 / "config.yaml").read_text())
+        cfg.setdefault("dataplane", {})["tunnel_streams"] = False
+        (node0 / "config.yaml").write_text(yaml.safe_dump(cfg))
+        assert hm("lab", "agent", "--name", "tmix", "node-0", "start").returncode == 0
+        lab.serve_http("pod-0-0", 8080)
+        lab.serve_http("pod-1-0", 8080)
+        before = [lab.admin(i, "GET", "/v1/stats")[1]["tunnels"] for i in (0, 1)]
+        assert curl_codes(lab, "pod-1-0", "pod-0-0", 8) == ["200"] * 8
+        assert curl_codes(lab, "pod-0-0", "pod-1-0", 8) == ["200"] * 8
+        after = [lab.admin(i, "GET", "/v1/stats")[1]["tunnels"] for i in (0, 1)]
+        for b, a in zip(before, after, strict=True):
+            assert a["streams"] == b["streams"] and a["reused"] == b["reused"], (b, a)
+            assert a["handshakes"] - b["handshakes"] >= 8, (b, a)  # one per connection

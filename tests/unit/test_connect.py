@@ -1,9 +1,11 @@
-"""The tunnel's request/response exchange (agent/proxy/connect.py), both forms: the
-SPEC.md CONNECT and the reusable stream negotiated with ALPN hostmesh-streams/1."""
+"""The tunnel's CONNECT exchange (agent/proxy/connect.py) and the framing of reusable
+streams (agent/proxy/frames.py)."""
 
-import h11
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.proxy import frames
 from agent.proxy.connect import (
     MAX_HEADER_BYTES,
     ConnectError,
@@ -11,8 +13,6 @@ from agent.proxy.connect import (
     ConnectResponseParser,
     build_connect,
     build_response,
-    build_stream_request,
-    client_connection,
     new_traceparent,
     traceparent_ids,
 )
@@ -24,7 +24,7 @@ def test_connect_round_trip_with_bytes_after_the_head():
     head = build_connect("10.0.1.5", 8080, "10.0.0.4", 51234, TP)
     assert head.startswith(b"CONNECT 10.0.1.5:8080 HTTP/1.1\r\n")
     req = ConnectRequestParser().feed(head + b"early bytes")
-    assert (req.target_ip, req.target_port, req.forwarded_for, req.stream) == ("10.0.1.5", 8080, ("10.0.0.4", 51234), False)
+    assert (req.target_ip, req.target_port, req.forwarded_for) == ("10.0.1.5", 8080, ("10.0.0.4", 51234))
     assert req.leftover == b"early bytes" and traceparent_ids(req.traceparent) == (TRACE, TP.split("-")[2])
     resp = ConnectResponseParser().feed(build_response(200) + b"first reply bytes")
     assert resp.status == 200 and resp.leftover == b"first reply bytes"
@@ -48,52 +48,46 @@ def test_bad_requests_get_their_status(raw, status):
     assert isinstance(out, ConnectError) and out.status == status, out
 
 
-def test_a_stream_is_refused_where_streams_were_not_negotiated():
-    head = build_stream_request(client_connection(), "10.0.1.5", 80, "10.0.0.4", 1, TP)
-    out = ConnectRequestParser(streams=False).feed(head)
-    assert isinstance(out, ConnectError) and out.status == 400 and "not CONNECT" in out.message
-
-
-def test_a_stream_without_a_chunked_body_is_refused():
-    raw = b"POST /hostmesh/v1/stream HTTP/1.1\r\nhost: 10.0.1.5:80\r\ncontent-length: 3\r\n\r\nabc"
-    out = ConnectRequestParser(streams=True).feed(raw)
-    assert isinstance(out, ConnectError) and out.status == 400
-
-
-def test_streams_one_after_another_on_one_connection():
-    client, server = client_connection(), None
-    for n in range(3):
-        head = build_stream_request(client, "10.0.1.5", 8080 + n, "10.0.0.4", 40000 + n, TP)
-        assert head.startswith(b"POST /hostmesh/v1/stream HTTP/1.1\r\n") and b"transfer-encoding: chunked" in head.lower()
-        body = client.send(h11.Data(data=b"up%d" % n)) + client.send(h11.EndOfMessage())
-        parser = ConnectRequestParser(server, streams=True)
-        req = parser.feed(head + body)  # the body's bytes stay in the parser's h11 state
-        server = parser.conn
-        assert (req.stream, req.target_port, req.forwarded_for, req.leftover) == (True, 8080 + n, ("10.0.0.4", 40000 + n), b"")
-        answer = build_response(200, [], server)
-        assert b"transfer-encoding: chunked" in answer.lower()
-        reply = answer + server.send(h11.Data(data=b"down")) + server.send(h11.EndOfMessage())
-        resp = ConnectResponseParser(client).feed(reply)
-        assert resp.status == 200 and resp.leftover == b""
-        events = []
-        while (ev := server.next_event()) is not h11.NEED_DATA and ev is not h11.PAUSED:
-            events.append(ev)
-        assert [type(e) for e in events] == [h11.Data, h11.EndOfMessage] and events[0].data == b"up%d" % n
-        assert isinstance(client.next_event(), h11.Data) and isinstance(client.next_event(), h11.EndOfMessage)
-        client.start_next_cycle()
-        server.start_next_cycle()
-
-
-def test_a_stream_error_answer_closes_the_connection():
-    client = client_connection()
-    parser = ConnectRequestParser(streams=True)
-    parser.feed(build_stream_request(client, "10.0.1.5", 80, "10.0.0.4", 1, TP))
-    answer = build_response(403, [("x-hostmesh-policy", "ns/deny-all")], parser.conn)
-    assert b"content-length: 0" in answer.lower() and b"connection: close" in answer.lower()
-    resp = ConnectResponseParser(client).feed(answer)
-    assert resp.status == 403 and ("x-hostmesh-policy", "ns/deny-all") in resp.headers
-
-
 def test_a_malformed_response_is_an_error():
     with pytest.raises(ValueError):
         ConnectResponseParser().feed(b"HTTP/9 nonsense\r\n\r\n")
+
+
+def test_an_informational_answer_before_the_final_one():
+    resp = ConnectResponseParser().feed(b"HTTP/1.1 100 Continue\r\n\r\n" + build_response(403, [("x-hostmesh-policy", "a/b")]))
+    assert resp.status == 403 and ("x-hostmesh-policy", "a/b") in resp.headers
+
+
+def encode(payloads, end=True):
+    return b"".join(frames.header(len(p)) + p for p in payloads if p) + (frames.END if end else b"")
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.lists(st.integers(1, 50), max_size=30), st.binary(max_size=20))
+def test_frames_decode_the_same_however_the_bytes_are_split(payloads, cuts, after):
+    wire = encode(payloads) + after
+    f, got, i = frames.Framing(), b"", 0
+    for c in [*cuts, len(wire)]:
+        if f.in_done:
+            break
+        got += b"".join(bytes(v) for v in f.decode(memoryview(wire[i:i + c])))
+        i += c
+    assert got == b"".join(payloads)
+    assert f.in_done and f.carry + wire[i:] == after and not f.done  # out_done not yet
+    f.out_done = True
+    assert f.done
+
+
+def test_frames_split_header_and_partial_payload_are_not_done():
+    f = frames.Framing()
+    assert [bytes(v) for v in f.decode(memoryview(frames.header(5) + b"ab"))] == [b"ab"]
+    f.out_done = True
+    assert not f.in_done and not f.done
+    assert [bytes(v) for v in f.decode(memoryview(b"cde" + frames.END[:2]))] == [b"cde"]
+    assert not f.in_done
+    f.decode(memoryview(frames.END[2:] + b"CONNECT"))
+    assert f.in_done and f.done and f.carry == b"CONNECT"
+
+
+def test_an_oversized_frame_is_refused():
+    with pytest.raises(frames.FrameError):
+        frames.Framing().decode(memoryview(frames.header(frames.MAX_FRAME + 1)))

@@ -1,10 +1,10 @@
-"""Reusable tunnel streams in the socket layer: a leg framed with h11 (chunked bodies
-both ways, connect.py) is unframed on the way in and framed on the way out; a direction
-ends with its last chunk; a clean end hands the leg back, ready for the next stream;
-a connection lost mid-stream or broken framing is a reset.
+"""Reusable tunnel streams in the socket layer: a leg carrying length-prefixed frames
+(frames.py) is unframed on the way in and framed on the way out; a direction ends with
+its empty frame; a clean end hands the leg back, ready for the next stream; a
+connection lost mid-stream or a bad frame is a reset.
 
 The framed leg is plain TCP here (framing does not care about TLS); the far end is a
-blocking h11 server in a thread, as the destination agent would be."""
+blocking decoder in a thread, as the destination agent would be."""
 
 import hashlib
 import os
@@ -12,17 +12,10 @@ import socket
 import threading
 from types import SimpleNamespace
 
-import h11
 import pytest
 import trio
 
-from agent.proxy.connect import (
-    ConnectRequestParser,
-    ConnectResponseParser,
-    build_response,
-    build_stream_request,
-    client_connection,
-)
+from agent.proxy import frames
 from agent.proxy.engines import open_socket_layer
 from tests.unit.test_engine_relay import recv_all, tcp_pair
 
@@ -30,80 +23,47 @@ CFG = SimpleNamespace(engine="epoll", buffer_bytes=256 * 1024, idle_timeout_s=30
 
 
 class Peer:
-    """The destination agent's side of the framed leg: an h11 server on a blocking socket."""
+    """The far agent's side of the framed leg, on a blocking socket."""
 
     def __init__(self, sock):
         self.sock = sock
-        self.parser = ConnectRequestParser(streams=True)
-
-    def accept_stream(self):
-        req = None
-        while req is None:
-            req = self.parser.feed(self.sock.recv(65536))
-        assert req.stream
-        self.sock.sendall(build_response(200, [], self.parser.conn))
-        return req
+        self.framing = frames.Framing()
 
     def read_body(self):
-        """The stream's bytes up to its last chunk."""
-        h, n, conn = hashlib.sha256(), 0, self.parser.conn
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                data = self.sock.recv(1 << 20)
-                conn.receive_data(data)
-                if not data:
-                    return None
-                continue
-            if isinstance(ev, h11.Data):
-                h.update(ev.data)
-                n += len(ev.data)
-            elif isinstance(ev, h11.EndOfMessage):
-                return h.hexdigest(), n
+        """The stream's bytes up to its empty frame: (sha256, length)."""
+        h, n = hashlib.sha256(), 0
+        while not self.framing.in_done:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                return None
+            for part in self.framing.decode(memoryview(data)):
+                h.update(part)
+                n += len(part)
+        return h.hexdigest(), n
 
     def send_body(self, data, end=True):
-        conn = self.parser.conn
         for i in range(0, len(data), 100_000):
-            self.sock.sendall(conn.send(h11.Data(data=data[i:i + 100_000])))
+            part = data[i:i + 100_000]
+            self.sock.sendall(frames.header(len(part)) + part)
         if end:
-            self.sock.sendall(conn.send(h11.EndOfMessage()))
+            self.sock.sendall(frames.END)
 
     def next_cycle(self):
-        self.parser.conn.start_next_cycle()
-        self.parser = ConnectRequestParser(self.parser.conn, streams=True)
+        assert self.framing.carry == b""
+        self.framing = frames.Framing()
 
 
-def open_stream(framing, leg):
-    """What tunnel_client does before the hand-off: request, then the response head."""
-    leg.sendall(build_stream_request(framing, "10.0.0.2", 80, "10.0.0.1", 5555, "00-" + "1" * 32 + "-" + "2" * 16 + "-01"))
-    parser, resp = ConnectResponseParser(framing), None
-    while resp is None:
-        resp = parser.feed(leg.recv(65536))
-    assert resp.status == 200 and resp.leftover == b""
-
-
-def framed_pair(layer, conn_id):
+def framed_pair(layer, conn_id, backlog=b""):
     """pod socket <-> engine <-> framed leg <-> Peer, one stream open."""
     leg, far = tcp_pair()
-    peer, framing = Peer(far), client_connection()
     client, a = tcp_pair()
-    t = threading.Thread(target=peer.accept_stream)
-    t.start()
-    open_stream(framing, leg)
-    t.join()
-    layer.add(a, leg, conn_id=conn_id, tag="t", b_framing=framing)
-    return client, peer, far
+    layer.add(a, leg, conn_id=conn_id, tag="t", b_framing=frames.Framing(backlog))
+    return client, Peer(far), far
 
 
-async def run_stream(layer, done, framing, leg, peer, conn_id, up, down):
+async def run_stream(layer, done, leg, peer, conn_id, up, down):
     client, a = tcp_pair()
-    for s in (leg,):
-        s.setblocking(True)
-    t = threading.Thread(target=peer.accept_stream)
-    t.start()
-    open_stream(framing, leg)
-    t.join()
-    layer.add(a, leg, conn_id=conn_id, tag="t", b_framing=framing)
+    layer.add(a, leg, conn_id=conn_id, tag="t", b_framing=frames.Framing())
     res = {}
 
     def pod():
@@ -136,14 +96,25 @@ async def test_streams_carry_bytes_both_ways_and_the_leg_comes_back_for_the_next
     done = []
     async with open_socket_layer(CFG, done.append) as layer:
         leg, far = tcp_pair()
-        peer, framing = Peer(far), client_connection()
+        peer = Peer(far)
         for i, (up, down) in enumerate([(os.urandom(6 << 20), os.urandom(3 << 20)), (b"ping", b""), (b"", b"pong")]):
-            fc = await run_stream(layer, done, framing, leg, peer, i + 1, up, down)
+            fc = await run_stream(layer, done, leg, peer, i + 1, up, down)
             assert (fc.close_reason, fc.bytes_a_to_b, fc.bytes_b_to_a) == ("closed", len(up), len(down))
-            assert fc.reuse is not None and fc.reuse[0] is leg and fc.reuse[1] is framing
-            assert framing.our_state is h11.IDLE and framing.their_state is h11.IDLE
+            assert fc.reuse is not None and fc.reuse[0] is leg and fc.reuse[1].done
             peer.next_cycle()
         leg.close()
+        far.close()
+
+
+async def test_bytes_read_with_the_connect_head_are_unframed_first():
+    done = []
+    async with open_socket_layer(CFG, done.append) as layer:
+        client, peer, far = framed_pair(layer, 5, backlog=frames.header(5) + b"early")
+        peer.send_body(b" and later")
+        got = await trio.to_thread.run_sync(lambda: b"".join(iter(lambda: client.recv(100), b"")))
+        assert got == b"early and later"
+        client.close()
+        assert await trio.to_thread.run_sync(peer.read_body) == (hashlib.sha256(b"").hexdigest(), 0)
         far.close()
 
 
@@ -166,7 +137,7 @@ async def test_broken_framing_is_a_reset():
     done = []
     async with open_socket_layer(CFG, done.append) as layer:
         client, peer, far = framed_pair(layer, 8)
-        far.sendall(b"zz-not-a-chunk-size\r\n")
+        far.sendall(frames.header(frames.MAX_FRAME + 1))
         with pytest.raises(ConnectionResetError):
             await trio.to_thread.run_sync(lambda: client.recv(100))
         with trio.fail_after(5):
@@ -181,7 +152,7 @@ async def test_the_trio_relay_refuses_framed_legs():
                                  lambda fc: None) as layer:
         a, b = tcp_pair()
         with pytest.raises(ValueError):
-            layer.add(a, b, conn_id=1, b_framing=client_connection())
+            layer.add(a, b, conn_id=1, b_framing=frames.Framing())
         a.close()
         b.close()
 
