@@ -153,21 +153,19 @@ class ConnectResponseParser:
         self._c = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._c.send(h11.Request(method=b"CONNECT", target=b"x:1", headers=[(b"host", b"x:1")]))
 
-    def feed(self, data: bytes) -> ConnectResponse | None:
-        self._c.receive_data(data)
+    def _next(self):
         try:
-            ev = self._c.next_event()
+            return self._c.next_event()
         except h11.RemoteProtocolError as e:
             raise ValueError(f"malformed CONNECT response: {e}") from None
+
+    def feed(self, data: bytes) -> ConnectResponse | None:
+        self._c.receive_data(data)
+        ev = self._next()
+        while isinstance(ev, h11.InformationalResponse):  # (feed(b"") would mean EOF to h11)
+            ev = self._next()
         if ev is h11.NEED_DATA:
             return None
-        while isinstance(ev, h11.InformationalResponse):  # (feed(b"") would mean EOF to h11)
-            try:
-                ev = self._c.next_event()
-            except h11.RemoteProtocolError as e:
-                raise ValueError(f"malformed CONNECT response: {e}") from None
-            if ev is h11.NEED_DATA:
-                return None
         if not isinstance(ev, h11.Response):
             raise ValueError("malformed CONNECT response")
         hs = [(k.decode().lower(), v.decode("latin-1")) for k, v in ev.headers]

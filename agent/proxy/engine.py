@@ -290,16 +290,20 @@ class Engine:
             dst.framing.out_done = True
             self._send(dst, END)
 
+    @staticmethod
+    def _send_some(dst: _Leg, data) -> int:
+        try:
+            return dst.sock.send(data)
+        except _WOULD_BLOCK:
+            return 0
+        except OSError as e:
+            raise _Reset(_reason(e)) from None
+
     def _send(self, dst: _Leg, data) -> bool:
         """Send all of ``data`` or keep the rest as ``pending`` (copied: ``data`` may be
         the shared buffer); False when blocked. After a would-block OpenSSL wants the
         same bytes again, which ``pending`` holds."""
-        try:
-            sent = dst.sock.send(data)
-        except _WOULD_BLOCK:
-            sent = 0
-        except OSError as e:
-            raise _Reset(_reason(e)) from None
+        sent = self._send_some(dst, data)
         if sent < len(data):
             dst.pending = bytes(data[sent:])
             self._blocked(dst)
@@ -339,12 +343,7 @@ class Engine:
             moved += len(part)
             if dst.pending is not None:
                 continue
-            try:
-                sent = dst.sock.send(part)
-            except _WOULD_BLOCK:
-                sent = 0
-            except OSError as e:
-                raise _Reset(_reason(e)) from None
+            sent = self._send_some(dst, part)
             if sent < len(part):
                 dst.pending = b"".join([part[sent:], *slices[k + 1:]])
                 self._blocked(dst)

@@ -62,6 +62,7 @@ async def serve_dataplane(agent, listeners: trio.CancelScope, task_status=trio.T
         ) as engine:
             agent.engine = engine
             agent.tunnels = TunnelPool(agent, nursery)
+            nursery.start_soon(agent.tunnels.expire)
             with listeners:
                 async with trio.open_nursery() as accepts:
                     for s, handler in socks:

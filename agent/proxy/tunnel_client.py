@@ -13,6 +13,7 @@ sessions are resumed for the handshakes that remain (docs/decisions/0001).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import select
 import socket
@@ -41,6 +42,8 @@ WARM_MAX_AGE_S = 20.0
 # A TLS connection carries streams for at most this long, then a fresh handshake (with
 # the then-current certificates and trust) replaces it.
 MAX_LIFE_S = 120.0
+# How often pooled connections past their limits are closed.
+EXPIRE_EVERY_S = 5.0
 # A TLS 1.3 ticket is resumed by every new connection of its key for this long, then
 # replaced by a fresh one (servers issue tickets valid for hours; OpenSSL's default 2 h).
 SESSION_REFRESH_S = 30.0
@@ -186,6 +189,29 @@ class TunnelPool:
         finally:
             self._filling.discard(key)
 
+    async def expire(self) -> None:
+        """Every ``EXPIRE_EVERY_S``, close pooled connections past their idle or life
+        limit: an agent at rest holds no TLS connections (each keeps ~30 KiB of OpenSSL
+        state on both agents) and the peer's waiting task ends."""
+        while True:
+            await trio.sleep(EXPIRE_EVERY_S)
+            now = trio.current_time()
+            closed = 0
+            for key in list(self._warm):
+                keep = []
+                for t in self._warm[key]:
+                    if now - t.idle_since < WARM_MAX_AGE_S and now - t.born < MAX_LIFE_S:
+                        keep.append(t)
+                    else:
+                        aio.close(t.sock)
+                        closed += 1
+                if keep:
+                    self._warm[key] = keep
+                else:
+                    del self._warm[key]
+            if closed and not self._warm:
+                release_memory()  # the pool emptied: load has passed
+
     def drop(self, key: tuple) -> None:
         for t in self._warm.pop(key, ()):
             aio.close(t.sock)
@@ -201,6 +227,16 @@ class TunnelPool:
         self._warm.clear()
         for scope in list(self.idle):
             scope.cancel()
+
+
+def release_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``): OpenSSL
+    and the interpreter free per-connection state after a burst, but glibc keeps the
+    pages, so an agent back at rest would hold its peak. A no-op elsewhere."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _alive(s: socket.socket) -> bool:
