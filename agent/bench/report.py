@@ -148,9 +148,12 @@ def analysis(doc: dict) -> list[str]:
     if k:
         out.append(f"- **Memory** ({idle:g} MiB idle agent, {k:g} KiB per idle tunnelled connection per agent): the "
                    "socket layer itself holds ~0.7 KiB per idle connection (docs/dataplane.md); the rest is OpenSSL's "
-                   "per-connection state (SSL object and record buffers) and the connection's Python objects. The "
-                   "idle agent is the interpreter with trio, cryptography, pydantic and h11 loaded. The idle run holds "
-                   "8,000 rather than 10,000 connections: this machine caps a process at 20,000 descriptors.")
+                   "per-connection state (the SSL object, its session and the peer's certificate chain; CPython "
+                   "already has OpenSSL release idle record buffers) and the connection's Python objects. The idle "
+                   "agent is the interpreter with trio, cryptography, pydantic and h11 loaded, measured after the "
+                   "other scenarios, so it includes what the load left behind (a freshly started agent measured "
+                   "~55 MiB). The idle run holds 8,000 rather than 10,000 connections: this machine caps a process "
+                   "at 20,000 descriptors.")
     p99, load = g("policy-10k", "hostmesh", "decision_p99_us"), g("policy-10k", "hostmesh", "load_s")
     if p99:
         out.append(f"- **Policy** (decision p99 {p99:g} us, loading 10,000 policies {load:g} s from JSON, "
