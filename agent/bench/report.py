@@ -131,8 +131,11 @@ def analysis(doc: dict) -> list[str]:
     if c:
         out.append(f"- **HTTP at 1,000 rps** ({c:g} cores per 1,000 rps per agent; HAProxy {ch:g}; goal 0.06): each "
                    "request and response costs two engine passes per agent (recv, TLS write / TLS read, send), ~30 us "
-                   "of interpreter time each. Telemetry is not the cost: with the access log off the CPU is the same "
-                   "within noise.")
+                   "of interpreter time each"
+                   + (f"; with telemetry off it was {off:g} in this run (the on/off ratio has ranged from 0.84 to 1.30 "
+                      "between runs on this shared VM, so one run's ratio says little)"
+                      if (off := g("http-1000rps", "hostmesh-telemetry-off", "cpu_per_1k_req")) else "")
+                   + ".")
     r, rh = g("connect-rate", "hostmesh", "conn_per_s"), g("connect-rate", "haproxy", "conn_per_s")
     one = g("connect-rate", "hostmesh-one-shot", "conn_per_s")
     if r and rh:
