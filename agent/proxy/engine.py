@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import logging
 import os
 import select
 import socket
 import ssl
+import sys
+import termios
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -276,9 +279,13 @@ class Engine:
             raise _Reset(_reason(e)) from None
         if n and src.tls:
             try:
-                total, eof = _fill_tls(src.sock, self._view, off + n)
+                total, eof, drained = _fill_tls(src.sock, self._view, off + n)
             except OSError as e:
                 raise _Reset(_reason(e)) from None
+            if drained and not src.hup:
+                # nothing left anywhere: edge-triggered epoll signals the next arrival
+                # (after a FIN/RST the read goes on to see the EOF or the error)
+                src.readable = False
             return total - off, eof
         return n, n == 0
 
@@ -414,20 +421,34 @@ class Engine:
                                            reuse))
 
 
-def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int) -> tuple[int, bool]:
-    """Read more TLS records after the first into ``view[n:]``; (bytes in view, eof)."""
+def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int) -> tuple[int, bool, bool]:
+    """Read more TLS records after the first into ``view[n:]``: (bytes in view, eof,
+    drained). Before each read it asks whether anything is left — decrypted bytes in
+    OpenSSL (``pending``) or bytes in the kernel's receive queue (FIONREAD) — because a
+    read that finds nothing costs an ``SSLWantReadError`` (~3.4 us against ~0.6 us
+    for the two questions; measured), twice per message on a ping-pong. OpenSSL reads
+    one record at a time (no read-ahead), so nothing undecrypted hides in it.
+    ``drained``: both said nothing is left."""
     size = len(view)
+    fd = sock.fileno()
     while n < size:
+        if not sock.pending() and not _queued(fd):
+            return n, False, True
         try:
             got = sock.recv_into(view[n:])
         except _WOULD_BLOCK:
-            return n, False
+            return n, False, False
         except _EOF:
-            return n, True
+            return n, True, False
         if got == 0:
-            return n, True
+            return n, True, False
         n += got
-    return n, False
+    return n, False, False
+
+
+def _queued(fd: int) -> int:
+    """Bytes in the socket's receive queue."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder, signed=True)
 
 
 def _reason(e: OSError) -> str:
