@@ -149,11 +149,16 @@ class Agent:
         return len(self.conns)
 
     def event_counters(self) -> dict[str, int]:
-        return self.counters
+        """Counters for /metrics (``hostmesh_events_total``), the tunnel pool's included
+        as ``tunnel_pool_<name>`` (handshakes, resumed, streams, reused, ...)."""
+        tunnels = getattr(self, "tunnels", None)
+        if tunnels is None:
+            return self.counters
+        return {**self.counters, **{f"tunnel_pool_{k}": v for k, v in tunnels.stats.items()}}
 
     def metrics_snapshot(self) -> dict[str, Any]:
         return {"metrics": self.telemetry.metrics.snapshot() if self.telemetry is not None else {},
-                "counters": dict(self.counters), "connections": len(self.conns)}
+                "counters": dict(self.event_counters()), "connections": len(self.conns)}
 
     def close_connection(self, conn_id: int, reason: str) -> None:
         c = self.conns.get(conn_id)

@@ -90,6 +90,9 @@ def test_new_connections_reuse_tunnels_and_each_keeps_its_own_record(mesh):
     assert after["streams"] - before["streams"] == 30
     assert after["handshakes"] - before["handshakes"] <= 4, (before, after)  # the warm pool's, not one per curl
     assert after["reused"] - before["reused"] >= 25, (before, after)
+    metrics = ns_run(mesh.node(1)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout
+    reused = [line for line in metrics.splitlines() if line.startswith('hostmesh_events_total{event="tunnel_pool_reused"}')]
+    assert reused and int(reused[0].split()[-1]) >= after["reused"], reused
     time.sleep(1.3)
     inn = inbound()[logged:]
     assert len(inn) == 30 and len({x["trace_id"] for x in inn}) == 30
