@@ -18,17 +18,12 @@ from __future__ import annotations
 
 
 def listeners_on(proc_net_tcp: str, port: int) -> int:
-    """Listening sockets on ``port`` in /proc/net/tcp(6) text (state 0A = LISTEN)."""
-    n = 0
-    for line in proc_net_tcp.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) > 3 and parts[3] == "0A" and parts[1].rsplit(":", 1)[-1] == f"{port:04X}":
-            n += 1
-    return n
+    """Listening sockets on ``port`` in /proc/net/tcp(6) text."""
+    return len(listening_inodes(proc_net_tcp, [port])[port])
 
 
 def listening_inodes(proc_net_tcp: str, ports) -> dict[int, set[str]]:
-    """Inodes of the listening sockets on each of ``ports``."""
+    """Inodes of the listening sockets (state 0A) on each of ``ports``."""
     want = {f"{p:04X}": p for p in ports}
     out: dict[int, set[str]] = {p: set() for p in ports}
     for line in proc_net_tcp.splitlines():

@@ -35,20 +35,9 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
     async with trio.open_nursery() as root:
         await root.start(_signals, agent)
         await _start_telemetry(agent, root)
-        discovery = await _start_discovery(agent, root) if worker is None else None
-        if worker is None:
-            await trio.to_thread.run_sync(_start_capture, agent)
-        if agent.capture is not None and config.capture.watch_links:
-            from agent.capture.links import watch_links
-
-            await root.start(watch_links, agent)
+        discovery = await _start_node(agent, root) if worker is None else None
         await _start_identities(agent, root)
-        _load_static_state(agent)
-        if discovery is not None:
-            from agent.k8s.discovery import run as run_discovery
-
-            await run_discovery(discovery, root)
-        _settle_capture(agent)
+        await _load_state(agent, root, discovery)
         from agent.proxy.listeners import serve_dataplane
 
         listeners = trio.CancelScope()
@@ -112,6 +101,30 @@ async def _start_telemetry(agent: Agent, nursery: trio.Nursery) -> None:
         return
     agent.telemetry = Telemetry(agent.config.telemetry, agent.config.node.name)
     await nursery.start(agent.telemetry.run)
+
+
+async def _start_node(agent: Agent, nursery: trio.Nursery):
+    """The node-wide part (not a worker's): Kubernetes discovery's first list, the
+    capture rules, the link watcher. Returns the discovery to run once state is in."""
+    discovery = await _start_discovery(agent, nursery)
+    await trio.to_thread.run_sync(_start_capture, agent)
+    if agent.capture is not None and agent.config.capture.watch_links:
+        from agent.capture.links import watch_links
+
+        await nursery.start(watch_links, agent)
+    return discovery
+
+
+async def _load_state(agent: Agent, nursery: trio.Nursery, discovery) -> None:
+    """The config's workloads and policies, the API-registered workloads, then what
+    Kubernetes lists; then capture drops the pods a predecessor enrolled that none of
+    these know."""
+    _load_static_state(agent)
+    if discovery is not None:
+        from agent.k8s.discovery import run as run_discovery
+
+        await run_discovery(discovery, nursery)
+    _settle_capture(agent)
 
 
 async def _start_discovery(agent: Agent, nursery: trio.Nursery):

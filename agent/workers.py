@@ -353,32 +353,14 @@ def _exit(code: int) -> str:
 async def run_supervisor(config, config_path: str | None) -> int:
     """``hostmesh run`` with ``dataplane.workers`` > 1 (the single-process agent's
     start order, with the data plane replaced by the workers)."""
-    from agent.serve import (
-        _load_static_state,
-        _settle_capture,
-        _signals,
-        _start_admin,
-        _start_capture,
-        _start_discovery,
-        _start_http,
-    )
+    from agent.serve import _load_state, _signals, _start_admin, _start_http, _start_node
 
     sup = Supervisor(config, config_path)
     sup.drain_requested = trio.Event()
     async with trio.open_nursery() as root:
         await root.start(_signals, sup)
-        discovery = await _start_discovery(sup, root)
-        await trio.to_thread.run_sync(_start_capture, sup)
-        if sup.capture is not None and config.capture.watch_links:
-            from agent.capture.links import watch_links
-
-            await root.start(watch_links, sup)
-        _load_static_state(sup)
-        if discovery is not None:
-            from agent.k8s.discovery import run as run_discovery
-
-            await run_discovery(discovery, root)
-        _settle_capture(sup)
+        discovery = await _start_node(sup, root)
+        await _load_state(sup, root, discovery)
         sup.write_configs()
         await root.start(sup.sync_loop)
         for w in sup.workers:

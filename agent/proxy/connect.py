@@ -36,6 +36,12 @@ REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 431: b"Request He
 ALPN_STREAMS = "hostmesh-streams/1"
 
 
+def streams_negotiated(tls, offered: tuple[str, ...]) -> bool:
+    """Whether the handshake on ``tls`` chose reusable streams (``offered``: what this
+    agent offers, empty when it does not)."""
+    return bool(offered) and tls.selected_alpn_protocol() in offered
+
+
 def authority(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 

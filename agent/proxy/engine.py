@@ -57,6 +57,8 @@ MAX_EVENTS = 1024
 # Idle connections are looked for once per this many seconds (a coarse sweep is cheap;
 # the timeout is an hour by default, so a second of slack is nothing).
 SWEEP_S = 1.0
+# The largest TLS record's payload: a read that returned less ended on a short record.
+TLS_RECORD = 16384
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _EOF = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
@@ -213,8 +215,8 @@ class Engine:
             self._end(p, str(e) or "reset", reset=True)
             return
         p.active = self._now
-        if src.eof:  # a stream's last chunk is plain data (no RDHUP): the end may be here
-            self._service(p)
+        if src.eof:  # a stream's empty frame is plain data (no RDHUP): the end may be here
+            self._end_if_done(p)
 
     def _service(self, p: _Pair) -> None:
         if p.done:
@@ -227,6 +229,9 @@ class Engine:
             self._end(p, str(e) or "reset", reset=True)
             return
         p.active = self._now
+        self._end_if_done(p)
+
+    def _end_if_done(self, p: _Pair) -> None:
         a, b = p.a, p.b
         if a.eof and b.eof and a.shut and b.shut and a.pending is None and b.pending is None:
             self._end(p, "closed", reset=False)
@@ -279,7 +284,7 @@ class Engine:
             raise _Reset(_reason(e)) from None
         if n and src.tls:
             try:
-                total, eof, drained = _fill_tls(src.sock, self._view, off + n)
+                total, eof, drained = _fill_tls(src.sock, self._view, off + n, n)
             except OSError as e:
                 raise _Reset(_reason(e)) from None
             if drained and not src.hup:
@@ -421,28 +426,28 @@ class Engine:
                                            reuse))
 
 
-def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int) -> tuple[int, bool, bool]:
-    """Read more TLS records after the first into ``view[n:]``: (bytes in view, eof,
-    drained). Before each read it asks whether anything is left — decrypted bytes in
-    OpenSSL (``pending``) or bytes in the kernel's receive queue (FIONREAD) — because a
-    read that finds nothing costs an ``SSLWantReadError`` (~3.4 us against ~0.6 us
-    for the two questions; measured), twice per message on a ping-pong. OpenSSL reads
-    one record at a time (no read-ahead), so nothing undecrypted hides in it.
-    ``drained``: both said nothing is left."""
+def _fill_tls(sock: ssl.SSLSocket, view: memoryview, n: int, last: int) -> tuple[int, bool, bool]:
+    """Read more TLS records after the first (``last`` bytes) into ``view[n:]``: (bytes
+    in view, eof, drained). After a short record it asks whether anything is left —
+    decrypted bytes in OpenSSL (``pending``) or bytes in the kernel's receive queue
+    (FIONREAD) — because a read that finds nothing costs an ``SSLWantReadError``
+    (~3.4 us against ~0.6 us for the two questions; measured), twice per message on a
+    ping-pong. After a full record more usually follows (bulk), so it just reads.
+    OpenSSL reads one record at a time (no read-ahead), so nothing undecrypted hides in
+    it. ``drained``: both said nothing is left."""
     size = len(view)
-    fd = sock.fileno()
     while n < size:
-        if not sock.pending() and not _queued(fd):
+        if last < TLS_RECORD and not sock.pending() and not _queued(sock.fileno()):
             return n, False, True
         try:
-            got = sock.recv_into(view[n:])
+            last = sock.recv_into(view[n:])
         except _WOULD_BLOCK:
             return n, False, False
         except _EOF:
             return n, True, False
-        if got == 0:
+        if last == 0:
             return n, True, False
-        n += got
+        n += last
     return n, False, False
 
 

@@ -88,8 +88,9 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
         aio.reset(raw)
         aio.close(tls)
         return
-    alpn = agent.identities.alpn
-    streams = bool(alpn) and tls.selected_alpn_protocol() in alpn
+    from agent.proxy.connect import streams_negotiated
+
+    streams = streams_negotiated(tls, agent.identities.alpn)
     await _serve_request(agent, tls, verdict, src_node, streams, carry=None)
 
 

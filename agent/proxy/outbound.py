@@ -89,11 +89,11 @@ async def _via_tunnel(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> 
             conn.verdict, conn.policy = "deny", result.policy
         return False
     t = result.tunnel
-    if t is not None and t.reusable:
+    if t.reusable:
         from agent.proxy.frames import Framing
 
-        agent.reuse_callbacks[conn.id] = lambda reuse: agent.tunnels.give_back(result.key, t, reuse)
-        await hand_off(agent, conn, sock, result.sock, b_framing=Framing(result.leftover))
+        agent.reuse_callbacks[conn.id] = lambda _reuse: agent.tunnels.give_back(t)
+        await hand_off(agent, conn, sock, t.sock, b_framing=Framing(result.leftover))
     else:
-        await hand_off(agent, conn, sock, result.sock, to_a=result.leftover)
+        await hand_off(agent, conn, sock, t.sock, to_a=result.leftover)
     return True

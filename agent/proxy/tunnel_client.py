@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import trio
 
 from agent.proxy import aio
+from agent.proxy.connect import streams_negotiated
 from agent.proxy.conns import Conn
 from agent.proxy.plan import Route
 from agent.proxy.sockets import connect
@@ -50,14 +51,19 @@ SESSION_REFRESH_S = 30.0
 
 
 class Tunnel:
-    """One TLS connection to a peer's :15008; ``reusable`` when ALPN chose streams."""
+    """One TLS connection to a peer's :15008 for pool key ``key``; ``reusable`` when
+    ALPN chose streams."""
 
-    __slots__ = ("sock", "reusable", "born", "idle_since", "streams")
+    __slots__ = ("sock", "key", "reusable", "born", "idle_since", "streams")
 
-    def __init__(self, sock: ssl.SSLSocket, reusable: bool, now: float) -> None:
-        self.sock, self.reusable = sock, reusable
+    def __init__(self, sock: ssl.SSLSocket, key: tuple, reusable: bool, now: float) -> None:
+        self.sock, self.key, self.reusable = sock, key, reusable
         self.born = self.idle_since = now
         self.streams = 0  # carried so far
+
+    def usable(self, now: float) -> bool:
+        """Within its idle and life limits (a pooled connection past them is closed)."""
+        return now - self.idle_since < WARM_MAX_AGE_S and now - self.born < MAX_LIFE_S
 
 
 @dataclass
@@ -65,10 +71,8 @@ class TunnelResult:
     status: int
     reason: str = ""
     policy: str | None = None
-    sock: socket.socket | None = None
     leftover: bytes = b""
-    tunnel: Tunnel | None = None
-    key: tuple | None = None  # the pool key the tunnel goes back to
+    tunnel: Tunnel | None = None  # status 200: the connection the stream runs on
 
 
 class TunnelPool:
@@ -114,7 +118,7 @@ class TunnelPool:
         self.stats["handshakes"] += 1
         if tls.session_reused:
             self.stats["resumed"] += 1
-        return Tunnel(tls, bool(ids.alpn) and tls.selected_alpn_protocol() in ids.alpn, trio.current_time())
+        return Tunnel(tls, key, streams_negotiated(tls, ids.alpn), trio.current_time())
 
     def remember_session(self, key: tuple, tls) -> None:
         """After the CONNECT exchange the server's session tickets have arrived. Reading
@@ -140,7 +144,7 @@ class TunnelPool:
         t = None
         while warm:
             c = warm.pop()
-            if now - c.idle_since < WARM_MAX_AGE_S and now - c.born < MAX_LIFE_S and _alive(c.sock):
+            if c.usable(now) and _alive(c.sock):
                 t = c
                 break
             aio.close(c.sock)
@@ -154,16 +158,16 @@ class TunnelPool:
         self._refill(key)
         return t
 
-    def give_back(self, key: tuple, t: Tunnel, reuse) -> None:
-        """The socket layer finished a stream cleanly (called in the trio thread)."""
-        sock, _framing = reuse
+    def give_back(self, t: Tunnel) -> None:
+        """The socket layer finished a stream on ``t`` cleanly (called in the trio thread)."""
+        sock = t.sock
         now = trio.current_time()
         ids = self.agent.identities
         try:
-            current = ids.client_context(*key[0]) if ids is not None else None
+            current = ids.client_context(*t.key[0]) if ids is not None else None
         except ValueError:  # the source identity left this node
             current = None
-        pool = self._warm.setdefault(key, [])
+        pool = self._warm.setdefault(t.key, [])
         if (self.agent.draining or sock.context is not current or now - t.born >= MAX_LIFE_S
                 or len(pool) >= IDLE_PER_KEY):
             aio.close(sock)  # a renewed SVID or trust means a fresh handshake
@@ -200,7 +204,7 @@ class TunnelPool:
             for key in list(self._warm):
                 keep = []
                 for t in self._warm[key]:
-                    if now - t.idle_since < WARM_MAX_AGE_S and now - t.born < MAX_LIFE_S:
+                    if t.usable(now):
                         keep.append(t)
                     else:
                         aio.close(t.sock)
@@ -318,4 +322,4 @@ async def _exchange(agent, conn: Conn, p: Route, key: tuple) -> TunnelResult:
     t.streams += 1
     if t.reusable:
         agent.tunnels.stats["streams"] += 1
-    return TunnelResult(200, sock=tls, leftover=resp.leftover, tunnel=t, key=key)
+    return TunnelResult(200, leftover=resp.leftover, tunnel=t)

@@ -38,7 +38,7 @@ class Sock:
 def tunnel(ctx, now):
     a, b = socket.socketpair()
     s = Sock(a)
-    return tc.Tunnel(s, True, now), s, b
+    return tc.Tunnel(s, KEY, True, now), s, b
 
 
 def closed(s) -> bool:
@@ -52,7 +52,7 @@ async def test_returned_tunnels_are_reused_newest_first_and_expire_when_idle(aut
         ts = [tunnel(ctx, trio.current_time()) for _ in range(3)]
         for t, a, _b in ts:
             a.context = ctx  # made with the SVID in force
-            p.give_back(KEY, t, (a, None))
+            p.give_back(t)
         assert p.stats["returned"] == 3
         got = await p.get(KEY)
         assert got is ts[-1][0] and p.stats["warm_hits"] == 1
@@ -69,10 +69,10 @@ async def test_a_tunnel_made_with_an_older_svid_or_too_old_is_not_kept(autojump_
         p = pool(n, ctx)
         t, a, _b = tunnel(ctx, trio.current_time())
         a.context = Ctx()  # the SVID was renewed since
-        p.give_back(KEY, t, (a, None))
+        p.give_back(t)
         assert closed(a) and p.stats["returned"] == 0
         t, a, _b = tunnel(ctx, trio.current_time() - tc.MAX_LIFE_S)
         a.context = ctx
-        p.give_back(KEY, t, (a, None))
+        p.give_back(t)
         assert closed(a) and p.stats["returned"] == 0
         n.cancel_scope.cancel()
