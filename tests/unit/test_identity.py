@@ -355,3 +355,14 @@ def test_cert_dir_files_are_checked_like_a_peer(tmp_path):
         check(files()[0], files()[1])
     with pytest.raises(ValueError, match="not spiffe://cluster.local/ns/shop/sa/web"):
         check(*files(uris=("spiffe://cluster.local/ns/shop/sa/db",)))
+
+
+def test_config_trust_domain_follows_the_grammar():
+    from pydantic import ValidationError
+
+    from agent.config import IdentityConfig
+
+    assert IdentityConfig(trust_domain="example.org").trust_domain == "example.org"
+    for bad in ("cluster.local\n", "Cluster.local", "td:8080", ""):
+        with pytest.raises(ValidationError, match="is not a SPIFFE trust domain"):
+            IdentityConfig(trust_domain=bad)
