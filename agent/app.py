@@ -214,8 +214,9 @@ class Agent:
         if self.draining:
             return "draining"
         if self.policy_sources.problems:
+            # each error already starts with its path:line
             return "policy source rejected: " + "; ".join(
-                f"{s}: {e.splitlines()[0]}" for s, e in sorted(self.policy_sources.problems.items()))
+                (e.splitlines() or [s])[0] for s, e in sorted(self.policy_sources.problems.items()))
         return "starting" if not self.ready else ""
 
     def status(self) -> dict[str, Any]:
