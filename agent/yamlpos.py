@@ -175,7 +175,6 @@ def load_all(text: str, path: str = "<input>") -> list[Doc]:
 # as a token), and document syntax other than plain ``---`` separator lines.
 _ANCHORISH = re.compile(r"(?:^|[\s\[\]{},:])[&*][^\s\[\]{},]")
 _ODD_MARKERS = re.compile(r"^(?:---[ \t]*[^\s]|\.\.\.|%)", re.M)
-_SEPARATOR = re.compile(r"^---[ \t]*(?:\n|$)", re.M)
 
 
 def _check_tree(data: Any, path: str, line: int = 1) -> None:
@@ -240,19 +239,49 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
+def _split_documents(text: str) -> list[str]:
+    """Documents separated by plain ``---`` lines, found with one short ``find`` per
+    document (a regular expression over megabytes holds the GIL for tens of ms)."""
+    parts, start = [], 0
+    if text.startswith("---"):
+        nl = text.find("\n")
+        if not text[:nl if nl >= 0 else len(text)].strip("- \t"):
+            start = nl + 1 if nl >= 0 else len(text)
+    while True:
+        i = text.find("\n---", start)
+        if i < 0:
+            parts.append(text[start:])
+            return parts
+        nl = text.find("\n", i + 4)
+        end = nl if nl >= 0 else len(text)
+        if text[i + 4:end].strip(" \t"):  # "---" followed by content: not a plain separator
+            raise _NotPlain
+        parts.append(text[start:i + 1])
+        start = end + 1 if nl >= 0 else len(text)
+
+
+class _NotPlain(Exception):
+    pass
+
+
 def load_fast(text: str, path: str) -> list[Doc] | None:
     """YAML without line numbers, by the native parser, one document per call; None
     when the text needs the bounded composer (anchors, aliases, unusual markers) or
     no native parser is installed. Raises YamlError/ValueError on invalid text (the
     caller then re-reads it with ``load_all`` for the lines)."""
     check_size(text, path)
-    if ryaml is None or _ANCHORISH.search(text) or _ODD_MARKERS.search(text):
+    if ryaml is None:
         return None
-    parts = _SEPARATOR.split(text)
-    if len(parts) > MAX_DOCUMENTS + 1:
+    try:
+        parts = _split_documents(text)
+    except _NotPlain:
+        return None
+    if len(parts) > MAX_DOCUMENTS:
         raise YamlError(f"{path}:1: more than {MAX_DOCUMENTS} documents")
     docs = []
     for part in parts:
+        if _ANCHORISH.search(part) or _ODD_MARKERS.search(part):
+            return None
         data = ryaml.loads(part)
         if data is None:
             continue

@@ -47,7 +47,9 @@ class PolicySet:
     compiled: dict[int, tuple[str, Matcher]] = field(default_factory=dict)  # id(policy) -> (ref, matcher)
 
 
-def build_set(docs: dict[tuple[str, str, str], tuple[Doc, str]], compile_all: bool = False) -> PolicySet:
+def build_set(docs: dict[tuple[str, str, str], tuple[Doc, str]], compile_all: bool = False,
+              previous: PolicySet | None = None) -> PolicySet:
+    """``previous``: matchers of policies it shares (the same objects) are reused."""
     by_ns: dict[str, list[AuthorizationPolicy]] = {}
     peer = []
     for doc, _ in docs.values():
@@ -55,7 +57,12 @@ def build_set(docs: dict[tuple[str, str, str], tuple[Doc, str]], compile_all: bo
             by_ns.setdefault(doc.namespace, []).append(doc)
         else:
             peer.append(doc)
-    compiled = {id(p): (p.ref, compile_policy(p)) for ps in by_ns.values() for p in ps} if compile_all else {}
+    compiled = {}
+    if compile_all:
+        old = previous.compiled if previous is not None else {}
+        for ps in by_ns.values():
+            for p in ps:
+                compiled[id(p)] = old.get(id(p)) or (p.ref, compile_policy(p))
     return PolicySet(docs, {ns: tuple(ps) for ns, ps in by_ns.items()}, tuple(peer), compiled)
 
 
@@ -66,6 +73,7 @@ class PolicyStore:
         self._index: dict[tuple, Applicable] = {}
         self._lazy: dict[int, tuple[str, Matcher]] = {}  # matchers compiled on demand (sync changes)
         self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
+        self.retired: list[tuple] = []
         self.generation = 0
 
     # ---- preparing a change (pure; safe beside the deciding thread) -------------------
@@ -73,7 +81,7 @@ class PolicyStore:
         new = dict(self._set.docs)
         for d in docs:
             new[(d.kind, d.namespace, d.name)] = (d, source)
-        return build_set(new, compile_all)
+        return build_set(new, compile_all, self._set)
 
     def prepare_sources(self, sources: dict[str, list[Doc]], only: bool = False,
                         compile_all: bool = True) -> PolicySet:
@@ -83,19 +91,24 @@ class PolicyStore:
         for source, docs in sources.items():
             for d in docs:
                 keep[(d.kind, d.namespace, d.name)] = (d, source)
-        return build_set(keep, compile_all)
+        return build_set(keep, compile_all, self._set)
 
     def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
         new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
-        return build_set(new, compile_all) if len(new) != len(self._set.docs) else None
+        return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None
 
     def swap(self, new: PolicySet, base_generation: int | None = None) -> bool:
         """Put ``new`` in force (O(1)); False when prepared from an older generation."""
         if base_generation is not None and base_generation != self.generation:
             return False
+        # what the old generation held, freed by whoever clears ``retired`` (a thread:
+        # freeing 10,000 compiled policies takes tens of ms)
+        self.retired.append((self._set, self._index, self._lazy, self._by_obj))
         self._set = new
         self._index, self._lazy, self._by_obj = {}, {}, {}
         self.generation += 1
+        if len(self.retired) > 1:  # nobody collects them (tests, sync callers): free now
+            del self.retired[:-1]
         return True
 
     def snapshot(self) -> PolicySet:
