@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,15 @@ def _beside(fn: Callable[[], Any], reenable_gc: bool = True) -> Callable[[], Any
     return run
 
 
+def _clear_frames(e: BaseException | None, depth: int = 0) -> None:
+    """The frames of ``e``'s traceback and of the exceptions it chains, cleared."""
+    while e is not None and depth < 8:
+        traceback.clear_frames(e.__traceback__)
+        if e.__cause__ is not None:
+            _clear_frames(e.__cause__, depth + 1)
+        e, depth = e.__context__, depth + 1
+
+
 class PolicySources:
     def __init__(self, agent) -> None:
         self.agent = agent
@@ -79,7 +89,13 @@ class PolicySources:
             try:
                 while True:
                     base = self.store.generation
-                    result, new = await trio.to_thread.run_sync(_beside(prepare, reenable_gc=False))
+                    try:
+                        result, new = await trio.to_thread.run_sync(_beside(prepare, reenable_gc=False))
+                    except BaseException as e:
+                        # the traceback's frames hold the half-built set in a cycle: cleared
+                        # here, freed by reference counting rather than a long collection
+                        _clear_frames(e)
+                        raise
                     if new is None:
                         return result
                     if self.store.swap(new, base):

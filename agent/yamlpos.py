@@ -91,42 +91,47 @@ def check_size(text: str, path: str) -> None:
 def _check_graph(root: yaml.Node, path: str) -> None:
     """Depth and alias expansion of one document's node graph, measured without
     expanding anything: each distinct node is visited once (memoized by identity)."""
-    memo: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
-    active: set[int] = set()
-    distinct = 0
+    _Graph(path).visit(root, 0)
 
-    def where(node: yaml.Node) -> str:
-        return f"{path}:{node.start_mark.line + 1}"
 
-    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
-        nonlocal distinct
+class _Graph:
+    # a class, not nested functions: a recursive closure is a reference cycle per call,
+    # garbage only the cyclic collector frees (it is paused while policies load)
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.memo: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
+        self.active: set[int] = set()
+        self.distinct = 0
+
+    def _where(self, node: yaml.Node) -> str:
+        return f"{self.path}:{node.start_mark.line + 1}"
+
+    def visit(self, node: yaml.Node, depth: int) -> tuple[int, int]:
         key = id(node)
-        hit = memo.get(key)
+        hit = self.memo.get(key)
         if hit is not None:
             if depth + hit[1] > MAX_DEPTH:
-                raise YamlError(f"{where(node)}: nesting deeper than {MAX_DEPTH} levels")
+                raise YamlError(f"{self._where(node)}: nesting deeper than {MAX_DEPTH} levels")
             return hit
-        if key in active:
-            raise YamlError(f"{where(node)}: recursive alias")
+        if key in self.active:
+            raise YamlError(f"{self._where(node)}: recursive alias")
         if depth > MAX_DEPTH:
-            raise YamlError(f"{where(node)}: nesting deeper than {MAX_DEPTH} levels")
-        distinct += 1
+            raise YamlError(f"{self._where(node)}: nesting deeper than {MAX_DEPTH} levels")
+        self.distinct += 1
         size, height = 1, 0
         if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
-            active.add(key)
+            self.active.add(key)
             children = node.value if isinstance(node, yaml.SequenceNode) else [c for kv in node.value for c in kv]
             for child in children:
-                s, h = visit(child, depth + 1)
+                s, h = self.visit(child, depth + 1)
                 size += s
                 height = max(height, h + 1)
-                if size - distinct > MAX_ALIAS_EXPANSION:
-                    raise YamlError(f"{where(child)}: excessive aliasing: more than {MAX_ALIAS_EXPANSION} values "
-                                    "reached through aliases")
-            active.discard(key)
-        memo[key] = (size, height)
+                if size - self.distinct > MAX_ALIAS_EXPANSION:
+                    raise YamlError(f"{self._where(child)}: excessive aliasing: more than {MAX_ALIAS_EXPANSION} "
+                                    "values reached through aliases")
+            self.active.discard(key)
+        self.memo[key] = (size, height)
         return size, height
-
-    visit(root, 0)
 
 
 def load_all(text: str, path: str = "<input>") -> list[Doc]:

@@ -129,3 +129,33 @@ def test_decisions_go_on_while_10000_policies_load_and_see_one_set_or_the_other(
     assert len(during) > 10  # the deciding thread was never held for the whole load
     assert {v for _, v, _ in seen} == {"deny"}  # the DENY held throughout
     assert len({g for g, _, _ in during}) <= 2 and len(a.list_policies()) == 10_001
+
+
+def test_loading_leaves_no_cyclic_garbage_for_the_paused_collector(tmp_path):
+    """The collector is paused while a set is prepared and the set frozen after it
+    (agent.policy_sources): so neither a load nor a rejected one may leave policy
+    objects in reference cycles, or they would never be freed."""
+    import gc
+
+    a = agent_at(tmp_path)
+    good = make_policies(300, 30)
+    kinds: set[str] = set()
+
+    async def main():
+        await a.apply_policies(good, "p.yaml")
+        gc.unfreeze()  # what earlier tests left frozen is not this test's
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            with pytest.raises(ApiError):
+                await a.apply_policies(good.replace("DENY", "NOPE", 1), "p.yaml")
+            await a.apply_policies(good, "p.yaml")  # the worker thread drops the failed job
+            gc.unfreeze()
+            gc.collect()
+            kinds.update(type(o).__name__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    trio.run(main)
+    assert not kinds & {"AuthorizationPolicy", "Rule", "Source", "Condition", "Doc", "PolicySet"}, kinds
