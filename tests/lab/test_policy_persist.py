@@ -1,7 +1,9 @@
 """Failing open, closed (issue 15 item 12), with real agents and real clients: a DENY
 applied with ``lab apply`` still holds after the agent is stopped and started, and a
 bad policy file beside a valid DENY file at start leaves the DENY enforced and the node
-not ready, saying why in /v1/status, /healthz/ready, ``hostmesh doctor`` and the log."""
+not ready, saying why in /v1/status, /healthz/ready, ``hostmesh doctor`` and the log.
+And item 10: a "billion laughs" body is refused at once, and new connections through
+the node keep working while 10,000 policies load."""
 
 from __future__ import annotations
 
@@ -34,6 +36,40 @@ def code(lab, path: str) -> str:
     r = ns_run(lab.pod("client")["netns"], "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
                f"http://{lab.pod('web')['ip']}:8080{path}")
     return r.stdout
+
+
+def laughs() -> str:
+    lines = ['a0: &a0 ["lol"]'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_refused_at_once_and_connections_go_on_during_a_big_load(tmp_path):
+    from agent.rbac.bench import make_policies
+
+    with lab_up("blaughs", topology=TOPOLOGY, tmp=tmp_path) as lab:
+        lab.serve_http("web", 8080)
+        t0 = time.monotonic()
+        status, body = lab.admin(0, "PUT", "/v1/policies", laughs())
+        assert status == 400 and time.monotonic() - t0 < 5
+        assert body["error"]["message"] == "admin-api:4: excessive aliasing: more than 10000 values reached through aliases"
+        # 10,000 policies PUT to the destination's agent while a pod on the other node
+        # opens new connections through it, as a new user would (curl, one per request)
+        big = make_policies(10_000, 1000).encode()
+        put = subprocess.Popen([PY, "-c", "import sys; from agent.admin.client import AdminClient; "
+                                f"print(AdminClient({lab.node(0)['admin_socket']!r}, timeout=120).request("
+                                "'PUT', '/v1/policies', sys.stdin.buffer.read(), 'application/yaml')[0])"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
+        put.stdin.write(big)
+        put.stdin.close()
+        codes = []
+        while put.poll() is None:
+            r = ns_run(lab.pod("client")["netns"], "curl", "-s", "-m", "5", "-o", "/dev/null", "-w",
+                       "%{http_code} %{time_total}", f"http://{lab.pod('web')['ip']}:8080/ok")
+            codes.append(r.stdout)
+        assert put.stdout.read().strip() == b"200"
+        assert codes and all(c.split()[0] == "200" for c in codes), codes
+        assert lab.admin(0, "GET", "/v1/status")[1]["counts"]["policies"] == 10_000
+        print("connections during the load (code, seconds):", codes)
 
 
 def test_lab_apply_survives_stop_start_and_a_bad_file_at_start_is_not_ready(tmp_path):
