@@ -40,7 +40,8 @@ def _beside(fn: Callable[[], Any], reenable_gc: bool = True) -> Callable[[], Any
     """``fn`` as run in the loading thread: the cyclic collector paused (a full
     collection over a large policy set is one 100+ ms stretch holding the GIL, on
     whichever thread triggers it) and a short GIL switch interval. ``reenable_gc``
-    False: the caller turns the collector back on (after ``gc.freeze``)."""
+    False: the caller turns the collector back on (after moving the new objects to the
+    oldest generation)."""
     def run():
         interval = sys.getswitchinterval()
         gc.disable()
@@ -100,10 +101,13 @@ class PolicySources:
                         return result
                     if self.store.swap(new, base):
                         del new
-                        # the set is long-lived: moved out of the collector's generations
-                        # BEFORE the collector runs again, so no full collection walks the
-                        # allocations of the load on the deciding thread (60+ ms measured)
+                        # the load's objects are long-lived: moved to the oldest generation
+                        # (freeze + unfreeze, two list splices) BEFORE the collector runs
+                        # again, so the next young collection does not walk a million of
+                        # them on the deciding thread (60+ ms measured). Not left frozen:
+                        # a full collection still frees any cycle among them later.
                         gc.freeze()
+                        gc.unfreeze()
                         retired = self.store.retired[:]
                         self.store.retired.clear()
                         await trio.to_thread.run_sync(retired.clear)  # the old set is freed there

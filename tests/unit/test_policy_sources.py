@@ -132,9 +132,9 @@ def test_decisions_go_on_while_10000_policies_load_and_see_one_set_or_the_other(
 
 
 def test_loading_leaves_no_cyclic_garbage_for_the_paused_collector(tmp_path):
-    """The collector is paused while a set is prepared and the set frozen after it
+    """The collector is paused while a set is prepared and its objects promoted after it
     (agent.policy_sources): so neither a load nor a rejected one may leave policy
-    objects in reference cycles, or they would never be freed."""
+    objects in reference cycles (only a rare full collection would free them)."""
     import gc
 
     a = agent_at(tmp_path)
