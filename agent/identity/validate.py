@@ -8,7 +8,7 @@ Three entry points, the same rules (docs/identity.md lists each with its source)
   at once, for rotation), then every certificate ON THE PATH checked (validity window,
   signing certificates CA with keyCertSign, pathLenConstraint, no unknown critical
   extension); presented certificates that are not on the path are ignored. Then the leaf
-  rules. Used for peers outside a handshake and for files an external issuer writes
+  rules: the handshake's order, so a certificate gets the same reason in both places. Used for peers outside a handshake and for files an external issuer writes
   into ``identity.cert_dir``.
 - ``validate_leaf``: the leaf rules alone, for a chain OpenSSL verified in the handshake.
 - ``svid_profile``: the X.509-SVID profile of a chain without time or trust (go-spiffe's
@@ -221,6 +221,7 @@ def _check_path(path: list[x509.Certificate], now: dt.datetime) -> None:
     non-self-issued intermediates below it (RFC 5280 4.2.1.9, 6.1.4 (l), (m))."""
     for c in path:
         _check_window(c, now)
+    _check_extensions(path[0])
     below = 0  # non-self-issued intermediates between the leaf and the current certificate
     for i, c in enumerate(path[1:], start=1):
         _check_signing(c)
@@ -254,9 +255,11 @@ def validate_peer(chain: list[x509.Certificate], roots: list[x509.Certificate], 
     if len(chain) > MAX_CHAIN:
         return _fail("untrusted", f"{len(chain)} certificates presented, at most {MAX_CHAIN}")
     leaf = chain[0]
+    # the order of the handshake (OpenSSL's chain verification, then validate_leaf), so
+    # both places give one certificate the same reason
     try:
-        _window(leaf)
-        _check_leaf(leaf)
+        for c in chain:
+            _window(c)
     except _Refused as r:
         return _fail(r.reason, r.detail)
     paths: list[list[x509.Certificate]] = []
@@ -270,7 +273,7 @@ def validate_peer(chain: list[x509.Certificate], roots: list[x509.Certificate], 
         except _Refused as r:
             first = first or r
             continue
-        return _workload_rules(_uri_sans(leaf)[0], trust_domain, expected_id)
+        return validate_leaf(leaf, trust_domain, expected_id)
     return _fail(first.reason, first.detail)
 
 

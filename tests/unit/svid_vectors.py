@@ -253,6 +253,8 @@ def spec_cases() -> list[Case]:
              expected_id=ID + "x"),
         Case("root not in the bundle", "RFC 5280 6.1", via(lf, inter[0]), der(other_root[0]), "untrusted"),
         Case("intermediate missing", "RFC 5280 6.1", der(lf), R, "untrusted"),
+        Case("bad leaf of an untrusted chain: the chain's reason first (the handshake's order)", "RFC 5280 6.1",
+             via(leaf(ca=True, ku=("digital_signature", "key_cert_sign")), inter[0]), der(other_root[0]), "untrusted"),
         Case("signature by another key", "RFC 5280 6.1.3 (a)(1)",
              via(leaf((inter[0], ec.generate_private_key(ec.SECP256R1()))), inter[0]), R, "untrusted"),
         Case("intermediate not a CA", "X509-SVID 3.2, 4.1", via(leaf(no_ca), no_ca[0]), R, "untrusted"),
