@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from agent import __version__, log
 from agent.config import Config, ConfigError, load_config
 from agent.errors import ApiError
@@ -27,21 +29,34 @@ API_WORKLOADS_FILE = "workloads.json"
 logger = logging.getLogger("hostmesh.agent")
 
 
-def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
-    """Every ``*.yaml``/``*.yml``/``*.json`` in ``path`` -> documents, by file.
+def read_policy_dir(path: str, root_namespace: str) -> tuple[dict[str, list], dict[str, str]]:
+    """Every ``*.yaml``/``*.yml``/``*.json`` in ``path``: (documents by file, the error of
+    each file that was rejected). A rejected file never hides the valid ones beside it."""
+    from agent.rbac.loader import PolicyError, load_documents
 
-    Raises ValueError (``path:line: message``) on the first invalid file.
-    """
-    from agent.rbac.loader import load_documents
-
-    out: dict[str, list] = {}
     d = Path(path)
     if not d.is_dir():
-        raise ValueError(f"{path}: policy directory does not exist")
+        return {}, {path: f"{path}: policy directory does not exist"}
+    out: dict[str, list] = {}
+    errors: dict[str, str] = {}
     for f in sorted(d.iterdir()):
         if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
-            out[str(f)] = load_documents(f.read_text(), str(f), root_namespace)
-    return out
+            try:
+                out[str(f)] = load_documents(f.read_text(), str(f), root_namespace)
+            except (OSError, UnicodeDecodeError) as e:
+                errors[str(f)] = f"{f}:1: unreadable: {getattr(e, 'strerror', None) or e}"
+            except PolicyError as e:
+                errors[str(f)] = str(e)
+    return out, errors
+
+
+def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
+    """All or nothing (reload, check-config): ValueError with every rejected file's
+    ``path:line: message`` lines."""
+    files, errors = read_policy_dir(path, root_namespace)
+    if errors:
+        raise ValueError("\n".join(errors.values()))
+    return files
 
 
 class Agent:
@@ -71,6 +86,11 @@ class Agent:
         self.reload_requested = None
         self.discovery = None  # agent.k8s.discovery, when kubernetes.enabled
         self.api_uids: set[str] = set()  # registered through the admin API (persisted)
+        from agent.policy_sources import PolicySources
+
+        # every policy change goes through here: parsed beside the deciding thread, swapped
+        # atomically, API sources persisted; rejected sources keep the node not ready
+        self.policy_sources = PolicySources(self)
         self.config_uids: set[str] = set()  # from the config's workloads (reload reconciles)
 
     # ---- internal helpers -------------------------------------------------------
@@ -109,23 +129,25 @@ class Agent:
         return w
 
     # ---- worker side of agent/workers.py ---------------------------------------------
-    def sync_state(self, body: dict) -> dict[str, Any]:
+    async def sync_state(self, body: dict) -> dict[str, Any]:
         """Make the supervisor's whole state this agent's: workloads registered, changed
         or removed to match, every policy source replaced, sources it lacks dropped. The
         same call brings a fresh worker up to date and keeps running ones current."""
         from agent.rbac.loader import PolicyError, load_documents
 
+        root = self.config.policies.root_namespace
         try:
             wanted = self._workloads(body["workloads"])
-            sources = {src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
-                       for src, docs in body["policies"].items()}
-        except (KeyError, TypeError, WorkloadError, PolicyError) as e:
+            raw = body["policies"]
+
+            def prepare():
+                sources = {src: load_documents(json.dumps(docs), src, root) for src, docs in raw.items()}
+                return sources, self.policies.prepare_sources(sources, only=True)
+
+            sources = await self.policy_sources.change(prepare)
+        except (KeyError, TypeError, AttributeError, WorkloadError, PolicyError) as e:
             raise ApiError(400, "invalid_state", str(e)) from None
         added, removed = self._converge({w.uid for w in self.registry}, wanted)
-        for src in set(self.policies.sources()) - set(sources):
-            self.policies.replace_source(src, [])
-        for src, docs in sources.items():
-            self.policies.replace_source(src, docs)
         if "cluster" in body:  # peers and services the supervisor discovered
             from agent.config import ClusterConfig
 
@@ -184,13 +206,27 @@ class Agent:
         return closed
 
     # ---- AgentAPI -----------------------------------------------------------------
+    def is_ready(self) -> bool:
+        """Started, not draining, and every policy source in force (readiness, status)."""
+        return bool(self.ready) and not self.draining and not self.policy_sources.problems
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "draining"
+        if self.policy_sources.problems:
+            # each error already starts with its path:line
+            return "policy source rejected: " + "; ".join(
+                (e.splitlines() or [s])[0] for s, e in sorted(self.policy_sources.problems.items()))
+        return "starting" if not self.ready else ""
+
     def status(self) -> dict[str, Any]:
         return {
             "node": self.config.node.name,
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
-            "ready": self.ready and not self.draining,
+            "ready": self.is_ready(),
             "draining": self.draining,
+            "problems": self.policy_sources.status(),
             "workers": self.config.dataplane.workers,
             "pid": os.getpid(),
             "counts": {
@@ -299,19 +335,14 @@ class Agent:
     def list_policies(self) -> list[dict[str, Any]]:
         return self.policies.list()
 
-    def apply_policies(self, text: str, source: str) -> dict[str, Any]:
-        from agent.rbac.loader import PolicyError, load_documents
-
-        try:
-            docs = load_documents(text, source, self.config.policies.root_namespace)
-        except PolicyError as e:
-            raise ApiError(400, "invalid_policy", str(e)) from None
-        self.policies.apply(docs, source)
+    async def apply_policies(self, text: str, source: str) -> dict[str, Any]:
+        """Parsed and compiled beside the deciding thread, swapped in, saved in state_dir."""
+        docs = await self.policy_sources.apply(text, source)
         closed = self.recheck_connections()
         return {"applied": [f"{d.namespace}/{d.name}" for d in docs], "connections_closed": closed}
 
-    def delete_policy(self, namespace: str, name: str) -> dict[str, Any]:
-        if not self.policies.delete(namespace, name):
+    async def delete_policy(self, namespace: str, name: str) -> dict[str, Any]:
+        if not await self.policy_sources.delete(namespace, name):
             raise ApiError(404, "not_found", f"no policy {namespace}/{name}")
         self.recheck_connections()
         return {"deleted": f"{namespace}/{name}"}
@@ -353,7 +384,7 @@ class Agent:
         new = None
         if self.config_path:
             try:
-                new = load_config(self.config_path)
+                new = await trio.to_thread.run_sync(load_config, self.config_path)
             except ConfigError as e:
                 raise ApiError(400, "invalid_config", str(e)) from None
             if new.identity.trust_domain != identity.trust_domain:
@@ -368,7 +399,7 @@ class Agent:
         files = None
         if policies_cfg.dir:
             try:
-                files = load_policy_dir(policies_cfg.dir, policies_cfg.root_namespace)
+                files = await trio.to_thread.run_sync(load_policy_dir, policies_cfg.dir, policies_cfg.root_namespace)
             except ValueError as e:
                 raise ApiError(400, "invalid_policy", str(e)) from None
         if self.identities is not None:
@@ -393,8 +424,11 @@ class Agent:
                     self.cluster_changed()
                     result["cluster_changed"] = True
         if files is not None:
-            for source, docs in files.items():
-                self.policies.replace_source(source, docs)
+            # files gone from the directory since the last read take their policies along
+            gone = {src: [] for src in self.policies.sources() if src.startswith(policies_cfg.dir.rstrip("/") + "/")
+                    and src not in files}
+            await self.policy_sources.replace({**gone, **files})
+            self.policy_sources.dir_reloaded(set(files), policies_cfg.dir.rstrip("/"))
             result["policy_files"] = len(files)
         result["connections_closed"] = self.recheck_connections()
         return result

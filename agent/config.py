@@ -163,6 +163,15 @@ class IdentityConfig(_Model):
     renew_jitter: float = 0.05
     handshake_timeout_s: float = 5.0
 
+    @field_validator("trust_domain")
+    @classmethod
+    def _td(cls, v: str) -> str:
+        from agent.identity.spiffe import is_trust_domain
+
+        if not is_trust_domain(v):  # SPIFFE-ID.md 2.1, exactly (no trailing newline)
+            raise ValueError(f"{v!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')")
+        return v
+
 
 class PoliciesConfig(_Model):
     dir: str | None = None

@@ -1,7 +1,8 @@
 """Readiness (:15021 ``/healthz/ready``) and Prometheus (:15020 ``/metrics``).
 
 Ready means: capture installed, identities loaded, every listener accepting (the serve
-order guarantees it) and not draining — then 200, else 503, as Kubernetes probes and
+order guarantees it), not draining, and no policy source rejected (agent.policy_sources)
+— then 200, else 503 with the reason, as Kubernetes probes and
 ztunnel's readiness expect. The HTTP plumbing is the admin module's h11 server.
 """
 
@@ -14,11 +15,20 @@ from agent.admin.http import Response, serve_tcp
 
 def readiness(agent, path: str) -> tuple[int, bytes]:
     if path in ("/healthz/ready", "/ready"):
-        ok = agent.ready and not agent.draining
-        return (200, b"ready\n") if ok else (503, b"draining\n" if agent.draining else b"starting\n")
+        if _ready(agent):
+            return 200, b"ready\n"
+        why = agent.not_ready_reason() if hasattr(agent, "not_ready_reason") else (
+            "draining" if agent.draining else "starting")
+        return 503, why.encode() + b"\n"
     if path in ("/healthz/live", "/live"):
         return 200, b"live\n"
     return 404, b"not found\n"
+
+
+def _ready(agent) -> bool:
+    """Agent.is_ready (started, not draining, no rejected policy source); plain
+    ``ready``/``draining`` flags for anything agent-like that lacks it."""
+    return agent.is_ready() if hasattr(agent, "is_ready") else bool(agent.ready and not agent.draining)
 
 
 def metrics_text(agent) -> bytes:
@@ -40,7 +50,7 @@ def _agent_gauges(agent) -> str:
         f"hostmesh_workloads {len(agent.registry)}",
         "# HELP hostmesh_ready 1 when the agent reports ready.",
         "# TYPE hostmesh_ready gauge",
-        f"hostmesh_ready {int(agent.ready and not agent.draining)}",
+        f"hostmesh_ready {int(_ready(agent))}",
         "# HELP hostmesh_events_total Agent events by name (refusals, handshakes, decisions).",
         "# TYPE hostmesh_events_total counter",
     ]

@@ -15,7 +15,7 @@ import signal
 
 import trio
 
-from agent.app import Agent, load_policy_dir
+from agent.app import Agent
 from agent.config import Config
 from agent.state.workloads import WorkloadError, workload_from_json
 
@@ -46,7 +46,10 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
         if worker is None:
             await _start_http(agent, root)
         agent.ready = True
-        logger.info("ready", extra={"node": config.node.name, "workloads": len(agent.registry)})
+        if agent.is_ready():
+            logger.info("ready", extra={"node": config.node.name, "workloads": len(agent.registry)})
+        else:
+            logger.error("started but NOT ready: %s", agent.not_ready_reason(), extra={"node": config.node.name})
         await agent.drain_requested.wait()
         await _drain(agent, listeners)
         root.cancel_scope.cancel()
@@ -116,10 +119,11 @@ async def _start_node(agent: Agent, nursery: trio.Nursery):
 
 
 async def _load_state(agent: Agent, nursery: trio.Nursery, discovery) -> None:
-    """The config's workloads and policies, the API-registered workloads, then what
-    Kubernetes lists; then capture drops the pods a predecessor enrolled that none of
-    these know."""
+    """The config's workloads, the API-registered workloads, the policy directory and
+    the API-applied policies (agent.policy_sources), then what Kubernetes lists; then
+    capture drops the pods a predecessor enrolled that none of these know."""
     _load_static_state(agent)
+    await agent.policy_sources.load_at_start()
     if discovery is not None:
         from agent.k8s.discovery import run as run_discovery
 
@@ -193,12 +197,6 @@ def _load_static_state(agent: Agent) -> None:
         except WorkloadError as e:
             logger.error("workload %s: %s", wc.uid, e)
     agent.load_api_workloads()
-    if cfg.policies.dir:
-        try:
-            for source, docs in load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace).items():
-                agent.policies.replace_source(source, docs)
-        except ValueError as e:
-            logger.error("%s", e)
 
 
 async def _start_admin(agent: Agent, nursery: trio.Nursery) -> None:

@@ -141,13 +141,20 @@ def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int]) -> lis
 
 
 def policy(quick: bool) -> list[dict]:
-    from agent.rbac.bench import run_policy_bench
+    from agent.rbac.bench import run_load_stall_bench, run_policy_bench
 
-    r = run_policy_bench(n_policies=2000 if quick else 10000, n_namespaces=200 if quick else 1000)
+    n, ns = (2000, 200) if quick else (10000, 1000)
+    r = run_policy_bench(n_policies=n, n_namespaces=ns)
+    # the worst delay of a decision on the trio thread while the set is PUT through the
+    # agent's own path (parsed, compiled, saved beside it; swapped in atomically)
+    s = run_load_stall_bench(n_policies=n, n_namespaces=ns)
     return [row("policy-10k", "hostmesh", "decision_p99_us", r["decision_p99_us"]),
             row("policy-10k", "hostmesh", "decision_p50_us", r["decision_p50_us"]),
             row("policy-10k", "hostmesh", "load_s", r["load_s"]),
-            row("policy-10k", "hostmesh", "load_yaml_s", r["load_yaml_s"])]
+            row("policy-10k", "hostmesh", "load_yaml_s", r["load_yaml_s"]),
+            row("policy-10k", "hostmesh", "load_decision_delay_max_ms", s["load_decision_delay_max_ms"]),
+            row("policy-10k", "hostmesh", "load_decision_delay_p99_ms", s["load_decision_delay_p99_ms"]),
+            row("policy-10k", "hostmesh", "idle_decision_delay_max_ms", s["idle_decision_delay_max_ms"])]
 
 
 def wait_ready(lab: Lab) -> None:

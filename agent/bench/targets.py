@@ -68,6 +68,11 @@ def compute(results: list[dict]) -> list[dict[str, Any]]:
     out.append(_row("policy decision p99 us (10k policies)", v, "< 20", v is not None and v < 20))
     v = g("policy-10k", "hostmesh", "load_s")
     out.append(_row("policy load s (10k policies)", v, "< 1", v is not None and v < 1))
+    # issue 15: loading 10,000 policies must not delay a decision by more than a few ms
+    v = g("policy-10k", "hostmesh", "load_decision_delay_p99_ms")
+    out.append(_row("decision delay p99 ms while 10k policies load", v, "<= 5", v is not None and v <= 5))
+    v = g("policy-10k", "hostmesh", "load_decision_delay_max_ms")
+    out.append(_row("decision delay max ms while 10k policies load", v, "<= 10", v is not None and v <= 10))
 
     se, re_ = g("bulk-1", "hostmesh", "gbit_s"), g("bulk-1", "hostmesh-trio-relay", "gbit_s")
     v = se / re_ if se and re_ else None

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_init(args) -> int:
     from agent.identity import spiffe, store
 
-    if not spiffe._TD.match(args.trust_domain):
+    if not spiffe.is_trust_domain(args.trust_domain):
         raise CliError(f"--trust-domain {args.trust_domain!r} is not a valid SPIFFE trust domain")
     try:
         root = store.init_dir(args.dir, args.trust_domain, rotate=args.rotate)

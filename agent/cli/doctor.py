@@ -96,6 +96,10 @@ def checks(cfg, sock_path: str) -> list[tuple[str, str, str]]:
         try:
             from agent.admin.client import AdminClient
 
+            _code, st = AdminClient(sock_path, timeout=3).request("GET", "/v1/status")
+            for p in (st or {}).get("problems") or []:  # a rejected policy source: not ready
+                out.append(("FAIL", f"policy source rejected, node not ready: {p['error']}",
+                            f"fix {p['source']}, then hostmesh ctl reload"))
             code, certs = AdminClient(sock_path, timeout=3).request("GET", "/v1/certs")
             for c in certs or []:
                 left = c.get("expires_in_s") or 0

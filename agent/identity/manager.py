@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
-from agent.identity import ca, schedule, spiffe, tls
+from agent.identity import ca, pem, schedule, spiffe, tls, validate
 
 logger = logging.getLogger("hostmesh.identity")
 _SHA256 = hashes.SHA256()
@@ -183,14 +183,7 @@ class IdentityManager:
             d = Path(self.cfg.cert_dir) / ns / sa
             self._dir_seen[(ns, sa)] = self._dir_stamp(ns, sa)  # bad files are retried on change or backoff
             chain_pem, key_pem = (d / "cert.pem").read_bytes(), (d / "key.pem").read_bytes()
-            cert = ca.load_certs(chain_pem)[0]
-            # an external issuer's files are checked like a peer would: wrong identity or a
-            # key that is not the certificate's keeps the SVID in force (a renewal failure)
-            uris = _uri_sans(cert)
-            if uris != [sid]:
-                raise ValueError(f"{d}/cert.pem is for {uris or 'no URI SAN'}, not {sid}")
-            if ca.load_key(key_pem).public_key().public_numbers() != cert.public_key().public_numbers():
-                raise ValueError(f"{d}/key.pem is not the key of {d}/cert.pem")
+            cert = _check_issued_files(d, chain_pem, key_pem, sid, self.bundle_pem, self.td)
         else:
             if self.issuer is None:
                 raise RuntimeError("no CA configured (identity.ca_cert/ca_key) and no cert_dir")
@@ -285,6 +278,26 @@ def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
         return True
     except (ValueError, TypeError, InvalidSignature):
         return False
+
+
+def _check_issued_files(d: Path, chain_pem: bytes, key_pem: bytes, sid: str, bundle_pem: bytes,
+                        trust_domain: str) -> x509.Certificate:
+    """An external issuer's files, checked as a peer's certificate would be (X509-SVID
+    5, RFC 5280 6.1: leaf rules, chain to the bundle, every certificate on the path in
+    its window) and for the identity and key: anything wrong raises ValueError, and the
+    SVID in force stays (a renewal failure)."""
+    try:
+        chain, _key = pem.parse_svid(chain_pem, key_pem, f"{d}/cert.pem + key.pem")
+        roots = pem.parse_bundle(bundle_pem, "trust bundle")
+    except pem.PemError as e:
+        raise ValueError(f"{e} ({e.reason})") from None
+    uris = _uri_sans(chain[0])
+    if uris != [sid]:
+        raise ValueError(f"{d}/cert.pem is for {uris or 'no URI SAN'}, not {sid}")
+    v = validate.validate_peer(chain, roots, trust_domain, dt.datetime.now(dt.UTC), expected_id=sid)
+    if not v.ok:
+        raise ValueError(f"{d}/cert.pem refused: {v.reason}: {v.detail}")
+    return chain[0]
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:

@@ -18,6 +18,7 @@ import tempfile
 import trio
 from cryptography import x509
 
+from agent.identity import spiffe
 from agent.identity.validate import PeerVerdict, reason_from_tls_error, validate_leaf
 
 
@@ -97,7 +98,7 @@ async def tls_handshake_client(sock: socket.socket, ctx: ssl.SSLContext, server_
         tls.close()
         raise _classify(e) from None
     if expected_id is not None or trust_domain is not None:
-        td = trust_domain or expected_id.split("/")[2]
+        td = trust_domain or spiffe.parse_id(expected_id)[0]
         v = validate_leaf(peer_leaf(tls), td, expected_id)
         if not v.ok:
             tls.close()

@@ -85,6 +85,7 @@ class Discovery:
         self._conflicts: set[str] = set()  # what was logged already
         self._skipped: set[str] = set()
         self._changed = trio.Event()
+        self._policies_changed = trio.Event()  # policy_loop parses them beside the trio thread
         self.counts = {"lists": 0, "relists_410": 0, "watch_restarts": 0, "errors": 0, "events": 0,
                        "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
         self._api = None
@@ -280,22 +281,22 @@ class Discovery:
         self.apply()
 
     def _apply_policies(self, docs: list[dict]) -> None:
-        from agent.rbac.loader import PolicyError, load_documents
-
         if docs == self.policy_docs:
             return
         self.policy_docs = docs
-        loaded = []
-        for doc in docs:
-            m = doc["metadata"]
-            where = f"kubernetes:{doc['kind']}/{m.get('namespace')}/{m.get('name')}"
-            try:
-                loaded += load_documents(json.dumps(doc), where, self.agent.config.policies.root_namespace)
-            except PolicyError as e:
+        self._policies_changed.set()
+
+    async def policy_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The newest policy objects, parsed and compiled in a thread and swapped in
+        atomically (agent.policy_sources); a bad object is skipped and counted."""
+        task_status.started()
+        while True:
+            await self._policies_changed.wait()
+            self._policies_changed = trio.Event()
+            skipped = await self.agent.policy_sources.replace_raw("kubernetes", list(self.policy_docs or ()), _where)
+            for _ in range(skipped):
                 self.count("policies_rejected")
-                logger.warning("policy skipped: %s", e)
-        self.agent.policies.replace_source("kubernetes", loaded)
-        self.agent.recheck_connections()
+            self.agent.recheck_connections()
 
     def stats(self) -> dict:
         return dict(self.counts, versions=dict(self.cache.versions), workloads=len(self.owned))
@@ -313,6 +314,11 @@ def _first(eg: BaseExceptionGroup) -> BaseException:
 def _short(e: BaseException) -> str:
     s = f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
     return s if len(s) < 300 else s[:300] + "..."
+
+
+def _where(doc: dict) -> str:
+    m = doc.get("metadata") or {}
+    return f"kubernetes:{doc.get('kind')}/{m.get('namespace')}/{m.get('name')}"
 
 
 async def start(agent, nursery: trio.Nursery) -> Discovery:
@@ -339,6 +345,7 @@ async def start(agent, nursery: trio.Nursery) -> Discovery:
 
 async def run(d: Discovery, nursery: trio.Nursery) -> None:
     """Steady state: apply what was listed, then watch every kind."""
+    await nursery.start(d.policy_loop)
     d.apply()
     await nursery.start(d.apply_loop)
     for kind in KINDS:

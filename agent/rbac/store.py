@@ -1,10 +1,18 @@
 """The policies in force, indexed so a decision only looks at the policies that apply
 to its workload. Pure state; the admin API, the policy directory and Kubernetes feed
-it. Each file or API call is a ``source``; re-reading a source replaces what it had."""
+it. Each file or API call is a ``source``; re-reading a source replaces what it had.
+
+Changes are two steps so that the expensive one can run beside the thread that decides
+connections: ``prepare_*`` builds a new immutable ``PolicySet`` (grouped by namespace,
+every matcher compiled) from the current one without touching it; ``swap`` puts it in
+force in O(1). A swap names the generation it was prepared from and is refused if
+another change came first (the caller prepares again), so no change is lost. Nothing
+here may mutate a ``PolicySet`` once built: a thread may be reading it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.rbac.matchers import Matcher, compile_policy
 from agent.rbac.model import AuthorizationPolicy, PeerAuthentication
@@ -29,60 +37,110 @@ class Applicable:
 INDEX_MAX = 65536
 
 
+@dataclass(frozen=True)
+class PolicySet:
+    """One generation of policies; never mutated once built."""
+
+    docs: dict[tuple[str, str, str], tuple[Doc, str]] = field(default_factory=dict)  # key -> (doc, source)
+    by_ns: dict[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
+    peer: tuple[PeerAuthentication, ...] = ()
+    compiled: dict[int, tuple[str, Matcher]] = field(default_factory=dict)  # id(policy) -> (ref, matcher)
+
+
+def build_set(docs: dict[tuple[str, str, str], tuple[Doc, str]], compile_all: bool = False,
+              previous: PolicySet | None = None) -> PolicySet:
+    """``previous``: matchers of policies it shares (the same objects) are reused."""
+    by_ns: dict[str, list[AuthorizationPolicy]] = {}
+    peer = []
+    for doc, _ in docs.values():
+        if isinstance(doc, AuthorizationPolicy):
+            by_ns.setdefault(doc.namespace, []).append(doc)
+        else:
+            peer.append(doc)
+    compiled = {}
+    if compile_all:
+        old = previous.compiled if previous is not None else {}
+        for ps in by_ns.values():
+            for p in ps:
+                compiled[id(p)] = old.get(id(p)) or (p.ref, compile_policy(p))
+    return PolicySet(docs, {ns: tuple(ps) for ns, ps in by_ns.items()}, tuple(peer), compiled)
+
+
 class PolicyStore:
     def __init__(self, root_namespace: str = "istio-system") -> None:
         self.root_namespace = root_namespace
-        self._docs: dict[tuple[str, str, str], tuple[Doc, str]] = {}  # (kind, ns, name) -> (doc, source)
-        self._by_ns: dict[str, list[AuthorizationPolicy]] = {}
-        self._peer: list[PeerAuthentication] = []
+        self._set = PolicySet()
         self._index: dict[tuple, Applicable] = {}
-        self._compiled: dict[int, tuple[str, Matcher]] = {}  # id(policy) -> (ref, matcher)
+        self._lazy: dict[int, tuple[str, Matcher]] = {}  # matchers compiled on demand (sync changes)
         self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
+        self.retired: list[tuple] = []
         self.generation = 0
 
-    def _rebuild(self) -> None:
-        self._by_ns = {}
-        self._peer = []
-        for doc, _ in self._docs.values():
-            if isinstance(doc, AuthorizationPolicy):
-                self._by_ns.setdefault(doc.namespace, []).append(doc)
-            else:
-                self._peer.append(doc)
-        self._index.clear()
-        self._by_obj.clear()
-        self._compiled.clear()
-        self.generation += 1
-
-    def apply(self, docs: list[Doc], source: str) -> None:
+    # ---- preparing a change (pure; safe beside the deciding thread) -------------------
+    def prepare_apply(self, docs: list[Doc], source: str, compile_all: bool = True) -> PolicySet:
+        new = dict(self._set.docs)
         for d in docs:
-            self._docs[(d.kind, d.namespace, d.name)] = (d, source)
-        self._rebuild()
+            new[(d.kind, d.namespace, d.name)] = (d, source)
+        return build_set(new, compile_all, self._set)
+
+    def prepare_sources(self, sources: dict[str, list[Doc]], only: bool = False,
+                        compile_all: bool = True) -> PolicySet:
+        """Each of ``sources`` replaces what that source had; ``only``: every other
+        source is dropped too (a worker taking the supervisor's whole state)."""
+        keep = {} if only else {k: v for k, v in self._set.docs.items() if v[1] not in sources}
+        for source, docs in sources.items():
+            for d in docs:
+                keep[(d.kind, d.namespace, d.name)] = (d, source)
+        return build_set(keep, compile_all, self._set)
+
+    def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
+        new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
+        return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None
+
+    def swap(self, new: PolicySet, base_generation: int | None = None) -> bool:
+        """Put ``new`` in force (O(1)); False when prepared from an older generation."""
+        if base_generation is not None and base_generation != self.generation:
+            return False
+        # what the old generation held, freed by whoever clears ``retired`` (a thread:
+        # freeing 10,000 compiled policies takes tens of ms)
+        self.retired.append((self._set, self._index, self._lazy, self._by_obj))
+        self._set = new
+        self._index, self._lazy, self._by_obj = {}, {}, {}
+        self.generation += 1
+        if len(self.retired) > 1:  # nobody collects them (tests, sync callers): free now
+            del self.retired[:-1]
+        return True
+
+    def snapshot(self) -> PolicySet:
+        """The set in force (immutable: safe to read from a thread)."""
+        return self._set
+
+    # ---- immediate changes (tests, small updates) ------------------------------------
+    def apply(self, docs: list[Doc], source: str) -> None:
+        self.swap(self.prepare_apply(docs, source, compile_all=False))
 
     def replace_source(self, source: str, docs: list[Doc]) -> None:
-        self._docs = {k: v for k, v in self._docs.items() if v[1] != source}
-        self.apply(docs, source)
+        self.swap(self.prepare_sources({source: docs}, compile_all=False))
 
     def sources(self) -> dict[str, list[Doc]]:
         """Every source (a file, ``admin-api``, ``kubernetes``...) with its documents."""
         out: dict[str, list[Doc]] = {}
-        for _key, (doc, source) in sorted(self._docs.items()):
+        for _key, (doc, source) in sorted(self._set.docs.items()):
             out.setdefault(source, []).append(doc)
         return out
 
     def delete(self, namespace: str, name: str) -> bool:
-        keys = [k for k in self._docs if k[1] == namespace and k[2] == name]
-        for k in keys:
-            del self._docs[k]
-        if keys:
-            self._rebuild()
-        return bool(keys)
+        new = self.prepare_delete(namespace, name, compile_all=False)
+        if new is not None:
+            self.swap(new)
+        return new is not None
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return len(self._set.docs)
 
     def list(self) -> list[dict]:
         out = []
-        for (kind, ns, name), (doc, source) in sorted(self._docs.items()):
+        for (kind, ns, name), (doc, source) in sorted(self._set.docs.items()):
             item = {"kind": kind, "namespace": ns, "name": name, "source": source}
             if isinstance(doc, AuthorizationPolicy):
                 item.update(action=doc.action, dry_run=doc.dry_run, rules=len(doc.rules),
@@ -114,7 +172,8 @@ class PolicyStore:
         hit = self._index.get(key)
         if hit is not None:
             return hit
-        pols = [p for ns in {namespace, self.root_namespace} for p in self._by_ns.get(ns, ())
+        by_ns = self._set.by_ns
+        pols = [p for ns in {namespace, self.root_namespace} for p in by_ns.get(ns, ())
                 if self._selects(p.selector, labels)]
         enforced = [p for p in pols if not p.dry_run]
         m = self._matcher
@@ -132,10 +191,10 @@ class PolicyStore:
 
     def _matcher(self, p: AuthorizationPolicy) -> tuple[str, Matcher]:
         """Compiled once per store generation, shared by every workload it applies to."""
-        hit = self._compiled.get(id(p))
+        hit = self._set.compiled.get(id(p)) or self._lazy.get(id(p))
         if hit is None:
-            hit = self._compiled[id(p)] = (p.ref, compile_policy(p))
+            hit = self._lazy[id(p)] = (p.ref, compile_policy(p))
         return hit
 
-    def peer_authentications(self) -> list[PeerAuthentication]:
-        return self._peer
+    def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
+        return self._set.peer

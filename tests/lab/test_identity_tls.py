@@ -124,3 +124,35 @@ def test_underlay_carries_only_tls_never_the_marker(mesh, tmp_path):
     assert len(raw) > len(marker), f"tcpdump captured the transfer: {dump.stderr.read()}"
     assert b"\x17\x03\x03" in raw  # TLS application-data records on the wire
     assert b"HOSTMESH-MARKER" not in raw
+
+
+def test_leaf_key_usage_and_bad_intermediates_are_refused_by_name_in_the_handshake(mesh, tmp_path):
+    """Issue 15 items 6 and 9: a leaf with keyCertSign or cRLSign, or without
+    digitalSignature, passes OpenSSL's chain check and is refused by the SPIFFE leaf
+    rules (leaf_key_usage); a non-CA or keyCertSign-less intermediate is untrusted."""
+    import datetime as dt
+
+    from tests.unit.svid_vectors import Spec, mint
+
+    pki = lab_pki(mesh)
+    now = dt.datetime.now(dt.UTC)
+    sid = "spiffe://cluster.local/ns/front/sa/client-sa"
+    node = (pki.node, pki.node_key)
+    bad_inter = mint(Spec("not a ca", at=now, ca=False, ku=("key_cert_sign",), uris=()), (pki.root, pki.root_key))
+    no_sign = mint(Spec("no certsign", at=now, ca=True, ku=("crl_sign",)), (pki.root, pki.root_key))
+    cases = {
+        "leaf_key_usage": [(node, {"ku": ("digital_signature", "key_cert_sign")}),
+                           (node, {"ku": ("digital_signature", "crl_sign")}), (node, {"ku": ("key_agreement",)})],
+        "untrusted": [(bad_inter, {}), (no_sign, {})],
+    }
+    before = mesh.stats(0)
+    for reason, variants in cases.items():
+        for i, (issuer, kw) in enumerate(variants):
+            leaf, key = mint(Spec("client", at=now, uris=(sid,), **kw), issuer)
+            out = attempt(mesh, tmp_path, ca.cert_pem(leaf, issuer[0]), ca.key_pem(key), f"{reason}-{i}")
+            assert "200" not in out, (reason, kw, out)
+    time.sleep(0.3)
+    after = mesh.stats(0)
+    assert after.get("peer_rejected_leaf_key_usage", 0) - before.get("peer_rejected_leaf_key_usage", 0) == 3
+    assert after.get("peer_rejected_untrusted", 0) - before.get("peer_rejected_untrusted", 0) == 2
+    assert after.get("peer_rejected_leaf_is_ca", 0) == before.get("peer_rejected_leaf_is_ca", 0)

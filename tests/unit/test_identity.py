@@ -3,12 +3,14 @@
 import datetime as dt
 
 import pytest
+from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.identity import ca, schedule, spiffe
+from agent.identity import ca, pem, schedule, spiffe, validate
 from agent.identity.testing import bad_svids, make_pki
 from agent.identity.validate import REASONS, validate_leaf, validate_peer
+from tests.unit import svid_vectors as vectors
 
 
 def now() -> dt.datetime:
@@ -39,6 +41,146 @@ def test_spiffe_parse_never_crashes(s):
         spiffe.parse(s)
     except spiffe.SpiffeError:
         pass
+
+
+# SPIFFE-ID.md written out as character sets, independently of spiffe.py's patterns.
+_TD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+_SEG_CHARS = _TD_CHARS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def grammar_accepts(s: str) -> bool:
+    if not s.startswith("spiffe://") or len(s.encode("utf-8", "surrogatepass")) > 2048:
+        return False
+    td, sep, path = s[len("spiffe://"):].partition("/")
+    if not td or len(td) > 255 or not set(td) <= _TD_CHARS:
+        return False
+    return not sep or all(seg not in ("", ".", "..") and set(seg) <= _SEG_CHARS for seg in path.split("/"))
+
+
+_near = st.text(alphabet="abcAZ09.-_/:%@?#\n\r\t \x00é", max_size=12)
+_ids = st.builds(lambda scheme, td, segs, tail: scheme + td + "".join("/" + x for x in segs) + tail,
+                 st.sampled_from(["spiffe://", "SPIFFE://", "spiffe:/", "spiffe:", "http://", ""]),
+                 st.one_of(st.sampled_from(["cluster.local", "example.org", ""]), _near),
+                 st.lists(st.one_of(st.sampled_from(["ns", "sa", "web", ".", "..", ""]), _near), max_size=5),
+                 st.sampled_from(["", "\n", "/", "\r\n", " ", "?q", "#f"]))
+
+
+@given(st.one_of(_ids, st.text(max_size=60)))
+def test_no_string_the_grammar_refuses_parses(s):
+    """SPIFFE-ID.md's grammar exactly: refused strings raise, accepted ones parse, and a
+    workload ID is one of those with the /ns/<ns>/sa/<sa> form."""
+    if grammar_accepts(s):
+        td, segs = spiffe.parse_id(s)
+        assert "spiffe://" + td + "".join("/" + x for x in segs) == s
+    else:
+        with pytest.raises(spiffe.SpiffeError):
+            spiffe.parse_id(s)
+        with pytest.raises(spiffe.SpiffeError):
+            spiffe.parse(s)
+        if s.startswith("spiffe://"):
+            assert spiffe.parse_principal(s) is None
+
+
+@pytest.mark.parametrize("uri", [ID + "\n", "spiffe://cluster.local\n/ns/shop/sa/web", ID + "/",
+                                 "spiffe://cluster.local/ns/shop/sa/we b", "spiffe://" + "a" * 256 + "/ns/a/sa/b",
+                                 "spiffe://cluster.local/ns/shop/sa/" + "a" * 2048, "spiffe://user@td/ns/a/sa/b"])
+def test_spiffe_edge_cases_refused(uri):
+    with pytest.raises(spiffe.SpiffeError):
+        spiffe.parse(uri)
+    assert spiffe.parse_principal(uri.removeprefix("spiffe://")) is None
+
+
+def test_trust_domain_check_is_exact():
+    assert spiffe.is_trust_domain("cluster.local") and not spiffe.is_trust_domain("cluster.local\n")
+    assert spiffe.parse_id("spiffe://example.org") == ("example.org", ())
+    assert spiffe.parse_principal("cluster.local/ns/a/sa/b") == spiffe.SpiffeId("cluster.local", "a", "b")
+
+
+# ---- the vector table: one test per row, the validator a parameter --------------------
+# A second implementation (the native core) is added here, with the same signature:
+# (chain DER list, roots DER list, trust domain, now, expected id) -> .ok/.reason/.spiffe_id
+VALIDATORS = {"python": validate.validate_der}
+# ... and its profile check (go-spiffe's x509svid.Parse): (chain DER list) -> verdict
+PROFILES = {"python": validate.svid_profile_der}
+SPEC_CASES = vectors.spec_cases()
+
+
+@pytest.fixture(params=sorted(VALIDATORS))
+def validator(request):
+    return VALIDATORS[request.param]
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def profile(request):
+    return PROFILES[request.param]
+
+
+def _check(validator, case: vectors.Case):
+    v = validator(case.chain, case.roots, case.trust_domain, vectors.NOW, case.expected_id)
+    assert (v.ok, v.reason) == (not case.want, case.want), f"{case.name} ({case.source}): {v}"
+    assert v.reason == "" or v.reason in REASONS
+    if v.ok:
+        assert v.spiffe_id == ID
+
+
+@pytest.mark.parametrize("case", SPEC_CASES, ids=[c.name for c in SPEC_CASES])
+def test_spec_rule(validator, case):
+    _check(validator, case)
+
+
+@pytest.mark.parametrize("f", vectors.GO_SPIFFE_FILES, ids=[f.cert for f in vectors.GO_SPIFFE_FILES])
+def test_go_spiffe_profile_reminted(validator, f):
+    _check(validator, vectors.reminted(f))
+
+
+@pytest.mark.parametrize("f", vectors.GO_SPIFFE_FILES, ids=[f.cert for f in vectors.GO_SPIFFE_FILES])
+def test_go_spiffe_file_as_shipped(profile, f):
+    """Age and ID form do not decide the profile check, so the files run unchanged."""
+    certs = x509.load_pem_x509_certificates((vectors.SVID_DIR / f.cert).read_bytes())
+    v = profile(vectors.der(*certs))
+    assert (v.ok, v.reason) == (not f.shipped, f.shipped), f"{f.cert} ({f.go_test}): {v}"
+    if v.ok:
+        assert v.spiffe_id == "spiffe://example.org/workload-1"
+
+
+def test_go_spiffe_files_as_shipped_are_expired_for_full_validation(validator):
+    """The shipped files ended in 2025 (ECDSA: 2020): full validation must say so."""
+    certs = x509.load_pem_x509_certificates((vectors.SVID_DIR / "good-leaf-and-intermediate.pem").read_bytes())
+    v = validator(vectors.der(certs[0], certs[1]), vectors.der(certs[1]), "example.org", vectors.NOW)
+    assert (v.ok, v.reason) == (False, "expired")
+
+
+@pytest.mark.parametrize("cert, key, want", vectors.GO_SPIFFE_FILE_LOADS)
+def test_go_spiffe_svid_files_load(cert, key, want):
+    def load():
+        return pem.parse_svid((vectors.SVID_DIR / cert).read_bytes(), (vectors.SVID_DIR / key).read_bytes())
+
+    if not want:
+        chain, _ = load()
+        assert chain
+    else:
+        with pytest.raises(pem.PemError) as e:
+            load()
+        assert e.value.reason == want
+
+
+@pytest.mark.parametrize("name, want", vectors.GO_SPIFFE_BUNDLES)
+def test_go_spiffe_bundles(name, want):
+    data = (vectors.BUNDLE_DIR / name).read_bytes()
+    if isinstance(want, int):
+        assert len(pem.parse_bundle(data)) == want
+    else:
+        with pytest.raises(pem.PemError) as e:
+            pem.parse_bundle(data)
+        assert e.value.reason == want
+
+
+def test_openssl_codes_name_intermediate_problems_untrusted():
+    """Item 9: an intermediate that is not a CA (79, 24) or lacks keyCertSign (32) is
+    ``untrusted``; malformed validity fields (13, 14) are their own reason."""
+    assert [validate.reason_from_tls_error(c, "") for c in (79, 24, 32, 13, 14, 34, 10, 9)] == [
+        "untrusted", "untrusted", "untrusted", "bad_validity", "bad_validity", "unknown_critical_extension",
+        "expired", "not_yet_valid"]
 
 
 def test_sni_is_dns_safe_and_distinct():
@@ -182,3 +324,45 @@ def test_cert_dir_files_are_reread_when_they_change(tmp_path):
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_cert_dir_files_are_checked_like_a_peer(tmp_path):
+    """Item 8: what an external issuer writes into cert_dir passes the leaf rules and
+    chains to the bundle, not only the URI and key checks."""
+
+    from agent.identity.manager import _check_issued_files
+
+    at = dt.datetime.now(dt.UTC)
+    root = vectors.mint(vectors.Spec("root", ca=True, at=at), None)
+    inter = vectors.mint(vectors.Spec("node", ca=True, at=at), root)
+    old = vectors.mint(vectors.Spec("node", ca=True, at=at, start=-90 * vectors.HOUR, end=-vectors.HOUR), root)
+    other = vectors.mint(vectors.Spec("other", ca=True, at=at), None)
+
+    def files(issuer=inter, **kw):
+        leaf, key = vectors.mint(vectors.Spec("leaf", at=at, **kw), issuer)
+        return ca.cert_pem(leaf, issuer[0]), ca.key_pem(key)
+
+    def check(chain_pem, key_pem):
+        return _check_issued_files(tmp_path, chain_pem, key_pem, ID, ca.cert_pem(root[0]), "cluster.local")
+
+    assert check(*files()).subject.rfc4514_string() == "CN=leaf,O=hostmesh-test"
+    for issuer, kw, reason in [(inter, {"ku": ("digital_signature", "key_cert_sign")}, "leaf_key_usage"),
+                               (inter, {"ca": True, "uris": (ID,), "ku": ("digital_signature",)}, "leaf_is_ca"), (other, {}, "untrusted"),
+                               (old, {}, "expired")]:
+        with pytest.raises(ValueError, match=f"refused: {reason}: "):
+            check(*files(issuer, **kw))
+    with pytest.raises(ValueError, match=r"\(key_mismatch\)"):
+        check(files()[0], files()[1])
+    with pytest.raises(ValueError, match="not spiffe://cluster.local/ns/shop/sa/web"):
+        check(*files(uris=("spiffe://cluster.local/ns/shop/sa/db",)))
+
+
+def test_config_trust_domain_follows_the_grammar():
+    from pydantic import ValidationError
+
+    from agent.config import IdentityConfig
+
+    assert IdentityConfig(trust_domain="example.org").trust_domain == "example.org"
+    for bad in ("cluster.local\n", "Cluster.local", "td:8080", ""):
+        with pytest.raises(ValidationError, match="is not a SPIFFE trust domain"):
+            IdentityConfig(trust_domain=bad)

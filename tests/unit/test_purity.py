@@ -20,6 +20,7 @@ PURE = [
     "agent.rbac.evaluate",
     "agent.identity.spiffe",
     "agent.identity.validate",
+    "agent.identity.pem",
     "agent.identity.schedule",
     "agent.identity.ca",
     "agent.telemetry.batcher",
