@@ -1,0 +1,225 @@
+"""The CA service's gRPC shell: ``IstioCertificateService/CreateCertificate`` over TLS,
+node client certificates verified by the handshake and then by ``decide``; an audit
+line per issued and per refused certificate; counters; reload on SIGHUP and when the
+configuration or a file it names changes. Decides nothing itself (``decide`` does) and
+never holds a lock while signing.
+
+Threads, not trio: grpcio's server is a thread pool; ``max_concurrent`` bounds calls in
+flight (more get RESOURCE_EXHAUSTED at once), ``signers`` bounds signatures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from cryptography import x509
+
+from agent.casvc import decide, protocol
+from agent.casvc.authority import Authority, load_authority
+from agent.config import ConfigError
+
+logger = logging.getLogger("hostmesh.casvc")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Audit:
+    """One JSON line per issued or refused certificate (stderr or an append-only file)."""
+
+    def __init__(self, target: str) -> None:
+        self._f = sys.stderr if target == "stderr" else open(target, "a", buffering=1)  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def write(self, rec: dict) -> None:
+        line = json.dumps({"type": "ca_audit", "time": _now().isoformat(timespec="milliseconds"), **rec})
+        with self._lock:
+            self._f.write(line + "\n")
+            self._f.flush()
+
+
+class CaService:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.authority: Authority = load_authority(config_path, _now())
+        self.audit = Audit(self.authority.settings.audit_log)
+        self._signers = threading.BoundedSemaphore(self.authority.settings.signers)
+        self.counters: dict[str, int] = {}
+        self._clock = threading.Lock()
+        self._tls_changed = False
+        self._stamp = self._stamps()
+
+    def count(self, name: str) -> None:
+        with self._clock:
+            self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ---- the call ------------------------------------------------------------------
+    def create_certificate(self, raw: bytes, context: grpc.ServicerContext):
+        a = self.authority  # one consistent snapshot for the whole call
+        now = _now()
+        peer = context.peer()
+        caller = self._caller(context, a, now)
+        try:
+            msg = protocol.parse_request(raw)
+            req = decide.Request(msg.csr, msg.validity_duration,
+                                 protocol.metadata_string(msg, protocol.IMPERSONATED_IDENTITY))
+        except Exception as e:  # noqa: BLE001 - DecodeError and friends: the bytes are not the message
+            d = caller if isinstance(caller, decide.Decision) else decide.refuse(
+                "malformed_request", f"not an IstioCertificateRequest: {e}", caller.node)
+            return self._refuse(context, d, peer, caller)
+        d = decide.authorize(req, caller, a.view)
+        if not d.ok:
+            return self._refuse(context, d, peer, caller)
+        with self._signers:
+            leaf, chain = a.sign(d, now)
+        self.count("issued")
+        self.audit.write({"verdict": "issued", "node": d.node, "via": _via(caller), "peer": peer,
+                          "identity": d.spiffe_id, "serial": format(leaf.serial_number, "x"),
+                          "not_after": leaf.not_valid_after_utc.isoformat()})
+        return protocol.Response(cert_chain=chain)
+
+    def _caller(self, context, a: Authority, now: dt.datetime) -> decide.Caller | decide.Decision:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        chain = []
+        for p in pems:
+            try:
+                chain.extend(x509.load_pem_x509_certificates(p))
+            except ValueError:
+                pass
+        return decide.authenticate_certificate(chain, a.node_roots, a.view.identities_on.keys(), now)
+
+    def _refuse(self, context, d: decide.Decision, peer: str, caller):
+        self.count(f"refused_{d.reason}")
+        self.audit.write({"verdict": "refused", "node": d.node, "via": _via(caller), "peer": peer,
+                          "reason": d.reason, "code": d.code, "message": d.message})
+        context.abort(getattr(grpc.StatusCode, d.code), f"{d.reason}: {d.message}")
+
+    # ---- reload --------------------------------------------------------------------
+    def _stamps(self) -> tuple:
+        out = []
+        for f in [self.config_path, *self.authority.settings.files()]:
+            try:
+                st = os.stat(f)
+                out.append((f, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append((f, None))
+        return tuple(out)
+
+    def reload(self, why: str) -> bool:
+        """All or nothing: a file that does not load keeps what is in force (logged, counted)."""
+        try:
+            new = load_authority(self.config_path, _now())
+        except ConfigError as e:
+            self.count("reload_failures")
+            logger.error("CA configuration not reloaded (%s): %s", why, e)
+            self._stamp = self._stamps()
+            return False
+        if new.node_roots_pem != self.authority.node_roots_pem:
+            self._tls_changed = True
+        self.authority = new
+        self._stamp = self._stamps()
+        self.count("reloads")
+        logger.info("CA configuration reloaded", extra={"why": why, "nodes": len(new.view.identities_on)})
+        return True
+
+    def changed_on_disk(self) -> bool:
+        return self._stamps() != self._stamp
+
+    def tls_config(self):
+        a = self.authority
+        return grpc.ssl_server_certificate_configuration([(a.server_key_pem, a.server_cert_pem)],
+                                                         root_certificates=a.node_roots_pem)
+
+    def tls_fetch(self):
+        """grpcio asks before each handshake: a new configuration only after a reload
+        changed the node credential roots (the service's own certificate stays)."""
+        if not self._tls_changed:
+            return None
+        self._tls_changed = False
+        return self.tls_config()
+
+    def metrics_text(self) -> str:
+        with self._clock:
+            items = sorted(self.counters.items())
+        lines = ["# HELP hostmesh_ca_events_total CA service events: issued, refused_<reason>, reloads.",
+                 "# TYPE hostmesh_ca_events_total counter"]
+        lines += [f'hostmesh_ca_events_total{{event="{k}"}} {v}' for k, v in items]
+        return "\n".join(lines) + "\n"
+
+
+def _via(caller) -> str | None:
+    return caller.via if isinstance(caller, decide.Caller) else None
+
+
+def build_server(svc: CaService) -> tuple[grpc.Server, int]:
+    s = svc.authority.settings
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=min(32, s.max_concurrent)),
+                         maximum_concurrent_rpcs=s.max_concurrent)
+    handler = grpc.unary_unary_rpc_method_handler(svc.create_certificate, request_deserializer=None,
+                                                  response_serializer=protocol.serialize_response)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        protocol.SERVICE, {"CreateCertificate": handler}),))
+    creds = grpc.dynamic_ssl_server_credentials(svc.tls_config(), svc.tls_fetch,
+                                                require_client_authentication=True)
+    port = server.add_secure_port(s.listen, creds)
+    if port == 0:
+        raise ConfigError(f"listen: cannot bind {s.listen}")
+    return server, port
+
+
+def _serve_metrics(svc: CaService, hostport: str) -> ThreadingHTTPServer:
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = svc.metrics_text().encode() if self.path == "/metrics" else b"not found\n"
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    host, _, port = hostport.rpartition(":")
+    httpd = ThreadingHTTPServer((host, int(port)), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True, name="ca-metrics").start()
+    return httpd
+
+
+def serve(config_path: str) -> int:
+    """`hostmesh ca serve`: until SIGTERM/SIGINT; SIGHUP or a changed file reloads."""
+    svc = CaService(config_path)
+    server, port = build_server(svc)
+    server.start()
+    if svc.authority.settings.metrics_listen:
+        _serve_metrics(svc, svc.authority.settings.metrics_listen)
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    logger.info("CA service listening", extra={"listen": svc.authority.settings.listen, "port": port,
+                                               "nodes": len(svc.authority.view.identities_on)})
+    while not stop.is_set():
+        stop.wait(svc.authority.settings.watch_interval_s)
+        if hup.is_set():
+            hup.clear()
+            svc.reload("SIGHUP")
+        elif svc.changed_on_disk():
+            time.sleep(0.05)  # let a writer finish the file
+            svc.reload("file changed")
+    server.stop(grace=2).wait()
+    logger.info("CA service stopped")
+    return 0
