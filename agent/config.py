@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent import yamlpos
 
@@ -157,11 +157,33 @@ class IdentityConfig(_Model):
     trust_bundle: str | None = None
     # Alternatively SVIDs dropped by an external issuer: <dir>/<ns>/<sa>/{cert,key}.pem
     cert_dir: str | None = None
+    # Or a CA service (`hostmesh ca serve`, or istiod) signs CSRs for keys made here, so
+    # this node holds no signing key (docs/identity.md, "The CA service"): its host:port,
+    # the PEM roots that verify its TLS certificate (also the trust bundle unless
+    # trust_bundle is set), and the node credential: a client certificate (mutual TLS)
+    # and/or a bearer token file (istiod: a projected token with audience istio-ca).
+    ca_address: str | None = None
+    ca_root: str | None = None
+    ca_credential_cert: str | None = None
+    ca_credential_key: str | None = None
+    ca_token_path: str | None = None
+    ca_server_name: str | None = None  # TLS name to expect when not the address's host
+    ca_cluster_id: str | None = None  # istiod's "clusterid" call metadata (e.g. Kubernetes)
     ttl_s: float = 24 * 3600
     # Renewal at this fraction of the lifetime, with jitter (SPEC.md: half).
     renew_fraction: float = 0.5
     renew_jitter: float = 0.05
     handshake_timeout_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _one_issuer(self) -> IdentityConfig:
+        if self.ca_address and (self.ca_cert or self.ca_key):
+            raise ValueError("ca_address replaces ca_cert/ca_key: a node that asks a CA service holds no signing key")
+        if self.ca_address and not self.ca_root:
+            raise ValueError("ca_address needs ca_root (the PEM roots that verify the CA service)")
+        if bool(self.ca_credential_cert) != bool(self.ca_credential_key):
+            raise ValueError("ca_credential_cert and ca_credential_key go together")
+        return self
 
 
 class PoliciesConfig(_Model):
