@@ -25,7 +25,8 @@ from agent.identity import spiffe
 
 # reason -> gRPC status code name. UNAUTHENTICATED: who is asking is not established;
 # INVALID_ARGUMENT: the request itself is wrong (istiod answers CSR/TTL errors so);
-# PERMISSION_DENIED: a known node asks for an identity that has no workload on it.
+# PERMISSION_DENIED: a known node asks for an identity that has no workload on it;
+# UNAVAILABLE: the Kubernetes API could not be asked (the caller retries).
 REASONS: dict[str, str] = {
     "no_credential": "UNAUTHENTICATED",
     "credential_expired": "UNAUTHENTICATED",
@@ -35,6 +36,7 @@ REASONS: dict[str, str] = {
     "token_invalid": "UNAUTHENTICATED",
     "token_not_trusted_account": "UNAUTHENTICATED",
     "token_pod_unknown": "UNAUTHENTICATED",
+    "token_review_unavailable": "UNAVAILABLE",
     "malformed_request": "INVALID_ARGUMENT",
     "csr_malformed": "INVALID_ARGUMENT",
     "csr_bad_signature": "INVALID_ARGUMENT",

@@ -1,5 +1,6 @@
 """The CA service's gRPC shell: ``IstioCertificateService/CreateCertificate`` over TLS,
-node client certificates verified by the handshake and then by ``decide``; an audit
+node client certificates verified by the handshake and then by ``decide`` (or, in
+Kubernetes mode, bearer tokens through TokenReview and the view from pods); an audit
 line per issued and per refused certificate; counters; reload on SIGHUP and when the
 configuration or a file it names changes. Decides nothing itself (``decide`` does) and
 never holds a lock while signing.
@@ -59,6 +60,16 @@ class CaService:
         self._clock = threading.Lock()
         self._tls_changed = False
         self._stamp = self._stamps()
+        self.kube = None
+        k = self.authority.settings.kubernetes
+        if k is not None:
+            from agent.casvc.kube import KubeError, KubeSource
+
+            try:
+                self.kube = KubeSource(k, self.authority.settings.trust_domain)
+            except KubeError as e:
+                raise ConfigError(f"{config_path}: kubernetes: {e}") from None
+            self.kube.start()
 
     def count(self, name: str) -> None:
         with self._clock:
@@ -78,7 +89,7 @@ class CaService:
             d = caller if isinstance(caller, decide.Decision) else decide.refuse(
                 "malformed_request", f"not an IstioCertificateRequest: {e}", caller.node)
             return self._refuse(context, d, peer, caller)
-        d = decide.authorize(req, caller, a.view)
+        d = decide.authorize(req, caller, self._view(a))
         if not d.ok:
             return self._refuse(context, d, peer, caller)
         with self._signers:
@@ -89,7 +100,17 @@ class CaService:
                           "not_after": leaf.not_valid_after_utc.isoformat()})
         return protocol.Response(cert_chain=chain)
 
+    def _view(self, a: Authority) -> decide.View:
+        if self.kube is None:
+            return a.view
+        on = dict(self.kube.current()[0])
+        for node, ids in a.view.identities_on.items():  # static entries add to the pods
+            on[node] = on.get(node, frozenset()) | ids
+        return decide.View(a.view.trust_domain, on, a.view.max_ttl_s, a.view.default_ttl_s)
+
     def _caller(self, context, a: Authority, now: dt.datetime) -> decide.Caller | decide.Decision:
+        if self.kube is not None:
+            return self._token_caller(context, a)
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or []
         chain = []
@@ -99,6 +120,20 @@ class CaService:
             except ValueError:
                 pass
         return decide.authenticate_certificate(chain, a.node_roots, a.view.identities_on.keys(), now)
+
+    def _token_caller(self, context, a: Authority) -> decide.Caller | decide.Decision:
+        from agent.casvc.kube import KubeError
+
+        md = {k.lower(): v for k, v in context.invocation_metadata()}
+        scheme, _, token = (md.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return decide.refuse("no_credential", "no bearer token in the authorization metadata")
+        try:
+            review = self.kube.review(token.strip())
+        except KubeError as e:
+            return decide.refuse("token_review_unavailable", str(e))
+        trusted = frozenset(a.settings.kubernetes.trusted_node_accounts)
+        return decide.authenticate_token(review, trusted, self.kube.current()[1])
 
     def _refuse(self, context, d: decide.Decision, peer: str, caller):
         self.count(f"refused_{d.reason}")
@@ -171,8 +206,9 @@ def build_server(svc: CaService) -> tuple[grpc.Server, int]:
                                                   response_serializer=protocol.serialize_response)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         protocol.SERVICE, {"CreateCertificate": handler}),))
+    # node certificates: the handshake requires one; Kubernetes mode: tokens, none asked for
     creds = grpc.dynamic_ssl_server_credentials(svc.tls_config(), svc.tls_fetch,
-                                                require_client_authentication=True)
+                                                require_client_authentication=svc.kube is None)
     port = server.add_secure_port(s.listen, creds)
     if port == 0:
         raise ConfigError(f"listen: cannot bind {s.listen}")
@@ -201,6 +237,8 @@ def _serve_metrics(svc: CaService, hostport: str) -> ThreadingHTTPServer:
 def serve(config_path: str) -> int:
     """`hostmesh ca serve`: until SIGTERM/SIGINT; SIGHUP or a changed file reloads."""
     svc = CaService(config_path)
+    if svc.kube is not None and not svc.kube.synced.wait(30):
+        logger.warning("no pod list from the Kubernetes API yet: every request is refused until one arrives")
     server, port = build_server(svc)
     server.start()
     if svc.authority.settings.metrics_listen:
@@ -221,5 +259,7 @@ def serve(config_path: str) -> int:
             time.sleep(0.05)  # let a writer finish the file
             svc.reload("file changed")
     server.stop(grace=2).wait()
+    if svc.kube is not None:
+        svc.kube.stop()
     logger.info("CA service stopped")
     return 0

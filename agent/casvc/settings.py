@@ -34,6 +34,27 @@ class Signing(_Model):
     bundle: str | None = None  # the roots handed out last in every chain; default: cert
 
 
+class Kubernetes(_Model):
+    """Bearer-token callers (TokenReview) and the view from pods in the API, as istiod."""
+
+    api_server: str | None = None  # unset: in-cluster, https://$KUBERNETES_SERVICE_HOST:$..._PORT
+    token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ca_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    # Service accounts (ns/sa) of node agents (istiod's CA_TRUSTED_NODE_ACCOUNTS).
+    trusted_node_accounts: list[str] = Field(min_length=1)
+    audience: str = "istio-ca"
+    watch_timeout_s: int = Field(300, ge=1)
+
+    @field_validator("trusted_node_accounts")
+    @classmethod
+    def _accounts(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ns, sep, sa = a.partition("/")
+            if not sep or not ns or not sa or "/" in sa:
+                raise ValueError(f"{a!r} is not <namespace>/<service account>")
+        return v
+
+
 class Settings(_Model):
     listen: str = "0.0.0.0:15012"
     trust_domain: str = "cluster.local"
@@ -55,6 +76,9 @@ class Settings(_Model):
     # How often the configuration and the files it names are checked for changes.
     watch_interval_s: float = Field(1.0, gt=0)
     nodes: dict[str, list[str]] = {}
+    # Kubernetes mode: callers present bearer tokens (no client certificates are asked
+    # for) and the view is the pods in the API, plus any static `nodes` entries.
+    kubernetes: Kubernetes | None = None
 
     @field_validator("trust_domain")
     @classmethod

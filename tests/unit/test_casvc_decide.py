@@ -163,4 +163,4 @@ def test_token_callers(review, reason):
 
 
 def test_every_reason_has_a_code():
-    assert set(decide.REASONS.values()) == {"UNAUTHENTICATED", "INVALID_ARGUMENT", "PERMISSION_DENIED"}
+    assert set(decide.REASONS.values()) == {"UNAUTHENTICATED", "INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAVAILABLE"}

@@ -25,6 +25,7 @@ PURE = [
     "agent.casvc.decide",
     "agent.casvc.settings",
     "agent.casvc.protocol",
+    "agent.casvc.podview",
     "agent.telemetry.batcher",
     "agent.telemetry.record",
     "agent.capture.rules",
