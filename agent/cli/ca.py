@@ -70,6 +70,8 @@ def cmd_issue(args) -> int:
         raise CliError(f"{args.dir}: no root CA here (hostmesh ca init --dir {args.dir})")
     if bool(args.node) == bool(args.spiffe_id) and not (args.node and args.spiffe_id):
         raise CliError("give --node NAME (node intermediate) or --spiffe-id ID (an SVID)")
+    if args.credential and (not args.node or args.spiffe_id):
+        raise CliError("--credential goes with --node NAME only (the node's client credential for `ca serve`)")
     if args.spiffe_id:
         try:
             sid = spiffe.parse(args.spiffe_id)

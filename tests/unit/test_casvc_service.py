@@ -119,6 +119,26 @@ def test_a_call_without_a_node_credential_never_reaches_the_signer(service):
     assert "issued" not in svc.counters
 
 
+def test_expired_and_foreign_credentials_are_refused_by_the_handshake(service, tmp_path):
+    """grpcio verifies client certificates in the handshake: an expired or foreign node
+    credential never reaches a handler (decide names these for chains that do)."""
+    svc, d, port, tmp = service
+    root = ca.load_certs((d / "root.pem").read_bytes())[0]
+    root_key = ca.load_key((d / "root.key").read_bytes())
+    other, other_key = ca.make_root(TD, ca.dt.datetime.now(ca.dt.UTC))
+    now = ca.dt.datetime.now(ca.dt.UTC)
+    expired, k1 = ca.make_node_credential(root, root_key, "node-0", now - ca.dt.timedelta(days=2),
+                                          ca.dt.timedelta(days=1))
+    foreign, k2 = ca.make_node_credential(other, other_key, "node-0", now)
+    for cert, key in ((expired, k1), (foreign, k2)):
+        c = CaClient(CaTarget(f"127.0.0.1:{port}", (d / "bundle.pem").read_bytes(), ca.cert_pem(cert), ca.key_pem(key)))
+        with pytest.raises(CaError) as e:
+            c.fetch(WEB, 600)
+        assert e.value.code == "UNAVAILABLE"
+        c.close()
+    assert svc.counters == {}
+
+
 def test_allow_list_change_is_picked_up_and_a_bad_file_keeps_the_old(service):
     svc, d, port, tmp = service
     cfg = tmp / "ca.yaml"
