@@ -67,7 +67,7 @@ def load_authority(config_path: str, now: dt.datetime) -> Authority:
     bundle_pem = _read(s.signing.bundle, "root bundle") if s.signing.bundle else ca.cert_pem(signer)
     roots = _certs(s.signing.bundle, "root bundle") if s.signing.bundle else [signer]
     self_signed = signer.issuer == signer.subject
-    if not any(r == signer or decide._issued_by(signer, r) for r in roots):
+    if not any(r == signer or ca.issued_by(signer, r) for r in roots):
         raise ConfigError(f"{s.signing.cert} is not issued by a root in {s.signing.bundle}")
     node_roots_path = s.node_credential_roots or s.signing.bundle or s.signing.cert
     node_roots = _certs(node_roots_path, "node credential roots")

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.identity import spiffe
+from agent.identity import ca, spiffe
 
 # reason -> gRPC status code name. UNAUTHENTICATED: who is asking is not established;
 # INVALID_ARGUMENT: the request itself is wrong (istiod answers CSR/TTL errors so);
@@ -111,12 +111,12 @@ def authenticate_certificate(chain: list[x509.Certificate], roots: list[x509.Cer
     if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
         return refuse("credential_expired", f"node credential valid {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
                                             f" .. {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
-    if not any(_issued_by(leaf, r) for r in roots):
+    if not any(ca.issued_by(leaf, r) for r in roots):
         return refuse("credential_untrusted", f"node credential {leaf.subject.rfc4514_string()} is not issued by a "
                                               "root this CA trusts for node credentials")
     orgs = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if orgs != [NODE_CREDENTIAL_ORG] or len(names) != 1 or _is_ca(leaf) or _uris(leaf) or not _client_auth(leaf):
+    if orgs != [NODE_CREDENTIAL_ORG] or len(names) != 1 or _is_ca(leaf) or ca.uri_sans(leaf) or not _client_auth(leaf):
         return refuse("credential_not_node", f"{leaf.subject.rfc4514_string()} is not a node credential")
     node = str(names[0])
     if node not in known_nodes:
@@ -210,27 +210,11 @@ def authorize(req: Request, caller: Caller | Decision, view: View) -> Decision:
     return Decision(True, spiffe_id=uri, ttl_s=ttl, public_key=key, node=caller.node)
 
 
-def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(root)
-        return True
-    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: not issued by it
-        return False
-
-
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
-
-
-def _uris(cert: x509.Certificate) -> list[str]:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        return []
 
 
 def _client_auth(cert: x509.Certificate) -> bool:

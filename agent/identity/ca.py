@@ -157,6 +157,24 @@ def csr_pem(csr) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def uri_sans(cert) -> list[str]:
+    """The URI SANs of a certificate or CSR (empty without the extension)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``issuer`` signed ``cert`` (names and signature)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: not issued by it
+        return False
+
+
 def cert_pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 

@@ -90,11 +90,7 @@ def check_response(chain: list[str], spiffe_id: str, public_key) -> tuple[x509.C
     except ValueError as e:
         raise ValueError(f"CA service answered an unreadable cert_chain: {e}") from None
     leaf = certs[0][0]
-    try:
-        uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
+    uris = ca.uri_sans(leaf)
     if uris != [spiffe_id]:
         raise ValueError(f"CA service issued a certificate for {uris or 'no URI SAN'}, not {spiffe_id}")
     if leaf.public_key().public_numbers() != public_key.public_numbers():

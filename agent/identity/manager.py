@@ -26,7 +26,6 @@ from pathlib import Path
 
 import trio
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from agent.identity import ca, schedule, spiffe, tls
@@ -121,7 +120,7 @@ class IdentityManager:
             if not bundle:
                 bundle = ca.cert_pem(issuer)
             roots = ca.load_certs(bundle)
-            if not any(r == issuer or _issued_by(issuer, r) for r in roots):
+            if not any(r == issuer or ca.issued_by(issuer, r) for r in roots):
                 raise ValueError(f"{c.ca_cert} ({issuer.subject.rfc4514_string()}) is not issued by a root in "
                                  f"{c.trust_bundle}")
         if bundle:
@@ -226,7 +225,7 @@ class IdentityManager:
             cert = ca.load_certs(chain_pem)[0]
             # an external issuer's files are checked like a peer would: wrong identity or a
             # key that is not the certificate's keeps the SVID in force (a renewal failure)
-            uris = _uri_sans(cert)
+            uris = ca.uri_sans(cert)
             if uris != [sid]:
                 raise ValueError(f"{d}/cert.pem is for {uris or 'no URI SAN'}, not {sid}")
             if ca.load_key(key_pem).public_key().public_numbers() != cert.public_key().public_numbers():
@@ -356,22 +355,6 @@ class IdentityManager:
                 "renewals": e.renewals, "last_error": e.last_error,
             })
         return out
-
-
-def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(root)  # names and the signature
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-
-
-def _uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        return []
 
 
 def _in_trio() -> bool:

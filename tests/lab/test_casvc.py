@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from tests.lab.conftest import hm, lab_up, ns_py, wait_for
+from tests.lab.test_rotation import LOAD
 
 TOPOLOGY = """\
 nodes: 2
@@ -119,22 +120,6 @@ def test_node_credentials_get_only_their_nodes_identities_and_follow_a_move(tmp_
         assert c["state"] == "initializing" and "identity_not_on_node" in c["last_error"]
 
 
-LOAD = """
-import socket, time
-ok = bad = 0
-t = time.monotonic()
-while time.monotonic() - t < {seconds}:
-    try:
-        s = socket.create_connection(("{ip}", 8080), 5)
-        s.sendall(b"GET / HTTP/1.1\\r\\nhost: x\\r\\nconnection: close\\r\\n\\r\\n")
-        s.settimeout(5)
-        ok += s.recv(12) == b"HTTP/1.1 200"
-        s.close()
-    except OSError:
-        bad += 1
-    time.sleep(0.05)
-print(ok, bad)
-"""
 OUTAGE_S = 60
 
 
