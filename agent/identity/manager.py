@@ -66,6 +66,7 @@ class _Entry:
     last_error: str | None = None
     renewals: int = 0
     in_flight: bool = False  # a CA service call for it is running
+    denied: bool = False  # the CA service answered PERMISSION_DENIED (not in its view)
 
 
 class IdentityManager:
@@ -173,10 +174,14 @@ class IdentityManager:
             self._renew(e, trio.current_time() if _in_trio() else 0.0)
 
     def all_issued(self) -> bool:
-        return all(e.svid is not None for e in self._entries.values())
+        """Every identity has an SVID — or the CA service answered that it has no
+        workload on this node in its view (one misplaced pod must not keep the whole
+        node unready; it is logged and shows in /v1/certs). An unreachable CA counts as
+        no answer."""
+        return all(e.svid is not None or e.denied for e in self._entries.values())
 
     async def wait_first_certificates(self) -> None:
-        """Readiness waits for this: every identity registered so far has an SVID."""
+        """Readiness waits for this (``all_issued``)."""
         while not self.all_issued():
             await trio.sleep(0.05)
 
@@ -271,6 +276,7 @@ class IdentityManager:
 
     def _failed(self, e: _Entry, err: Exception, now: float) -> None:
         e.last_error = str(err)
+        e.denied = getattr(err, "code", None) == "PERMISSION_DENIED"
         e.renewal.on_failed(now, random.random() if self.ca_client is not None else None)
         self.count("renewal_failures")
         logger.warning("certificate renewal failed", extra={"identity": f"{e.key[0]}/{e.key[1]}", "error": str(err),

@@ -58,7 +58,8 @@ async def test_svids_come_from_the_ca_service_and_refusals_back_off(ca_service):
         assert db["state"] == "initializing" and "identity_not_on_node" in db["last_error"]
         e = m._entries[("data", "db")]
         assert 0.7 <= e.renewal.deadline - trio.current_time() <= 1.2  # first retry ~1 s, +-20 %
-        assert not m.all_issued()
+        assert m.all_issued()  # a refusal is an answer: readiness does not wait for db
+        assert e.denied
 
         # the CA goes away: renewal fails, the certificate in force stays
         server.stop(0).wait()
@@ -70,6 +71,11 @@ async def test_svids_come_from_the_ca_service_and_refusals_back_off(ca_service):
                 await trio.sleep(0.05)
         web = {c["identity"]: c for c in m.status()}[WEB]
         assert web["serial"] == serial and web["state"] == "available" and "UNAVAILABLE" in web["last_error"]
+        m.ensure("shop", "api")  # a new pod while the CA is away: no answer, not ready
+        with trio.fail_after(15):
+            while m._entries[("shop", "api")].last_error is None:
+                await trio.sleep(0.05)
+        assert not m.all_issued()
         n.cancel_scope.cancel()
 
 
