@@ -243,15 +243,24 @@ def serve(config_path: str) -> int:
     server.start()
     if svc.authority.settings.metrics_listen:
         _serve_metrics(svc, svc.authority.settings.metrics_listen)
-    stop = threading.Event()
-    hup = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on(flag: threading.Event):
+        def handler(*_):
+            flag.set()
+            wake.set()
+        return handler
+
+    signal.signal(signal.SIGTERM, on(stop))
+    signal.signal(signal.SIGINT, on(stop))
+    signal.signal(signal.SIGHUP, on(hup))
     logger.info("CA service listening", extra={"listen": svc.authority.settings.listen, "port": port,
                                                "nodes": len(svc.authority.view.identities_on)})
     while not stop.is_set():
-        stop.wait(svc.authority.settings.watch_interval_s)
+        wake.wait(svc.authority.settings.watch_interval_s)
+        wake.clear()
+        if stop.is_set():
+            break
         if hup.is_set():
             hup.clear()
             svc.reload("SIGHUP")

@@ -166,3 +166,95 @@ def test_the_client_refuses_an_answer_for_another_identity_or_key():
         check_response(chain, DB, ca.new_key().public_key())
     got, pem = check_response(chain, DB, leaf_key.public_key())
     assert got == leaf and ca.load_certs(pem) == [leaf]  # the root stays out of the presented chain
+
+
+def test_ca_serve_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    d = tmp_path / "ca"
+    store.init_dir(d, TD)
+    store.issue_node_credential(d, "node-0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "ca.yaml"
+    text = CONFIG.format(d=d, audit=tmp_path / "audit.jsonl", web=WEB, db=DB).replace(
+        "127.0.0.1:0", f"127.0.0.1:{port}") + "watch_interval_s: 3600\n"  # only SIGHUP reloads here
+    cfg.write_text(text)
+    p = subprocess.Popen([sys.executable, "-m", "agent", "--log-format", "json", "ca", "serve", "--config", str(cfg)],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        c = client(d, port, "node-0")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                c.fetch(WEB, 600)
+                break
+            except CaError:
+                assert time.monotonic() < deadline, "ca serve did not start"
+                time.sleep(0.1)
+        with pytest.raises(CaError, match="identity_not_on_node"):
+            c.fetch(DB, 600)
+        cfg.write_text(text.replace(f"node-0: [{WEB}]", f"node-0: [{WEB}, {DB}]"))
+        p.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c.fetch(DB, 600)
+                break
+            except CaError:
+                assert time.monotonic() < deadline, "not reloaded on SIGHUP"
+                time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        p.kill()
+    logs = [json.loads(line) for line in p.stderr.read().splitlines() if line.startswith("{")]
+    assert any(x["msg"] == "CA configuration reloaded" and x["why"] == "SIGHUP" for x in logs), logs
+
+
+def test_calls_beyond_max_concurrent_are_refused_at_once(tmp_path, monkeypatch):
+    import threading
+
+    from agent.casvc.authority import Authority
+
+    d = tmp_path / "ca"
+    store.init_dir(d, TD)
+    store.issue_node_credential(d, "node-0")
+    cfg = tmp_path / "ca.yaml"
+    cfg.write_text(CONFIG.format(d=d, audit=tmp_path / "audit.jsonl", web=WEB, db=DB) + "max_concurrent: 1\n")
+    release = threading.Event()
+    real_sign = Authority.sign
+
+    def slow_sign(self, d_, now):
+        release.wait(10)
+        return real_sign(self, d_, now)
+
+    monkeypatch.setattr(Authority, "sign", slow_sign)
+    svc = CaService(str(cfg))
+    server, port = build_server(svc)
+    server.start()
+    try:
+        results: list = []
+
+        def call():
+            try:
+                client(d, port, "node-0").fetch(WEB, 600)
+                results.append("ok")
+            except CaError as e:
+                results.append(e.code)
+
+        first = threading.Thread(target=call)
+        first.start()
+        time.sleep(0.5)  # the first call is now held in the signer
+        call()
+        assert results == ["RESOURCE_EXHAUSTED"]
+        release.set()
+        first.join(10)
+        assert results == ["RESOURCE_EXHAUSTED", "ok"]
+    finally:
+        release.set()
+        server.stop(0).wait()
