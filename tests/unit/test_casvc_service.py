@@ -226,10 +226,11 @@ def test_calls_beyond_max_concurrent_are_refused_at_once(tmp_path, monkeypatch):
     store.issue_node_credential(d, "node-0")
     cfg = tmp_path / "ca.yaml"
     cfg.write_text(CONFIG.format(d=d, audit=tmp_path / "audit.jsonl", web=WEB, db=DB) + "max_concurrent: 1\n")
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     real_sign = Authority.sign
 
     def slow_sign(self, d_, now):
+        entered.set()
         release.wait(10)
         return real_sign(self, d_, now)
 
@@ -249,7 +250,7 @@ def test_calls_beyond_max_concurrent_are_refused_at_once(tmp_path, monkeypatch):
 
         first = threading.Thread(target=call)
         first.start()
-        time.sleep(0.5)  # the first call is now held in the signer
+        assert entered.wait(10)  # the first call is now held in the signer
         call()
         assert results == ["RESOURCE_EXHAUSTED"]
         release.set()
