@@ -1,12 +1,14 @@
-"""The CA service's gRPC shell: ``IstioCertificateService/CreateCertificate`` over TLS,
-node client certificates verified by the handshake and then by ``decide`` (or, in
-Kubernetes mode, bearer tokens through TokenReview and the view from pods); an audit
+"""The CA service's gRPC shell: ``IstioCertificateService/CreateCertificate`` behind the
+TLS front (``front``: node client certificates asked for, chains checked by OpenSSL,
+then by ``decide``; or, in Kubernetes mode, bearer tokens through TokenReview and the
+view from pods); an audit
 line per issued and per refused certificate; counters; reload on SIGHUP and when the
 configuration or a file it names changes. Decides nothing itself (``decide`` does) and
 never holds a lock while signing.
 
-Threads, not trio: grpcio's server is a thread pool; ``max_concurrent`` bounds calls in
-flight (more get RESOURCE_EXHAUSTED at once), ``signers`` bounds signatures.
+Threads, not trio: grpcio's server is a thread pool (the TLS front a thread per
+connection); ``max_concurrent`` bounds calls in flight (more get RESOURCE_EXHAUSTED at
+once), ``signers`` bounds signatures, ``max_connections`` the front's connections.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class CaService:
         self._signers = threading.BoundedSemaphore(self.authority.settings.signers)
         self.counters: dict[str, int] = {}
         self._clock = threading.Lock()
-        self._tls_changed = False
+        self.front = None  # set by build_server
         self._stamp = self._stamps()
         self.kube = None
         k = self.authority.settings.kubernetes
@@ -109,17 +111,19 @@ class CaService:
         return decide.View(a.view.trust_domain, on, a.view.max_ttl_s, a.view.default_ttl_s)
 
     def _caller(self, context, a: Authority, now: dt.datetime) -> decide.Caller | decide.Decision:
-        if self.kube is not None:
+        through, der = self.front.peer_certificate(context.peer()) if self.front else (False, None)
+        if not through:  # someone on this host reached the loopback hand-over port directly
+            return decide.refuse("no_credential", "not through the CA service's TLS listener")
+        if der is None and self.kube is not None:
             return self._token_caller(context, a)
-        auth = context.auth_context()
-        pems = auth.get("x509_pem_cert") or []
-        chain = []
-        for p in pems:
-            try:
-                chain.extend(x509.load_pem_x509_certificates(p))
-            except ValueError:
-                pass
+        chain = [x509.load_der_x509_certificate(der)] if der else []
         return decide.authenticate_certificate(chain, a.node_roots, a.view.identities_on.keys(), now)
+
+    def refused_in_handshake(self, reason: str, message: str, peer: str) -> None:
+        """The TLS front's report of a certificate OpenSSL refused (expired, foreign)."""
+        self.count(f"refused_{reason}")
+        self.audit.write({"verdict": "refused", "node": None, "via": "certificate", "peer": peer,
+                          "reason": reason, "code": "UNAUTHENTICATED", "message": message})
 
     def _token_caller(self, context, a: Authority) -> decide.Caller | decide.Decision:
         from agent.casvc.kube import KubeError
@@ -161,8 +165,8 @@ class CaService:
             logger.error("CA configuration not reloaded (%s): %s", why, e)
             self._stamp = self._stamps()
             return False
-        if new.node_roots_pem != self.authority.node_roots_pem:
-            self._tls_changed = True
+        if self.front is not None and new.node_roots_pem != self.authority.node_roots_pem:
+            self.front.ctx = self._tls_context(new)
         self.authority = new
         self._stamp = self._stamps()
         self.count("reloads")
@@ -172,22 +176,15 @@ class CaService:
     def changed_on_disk(self) -> bool:
         return self._stamps() != self._stamp
 
-    def tls_config(self):
-        a = self.authority
-        return grpc.ssl_server_certificate_configuration([(a.server_key_pem, a.server_cert_pem)],
-                                                         root_certificates=a.node_roots_pem)
+    @staticmethod
+    def _tls_context(a: Authority):
+        from agent.casvc.front import server_context
 
-    def tls_fetch(self):
-        """grpcio asks before each handshake: a new configuration only after a reload
-        changed the node credential roots (the service's own certificate stays)."""
-        if not self._tls_changed:
-            return None
-        self._tls_changed = False
-        return self.tls_config()
+        return server_context(a.server_cert_pem, a.server_key_pem, a.node_roots_pem)
 
     def metrics_text(self) -> str:
         with self._clock:
-            items = sorted(self.counters.items())
+            items = sorted({**self.counters, **(self.front.counters if self.front else {})}.items())
         lines = ["# HELP hostmesh_ca_events_total CA service events: issued, refused_<reason>, reloads.",
                  "# TYPE hostmesh_ca_events_total counter"]
         lines += [f'hostmesh_ca_events_total{{event="{k}"}} {v}' for k, v in items]
@@ -198,7 +195,24 @@ def _via(caller) -> str | None:
     return caller.via if isinstance(caller, decide.Caller) else None
 
 
-def build_server(svc: CaService) -> tuple[grpc.Server, int]:
+class _Server:
+    """The gRPC server with its TLS front, started and stopped together."""
+
+    def __init__(self, grpc_server: grpc.Server, front) -> None:
+        self.grpc, self.front = grpc_server, front
+
+    def start(self) -> None:
+        self.grpc.start()
+        self.front.start()
+
+    def stop(self, grace):
+        self.front.close()
+        return self.grpc.stop(grace)
+
+
+def build_server(svc: CaService) -> tuple[_Server, int]:
+    from agent.casvc.front import TlsFront
+
     s = svc.authority.settings
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=min(32, s.max_concurrent)),
                          maximum_concurrent_rpcs=s.max_concurrent)
@@ -206,13 +220,17 @@ def build_server(svc: CaService) -> tuple[grpc.Server, int]:
                                                   response_serializer=protocol.serialize_response)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         protocol.SERVICE, {"CreateCertificate": handler}),))
-    # node certificates: the handshake requires one; Kubernetes mode: tokens, none asked for
-    creds = grpc.dynamic_ssl_server_credentials(svc.tls_config(), svc.tls_fetch,
-                                                require_client_authentication=svc.kube is None)
-    port = server.add_secure_port(s.listen, creds)
-    if port == 0:
-        raise ConfigError(f"listen: cannot bind {s.listen}")
-    return server, port
+    # plaintext gRPC on loopback only, behind the TLS front (which tells calls apart by
+    # the front's own source port: front.peer_certificate)
+    upstream = server.add_insecure_port("127.0.0.1:0")
+    host, _, port = s.listen.rpartition(":")
+    try:
+        front = TlsFront(host, int(port), svc._tls_context(svc.authority), upstream, svc.refused_in_handshake,
+                         s.max_connections)
+    except OSError as e:
+        raise ConfigError(f"listen: cannot bind {s.listen}: {e.strerror}") from None
+    svc.front = front
+    return _Server(server, front), front.port
 
 
 def _serve_metrics(svc: CaService, hostport: str) -> ThreadingHTTPServer:

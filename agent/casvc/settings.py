@@ -69,6 +69,9 @@ class Settings(_Model):
     # Calls in flight at once; more are answered RESOURCE_EXHAUSTED by gRPC at once
     # instead of queueing (a fleet renewing after an outage must not pile up memory).
     max_concurrent: int = Field(64, ge=1, le=10000)
+    # Caller connections held at once (each node agent, or worker, keeps one channel open;
+    # each costs a thread in the TLS front). Beyond it new connections are closed, counted.
+    max_connections: int = Field(1024, ge=1, le=100000)
     # Threads signing at once: signatures are CPU-bound, more than the cores buys nothing.
     signers: int = Field(2, ge=1, le=64)
     audit_log: str = "stderr"  # "stderr" or a file path: one JSON line per issued/refused certificate

@@ -7,6 +7,7 @@ Decides nothing about when to ask (``schedule`` does).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,21 @@ class CaClient:
             md.append(("clusterid", self.target.cluster_id))
         return md
 
+    def _hint(self, code: str) -> str:
+        """A handshake the CA refused shows here only as UNAVAILABLE: say so when our
+        own credential is the likely reason (the CA's audit log names it)."""
+        if code != "UNAVAILABLE" or not self.target.cert_pem:
+            return ""
+        try:
+            cert = ca.load_certs(self.target.cert_pem)[0]
+        except ValueError:
+            return " (the node credential is not a PEM certificate)"
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return (f" (this node's credential is valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
+                    f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: the CA service refuses it)")
+        return ""
+
     def fetch(self, spiffe_id: str, ttl_s: int) -> tuple[bytes, bytes, x509.Certificate]:
         """(chain PEM: leaf + intermediates, key PEM, leaf) for ``spiffe_id``, or CaError."""
         csr, key = ca.make_csr(spiffe_id)
@@ -74,7 +90,7 @@ class CaClient:
         try:
             resp = self._call(req, timeout=CALL_TIMEOUT_S, metadata=self._metadata())
         except grpc.RpcError as e:
-            raise CaError(e.code().name, e.details() or "") from None
+            raise CaError(e.code().name, (e.details() or "") + self._hint(e.code().name)) from None
         leaf, chain_pem = check_response(list(resp.cert_chain), spiffe_id, key.public_key())
         return chain_pem, ca.key_pem(key), leaf
 

@@ -111,17 +111,18 @@ def test_malformed_request_is_refused_with_its_reason(service):
     assert svc.counters == {"refused_malformed_request": 1}
 
 
-def test_a_call_without_a_node_credential_never_reaches_the_signer(service):
+def test_a_call_without_a_node_credential_is_unauthenticated(service):
     svc, d, port, tmp = service
     with pytest.raises(CaError) as e:
-        client(d, port, None).fetch(WEB, 3600)
-    assert e.value.code in ("UNAVAILABLE", "UNAUTHENTICATED")
-    assert "issued" not in svc.counters
+        client(d, port, None).fetch(WEB, 600)
+    assert e.value.code == "UNAUTHENTICATED" and "no_credential" in str(e.value)
+    assert svc.counters == {"refused_no_credential": 1}
+    assert audit(tmp)[-1]["reason"] == "no_credential"
 
 
-def test_expired_and_foreign_credentials_are_refused_by_the_handshake(service, tmp_path):
-    """grpcio verifies client certificates in the handshake: an expired or foreign node
-    credential never reaches a handler (decide names these for chains that do)."""
+def test_expired_and_foreign_credentials_are_refused_in_the_handshake_audited_and_counted(service):
+    """OpenSSL refuses the chain in the handshake (the client gets the TLS alert); the
+    front reports it with a named reason, so the audit log and counters see it."""
     svc, d, port, tmp = service
     root = ca.load_certs((d / "root.pem").read_bytes())[0]
     root_key = ca.load_key((d / "root.key").read_bytes())
@@ -135,8 +136,16 @@ def test_expired_and_foreign_credentials_are_refused_by_the_handshake(service, t
         with pytest.raises(CaError) as e:
             c.fetch(WEB, 600)
         assert e.value.code == "UNAVAILABLE"
+        assert ("the CA service refuses it" in str(e.value)) == (cert is expired)  # the agent's own hint
         c.close()
-    assert svc.counters == {}
+    deadline = time.monotonic() + 5
+    while len(svc.counters) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert svc.counters == {"refused_credential_expired": 1, "refused_credential_untrusted": 1}
+    reasons = {a["reason"]: a for a in audit(tmp)}
+    assert set(reasons) == {"credential_expired", "credential_untrusted"}
+    assert "expired" in reasons["credential_expired"]["message"]
+    assert reasons["credential_untrusted"]["code"] == "UNAUTHENTICATED"
 
 
 def test_allow_list_change_is_picked_up_and_a_bad_file_keeps_the_old(service):
