@@ -19,7 +19,6 @@ import logging
 import select
 import socket
 import ssl
-import tempfile
 import threading
 
 logger = logging.getLogger("hostmesh.casvc.front")
@@ -36,12 +35,9 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_roots_pem: bytes) -> 
     ctx.set_alpn_protocols(["h2"])  # gRPC
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.load_verify_locations(cadata=client_roots_pem.decode())
-    with tempfile.TemporaryDirectory(prefix="hostmesh-ca-tls-") as d:
-        with open(f"{d}/c.pem", "wb") as f:
-            f.write(cert_pem)
-        with open(f"{d}/k.pem", "wb") as f:
-            f.write(key_pem)
-        ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
+    from agent.identity.tls import load_chain
+
+    load_chain(ctx, cert_pem, key_pem)
     return ctx
 
 

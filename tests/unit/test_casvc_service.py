@@ -177,6 +177,17 @@ def test_the_client_refuses_an_answer_for_another_identity_or_key():
     assert got == leaf and ca.load_certs(pem) == [leaf]  # the root stays out of the presented chain
 
 
+def fetch_eventually(c: CaClient, sid: str, within_s: float, why: str) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            c.fetch(sid, 600)
+            return
+        except CaError:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.1)
+
+
 def test_ca_serve_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     import signal
     import socket
@@ -197,26 +208,12 @@ def test_ca_serve_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
                          stderr=subprocess.PIPE, text=True)
     try:
         c = client(d, port, "node-0")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                c.fetch(WEB, 600)
-                break
-            except CaError:
-                assert time.monotonic() < deadline, "ca serve did not start"
-                time.sleep(0.1)
+        fetch_eventually(c, WEB, 20, "ca serve did not start")
         with pytest.raises(CaError, match="identity_not_on_node"):
             c.fetch(DB, 600)
         cfg.write_text(text.replace(f"node-0: [{WEB}]", f"node-0: [{WEB}, {DB}]"))
         p.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                c.fetch(DB, 600)
-                break
-            except CaError:
-                assert time.monotonic() < deadline, "not reloaded on SIGHUP"
-                time.sleep(0.1)
+        fetch_eventually(c, DB, 10, "not reloaded on SIGHUP")
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
     finally:
