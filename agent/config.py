@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent import yamlpos
 
@@ -157,6 +157,18 @@ class IdentityConfig(_Model):
     trust_bundle: str | None = None
     # Alternatively SVIDs dropped by an external issuer: <dir>/<ns>/<sa>/{cert,key}.pem
     cert_dir: str | None = None
+    # Or a CA service (`hostmesh ca serve`, or istiod) signs CSRs for keys made here, so
+    # this node holds no signing key (docs/identity.md, "The CA service"): its host:port,
+    # the PEM roots that verify its TLS certificate (also the trust bundle unless
+    # trust_bundle is set), and the node credential: a client certificate (mutual TLS)
+    # and/or a bearer token file (istiod: a projected token with audience istio-ca).
+    ca_address: str | None = None
+    ca_root: str | None = None
+    ca_credential_cert: str | None = None
+    ca_credential_key: str | None = None
+    ca_token_path: str | None = None
+    ca_server_name: str | None = None  # TLS name to expect when not the address's host
+    ca_cluster_id: str | None = None  # istiod's "clusterid" call metadata (e.g. Kubernetes)
     ttl_s: float = 24 * 3600
     # Renewal at this fraction of the lifetime, with jitter (SPEC.md: half).
     renew_fraction: float = 0.5
@@ -171,6 +183,16 @@ class IdentityConfig(_Model):
         if not is_trust_domain(v):  # SPIFFE-ID.md 2.1, exactly (no trailing newline)
             raise ValueError(f"{v!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')")
         return v
+
+    @model_validator(mode="after")
+    def _one_issuer(self) -> IdentityConfig:
+        if self.ca_address and (self.ca_cert or self.ca_key):
+            raise ValueError("ca_address replaces ca_cert/ca_key: a node that asks a CA service holds no signing key")
+        if self.ca_address and not self.ca_root:
+            raise ValueError("ca_address needs ca_root (the PEM roots that verify the CA service)")
+        if bool(self.ca_credential_cert) != bool(self.ca_credential_key):
+            raise ValueError("ca_credential_cert and ca_credential_key go together")
+        return self
 
 
 class PoliciesConfig(_Model):

@@ -45,6 +45,8 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
         await _start_admin(agent, root)
         if worker is None:
             await _start_http(agent, root)
+        if agent.identities is not None and agent.identities.ca_client is not None:  # ready once the CA answered
+            await agent.identities.wait_first_certificates()
         agent.ready = True
         if agent.is_ready():
             logger.info("ready", extra={"node": config.node.name, "workloads": len(agent.registry)})
@@ -174,7 +176,7 @@ def _settle_capture(agent: Agent) -> None:
 
 async def _start_identities(agent: Agent, nursery: trio.Nursery) -> None:
     cfg = agent.config.identity
-    if not (cfg.ca_cert or cfg.cert_dir):
+    if not (cfg.ca_cert or cfg.cert_dir or cfg.ca_address):
         logger.warning("no CA and no certificate directory configured: tunnels are unavailable")
         return
     from agent.identity.manager import IdentityManager

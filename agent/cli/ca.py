@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spiffe-id")
     s.add_argument("--out", type=Path, help="with --spiffe-id: directory for cert.pem and key.pem")
     s.add_argument("--ttl", type=float, help="with --spiffe-id: lifetime in seconds (default 24 h)")
+    s.add_argument("--credential", action="store_true",
+                   help="with --node: the node's client credential for `ca serve` (no signing key) "
+                        "instead of a node intermediate")
     s.set_defaults(func=cmd_issue)
     r = cs.add_parser("retire", help="end a root rotation: keep only the current root in the bundle")
     r.add_argument("--dir", required=True, type=Path)
@@ -32,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("files", nargs="+", type=Path)
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=cmd_inspect)
+    from agent.cli import ca_serve
+
+    ca_serve.register(cs)
 
 
 def cmd_init(args) -> int:
@@ -64,6 +70,8 @@ def cmd_issue(args) -> int:
         raise CliError(f"{args.dir}: no root CA here (hostmesh ca init --dir {args.dir})")
     if bool(args.node) == bool(args.spiffe_id) and not (args.node and args.spiffe_id):
         raise CliError("give --node NAME (node intermediate) or --spiffe-id ID (an SVID)")
+    if args.credential and (not args.node or args.spiffe_id):
+        raise CliError("--credential goes with --node NAME only (the node's client credential for `ca serve`)")
     if args.spiffe_id:
         try:
             sid = spiffe.parse(args.spiffe_id)
@@ -75,6 +83,9 @@ def cmd_issue(args) -> int:
             raise CliError(f"no intermediate for node {args.node} (hostmesh ca issue --dir {args.dir} --node {args.node})")
         out = args.out or Path(".")
         print(store.issue_leaf(args.dir, args.spiffe_id, out, args.node, args.ttl))
+        return 0
+    if args.credential:
+        print(store.issue_node_credential(args.dir, args.node))
         return 0
     print(store.issue_node(args.dir, args.node))
     return 0

@@ -110,6 +110,7 @@ def checks(cfg, sock_path: str) -> list[tuple[str, str, str]]:
             out.append(("FAIL", f"admin API: {e}", "is the agent running?"))
     else:
         out.append(("FAIL", f"admin socket {sock_path} missing", "start the agent"))
+    out.append(_signing_key(cfg.identity))
     for name, sink in (("kafka", cfg.telemetry.kafka), ("otlp", cfg.telemetry.otlp)):
         if sink is None:
             continue
@@ -121,6 +122,16 @@ def checks(cfg, sock_path: str) -> list[tuple[str, str, str]]:
         except (OSError, ValueError) as e:
             out.append(("WARN", f"{name} at {target} unreachable: {e}", "check telemetry settings; traffic is unaffected"))
     return out
+
+
+def _signing_key(ident) -> tuple[str, str, str]:
+    """A node with a signing key can mint an SVID for any identity of the mesh."""
+    if ident.ca_key:
+        return ("WARN", f"this node holds a signing key ({ident.ca_key}): stolen, it mints SVIDs for every identity",
+                "run `hostmesh ca serve` and set identity.ca_address (docs/identity.md, \"The CA service\")")
+    if ident.ca_address:
+        return ("OK", f"no signing key on this node; SVIDs from the CA service at {ident.ca_address}", "")
+    return ("OK", "no signing key on this node", "")
 
 
 def cmd_doctor(args) -> int:

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--kafka", action="store_true", help="start a Kafka-compatible broker for the agents")
     c.add_argument("--otlp", action="store_true", help="start an OTLP receiver for the agents")
     c.add_argument("--no-agent", action="store_true", help="namespaces and addresses only, no agents")
+    c.add_argument("--node-ca", action="store_true",
+                   help="each node mints its SVIDs with a node intermediate instead of asking the lab's CA service")
     c.add_argument("--capture-backend", choices=["nftables", "iptables"], default="nftables")
     c.add_argument("--capture-fail", choices=["closed", "open"], default="closed")
     c = cmd("down", cmd_down, "remove everything a lab made")
@@ -76,7 +78,7 @@ def cmd_up(args) -> int:
         t0 = time.monotonic()
         st = cluster.up(args.name, topo, agents=not args.no_agent, kafka=args.kafka, otlp=args.otlp,
                         capture={"backend": args.capture_backend, "fail": args.capture_fail},
-                        progress=lambda s: print(s, flush=True))
+                        progress=lambda s: print(s, flush=True), node_ca=args.node_ca)
     except _errors() as e:
         raise CliError(str(e)) from None
     _print_status(st)
@@ -126,6 +128,8 @@ def _print_status(st: dict) -> None:
     for svc in ("kafka", "otlp"):
         if st.get(svc):
             print(f"{svc}: {next(iter(st[svc].values()))}")
+    if st.get("ca"):
+        print(f"CA service: {st['ca']['address']} in {ext['netns']} (root {st['ca']['root']})")
 
 
 def cmd_exec(args) -> int:

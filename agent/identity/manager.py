@@ -1,6 +1,13 @@
 """The node's workload identities: one X.509-SVID per (namespace, service account)
-with a pod on this node, minted with the node intermediate (or read from an external
-issuer's directory), renewed on schedule, dropped when the last pod leaves.
+with a pod on this node — signed by a CA service for a key made here (``ca_address``:
+the node holds no signing key), or minted with the node intermediate (single-host
+installs), or read from an external issuer's directory — renewed on schedule, dropped
+when the last pod leaves.
+
+With a CA service, calls run in worker threads (at most ``CA_CALLS_IN_FLIGHT`` at once),
+never on the trio thread; while the CA is unreachable each identity retries with
+jittered backoff (1 s doubling to 150 s, +-20 %) and keeps its certificate until it
+expires.
 
 States: ``initializing`` (no certificate yet), ``available``, ``unavailable`` (renewal
 failing and the old certificate expired). The old certificate is used until the new
@@ -19,7 +26,6 @@ from pathlib import Path
 
 import trio
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from agent.identity import ca, pem, schedule, spiffe, tls, validate
@@ -28,6 +34,9 @@ logger = logging.getLogger("hostmesh.identity")
 _SHA256 = hashes.SHA256()
 # How often an external issuer's directory (identity.cert_dir) is checked for new files.
 CERT_DIR_POLL_S = 2.0
+# Calls to the CA service at once: a node with 100 identities must not open 100 calls
+# (the CA bounds its own concurrency too; a few in flight hide its latency).
+CA_CALLS_IN_FLIGHT = 4
 
 
 @dataclass
@@ -56,6 +65,8 @@ class _Entry:
     renewal: schedule.Renewal = field(default_factory=lambda: schedule.Renewal(0.0))
     last_error: str | None = None
     renewals: int = 0
+    in_flight: bool = False  # a CA service call for it is running
+    denied: bool = False  # the CA service answered PERMISSION_DENIED (not in its view)
 
 
 class IdentityManager:
@@ -70,7 +81,19 @@ class IdentityManager:
         self.counters: dict[str, int] = {}
         self._dir_seen: dict[tuple[str, str], tuple] = {}  # cert_dir: (mtime_ns, size) per file
         self.bundle_pem, self.issuer, self.issuer_key = self._read_ca(cfg)
+        self.ca_client = self._ca_client(cfg)
         self._server_ctx = self._dispatcher()
+
+    @staticmethod
+    def _ca_client(c):
+        if not c.ca_address:
+            return None
+        from agent.identity.caclient import CaClient, CaTarget
+
+        try:
+            return CaClient(CaTarget.from_config(c))
+        except OSError as e:
+            raise ValueError(f"CA service credentials: {e}") from None
 
     def _dispatcher(self) -> ssl.SSLContext:
         """The listener's context: its SNI callback swaps in the chosen identity's own."""
@@ -87,6 +110,8 @@ class IdentityManager:
         the key must match the certificate, and the certificate chain to a root of the
         bundle — otherwise a reload would leave the node minting SVIDs nobody trusts."""
         bundle = Path(c.trust_bundle).read_bytes() if c.trust_bundle else b""
+        if not bundle and c.ca_address and c.ca_root:
+            bundle = Path(c.ca_root).read_bytes()  # the CA service's roots are the mesh's
         issuer = issuer_key = None
         if c.ca_cert and c.ca_key:
             issuer = ca.load_certs(Path(c.ca_cert).read_bytes())[0]
@@ -96,7 +121,7 @@ class IdentityManager:
             if not bundle:
                 bundle = ca.cert_pem(issuer)
             roots = ca.load_certs(bundle)
-            if not any(r == issuer or _issued_by(issuer, r) for r in roots):
+            if not any(r == issuer or ca.issued_by(issuer, r) for r in roots):
                 raise ValueError(f"{c.ca_cert} ({issuer.subject.rfc4514_string()}) is not issued by a root in "
                                  f"{c.trust_bundle}")
         if bundle:
@@ -116,13 +141,20 @@ class IdentityManager:
         cfg = cfg or self.cfg
         try:
             bundle, issuer, key = self._read_ca(cfg)
+            client = self._ca_client(cfg)
         except (OSError, ValueError) as e:
             raise ValueError(f"CA material not reloaded: {e}") from None
         same_issuer = (issuer is None and self.issuer is None) or (
             issuer is not None and self.issuer is not None and issuer.fingerprint(_SHA256) == self.issuer.fingerprint(_SHA256))
-        if bundle == self.bundle_pem and same_issuer:
+        same_client = (client.target if client else None) == (self.ca_client.target if self.ca_client else None)
+        if bundle == self.bundle_pem and same_issuer and same_client:
+            if client is not None:
+                client.close()
             return {"ca_changed": False, "reissued": 0}
         self.cfg = cfg
+        if self.ca_client is not None:
+            self.ca_client.close()
+        self.ca_client = client
         self.bundle_pem, self.issuer, self.issuer_key = bundle, issuer, key
         self._server_ctx = self._dispatcher()
         now = trio.current_time() if _in_trio() else 0.0
@@ -140,6 +172,18 @@ class IdentityManager:
         self._sni[spiffe.sni_for(ns, sa, self.td)] = (ns, sa)
         if e.svid is None:
             self._renew(e, trio.current_time() if _in_trio() else 0.0)
+
+    def all_issued(self) -> bool:
+        """Every identity has an SVID — or the CA service answered that it has no
+        workload on this node in its view (one misplaced pod must not keep the whole
+        node unready; it is logged and shows in /v1/certs). An unreachable CA counts as
+        no answer."""
+        return all(e.svid is not None or e.denied for e in self._entries.values())
+
+    async def wait_first_certificates(self) -> None:
+        """Readiness waits for this (``all_issued``)."""
+        while not self.all_issued():
+            await trio.sleep(0.05)
 
     def release(self, ns: str, sa: str) -> None:
         e = self._entries.get((ns, sa))
@@ -184,6 +228,8 @@ class IdentityManager:
             self._dir_seen[(ns, sa)] = self._dir_stamp(ns, sa)  # bad files are retried on change or backoff
             chain_pem, key_pem = (d / "cert.pem").read_bytes(), (d / "key.pem").read_bytes()
             cert = _check_issued_files(d, chain_pem, key_pem, sid, self.bundle_pem, self.td)
+        elif self.ca_client is not None:
+            chain_pem, key_pem, cert = self.ca_client.fetch(sid, int(self.cfg.ttl_s))
         else:
             if self.issuer is None:
                 raise RuntimeError("no CA configured (identity.ca_cert/ca_key) and no cert_dir")
@@ -195,14 +241,41 @@ class IdentityManager:
                     tls.make_context("server", chain_pem, key_pem, self.bundle_pem, self.alpn))
 
     def _renew(self, e: _Entry, now: float) -> None:
+        if self.ca_client is not None:  # a network call: the run loop makes it in a thread
+            e.renewal.deadline = 0.0
+            self._wake.set()
+            return
         try:
             svid = self._mint(*e.key)
         except Exception as err:  # noqa: BLE001 - keep the old certificate, retry with backoff
-            e.last_error = str(err)
-            e.renewal.on_failed(now)
-            self.count("renewal_failures")
-            logger.warning("certificate renewal failed", extra={"identity": f"{e.key[0]}/{e.key[1]}", "error": str(err)})
+            self._failed(e, err, now)
             return
+        self._installed(e, svid, now)
+
+    async def _fetch(self, e: _Entry, limiter: trio.CapacityLimiter) -> None:
+        """One CA service call for ``e`` in a worker thread; the result is installed only
+        if the identity is still wanted (its last pod may have left meanwhile)."""
+        try:
+            svid = await trio.to_thread.run_sync(self._mint, *e.key, limiter=limiter, abandon_on_cancel=True)
+        except Exception as err:  # noqa: BLE001 - unreachable or refused: keep the old certificate
+            if self._entries.get(e.key) is e:
+                self._failed(e, err, trio.current_time())
+            return
+        finally:
+            e.in_flight = False
+            self._wake.set()
+        if self._entries.get(e.key) is e:
+            self._installed(e, svid, trio.current_time())
+
+    def _failed(self, e: _Entry, err: Exception, now: float) -> None:
+        e.last_error = str(err)
+        e.denied = getattr(err, "code", None) == "PERMISSION_DENIED"
+        e.renewal.on_failed(now, random.random() if self.ca_client is not None else None)
+        self.count("renewal_failures")
+        logger.warning("certificate renewal failed", extra={"identity": f"{e.key[0]}/{e.key[1]}", "error": str(err),
+                                                             "retry_in_s": round(e.renewal.deadline - now, 1)})
+
+    def _installed(self, e: _Entry, svid: Svid, now: float) -> None:
         e.svid, e.last_error = svid, None
         e.renewals += 1
         self.count("renewals")
@@ -237,17 +310,26 @@ class IdentityManager:
         self._wake.set()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        limiter = trio.CapacityLimiter(CA_CALLS_IN_FLIGHT)
+        async with trio.open_nursery() as calls:
+            task_status.started()
+            await self._loop(calls, limiter)
+
+    async def _loop(self, calls: trio.Nursery, limiter: trio.CapacityLimiter) -> None:
         while True:
             now = trio.current_time()
             for e in list(self._entries.values()):
-                if e.svid is None or e.renewal.due(now):
+                if self.ca_client is not None:
+                    if e.renewal.due(now) and not e.in_flight:
+                        e.in_flight = True
+                        calls.start_soon(self._fetch, e, limiter)
+                elif e.svid is None or e.renewal.due(now):
                     self._renew(e, now)
             if self.cfg.cert_dir:
                 for e in self._changed_in_dir():
                     logger.info("certificate files changed", extra={"identity": f"{e.key[0]}/{e.key[1]}"})
                     self._renew(e, now)
-            nxt = min((e.renewal.next_deadline() for e in self._entries.values()), default=now + 60)
+            nxt = min((e.renewal.next_deadline() for e in self._entries.values() if not e.in_flight), default=now + 60)
             if self.cfg.cert_dir:
                 nxt = min(nxt, now + CERT_DIR_POLL_S)
             self._wake = trio.Event()
@@ -265,19 +347,13 @@ class IdentityManager:
                 "serial": format(s.cert.serial_number, "x") if s else None,
                 "not_before": s.not_before.isoformat() if s else None,
                 "not_after": s.not_after.isoformat() if s else None,
-                "issuer": s.cert.issuer.rfc4514_string() if s else None,
+                "issuer": (f"ca-service {self.cfg.ca_address}" if self.ca_client is not None
+                           else s.cert.issuer.rfc4514_string()) if s else None,
+                "issuer_name": s.cert.issuer.rfc4514_string() if s else None,
                 "expires_in_s": round((s.not_after - now).total_seconds()) if s else None,
                 "renewals": e.renewals, "last_error": e.last_error,
             })
         return out
-
-
-def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(root)  # names and the signature
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
 
 
 def _check_issued_files(d: Path, chain_pem: bytes, key_pem: bytes, sid: str, bundle_pem: bytes,
@@ -291,21 +367,13 @@ def _check_issued_files(d: Path, chain_pem: bytes, key_pem: bytes, sid: str, bun
         roots = pem.parse_bundle(bundle_pem, "trust bundle")
     except pem.PemError as e:
         raise ValueError(f"{e} ({e.reason})") from None
-    uris = _uri_sans(chain[0])
+    uris = ca.uri_sans(chain[0])
     if uris != [sid]:
         raise ValueError(f"{d}/cert.pem is for {uris or 'no URI SAN'}, not {sid}")
     v = validate.validate_peer(chain, roots, trust_domain, dt.datetime.now(dt.UTC), expected_id=sid)
     if not v.ok:
         raise ValueError(f"{d}/cert.pem refused: {v.reason}: {v.detail}")
     return chain[0]
-
-
-def _uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        return []
 
 
 def _in_trio() -> bool:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_CAP_S = 60.0
+# Asking a CA service: ztunnel's caclient backoff (from ~1 s, x2, +-20 %, capped at
+# 150 s), so a fleet that lost its CA does not come back in lock-step.
+CA_BACKOFF_CAP_S = 150.0
+CA_BACKOFF_JITTER = 0.2
 
 
 def renew_at(not_before: float, not_after: float, fraction: float, jitter: float, u: float) -> float:
@@ -22,6 +26,12 @@ def renew_at(not_before: float, not_after: float, fraction: float, jitter: float
 
 def backoff(failures: int) -> float:
     return min(BACKOFF_CAP_S, BACKOFF_FIRST_S * (2 ** max(0, failures - 1)))
+
+
+def ca_backoff(failures: int, u: float) -> float:
+    """Delay before the next call to an unreachable CA service; ``u`` in [0, 1)."""
+    base = min(CA_BACKOFF_CAP_S, BACKOFF_FIRST_S * (2 ** min(30, max(0, failures - 1))))
+    return base * (1 + (u * 2 - 1) * CA_BACKOFF_JITTER)
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Renewal:
         self.failures = 0
         self.deadline = renew_at(not_before, not_after, fraction, jitter, u)
 
-    def on_failed(self, now: float) -> None:
+    def on_failed(self, now: float, u: float | None = None) -> None:
+        """``u`` given: the CA service's jittered, longer-capped backoff."""
         self.failures += 1
-        self.deadline = now + backoff(self.failures)
+        self.deadline = now + (backoff(self.failures) if u is None else ca_backoff(self.failures, u))

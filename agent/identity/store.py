@@ -2,7 +2,9 @@
 
 ``D/root.pem``, ``D/root.key`` (0600), ``D/bundle.pem`` (every trusted root; rotation
 adds a root and keeps the old until ``retire_old_roots``), ``D/nodes/<node>/cert.pem`` +
-``key.pem`` (the node intermediate, issued by the newest root).
+``key.pem`` (the node intermediate, issued by the newest root), and
+``D/nodes/<node>/credential/{cert,key}.pem`` (the node's client credential for the CA
+service: no signing power; docs/identity.md, "The CA service").
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def issue_node(d: Path, node: str) -> Path:
     root_key = ca.load_key((d / "root.key").read_bytes())
     cert, key = ca.make_intermediate(root, root_key, node, trust_domain_of(d), _now())
     out = d / "nodes" / node
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(out / "key.pem", ca.key_pem(key))
+    (out / "cert.pem").write_bytes(ca.cert_pem(cert))
+    return out / "cert.pem"
+
+
+def issue_node_credential(d: Path, node: str) -> Path:
+    """The node's client certificate for ``hostmesh ca serve`` (mutual TLS), from the
+    newest root; the node holds this instead of a signing key."""
+    d = Path(d)
+    root = ca.load_certs((d / "root.pem").read_bytes())[0]
+    root_key = ca.load_key((d / "root.key").read_bytes())
+    cert, key = ca.make_node_credential(root, root_key, node, _now())
+    out = d / "nodes" / node / "credential"
     out.mkdir(parents=True, exist_ok=True)
     write_private(out / "key.pem", ca.key_pem(key))
     (out / "cert.pem").write_bytes(ca.cert_pem(cert))

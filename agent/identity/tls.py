@@ -48,14 +48,19 @@ def make_context(purpose: str, chain_pem: bytes, key_pem: bytes, bundle_pem: byt
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     ctx.load_verify_locations(cadata=bundle_pem.decode())
-    # load_cert_chain only reads files: a private temporary directory, removed at once
+    load_chain(ctx, chain_pem, key_pem)
+    return ctx
+
+
+def load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """``ctx.load_cert_chain`` from memory. It only reads files: a private temporary
+    directory, removed at once."""
     with tempfile.TemporaryDirectory(prefix="hostmesh-svid-") as d:
         with open(f"{d}/c.pem", "wb") as f:
             f.write(chain_pem)
         with open(f"{d}/k.pem", "wb") as f:
             f.write(key_pem)
         ctx.load_cert_chain(f"{d}/c.pem", f"{d}/k.pem")
-    return ctx
 
 
 def peer_leaf(sock: ssl.SSLSocket) -> x509.Certificate | None:

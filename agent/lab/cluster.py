@@ -52,7 +52,9 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       capture: dict | None = None, progress=print) -> dict:
+       capture: dict | None = None, progress=print, node_ca: bool = False) -> dict:
+    """``node_ca``: every node mints its own SVIDs with a node intermediate (the
+    single-host mode) instead of asking the lab's CA service (the default)."""
     check_name(name)
     if state_path(name).parent.exists() or netns.existing(f"hm-{name}-"):
         raise LabError(f"a lab named {name!r} exists already (hostmesh lab down --name {name}, or pick --name)")
@@ -60,16 +62,24 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "created": time.time()}
+             "kafka": None, "otlp": None, "ca": None, "created": time.time()}
     save_state(name, state)
     try:
         t0 = time.monotonic()
         netns.build(lp)
         progress(f"lab {name}: {len(lp.nodes)} node(s), {len(lp.pods)} pod(s) wired in {time.monotonic() - t0:.1f} s")
         _ca(lp)
+        if not node_ca:
+            from agent.lab import casvc
+
+            state["ca"] = {"address": f"{lp.ext_ip4}:{casvc.PORT}", "root": str(casvc.paths(lp)["root"]),
+                           "pid": casvc.start(lp).pid}
+            save_state(name, state)
         for n in lp.nodes:
             Path(n.dir).mkdir(parents=True, exist_ok=True)
             write_config(lp, n, state)
+        if state["ca"]:
+            casvc.wait(lp)
         if kafka or otlp:
             _services(lp, state, kafka, otlp)
             for n in lp.nodes:
@@ -100,7 +110,7 @@ def down(name: str) -> list[str]:
         names |= set(state.get("netns", []))
         for pid in state.get("agents", {}).values():
             _kill(pid, signal.SIGKILL)
-        for svc in ("kafka", "otlp"):
+        for svc in ("kafka", "otlp", "ca"):
             if state.get(svc) and state[svc].get("pid"):
                 _kill(state[svc]["pid"], signal.SIGKILL)
     except (FileNotFoundError, ValueError):
@@ -130,7 +140,8 @@ def status(name: str) -> dict:
     return {
         "name": name,
         "nodes": [{"name": n.name, "netns": n.netns, "address": n.ip4, "address6": n.ip6,
-                   "admin_socket": n.admin_socket, "agent_pid": _alive(state["agents"].get(n.name))}
+                   "admin_socket": n.admin_socket, "agent_pid": _alive(state["agents"].get(n.name)),
+                   "credential": _credential(lp, n.name) if state.get("ca") else None}
                   for n in lp.nodes],
         "pods": [{"name": p.name, "namespace": p.namespace, "service_account": p.service_account, "labels": p.labels,
                   "netns": p.netns, "ip": p.ip4, "ip6": p.ip6, "node": f"node-{p.node}", "identity": p.identity(td),
@@ -141,8 +152,16 @@ def status(name: str) -> dict:
         "otlp": state.get("otlp") and {"endpoint": state["otlp"]["endpoint"],
                                        "http_endpoint": state["otlp"].get("http_endpoint"),
                                        "received": state["otlp"].get("out")},
+        "ca": state.get("ca") and {"address": state["ca"]["address"], "root": state["ca"]["root"],
+                                   "pid": _alive(state["ca"].get("pid"))},
         "complete": state.get("complete", False),
     }
+
+
+def _credential(lp: LabPlan, node: str) -> dict:
+    from agent.lab import casvc
+
+    return casvc.credential(lp, node)
 
 
 def _alive(pid: int | None) -> int | None:
@@ -165,20 +184,18 @@ def _ca(lp: LabPlan) -> None:
 
     d = Path(lp.dir) / "ca"
     store.init_dir(d, "cluster.local")
-    for n in lp.nodes:
+    for n in lp.nodes:  # also with the CA service: tests mint bad peers' SVIDs with them
         store.issue_node(d, n.name)
 
 
 def write_config(lp: LabPlan, n, state: dict) -> Path:
-    d = Path(lp.dir)
     cfg = {
         "node": {"name": n.name, "address": n.ip4, "address6": n.ip6},
         "cluster": {"pod_cidrs": [n.cidr4, n.cidr6], "services": _services_config(lp, state),
                     "nodes": [{"name": m.name, "address": m.ip4, "address6": m.ip6, "pod_cidrs": [m.cidr4, m.cidr6]}
                               for m in lp.nodes]},
         "admin": {"socket": n.admin_socket},
-        "identity": {"trust_domain": "cluster.local", "ca_cert": str(d / "ca" / "nodes" / n.name / "cert.pem"),
-                     "ca_key": str(d / "ca" / "nodes" / n.name / "key.pem"), "trust_bundle": str(d / "ca" / "bundle.pem")},
+        "identity": _identity_config(lp, n, state),
         "capture": {"enabled": True, **state.get("capture", {"backend": "nftables", "fail": "closed"})},
         "ports": {"metrics_bind": "0.0.0.0"},
         "drain": {"deadline_s": 5.0, "accept_grace_s": 3.0},
@@ -196,6 +213,16 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     base.unlink(missing_ok=True)
     return path
+
+
+def _identity_config(lp: LabPlan, n, state: dict) -> dict:
+    if state.get("ca"):
+        from agent.lab import casvc
+
+        return casvc.identity_config(lp, n.name)
+    d = Path(lp.dir) / "ca"
+    return {"trust_domain": "cluster.local", "ca_cert": str(d / "nodes" / n.name / "cert.pem"),
+            "ca_key": str(d / "nodes" / n.name / "key.pem"), "trust_bundle": str(d / "bundle.pem")}
 
 
 def _services_config(lp: LabPlan, state: dict) -> list[dict]:

@@ -54,7 +54,7 @@ def test_renewal_every_5s_under_load_fails_no_connection(tmp_path):
 def test_root_rotation_with_an_overlapping_bundle_fails_no_connection():
     """ca init --rotate (bundle: old + new root) -> reload; new intermediates -> reload one
     node, then the other; ca retire (bundle: new root only) -> reload: under steady load."""
-    with lab_up("troot", "--nodes", "2", "--pods-per-node", "1") as lab:
+    with lab_up("troot", "--nodes", "2", "--pods-per-node", "1", "--node-ca") as lab:  # node intermediates
         lab.serve_http("pod-1-0", 8080)
         ca_dir = Path("/run/hostmesh/lab/troot/ca")
         old_root = (ca_dir / "root.pem").read_bytes()
