@@ -85,7 +85,7 @@ def test_unknown_backend_is_refused_with_nothing_applied(scratch_ns, tmp_path):
     r = _hostmesh(os.environ["PATH"], "capture", "install", "--config", str(cfg), "--netns", scratch_ns)
     assert r.returncode != 0 and f"{cfg}:3" in r.stderr and "backend" in r.stderr, r.stderr
     r = _hostmesh(os.environ["PATH"], "doctor", "--config", str(cfg))
-    assert r.returncode == 1 and f"{cfg}:3" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"{cfg}:3" in r.stderr, r.stderr
     _untouched(scratch_ns)
 
 
