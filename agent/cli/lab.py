@@ -11,15 +11,19 @@ from pathlib import Path
 
 from agent.cli.main import CliError
 
+LAB_ENV = "HOSTMESH_LAB"  # the lab every `hostmesh lab` command means without --name
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="a virtual cluster of network namespaces on this machine")
     ls = p.add_subparsers(dest="lab_cmd", metavar="SUBCOMMAND", required=True)
 
+    env = os.environ.get(LAB_ENV)
+
     def cmd(name: str, fn, help: str, default: str | None = "lab") -> argparse.ArgumentParser:
         c = ls.add_parser(name, help=help, description=help)
-        c.add_argument("--name", default=default,
-                       help="lab name (default: lab)" if default else "lab name (default: list the labs)")
+        c.add_argument("--name", default=env or default,
+                       help=f"lab name (default: ${LAB_ENV}, else " + (f"{default})" if default else "list the labs)"))
         c.set_defaults(func=fn)
         return c
 
@@ -142,7 +146,7 @@ def cmd_status(args) -> int:
     try:
         st = cluster.status(args.name)
     except _errors() as e:
-        raise CliError(str(e), 1) from None
+        raise CliError(str(e)) from None  # no such lab: a usage error (2)
     if args.json:
         print(json.dumps(st, indent=1))
     else:
