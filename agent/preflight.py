@@ -198,7 +198,7 @@ def _host(cfg: Config, add) -> None:
         others = {o for o in others if not _is_agent(o[1])}
         if others:
             pid, cmd = sorted(others, key=str)[0]
-            who = f"pid {pid} ({cmd})" if pid else cmd
+            who = f"pid {pid} ({cmd[:60]})" if pid else cmd
             add(setting, f"port {port} is in use by {who}",
                 "stop that process, or choose another port", "host")
 
@@ -244,7 +244,7 @@ def _socket_owners(inodes: set[str]) -> dict[str, tuple[int, str]]:
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     cmd = "?"
-                out[want[target]] = (int(pid), cmd.strip()[:60])
+                out[want[target]] = (int(pid), cmd.strip())
         if len(out) == len(want):
             break
     return out

@@ -133,3 +133,12 @@ def test_failure_line_flattens_exception_groups():
     assert failure_line(RuntimeError("boom"), cfg).endswith(
         "RuntimeError: boom; capture rules stay installed (capture.fail: open): pods' connections flow directly, "
         "unenforced")
+
+
+def test_a_running_agent_is_recognised_by_its_whole_command_line():
+    from agent.preflight import _is_agent
+
+    assert _is_agent("/opt/hostmesh/bin/python /opt/hostmesh/bin/hostmesh run --config /etc/hostmesh/config.yaml")
+    assert _is_agent("/work/wt/x/.venv/bin/python -m agent --log-format json run --config /run/hostmesh/lab/l/n/c.yaml")
+    assert not _is_agent("nginx: master process /usr/sbin/nginx")
+    assert not _is_agent("/usr/bin/python3 -m http.server 15001")
