@@ -69,14 +69,15 @@ def _locator(path: str, text: str | None):
 
 
 def _read(setting: str, value: str, add) -> bytes | None:
+    from agent.files import FileProblem, read_bytes
+
     try:
-        return Path(value).read_bytes()
-    except FileNotFoundError:
-        add(setting, f"{value}: no such file", "create it or correct the path")
-    except IsADirectoryError:
-        add(setting, f"{value}: is a directory, not a file", "give the file's path")
-    except OSError as e:
-        add(setting, f"{value}: cannot read: {e.strerror}", "check its mode and owner (the agent's user reads it)")
+        return read_bytes(value)
+    except FileProblem as e:
+        msg = str(e)
+        fix = ("create it or correct the path" if msg.endswith("no such file") else "give the file's path"
+               if "directory" in msg else "check its mode and owner (the agent's user reads it)")
+        add(setting, msg, fix)
     return None
 
 

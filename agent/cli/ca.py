@@ -116,16 +116,13 @@ def _chain_state(certs: list, depth: int, roots: list | None) -> str:
 
 
 def _load_pem(f: Path) -> list:
+    from agent.files import FileProblem, read_bytes
     from agent.identity import ca
 
     try:
-        certs = ca.load_certs(f.read_bytes())
-    except FileNotFoundError:
-        raise CliError(f"{f}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{f}: is a directory, not a PEM file") from None
-    except OSError as e:
-        raise CliError(f"{f}: cannot read: {e.strerror}") from None
+        certs = ca.load_certs(read_bytes(f))
+    except FileProblem as e:
+        raise CliError(str(e)) from None
     except ValueError as e:
         raise CliError(f"{f}: not a PEM certificate file ({e})") from None
     if not certs:

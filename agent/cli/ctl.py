@@ -124,14 +124,12 @@ def _out(args, data, table=None) -> int:
 
 
 def _read(path: Path) -> str:
+    from agent.files import FileProblem, read_text
+
     try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise _usage(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise _usage(f"{path}: is a directory, not a file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _usage(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+        return read_text(path)
+    except FileProblem as e:
+        raise _usage(str(e)) from None
 
 
 def workload_body(args) -> dict:

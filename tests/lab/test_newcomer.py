@@ -6,7 +6,6 @@ pod count, and the tunnel destination's record of a failed upstream connect."""
 from __future__ import annotations
 
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -75,17 +74,6 @@ def test_tunnel_destination_records_a_failed_upstream(lab):
     assert not [k for k in counters if " " in k]  # no counter name with a space
 
 
-@pytest.fixture
-def netns():
-    ns = f"hm-erun-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-    try:
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
-
-
 def _config(tmp: Path, fail: str, bundle: str = "bundle.pem") -> Path:
     ca = tmp / "ca"
     if not ca.exists():
@@ -106,26 +94,26 @@ def _tables(ns: str) -> str:
     return ns_run(ns, "nft", "list", "tables").stdout
 
 
-def test_run_refuses_a_bad_config_before_touching_capture(netns, tmp_path):
+def test_run_refuses_a_bad_config_before_touching_capture(scratch_ns, tmp_path):
     f = _config(tmp_path, "closed", bundle="nope.pem")
-    r = ns_run(netns, PY, "-m", "agent", "run", "--config", str(f), timeout=60)
+    r = ns_run(scratch_ns, PY, "-m", "agent", "run", "--config", str(f), timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "ExceptionGroup" not in r.stderr, r.stderr
     assert r.stderr.splitlines() == [
         f"hostmesh: {f}:5: identity.trust_bundle: {tmp_path}/ca/nope.pem: no such file (create it or correct the path)",
         "hostmesh: not started; nothing was changed (capture rules from an earlier agent, if any, stay as they are)"]
-    assert "hostmesh" not in _tables(netns)
+    assert "hostmesh" not in _tables(scratch_ns)
 
 
 @pytest.mark.parametrize("fail", ["closed", "open"])
-def test_a_later_start_up_failure_is_one_line_and_keeps_the_rules(netns, tmp_path, fail):
+def test_a_later_start_up_failure_is_one_line_and_keeps_the_rules(scratch_ns, tmp_path, fail):
     f = _config(tmp_path, fail)
     # a socket bound (not listening) on :15008 passes the pre-flight, then fails the agent's bind
-    holder = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-c",
+    holder = subprocess.Popen(["ip", "netns", "exec", scratch_ns, PY, "-c",
                                "import socket,sys,time; s=socket.socket(); s.bind(('0.0.0.0',15008)); "
                                "print('bound', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "bound"
-        r = ns_run(netns, PY, "-m", "agent", "run", "--config", str(f), timeout=60)
+        r = ns_run(scratch_ns, PY, "-m", "agent", "run", "--config", str(f), timeout=60)
     finally:
         holder.kill()
         holder.wait()
@@ -137,26 +125,26 @@ def test_a_later_start_up_failure_is_one_line_and_keeps_the_rules(netns, tmp_pat
                       "until an agent runs; hostmesh capture remove takes them out",
             "open": "capture rules stay installed (capture.fail: open): pods' connections flow directly, unenforced"}
     assert last.endswith(want[fail])
-    assert "table inet hostmesh" in _tables(netns)  # as documented: the fail rule carries the mode
-    r = hm("capture", "remove", "--netns", netns, "--config", str(f))
-    assert r.returncode == 0 and "hostmesh" not in _tables(netns)
+    assert "table inet hostmesh" in _tables(scratch_ns)  # as documented: the fail rule carries the mode
+    r = hm("capture", "remove", "--netns", scratch_ns, "--config", str(f))
+    assert r.returncode == 0 and "hostmesh" not in _tables(scratch_ns)
 
 
-def test_capture_install_counts_pods_not_addresses(netns, tmp_path):
+def test_capture_install_counts_pods_not_addresses(scratch_ns, tmp_path):
     f = _config(tmp_path, "closed")
-    r = hm("capture", "install", "--netns", netns, "--config", str(f))
+    r = hm("capture", "install", "--netns", scratch_ns, "--config", str(f))
     assert (r.returncode, r.stdout) == (0, "capture installed (nftables, 2 pod(s) enrolled, 4 address(es))\n")
-    assert hm("capture", "remove", "--netns", netns).returncode == 0
+    assert hm("capture", "remove", "--netns", scratch_ns).returncode == 0
 
 
-def test_ports_held_by_another_program_are_named_by_check_config(netns, tmp_path):
+def test_ports_held_by_another_program_are_named_by_check_config(scratch_ns, tmp_path):
     f = _config(tmp_path, "closed")
-    holder = subprocess.Popen(["ip", "netns", "exec", netns, PY, "-c",
+    holder = subprocess.Popen(["ip", "netns", "exec", scratch_ns, PY, "-c",
                                "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',15020)); s.listen(); "
                                "print('up', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "up"
-        r = ns_run(netns, PY, "-m", "agent", "check-config", str(f))
+        r = ns_run(scratch_ns, PY, "-m", "agent", "check-config", str(f))
     finally:
         holder.kill()
         holder.wait()

@@ -43,3 +43,13 @@ def test_decision_metric_and_events_agree():
     series = agent.telemetry.metrics.counters["hostmesh_policy_decisions_total"]
     assert series == {("allow", "shop/only-a"): 2, ("deny", "-"): 1}
     assert (counts["policy_decisions_allow"], counts["policy_decisions_deny"]) == (2, 1)
+
+
+def test_lab_otlp_receiver_writes_ids_in_hex_like_the_access_log():
+    from agent.lab.otlp import hex_ids
+
+    body = {"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "AAECAwQFBgcICQoLDA0ODw==", "spanId": "AAECAwQFBgc=", "parentSpanId": "", "name": "connect"}]}]}]}
+    span = hex_ids(body)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span == {"traceId": "000102030405060708090a0b0c0d0e0f", "spanId": "0001020304050607", "parentSpanId": "",
+                    "name": "connect"}
