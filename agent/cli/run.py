@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from agent.cli.main import CliError
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     # started by the supervisor of dataplane.workers > 1 (agent/workers.py), not by hand
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
-    c = sub.add_parser("check-config", help="validate a configuration and its policies")
+    c = sub.add_parser("check-config", help="check everything `hostmesh run` needs: the file, the files it names "
+                                            "(CA key and chain, bundle, policies), addresses and ports")
     c.add_argument("file")
     c.set_defaults(func=cmd_check)
 
@@ -84,11 +86,23 @@ def first_error(e: BaseException) -> BaseException:
     return e
 
 
+# What a start-up OSError usually means, and where to look (the checks of `check-config`
+# have passed by then, so these are the cases they cannot see).
+_HINTS = {
+    errno.EADDRINUSE: "a port of ports.* is bound by another program: ss -tanp",
+    errno.EADDRNOTAVAIL: "an address of node.* or ports.*_bind is not on this host",
+    errno.EACCES: "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW",
+    errno.EPERM: "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW",
+}
+
+
 def failure_line(e: BaseException, cfg) -> str:
     leaf = first_error(e)
     what = getattr(leaf, "strerror", None) and getattr(leaf, "filename", None)
     detail = f"{leaf.filename}: {leaf.strerror}" if what else (str(leaf) or type(leaf).__name__)
-    return f"the agent stopped: {type(leaf).__name__}: {detail}; {_capture_note(cfg, installed=True)}"
+    hint = _HINTS.get(getattr(leaf, "errno", None)) if isinstance(leaf, OSError) else None
+    return (f"the agent stopped: {type(leaf).__name__}: {detail}" + (f" ({hint})" if hint else "")
+            + f"; {_capture_note(cfg, installed=True)}")
 
 
 def _capture_note(cfg, installed: bool) -> str:

@@ -121,6 +121,7 @@ def test_a_later_start_up_failure_is_one_line_and_keeps_the_rules(scratch_ns, tm
     last = r.stderr.splitlines()[-1]
     assert "Traceback" not in r.stderr and "ExceptionGroup" not in r.stderr, r.stderr
     assert last.startswith("hostmesh: the agent stopped: OSError: ") and "Address already in use" in last
+    assert "(a port of ports.* is bound by another program: ss -tanp)" in last
     want = {"closed": "capture rules stay installed (capture.fail: closed): pods' new connections are refused "
                       "until an agent runs; hostmesh capture remove takes them out",
             "open": "capture rules stay installed (capture.fail: open): pods' connections flow directly, unenforced"}

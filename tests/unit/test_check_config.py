@@ -127,7 +127,8 @@ def test_failure_line_flattens_exception_groups():
     cfg = parse_config("{}")
     err = BaseExceptionGroup("nursery", [ExceptionGroup("inner", [PermissionError(13, "Permission denied", "/x")])])
     assert failure_line(err, cfg) == (
-        "the agent stopped: PermissionError: /x: Permission denied; capture rules stay installed (capture.fail: "
+        "the agent stopped: PermissionError: /x: Permission denied (run as root, or with CAP_NET_ADMIN and "
+        "CAP_NET_RAW); capture rules stay installed (capture.fail: "
         "closed): pods' new connections are refused until an agent runs; hostmesh capture remove takes them out")
     cfg = parse_config("capture: {fail: open}")
     assert failure_line(RuntimeError("boom"), cfg).endswith(
