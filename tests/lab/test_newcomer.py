@@ -51,6 +51,13 @@ def test_lab_command_messages(lab):
     pid = lab.node(1)["agent_pid"]
     assert (r.returncode, r.stderr) == (
         2, f"hostmesh: the agent on node-1 is running (pid {pid}): lab agent node-1 stop first\n")
+    r = hm("lab", "agent", "node-1", "kill", "--name", "ecli")
+    assert (r.returncode, r.stdout) == (0, "node-1: agent killed (SIGKILL)\n")
+    r = hm("lab", "agent", "node-1", "kill", "--name", "ecli")
+    assert (r.returncode, r.stdout) == (0, "node-1: no agent was running\n")
+    r = hm("lab", "agent", "node-1", "start", "--name", "ecli")
+    lab.refresh()
+    assert (r.returncode, r.stdout) == (0, f"node-1: agent started, pid {lab.node(1)['agent_pid']}\n")
     r = hm("lab", "ctl", "node-0", "--name", "ecli", "status")
     assert r.returncode == 0 and r.stdout.startswith("node:") and "node-0" in r.stdout.splitlines()[0]
     r = hm("lab", "ctl", "node-0", "--name", "ecli", "policies", "delete", "nosuch")
