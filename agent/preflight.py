@@ -9,8 +9,9 @@ SO_REUSEPORT). Each problem names the setting (``file:line: identity.ca_key: ...
 the fix. A problem is ``config`` (exit 2: change the configuration) or ``host`` (exit 1:
 the configuration is fine, this host is not ready for it).
 
-Reads files and /proc; never listens, installs rules or writes anything (it binds port 0
-of a bind address to learn whether this host has it).
+Reads files and /proc; never listens, installs rules or writes anything (it binds, and
+closes at once, port 0 of a bind address to learn whether this host has it, and a held
+port whose holder it cannot see to learn whether that holder shares it).
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ def _host(cfg: Config, add) -> None:
     for setting, port in named.items():
         others = {owners.get(i, (None, "an unknown process")) for i in held[port]}
         others = {o for o in others if not _is_agent(o[1])}
+        if others and all(pid is None for pid, _ in others) and _shareable(port):
+            others = set()  # a holder we cannot see (another PID namespace) shares it as an agent would
         if others:
             pid, cmd = sorted(others, key=str)[0]
             who = f"pid {pid} ({cmd[:60]})" if pid else cmd
@@ -218,6 +221,20 @@ def _unbindable(addr: str) -> str | None:
         except OSError as e:
             return e.strerror or str(e)
     return None
+
+
+def _shareable(port: int) -> bool:
+    """Whether this process could bind ``port`` beside its listeners, as the agent's own
+    SO_REUSEPORT listeners do (same user, SO_REUSEPORT on both)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def _is_agent(cmdline: str) -> bool:

@@ -143,3 +143,16 @@ def test_a_running_agent_is_recognised_by_its_whole_command_line():
     assert _is_agent("/work/wt/x/.venv/bin/python -m agent --log-format json run --config /run/hostmesh/lab/l/n/c.yaml")
     assert not _is_agent("nginx: master process /usr/sbin/nginx")
     assert not _is_agent("/usr/bin/python3 -m http.server 15001")
+
+
+def test_a_port_shared_with_so_reuseport_by_an_unseen_holder_is_free():
+    from agent.preflight import _shareable
+
+    with socket.socket() as plain, socket.socket() as shared:
+        plain.bind(("0.0.0.0", 0))
+        plain.listen()
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.bind(("0.0.0.0", 0))
+        shared.listen()
+        assert not _shareable(plain.getsockname()[1])
+        assert _shareable(shared.getsockname()[1])
