@@ -328,6 +328,11 @@ def pydantic_errors(doc: Doc, err: Any, prefix: tuple = ()) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            # pydantic names the internal class ("instance of SourceM"); say what to write
+            got = e.get("input")
+            msg = ("must be a mapping, but it is empty (are the lines below it indented under it?)" if got is None
+                   else f"must be a mapping, not {type(got).__name__} {got!r:.40}")
         out.append(f"{doc.where(loc)}: {dotted + ': ' if dotted else ''}{msg}")
     return out
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 
 import h11
 
@@ -25,6 +27,13 @@ class AdminClient:
             data = body.encode()
         else:
             data = body or b""
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError:
+            mode = None  # connect() below names the reason
+        if mode is not None and not stat.S_ISSOCK(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "a special file"
+            raise AdminUnavailable(f"{self.path}: is {kind}, not the agent's admin socket (see admin.socket)")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         try:

@@ -39,11 +39,43 @@ def make_handler(api):
             if inspect.isawaitable(result):
                 result = await result
         except ApiError as e:
+            audit(req, m.handler, e.status, e.message)
             return _json(e.status, e.to_json())
         status = 201 if m.handler == "add_workload" else 200
+        audit(req, m.handler, status, _summary(m.handler, result))
         return _json(status, result)
 
     return handle
+
+
+# Changes an operator must be able to trace (who registered, applied, reloaded, drained);
+# reads and the supervisor's internal sync are not audited.
+AUDITED = {"add_workload", "remove_workload", "apply_policies", "delete_policy", "set_log_level", "reload", "drain"}
+
+
+def _summary(handler: str, result) -> str:
+    if not isinstance(result, dict):
+        return ""
+    if handler == "apply_policies":
+        return "applied " + ", ".join(result.get("applied", []))
+    if handler in ("add_workload", "remove_workload"):
+        return f"uid {result.get('uid')}"
+    if handler == "delete_policy":
+        return f"deleted {result.get('deleted')}"
+    return " ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+
+
+def audit(req: Request, handler: str, status: int, outcome: str) -> None:
+    """One line per admin change in the agent's log: ``admin PUT /v1/policies -> 200: applied shop/a``
+    with the caller's pid and uid (SO_PEERCRED) and the x-source of a policy apply."""
+    if handler not in AUDITED:
+        return
+    pid, uid, _gid = req.peer if isinstance(req.peer, tuple) else (None, None, None)
+    extra = {"caller_pid": pid, "caller_uid": uid}
+    if handler == "apply_policies":
+        extra["source"] = req.headers.get("x-source") or "admin-api"
+    log = logger.info if status < 400 else logger.warning
+    log("admin %s %s -> %d: %s", req.method, req.path, status, outcome or "ok", extra=extra)
 
 
 def _call(api, name: str, params: dict, req: Request):

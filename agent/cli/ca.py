@@ -1,4 +1,8 @@
-"""`hostmesh ca init|issue|retire|inspect`: a local CA for bare-metal installs (docs/identity.md)."""
+"""`hostmesh ca init|issue|retire|inspect`: a local CA for bare-metal installs (docs/identity.md).
+
+Exit codes (docs/cli.md): 0 ok, 1 a check failed (``inspect`` found a broken chain,
+``retire`` would strand node intermediates), 2 usage error or a missing/invalid file.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_issue)
     r = cs.add_parser("retire", help="end a root rotation: keep only the current root in the bundle")
     r.add_argument("--dir", required=True, type=Path)
+    r.add_argument("--force", action="store_true",
+                   help="retire even when node intermediates in --dir were issued by a retired root")
     r.set_defaults(func=cmd_retire)
     n = cs.add_parser("inspect", help="show certificates: chain, identities, validity")
     n.add_argument("files", nargs="+", type=Path)
+    n.add_argument("--bundle", type=Path, help="check that each chain reaches a root in this trust bundle")
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=cmd_inspect)
     from agent.cli import ca_serve
@@ -58,6 +65,15 @@ def cmd_retire(args) -> int:
 
     if not (args.dir / "root.pem").exists() or not (args.dir / "bundle.pem").exists():
         raise CliError(f"{args.dir}: no root CA here (hostmesh ca init --dir {args.dir})")
+    from agent.identity import ca
+
+    current = ca.load_certs((args.dir / "root.pem").read_bytes())[0]
+    stranded = sorted(p.parent.name for p in (args.dir / "nodes").glob("*/cert.pem")
+                      if not ca.issued_by(ca.load_certs(p.read_bytes())[0], current))
+    if stranded and not args.force:
+        raise CliError(f"{args.dir}: node intermediates not issued by the current root: {', '.join(stranded)}; "
+                       f"their SVIDs would not chain to the bundle once retired. Re-issue them first "
+                       f"(hostmesh ca issue --dir {args.dir} --node NAME), or --force", 1)
     dropped = store.retire_old_roots(args.dir)
     print(f"{args.dir / 'bundle.pem'}: {dropped} old root(s) removed; distribute it and reload the agents")
     return 0
@@ -81,7 +97,9 @@ def cmd_issue(args) -> int:
             raise CliError(f"{args.spiffe_id}: trust domain is not {store.trust_domain_of(args.dir)}")
         if args.node and not (args.dir / "nodes" / args.node / "cert.pem").exists():
             raise CliError(f"no intermediate for node {args.node} (hostmesh ca issue --dir {args.dir} --node {args.node})")
-        out = args.out or Path(".")
+        if args.out is None:
+            raise CliError("ca issue --spiffe-id needs --out DIR (where cert.pem and key.pem go)")
+        out = args.out
         print(store.issue_leaf(args.dir, args.spiffe_id, out, args.node, args.ttl))
         return 0
     if args.credential:
@@ -91,19 +109,44 @@ def cmd_issue(args) -> int:
     return 0
 
 
+def _chain_state(certs: list, depth: int, roots: list | None) -> str:
+    """How certificate ``depth`` of a file chains: to the next one in the file, to itself
+    (a root), or to a root of ``--bundle``."""
+    from agent.identity import ca as _ca
+
+    c = certs[depth]
+    if depth + 1 < len(certs):
+        return f"signed by #{depth + 1}" if _ca.issued_by(c, certs[depth + 1]) else f"NOT signed by #{depth + 1}"
+    if roots is not None:
+        return "reaches the bundle" if any(r == c or _ca.issued_by(c, r) for r in roots) else "NOT in the bundle"
+    return "self-signed" if _ca.issued_by(c, c) else "issuer not in the file"
+
+
+def _load_pem(f: Path) -> list:
+    from agent.files import FileProblem, read_bytes
+    from agent.identity import ca
+
+    try:
+        certs = ca.load_certs(read_bytes(f))
+    except FileProblem as e:
+        raise CliError(str(e)) from None
+    except ValueError as e:
+        raise CliError(f"{f}: not a PEM certificate file ({e})") from None
+    if not certs:
+        raise CliError(f"{f}: no certificate in it")
+    return certs
+
+
 def cmd_inspect(args) -> int:
     from cryptography import x509
 
     from agent.cli.table import render
-    from agent.identity import ca
 
+    roots = _load_pem(args.bundle) if args.bundle else None
     rows = []
     now = dt.datetime.now(dt.UTC)
     for f in args.files:
-        try:
-            certs = ca.load_certs(f.read_bytes())
-        except (OSError, ValueError) as e:
-            raise CliError(f"{f}: not a PEM certificate file ({e})") from None
+        certs = _load_pem(f)
         for depth, c in enumerate(certs):
             try:
                 uris = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
@@ -118,11 +161,13 @@ def cmd_inspect(args) -> int:
             rows.append({"file": str(f), "depth": depth, "subject": c.subject.rfc4514_string(),
                          "issuer": c.issuer.rfc4514_string(), "uris": uris, "ca": is_ca,
                          "serial": format(c.serial_number, "x"), "not_before": c.not_valid_before_utc.isoformat(),
-                         "not_after": c.not_valid_after_utc.isoformat(), "state": state})
+                         "not_after": c.not_valid_after_utc.isoformat(), "state": state,
+                         "chain": _chain_state(certs, depth, roots)})
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(render(["file", "#", "subject", "identity", "CA", "not after", "state"],
-                     [[r["file"], r["depth"], r["subject"][:48], ",".join(r["uris"]) or "-", "yes" if r["ca"] else "no",
-                       r["not_after"][:19], r["state"]] for r in rows]))
-    return 0
+        print(render(["file", "#", "subject", "identity", "CA", "not after", "state", "chain"],
+                     [[r["file"], r["depth"], r["subject"], ",".join(r["uris"]) or "-", "yes" if r["ca"] else "no",
+                       r["not_after"][:19], r["state"], r["chain"]] for r in rows]))
+    broken = any(r["chain"].startswith("NOT") or r["state"] != "valid" for r in rows)
+    return 1 if broken else 0

@@ -1,8 +1,13 @@
-"""`hostmesh capture render|install|remove|status` (SPEC.md)."""
+"""`hostmesh capture render|install|remove|status` (SPEC.md).
+
+Exit codes (docs/cli.md): 0 ok, 1 the rules could not be installed or have drifted,
+2 the command line or the configuration is wrong (nothing was changed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from agent.cli.main import CliError
@@ -26,18 +31,23 @@ def cmd_capture(args) -> int:
         cfg = load_config(args.config) if args.config else parse_config("{}")
     except ConfigError as e:
         raise CliError(str(e)) from None
+    if args.netns and not os.path.exists(f"/run/netns/{args.netns}"):
+        raise CliError(f"--netns {args.netns}: no such network namespace (ip netns list)")
     if args.backend:
         if args.backend not in ("nftables", "iptables"):
             raise CliError(f"unknown backend {args.backend!r}: use nftables or iptables")
         cfg.capture.backend = args.backend
     try:
         cap = Capture(cfg.capture, cfg.ports, cfg.cluster.pod_cidrs, netns=args.netns)
-        cap._enrolled = set(args.pod) | {ip for w in cfg.workloads if not w.node for ip in [w.ip, *w.ips]}
+        local = [w for w in cfg.workloads if not w.node]
+        cap._enrolled = set(args.pod) | {ip for w in local for ip in [w.ip, *w.ips]}
+        pods = len(local) + len(set(args.pod) - {ip for w in local for ip in [w.ip, *w.ips]})
         if args.action == "render":
             sys.stdout.write(cap.render())
         elif args.action == "install":
             cap.install()
-            print(f"capture installed ({cap.backend}, {len(cap.enrolled())} pod(s) enrolled)")
+            print(f"capture installed ({cap.backend}, {pods} pod(s) enrolled, "
+                  f"{len(cap.enrolled())} address(es))")
         elif args.action == "remove":
             cap.remove()
             print("capture removed")

@@ -1,7 +1,9 @@
 """`hostmesh doctor`: checks this host for what the agent needs, and says what to fix.
 
 Each check gathers facts and returns ``(status, what, fix)`` with status OK, WARN or
-FAIL; the exit code is 1 when any check fails.
+FAIL; exit codes (docs/cli.md): 0 nothing FAILs, 1 a check FAILs, 2 the configuration is
+invalid. ``--netns NS`` runs every check inside a network namespace (a lab node:
+``hostmesh lab doctor NODE``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check kernel features, rules, certificates, ports and sinks")
     p.add_argument("--config", help="the agent's configuration")
     p.add_argument("--socket", help="admin socket (default: from the config)")
+    p.add_argument("--netns", help="check inside this network namespace (as `ip netns exec NS hostmesh doctor`)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 
 
-def _scratch_tproxy() -> tuple[str, str, str]:
+# One statement per line, each block closed on its own line: nft 1.0.6 refuses a `}`
+# right after a statement ("syntax error, unexpected '}'"), later versions accept both.
+PROBE_RULES = """\
+table inet probe {
+  chain p {
+    type filter hook prerouting priority mangle;
+    meta l4proto tcp socket transparent 1 accept
+    meta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:1 accept
+  }
+}
+"""
+
+
+def _scratch_tproxy(rules: str = PROBE_RULES) -> tuple[str, str, str]:
     """Try a tproxy + socket rule in a throwaway namespace (the host is never touched)."""
     if shutil.which("nft") is None:
         return "FAIL", "nft binary not found", "apt-get install nftables"
@@ -33,12 +49,10 @@ def _scratch_tproxy() -> tuple[str, str, str]:
     try:
         if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
             return "WARN", "cannot create a network namespace to probe TPROXY (not root?)", "run as root"
-        rules = ("table inet probe { chain p { type filter hook prerouting priority mangle;\n"
-                 " meta l4proto tcp socket transparent 1 accept\n"
-                 " meta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:1 accept } }\n")
         r = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, capture_output=True, text=True)
         if r.returncode != 0:
-            return "FAIL", f"kernel refuses nft tproxy/socket rules: {r.stderr.strip()[:120]}", \
+            first = next((line for line in r.stderr.splitlines() if "Error" in line), r.stderr.strip())
+            return "FAIL", f"kernel refuses nft tproxy/socket rules: {first[:200]}", \
                 "load nft_tproxy, nft_socket (modprobe) or use a kernel with CONFIG_NFT_TPROXY"
         return "OK", "nftables with tproxy and socket matching", ""
     finally:
@@ -141,7 +155,9 @@ def cmd_doctor(args) -> int:
         cfg = load_config(args.config) if args.config else parse_config("{}")
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return 1
+        return 2
+    if args.netns:
+        return run_in_netns(args.netns, args.config, args.socket, args.json)
     results = checks(cfg, args.socket or cfg.admin.socket)
     if args.json:
         print(json.dumps([{"status": s, "check": w, "fix": f} for s, w, f in results], indent=1))
@@ -149,3 +165,16 @@ def cmd_doctor(args) -> int:
         for s, w, f in results:
             print(f"[{s:4}] {w}" + (f"\n       fix: {f}" if f else ""))
     return 1 if any(s == "FAIL" for s, _, _ in results) else 0
+
+
+def run_in_netns(netns: str, config: str | None, sock: str | None, as_json: bool) -> int:
+    """The same checks from inside ``netns`` (its ports, rules, sockets, sinks)."""
+    if not os.path.exists(f"/run/netns/{netns}"):
+        print(f"hostmesh doctor: no network namespace {netns!r} (ip netns list)", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "agent", "doctor"]
+    argv += ["--config", config] if config else []
+    argv += ["--socket", sock] if sock else []
+    argv += ["--json"] if as_json else []
+    sys.stdout.flush()
+    return subprocess.run(["ip", "netns", "exec", netns, *argv]).returncode

@@ -11,14 +11,19 @@ from pathlib import Path
 
 from agent.cli.main import CliError
 
+LAB_ENV = "HOSTMESH_LAB"  # the lab every `hostmesh lab` command means without --name
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="a virtual cluster of network namespaces on this machine")
     ls = p.add_subparsers(dest="lab_cmd", metavar="SUBCOMMAND", required=True)
 
-    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
-        c = ls.add_parser(name, help=help)
-        c.add_argument("--name", default="lab", help="lab name (default: lab)")
+    env = os.environ.get(LAB_ENV)
+
+    def cmd(name: str, fn, help: str, default: str | None = "lab") -> argparse.ArgumentParser:
+        c = ls.add_parser(name, help=help, description=help)
+        c.add_argument("--name", default=env or default,
+                       help=f"lab name (default: ${LAB_ENV}, else " + (f"{default})" if default else "list the labs)"))
         c.set_defaults(func=fn)
         return c
 
@@ -35,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--capture-fail", choices=["closed", "open"], default="closed")
     c = cmd("down", cmd_down, "remove everything a lab made")
     c.add_argument("--all", action="store_true", help="every lab")
-    c = cmd("status", cmd_status, "what a lab is made of")
+    c = cmd("status", cmd_status, "what a lab is made of; without --name, which labs exist", default=None)
     c.add_argument("--json", action="store_true")
     c = cmd("exec", cmd_exec, "run a command in a pod's namespace")
     c.add_argument("pod")
@@ -47,6 +52,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = cmd("agent", cmd_agent, "stop (drain), start or kill one node's agent")
     c.add_argument("node")
     c.add_argument("action", choices=["stop", "start", "kill"])
+    c = cmd("ctl", cmd_ctl, "hostmesh ctl against one node's agent (its admin socket)")
+    c.add_argument("node")
+    c.add_argument("argv", nargs=argparse.REMAINDER, help="ctl's arguments: status, workloads, policies, ...")
+    c = cmd("doctor", cmd_doctor, "hostmesh doctor inside one node (its rules, ports, agent and certificates)")
+    c.add_argument("node")
+    c.add_argument("--json", action="store_true")
+
+
+def _split_name(args) -> list[str]:
+    """``lab exec POD --name NAME -- CMD``: a --name after the positional (REMAINDER keeps it) is still the lab's."""
+    argv = list(args.argv)
+    while argv and (argv[0] == "--name" or argv[0].startswith("--name=")):
+        if argv[0] == "--name":
+            if len(argv) < 2:
+                raise CliError("--name needs a lab name")
+            args.name, argv = argv[1], argv[2:]
+        else:
+            args.name, argv = argv[0].split("=", 1)[1], argv[1:]
+    return argv[1:] if argv[:1] == ["--"] else argv
 
 
 def _root() -> None:
@@ -91,7 +115,12 @@ def cmd_down(args) -> int:
     from agent.lab import cluster
 
     names = cluster.labs() if args.all else [args.name]
+    if args.all and not names:
+        print("no labs to remove")
     for name in names:
+        if not args.all and name not in cluster.labs() and not _leftovers(name):
+            print(f"lab {name} does not exist; nothing to remove")
+            continue
         try:
             left = cluster.down(name)
         except _errors() as e:
@@ -102,17 +131,51 @@ def cmd_down(args) -> int:
     return 0
 
 
+def _leftovers(name: str) -> bool:
+    from agent.lab import netns
+
+    try:
+        return bool(netns.existing(f"hm-{name}-"))
+    except Exception:  # noqa: BLE001 - not root, or no ip binary: down reports it
+        return True
+
+
 def cmd_status(args) -> int:
     from agent.lab import cluster
 
+    if args.name is None:
+        return _list_labs(args)
     try:
         st = cluster.status(args.name)
     except _errors() as e:
-        raise CliError(str(e), 1) from None
+        raise CliError(str(e)) from None  # no such lab: a usage error (2)
     if args.json:
         print(json.dumps(st, indent=1))
     else:
         _print_status(st)
+    return 0
+
+
+def _list_labs(args) -> int:
+    from agent.cli.table import render
+    from agent.lab import cluster
+
+    rows = []
+    for name in cluster.labs():
+        try:
+            st = cluster.status(name)
+        except _errors():
+            continue
+        rows.append({"name": name, "nodes": len(st["nodes"]), "pods": len(st["pods"]),
+                     "agents": sum(1 for n in st["nodes"] if n["agent_pid"])})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("no labs (hostmesh lab up [--name NAME] builds one)")
+    else:
+        print(render(["lab", "nodes", "pods", "agents running"],
+                     [[r["name"], r["nodes"], r["pods"], r["agents"]] for r in rows]))
+        print("hostmesh lab status --name NAME shows one")
     return 0
 
 
@@ -136,7 +199,7 @@ def cmd_exec(args) -> int:
     _root()
     from agent.lab import cluster
 
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    argv = _split_name(args)
     if not argv:
         raise CliError("lab exec POD -- COMMAND...: no command given")
     try:
@@ -209,5 +272,39 @@ def cmd_agent(args) -> int:
         r = cluster.agent(args.name, args.node, args.action)
     except _errors() as e:
         raise CliError(str(e)) from None
-    print(f"{r['node']}: agent {'pid ' + str(r['agent_pid']) if r['agent_pid'] else 'stopped'}")
+    if args.action == "start":
+        print(f"{r['node']}: agent started, pid {r['agent_pid']}")
+    elif r.get("was_running") is False:
+        print(f"{r['node']}: no agent was running")
+    else:
+        print(f"{r['node']}: agent " + ("stopped (drained)" if args.action == "stop" else "killed (SIGKILL)"))
     return 0
+
+
+def _node(args):
+    from agent.lab import cluster
+
+    try:
+        st = cluster.status(args.name)
+    except _errors() as e:
+        raise CliError(str(e)) from None
+    n = next((n for n in st["nodes"] if n["name"] == args.node), None)
+    if n is None:
+        raise CliError(f"lab {args.name} has no node {args.node!r} (nodes: {', '.join(m['name'] for m in st['nodes'])})")
+    return n
+
+
+def cmd_ctl(args) -> int:
+    from agent.cli.main import main
+
+    argv = _split_name(args)
+    n = _node(args)
+    return main(["ctl", "--socket", n["admin_socket"], *argv])
+
+
+def cmd_doctor(args) -> int:
+    from agent.cli.doctor import run_in_netns
+
+    _root()
+    n = _node(args)
+    return run_in_netns(n["netns"], str(Path(n["admin_socket"]).parent / "config.yaml"), n["admin_socket"], args.json)

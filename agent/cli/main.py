@@ -28,7 +28,9 @@ COMMANDS = {
 
 
 class CliError(Exception):
-    """A user-facing error: printed as ``hostmesh: <message>``, exit code 2 by default."""
+    """A user-facing error: printed as ``hostmesh: <message>``. Exit codes, for every
+    command (docs/cli.md): 0 ok, 1 a check failed or the operation did not succeed,
+    2 usage or configuration error (the default here: nothing was done)."""
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hostmesh ctl stats | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

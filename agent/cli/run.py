@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from agent.cli.main import CliError
@@ -14,40 +15,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     # started by the supervisor of dataplane.workers > 1 (agent/workers.py), not by hand
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
-    c = sub.add_parser("check-config", help="validate a configuration and its policies")
+    c = sub.add_parser("check-config", help="check everything `hostmesh run` needs: the file, the files it names "
+                                            "(CA key and chain, bundle, policies), addresses and ports")
     c.add_argument("file")
     c.set_defaults(func=cmd_check)
 
 
 def _load(path: str):
+    """(config, its text); a configuration error is exit 2 with every ``path:line: message``."""
     from agent.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as e:
-        raise CliError(str(e), 1) from None
+        raise CliError(str(e), 2) from None
+    try:
+        text = open(path).read()
+    except OSError:
+        text = None
+    return cfg, text
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
-    problems: list[str] = []
-    if cfg.policies.dir:
-        from agent.app import load_policy_dir
+    from agent import preflight
 
-        try:
-            load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace)
-        except ValueError as e:
-            problems.append(str(e))
+    cfg, text = _load(args.file)
+    problems = preflight.check(cfg, args.file, text)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        return 1
+        return preflight.exit_code(problems)
     print(f"{args.file}: ok")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    from agent import preflight
+
+    cfg, text = _load(args.config)
+    if args.worker is None:  # a worker's supervisor checked (and holds the ports)
+        problems = preflight.check(cfg, args.config, text)
+        for p in problems:
+            print(f"hostmesh: {p}", file=sys.stderr)
+        if problems:
+            print(f"hostmesh: not started; nothing was changed ({_capture_note(cfg, installed=False)})",
+                  file=sys.stderr)
+            return preflight.exit_code(problems)
     from agent import log
 
     if args.log_level is None:
@@ -57,7 +70,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from agent.serve import run_agent
 
-    return trio.run(run_agent, cfg, args.config, args.worker)
+    try:
+        return trio.run(run_agent, cfg, args.config, args.worker)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - one line for the operator, never a traceback
+        print(f"hostmesh: {failure_line(e, cfg)}", file=sys.stderr)
+        return 1
+
+
+def first_error(e: BaseException) -> BaseException:
+    """The first leaf of an ExceptionGroup (trio's nurseries wrap what a task raised)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+# What a start-up OSError usually means, and where to look (the checks of `check-config`
+# have passed by then, so these are the cases they cannot see).
+_HINTS = {
+    errno.EADDRINUSE: "a port of ports.* is bound by another program: ss -tanp",
+    errno.EADDRNOTAVAIL: "an address of node.* or ports.*_bind is not on this host",
+    errno.EACCES: "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW",
+    errno.EPERM: "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW",
+}
+
+
+def failure_line(e: BaseException, cfg) -> str:
+    leaf = first_error(e)
+    what = getattr(leaf, "strerror", None) and getattr(leaf, "filename", None)
+    detail = f"{leaf.filename}: {leaf.strerror}" if what else (str(leaf) or type(leaf).__name__)
+    hint = _HINTS.get(getattr(leaf, "errno", None)) if isinstance(leaf, OSError) else None
+    return (f"the agent stopped: {type(leaf).__name__}: {detail}" + (f" ({hint})" if hint else "")
+            + f"; {_capture_note(cfg, installed=True)}")
+
+
+def _capture_note(cfg, installed: bool) -> str:
+    """What pods see now; docs/operations.md "Start-up failures" says why the rules stay."""
+    if not cfg.capture.enabled:
+        return "capture is disabled"
+    if not installed:
+        return "capture rules from an earlier agent, if any, stay as they are"
+    if cfg.capture.fail == "closed":
+        return ("capture rules stay installed (capture.fail: closed): pods' new connections are refused until an "
+                "agent runs; hostmesh capture remove takes them out")
+    return "capture rules stay installed (capture.fail: open): pods' connections flow directly, unenforced"
 
 
 # Two sockets per relayed connection plus listeners: 10k idle connections need ~20k fds.

@@ -284,7 +284,7 @@ def agent(name: str, node: str, action: str) -> dict:
     pid = _alive(state["agents"].get(n.name))
     if action in ("stop", "kill"):
         if pid is None:
-            return {"node": n.name, "agent_pid": None}
+            return {"node": n.name, "agent_pid": None, "was_running": False}
         _kill(pid, signal.SIGTERM if action == "stop" else signal.SIGKILL)
         deadline = time.monotonic() + (60 if action == "stop" else 5)
         while _alive(pid) and time.monotonic() < deadline:
@@ -295,7 +295,9 @@ def agent(name: str, node: str, action: str) -> dict:
         state["agents"][n.name] = None
     elif action == "start":
         if pid is not None:
-            raise LabError(f"the agent on {n.name} is running (pid {pid})")
+            raise LabError(f"the agent on {n.name} is running (pid {pid}): lab agent {n.name} stop first")
+        if _listening(n.netns, 15008):
+            raise LabError(f"an agent started by hand already listens on {n.name}'s :15008: stop it first")
         pid = start_agent(lp, n)
         state["agents"][n.name] = pid
         save_state(name, state)
@@ -304,6 +306,14 @@ def agent(name: str, node: str, action: str) -> dict:
         raise LabError(f"unknown action {action!r}: stop, start or kill")
     save_state(name, state)
     return {"node": n.name, "agent_pid": state["agents"][n.name]}
+
+
+def _listening(ns: str, port: int) -> bool:
+    from agent.drain import listeners_on
+
+    r = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/tcp", "/proc/net/tcp6"],
+                       capture_output=True, text=True)
+    return listeners_on(r.stdout, port) > 0
 
 
 def _reap(pid: int) -> None:

@@ -25,14 +25,25 @@ class TopologyError(ValueError):
     """A topology file or lab request that cannot be built; str() is path:line: message."""
 
 
+_POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # an RFC 1123 label
+
+
 class PodSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    name: str
     namespace: str = "default"
     service_account: str | None = None
     labels: dict[str, str] = {}
     node: int = 0
     http_ports: list[int] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _POD_NAME.match(v):
+            raise ValueError(f"{v!r} is not a pod name: 1-63 lower-case letters, digits and '-', "
+                             "starting and ending with a letter or digit")
+        return v
 
     @field_validator("http_ports")
     @classmethod

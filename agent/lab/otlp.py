@@ -12,6 +12,7 @@ the first N exports with UNAVAILABLE / 503 (for retry tests).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import threading
 from concurrent import futures
@@ -45,9 +46,24 @@ class Store:
             return False
 
     def add(self, signal: str, transport: str, req) -> None:
-        line = json.dumps({"signal": signal, "transport": transport, "request": json_format.MessageToDict(req)})
+        line = json.dumps({"signal": signal, "transport": transport,
+                           "request": hex_ids(json_format.MessageToDict(req))})
         with self._lock:
             self._f.write(line + "\n")
+
+
+# OTLP/JSON writes trace and span ids as hex (the access log's form), where protobuf's
+# JSON mapping would give base64: the received file can be grepped for a log's trace id.
+_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def hex_ids(obj):
+    if isinstance(obj, dict):
+        return {k: base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) and v else hex_ids(v)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [hex_ids(v) for v in obj]
+    return obj
 
 
 def _servicer(base, method: str, signal: str, store: Store):

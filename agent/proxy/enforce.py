@@ -43,6 +43,11 @@ def attrs(conn: Conn) -> ConnAttrs:
 def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
     d = evaluate(agent.policies, attrs(conn), request)
     agent.count(f"policy_decisions_{d.verdict}")
+    # the metric counts the same decisions as the event counter (one per evaluation,
+    # where it is made), not finished-connection records (two for a same-node connection)
+    tel = getattr(agent, "telemetry", None)
+    if tel is not None:
+        tel.metrics.inc("hostmesh_policy_decisions_total", (d.verdict, d.policy or "-"))
     if getattr(d, "audit", False):
         agent.count("policy_decisions_audit")
     for name in getattr(d, "dry_run_matches", ()) or ():

@@ -56,9 +56,16 @@ def on_engine_finished(agent, fc) -> None:
     finish(agent, conn, fc.bytes_a_to_b, fc.bytes_b_to_a, fc.close_reason)
 
 
+def reason_token(reason: str) -> str:
+    """A counter-name part from a reason: ``"no ALLOW policy matched"`` -> ``no_allow_policy_matched``,
+    ``"connect_failed: Connection refused"`` -> ``connect_failed`` (no spaces in /metrics labels)."""
+    head = reason.split(":")[0].lower()
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in head).split()) or "unknown"
+
+
 def record_refusal(agent, conn: Conn, sock: socket.socket) -> None:
     """Refuse the client at once with a reset, and record why."""
     aio.reset(sock)
     agent.count("connections_refused")
-    agent.count(f"refused_{conn.reason.split(':')[0] or 'unknown'}")
+    agent.count(f"refused_{reason_token(conn.reason)}")
     emit(agent, conn, time.time())

@@ -158,10 +158,13 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
     if ids:
         conn.trace_id, conn.parent_span_id = ids
     p = plan.plan_inbound(req.target_ip, req.target_port, agent.view)
+    from agent.proxy.finish import emit
+
     if isinstance(p, plan.Refuse):
         conn.verdict, conn.reason = "deny", p.reason
         await answer(p.status)
         agent.count(f"tunnel_status_{p.status}")
+        emit(agent, conn, time.time())
         return
     conn.dst = p.dst
     conn.dst_principal = p.dst.spiffe_id(cfg.identity.trust_domain)
@@ -170,8 +173,6 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
         if d.verdict == "deny":
             agent.count("tunnel_status_403")
             await answer(403, [("x-hostmesh-policy", d.policy)] if d.policy else [])
-            from agent.proxy.finish import emit
-
             emit(agent, conn, time.time())
             return
     # The pod sees the original source address (Forwarded); without one the peer is
@@ -180,11 +181,12 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
     try:
         upstream = await connect((req.target_ip, req.target_port), bind_src=bind,
                                  timeout=cfg.dataplane.connect_timeout_s)
-    except trio.TooSlowError:
-        await answer(504)
-        return
-    except OSError:
-        await answer(502)
+    except (OSError, trio.TooSlowError) as e:
+        # the destination knows why the source's connection failed: it writes the record too
+        timeout = isinstance(e, trio.TooSlowError)
+        conn.reason = "upstream_failed: " + ("connect timeout" if timeout else str(e.strerror or e))
+        await answer(504 if timeout else 502)
+        emit(agent, conn, time.time())
         return
     try:
         await aio.send_all(tls, build_response(200, []))

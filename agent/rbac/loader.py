@@ -132,6 +132,15 @@ class AuthzSpecM(_M):
     provider: dict | None = None
     rules: list[RuleM] = Field(default_factory=list)
 
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, v: Any) -> Any:
+        # the Literal keeps CUSTOM so that it gets its own "not supported" line below
+        if v in ("ALLOW", "DENY", "AUDIT", "CUSTOM"):
+            return v
+        hint = f" (upper case: {v.upper()})" if isinstance(v, str) and v.upper() in ("ALLOW", "DENY", "AUDIT") else ""
+        raise ValueError(f"{v!r} is not an action: use ALLOW, DENY or AUDIT{hint}")
+
 
 class PortMtlsM(_M):
     mode: Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"] = "UNSET"
@@ -241,9 +250,23 @@ def load_documents(text: str, path: str = "<policy>", root_namespace: str = "ist
             gc.enable()
 
 
+def _expand_lists(docs: list[yamlpos.Doc]) -> list[yamlpos.Doc]:
+    """``kind: List`` (what ``kubectl get -o yaml`` prints) -> its ``items``, each keeping its lines."""
+    out = []
+    for doc in docs:
+        data = doc.data
+        if not (isinstance(data, dict) and data.get("kind") == "List" and isinstance(data.get("items"), list)):
+            out.append(doc)
+            continue
+        for i, item in enumerate(data["items"]):
+            sub = {loc[2:]: n for loc, n in doc.lines.items() if loc[:2] == ("items", i)}
+            out.append(yamlpos.Doc(data=item, path=doc.path, line=doc.line_of(("items", i)), lines=sub))
+    return out
+
+
 def _load(text: str, path: str, lines: bool) -> list:
     out, errors = [], []
-    for doc in _docs(text, path, lines):
+    for doc in _expand_lists(_docs(text, path, lines)):
         if not isinstance(doc.data, dict):
             errors.append(f"{doc.where()}: a policy document must be a mapping")
             continue

@@ -40,7 +40,6 @@ class Telemetry:
             m.inc("istio_tcp_connections_closed_total", lb)
             m.inc("istio_tcp_sent_bytes_total", lb, rec.bytes_sent)
             m.inc("istio_tcp_received_bytes_total", lb, rec.bytes_received)
-            m.inc("hostmesh_policy_decisions_total", (rec.verdict, rec.policy or "-"))
         if len(self.queue) >= self.config.queue_size:
             self.counts["dropped_queue_full"] += 1
             self.metrics.inc("hostmesh_telemetry_dropped_total", ("queue", "full"))

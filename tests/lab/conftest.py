@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -135,6 +136,18 @@ def lab_up(name: str, *args: str, topology: str | None = None, tmp: Path | None 
         lab.stop_procs()
     finally:
         hm("lab", "down", "--name", name)
+
+
+@pytest.fixture
+def scratch_ns():
+    """A throwaway network namespace with loopback up, deleted after the test."""
+    ns = f"hm-t-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+    try:
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
-
-import pytest
 
 from tests.lab.conftest import PY, lab_up, ns_run
 
@@ -34,17 +31,6 @@ IP6T_NO_TPROXY = """#!/bin/sh
 echo "ip6tables-restore v1.8.9 (nf_tables): Couldn't load target \\`TPROXY':No such file or directory" >&2
 exit 1
 """
-
-
-@pytest.fixture
-def scratch_ns():
-    ns = f"hm-t-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-    try:
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
 
 
 def _bin_dir(tmp_path: Path, keep: list[str], fakes: dict[str, str] | None = None) -> str:
@@ -85,7 +71,7 @@ def test_unknown_backend_is_refused_with_nothing_applied(scratch_ns, tmp_path):
     r = _hostmesh(os.environ["PATH"], "capture", "install", "--config", str(cfg), "--netns", scratch_ns)
     assert r.returncode != 0 and f"{cfg}:3" in r.stderr and "backend" in r.stderr, r.stderr
     r = _hostmesh(os.environ["PATH"], "doctor", "--config", str(cfg))
-    assert r.returncode == 1 and f"{cfg}:3" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"{cfg}:3" in r.stderr, r.stderr
     _untouched(scratch_ns)
 
 

@@ -74,7 +74,7 @@ def test_bad_inputs_are_one_line_errors_and_build_nothing(tmp_path):
     assert r.returncode != 0 and "is not a node" in r.stderr
     assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("hm-tbad-")
     r = hm("run", "--config", str(tmp_path / "missing.yaml"))
-    assert r.returncode == 1 and "missing.yaml: no such file" in r.stderr
+    assert r.returncode == 2 and "missing.yaml: no such file" in r.stderr
 
 
 def test_name_in_use_two_labs_side_by_side_status_and_exec():

@@ -4,6 +4,7 @@ unreachable endpoint or broker is a clear warning at start while traffic is serv
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def metric_names(lines) -> set[str]:
 
 
 def _hex(b64: str) -> str:
+    if re.fullmatch(r"[0-9a-f]{16}|[0-9a-f]{32}", b64 or ""):  # the lab receiver writes OTLP/JSON hex
+        return b64
     return base64.b64decode(b64).hex() if b64 else ""
 
 
