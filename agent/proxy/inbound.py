@@ -16,6 +16,7 @@ import trio
 
 from agent.proxy import aio, enforce, plan
 from agent.proxy.conns import Conn
+from agent.proxy.contain import publish
 from agent.proxy.handoff import hand_off, record_refusal
 from agent.proxy.sockets import captured_ends, connect
 
@@ -29,6 +30,7 @@ async def handle_plaintext(agent, sock: socket.socket) -> None:
     src_ip, src_port, dst_ip, dst_port = ends
     agent.count("connections_opened_inbound_plaintext")
     conn = Conn("inbound", "plaintext", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time())
+    publish(conn)
     conn.enforced_here = True
     p = plan.plan_inbound(dst_ip, dst_port, agent.view)
     if isinstance(p, plan.Refuse):
@@ -151,6 +153,7 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
         return
     src_ip, src_port = req.forwarded_for if req.forwarded_for else (src_node, 0)
     conn = Conn("inbound", "tunnel", src_ip, src_port, req.target_ip, req.target_port, time.time(), trio.current_time())
+    publish(conn)
     conn.enforced_here = True
     conn.src_principal = verdict.spiffe_id
     conn.src = agent.registry.by_ip(src_ip)
