@@ -96,6 +96,23 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
     await _serve_request(agent, tls, verdict, src_node, streams, carry=None)
 
 
+def claimed_source(agent, spiffe_id: str | None, src_node: str, forwarded) -> tuple[str, int, object]:
+    """The source address to use, from the peer's ``Forwarded`` claim, and the workload
+    it names — only when the claim is consistent with the verified peer: an address the
+    registry gives to a workload of another identity is not believed (counted
+    ``tunnel_forwarded_mismatch``); the source is then the peer node itself."""
+    if not forwarded:
+        return src_node, 0, None
+    ip, port = forwarded
+    w = agent.registry.by_ip(ip)
+    if w is not None and w.spiffe_id(agent.config.identity.trust_domain) != spiffe_id:
+        agent.count("tunnel_forwarded_mismatch")
+        logger.warning("Forwarded names a workload of another identity; not believed",
+                       extra={"peer": src_node, "principal": spiffe_id, "claimed": ip, "claimed_workload": w.uid})
+        return src_node, 0, None
+    return ip, port, w
+
+
 def _next_stream(agent, verdict, src_node: str, reuse) -> None:
     """The socket layer ended a stream cleanly: wait for the connection's next request
     (called in the trio thread)."""
@@ -151,12 +168,14 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
         agent.count(f"tunnel_status_{req.status}")
         await answer(req.status)
         return
-    src_ip, src_port = req.forwarded_for if req.forwarded_for else (src_node, 0)
+    src_ip, src_port, src = claimed_source(agent, verdict.spiffe_id, src_node, req.forwarded_for)
     conn = Conn("inbound", "tunnel", src_ip, src_port, req.target_ip, req.target_port, time.time(), trio.current_time())
     publish(conn)
     conn.enforced_here = True
+    # who the source is comes from the handshake only (namespace, service account);
+    # the claimed address serves source.ip / ipBlocks and the pod's view (enforce.attrs)
     conn.src_principal = verdict.spiffe_id
-    conn.src = agent.registry.by_ip(src_ip)
+    conn.src = src
     ids = traceparent_ids(req.traceparent) if req.traceparent else None
     if ids:
         conn.trace_id, conn.parent_span_id = ids
@@ -179,7 +198,7 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
             return
     # The pod sees the original source address (Forwarded); without one the peer is
     # another node itself, whose underlay address is not ours to borrow.
-    bind = src_ip if req.forwarded_for else None
+    bind = src_ip if src_ip != src_node else None
     try:
         upstream = await connect((req.target_ip, req.target_port), bind_src=bind,
                                  timeout=cfg.dataplane.connect_timeout_s)

@@ -87,12 +87,25 @@ def principal(p: str) -> str:
     return p.removeprefix("spiffe://")
 
 
+def _ns_sa(p: str | None) -> tuple[str, str] | None:
+    """(ns, sa) of a principal ``<td>/ns/<ns>/sa/<sa>``; None for any other form."""
+    if not p:
+        return None
+    parts = p.split("/")
+    return (parts[2], parts[4]) if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
+
+
+def principal_namespace(p: str | None) -> str | None:
+    """The namespace of a verified principal: what ``namespaces`` and
+    ``source.namespace`` match (Istio: taken from the peer's identity)."""
+    ns_sa = _ns_sa(p)
+    return ns_sa[0] if ns_sa else None
+
+
 def source_sa(c) -> str | None:
     """``ns/sa`` from a principal ``<td>/ns/<ns>/sa/<sa>`` (serviceAccounts field)."""
-    if not c.src_principal:
-        return None
-    parts = c.src_principal.split("/")
-    return f"{parts[2]}/{parts[4]}" if len(parts) >= 5 else None
+    ns_sa = _ns_sa(c.src_principal)
+    return f"{ns_sa[0]}/{ns_sa[1]}" if ns_sa else None
 
 
 def _both(yes, no, get) -> list[Callable[[object], bool]]:
