@@ -76,6 +76,6 @@ def strict_mtls(agent, conn: Conn) -> bool:
 
 def recheck(agent, conn: Conn) -> Decision | None:
     """A live connection this node enforces, evaluated again under the current policies."""
-    if not conn.enforced_here:
-        return None
+    if not conn.enforced_here or inspect_http(agent, conn):
+        return None  # an inspected connection's requests are each judged as they come
     return evaluate(agent.policies, attrs(conn), None)

@@ -20,6 +20,7 @@ PURE = [
     "agent.rbac.evaluate",
     "agent.rbac.matchers",
     "agent.rbac.pathnorm",
+    "agent.rbac.validate",
     "agent.proxy.h1rules",
     "agent.identity.spiffe",
     "agent.identity.validate",
