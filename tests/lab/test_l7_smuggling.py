@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import PY, lab_up, ns_run, wait_for, wait_listen
+from tests.lab.conftest import PY, hm, lab_up, ns_run, wait_for, wait_listen
 
 TOPOLOGY = """\
 nodes: 2
@@ -174,3 +174,67 @@ def test_curl_http10_with_and_without_keepalive(lab):
     assert _pid(lab) == pid
     log = Path(lab.node(0)["admin_socket"]).parent / "agent.log"
     assert "I only send HTTP/1.1" not in log.read_text(errors="replace")
+
+
+def test_refusals_are_counted_on_metrics(lab):
+    metrics = ns_run(lab.node(0)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout
+    assert 'hostmesh_events_total{event="http_refused_400"}' in metrics
+    assert 'hostmesh_events_total{event="connection_errors"}' not in metrics  # nothing escaped a connection
+
+
+ALLOW_PUBLIC = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: public-only, namespace: shop}
+spec:
+  rules:
+    - to: [{operation: {paths: ["/public/*"]}}]
+"""
+
+
+def test_normalized_paths_are_judged_and_reach_nginx_normalized(lab):
+    client, web = lab.pod("client")["netns"], lab.pod("web")["ip"]
+    lab.apply(ALLOW_PUBLIC)
+    try:
+        def get(target: bytes) -> str:
+            raw = b"GET " + target + b" HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+            return ns_run(client, PY, "-c", SEND, web, raw.hex(), timeout=20).stdout.strip()
+
+        before = len(_reached(lab))
+        answers = {t: get(t) for t in (b"/public/../private", b"/public/%2e%2e/private", b"/public\\..\\private",
+                                       b"http://web/public/../private", b"/public/./a/%7Eb/./c?q=1",
+                                       b"/public/a//b", b"/%00", b"/public/%zz")}
+        assert answers[b"/public/../private"].startswith("HTTP/1.1 403"), answers
+        assert answers[b"/public/%2e%2e/private"].startswith("HTTP/1.1 403"), answers
+        assert answers[b"/public\\..\\private"].startswith("HTTP/1.1 403"), answers
+        assert answers[b"http://web/public/../private"].startswith("HTTP/1.1 403"), answers
+        assert answers[b"/public/./a/%7Eb/./c?q=1"].startswith("HTTP/1.1 200"), answers
+        assert answers[b"/public/a//b"].startswith("HTTP/1.1 200"), answers  # BASE keeps slashes
+        assert answers[b"/%00"].startswith("HTTP/1.1 400") and answers[b"/public/%zz"].startswith("HTTP/1.1 400")
+        wait_for(lambda: len(_reached(lab)) >= before + 2, 5)
+        assert [r[1] for r in _reached(lab)[before:]] == ["/public/a/~b/c?q=1", "/public/a//b"]
+    finally:
+        for i in range(2):
+            lab.admin(i, "DELETE", "/v1/policies/shop/public-only")
+
+
+def test_documents_istio_refuses_are_refused_with_their_line(lab, tmp_path):
+    before = lab.admin(0, "GET", "/v1/policies")[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DENY_ADMIN.replace("no-admin", "other") + "---\n" + """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: shop}
+spec:
+  rules:
+    - from:
+        - source: {requestPrincipals: ["*"]}
+    - to:
+        - operation: {}
+""")
+    r = hm("lab", "apply", "--name", lab.name, str(bad))
+    assert r.returncode != 0
+    assert f"{bad}:15: spec.rules[0].from[0].source.requestPrincipals: request authentication (JWT) is not " \
+           "supported" in r.stderr + r.stdout, r.stderr + r.stdout
+    assert f"{bad}:17: spec.rules[1].to[0].operation: operation must not be empty" in r.stderr + r.stdout
+    assert lab.admin(0, "GET", "/v1/policies")[1] == before  # nothing from the file applied
