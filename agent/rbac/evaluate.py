@@ -10,8 +10,9 @@ Pure: attributes and the policy store in, a ``Decision`` out. Istio's evaluation
 AUDIT policies only mark the decision; dry-run policies (``istio.io/dry-run``) are
 evaluated and reported, never enforced; CUSTOM is rejected by the loader.
 HTTP attributes (methods, paths, hosts, request.headers) are known only when the
-destination port is an HTTP port and the request is inspected; without them a rule
-that needs them does not match (docs/policy.md).
+destination port is an HTTP port and the request is inspected; without them an ALLOW
+rule that needs them does not match, and a DENY rule counts them as matching (Istio's
+TCP rule: fail closed; docs/policy.md "Matching details").
 """
 
 from __future__ import annotations
