@@ -38,6 +38,8 @@ from agent.rbac.pathnorm import BadTarget, normalize_target
 logger = logging.getLogger("hostmesh.l7")
 # SPEC.md / h11: a request head beyond 16 KiB is refused (431).
 MAX_HEAD = 16 * 1024
+# A workload's response head may be larger (cookies): up to Envoy's default 60 KiB, and more.
+MAX_RESPONSE_HEAD = 64 * 1024
 _HOP = {b"connection", b"keep-alive", b"proxy-connection"}
 
 
@@ -85,7 +87,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
     """Relay ``a`` (source) <-> ``b`` (workload) checking every request; returns
     (bytes to workload, bytes back, close reason)."""
     src = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-    dst = h11.Connection(h11.CLIENT)
+    dst = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     counts = [0, 0]
     state = {"reason": "closed", "raw": False}
     cycle = [trio.Event()]
