@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.lab.conftest import PY, hm, lab_up, ns_run, wait_for, wait_listen
+from tests.lab.test_mesh import DENY_ADMIN_PATH as DENY_ADMIN
 
 TOPOLOGY = """\
 nodes: 2
 pods:
   - {name: web, namespace: shop, service_account: web-sa, labels: {app: web}, node: 0, http_ports: [8080]}
   - {name: client, namespace: front, service_account: client-sa, labels: {app: client}, node: 1}
-"""
-DENY_ADMIN = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  action: DENY
-  rules:
-    - to: [{operation: {paths: ["/admin*"]}}]
 """
 NGINX = """\
 user root;
