@@ -7,6 +7,8 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.proxy import aio
 from agent.proxy.conns import Conn
@@ -238,3 +240,47 @@ def test_a_failing_connection_task_is_contained_logged_once_and_counted(caplog):
     assert agent.counters["connection_errors"] == 1 and agent.counters["connection_errors_RuntimeError"] == 1
     assert agent.counters["ok"] == 1
     assert agent.conns.get(c.id) is None and c.close_reason == "error: RuntimeError"
+
+
+PIECES = [
+    b"GET /ok HTTP/1.1\r\nHost: w\r\n\r\n", b"GET /admin HTTP/1.1\r\nHost: w\r\n\r\n",
+    b"POST /ok HTTP/1.1\r\nHost: w\r\n", b"Content-Length: 5\r\n", b"Content-Length: 30\r\n",
+    b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: xchunked\r\n", b" chunked\r\n", b"\r\n",
+    b"0\r\n\r\n", b"5\r\nGET /\r\n", b"1e;x=\"y\"\r\nGET /admin HTTP/1.1\r\nHost: w\r\n\r\n\r\n",
+    b"GET /admin HTTP/1.0\r\n\r\n", b"GET /%61dmin HTTP/1.1\r\nHost: w\r\n\r\n", b"\n", b"\r",
+    b"GET /public/../admin HTTP/1.1\nHost: w\n\n", b"Connection: keep-alive\r\n", b"Upgrade: x\r\n",
+    b"GET \\admin HTTP/1.1\r\nHost: w\r\n\r\n", b"\x00", b"HTTP/1.1\r\n", b"admin",
+]
+
+
+def _requests_seen(upstream: bytes) -> list[bytes]:
+    import h11
+
+    srv, targets = h11.Connection(h11.SERVER), []
+    srv.receive_data(upstream)
+    srv.receive_data(b"")
+    while True:
+        try:
+            ev = srv.next_event()
+        except h11.RemoteProtocolError:
+            return targets + [b"<unparsable>"]
+        if ev in (h11.NEED_DATA, h11.PAUSED) or isinstance(ev, h11.ConnectionClosed):
+            return targets
+        if isinstance(ev, h11.Request):
+            targets.append(ev.target)
+        elif isinstance(ev, h11.EndOfMessage):
+            srv.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+            srv.send(h11.EndOfMessage())
+            if srv.our_state is h11.MUST_CLOSE:
+                return targets
+            srv.start_next_cycle()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=12))
+def test_no_byte_sequence_gets_a_denied_request_to_the_workload(pieces):
+    upstream, client, result, counters = run(b"".join(pieces), [OK] * 12)
+    seen = _requests_seen(upstream)
+    assert b"<unparsable>" not in seen  # the workload always gets well-formed HTTP/1.1
+    assert not any(t.lower().startswith(b"/admin") or b"admin" in t.lower() for t in seen), (seen, pieces)
+    assert "connection_errors" not in counters and result[2] != "protocol_error"
