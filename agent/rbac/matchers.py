@@ -249,7 +249,6 @@ def compile_condition(k: Condition, l4_match: bool = False) -> Matcher:
         "source.principal": lambda c: [c.src_principal] if c.src_principal else [],
         "source.serviceAccount": lambda c: [sa] if (sa := source_sa(c)) else [],
         "destination.port": lambda c: [str(c.dst_port)],
-        "destination.namespace": lambda c: [c.dst_namespace],
     }.get(key, lambda c: [])
 
     def check_value(c, r):
