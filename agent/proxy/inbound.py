@@ -98,19 +98,34 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
 
 def claimed_source(agent, spiffe_id: str | None, src_node: str, forwarded) -> tuple[str, int, object]:
     """The source address to use, from the peer's ``Forwarded`` claim, and the workload
-    it names — only when the claim is consistent with the verified peer: an address the
-    registry gives to a workload of another identity is not believed (counted
-    ``tunnel_forwarded_mismatch``); the source is then the peer node itself."""
+    it names — only when the claim is consistent with the verified peer. Not believed
+    (counted ``tunnel_forwarded_mismatch``, the source is then the peer node itself): an
+    address the registry gives to a workload of another identity or to a pod of this
+    node, or one inside another node's pod CIDRs than the peer's."""
     if not forwarded:
         return src_node, 0, None
     ip, port = forwarded
     w = agent.registry.by_ip(ip)
+    why = None
     if w is not None and w.spiffe_id(agent.config.identity.trust_domain) != spiffe_id:
+        why = "names a workload of another identity"
+    elif w is not None and w.node is None:
+        why = "names a pod of this node"
+    else:
+        owner = w.node if w is not None else getattr(plan.peer_for(ip, agent.view.peers), "name", None)
+        known = _node_addresses(agent, owner) if owner else set()
+        if known and src_node not in known:
+            why = f"names a pod of node {owner}, not of the peer"
+    if why:
         agent.count("tunnel_forwarded_mismatch")
-        logger.warning("Forwarded names a workload of another identity; not believed",
-                       extra={"peer": src_node, "principal": spiffe_id, "claimed": ip, "claimed_workload": w.uid})
+        logger.warning(f"Forwarded {why}; not believed",
+                       extra={"peer": src_node, "principal": spiffe_id, "claimed": ip})
         return src_node, 0, None
     return ip, port, w
+
+
+def _node_addresses(agent, name: str) -> set[str]:
+    return {a for n in agent.config.cluster.nodes if n.name == name for a in (n.address, n.address6) if a}
 
 
 def _next_stream(agent, verdict, src_node: str, reuse) -> None:

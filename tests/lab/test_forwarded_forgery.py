@@ -81,6 +81,10 @@ def test_a_forged_forwarded_is_judged_by_the_verified_identity(lab):
     out = _forge(lab)
     assert out.startswith("HTTP/1.1 200") and "| HTTP/1.1 200" in out, out
     assert lab.stats(0).get("tunnel_forwarded_mismatch", 0) == before + 2
+    # the real client pod, through its own node's agent: believed, keeps its address
+    r = ns_run(lab.pod("client")["netns"], "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+               f"http://{lab.pod('web')['ip']}:8080/")
+    assert r.stdout == "200" and lab.stats(0).get("tunnel_forwarded_mismatch", 0) == before + 2
     # the record names the verified principal, not the claimed pod, and not its address
     def recs():
         return [r for r in lab.access_log(0) if r.get("type") == "connection" and r.get("direction") == "inbound"
