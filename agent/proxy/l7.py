@@ -29,7 +29,9 @@ import h11
 import trio
 
 from agent.proxy import aio, enforce
+from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
+from agent.proxy.contain import count_failure
 from agent.proxy.h1rules import check_head
 from agent.proxy.tlsclose import shutdown_write
 from agent.rbac.evaluate import HttpAttrs
@@ -185,7 +187,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
             await to_a_send(_reply(src, 403, body, extra, close=False))
             conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
             return False
-        host = attrs.host or f"{conn.dst_ip}:{conn.dst_port}"
+        host = attrs.host or authority(conn.dst_ip, conn.dst_port)  # an HTTP/1.0 request without Host
         await to_b_send(dst.send(upstream_request(ev, target, host)))
         return True
 
@@ -241,7 +243,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         # an exchange this proxy cannot write out (a bug or a case h11 refuses): this
         # connection ends, nothing else; logged and counted once
         state["reason"] = "protocol_error"
-        agent.count("http_protocol_errors")
+        count_failure(agent, "LocalProtocolError")
         logger.warning("http exchange failed", extra={"conn": conn.id, "error": str(eg.exceptions[0])})
         aio.reset(a)
         aio.reset(b)

@@ -58,6 +58,8 @@ def normalize_target(method: str, target: str) -> Target | BadTarget:
         authority, target = m.group(2), m.group(3)
         if "@" in authority:
             return BadTarget("userinfo in the target's authority")
+        if not authority:
+            return BadTarget("an absolute-form target without a host")
         if not target or target.startswith("?"):
             target = "/" + target
     if "#" in target:

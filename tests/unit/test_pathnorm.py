@@ -33,7 +33,7 @@ def test_normalized(target, path, query, authority):
 
 @pytest.mark.parametrize("method, target", [
     ("GET", "/%00"), ("GET", "/a%zz"), ("GET", "/a%4"), ("GET", "/a#frag"), ("GET", "*"),
-    ("GET", "admin"), ("GET", "ftp://h/a"), ("GET", "http://u@h/a"),
+    ("GET", "admin"), ("GET", "ftp://h/a"), ("GET", "http://u@h/a"), ("GET", "http:///admin"),
 ])
 def test_refused(method, target):
     assert isinstance(normalize_target(method, target), BadTarget)
