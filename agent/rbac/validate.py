@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 Problem = tuple[tuple, str]
 
@@ -25,6 +26,7 @@ OPERATION_FIELDS = ("ports", "notPorts", "methods", "notMethods", "paths", "notP
 UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
 SUPPORTED_KEYS = ("source.ip", "remote.ip", "source.namespace", "source.principal", "source.serviceAccount",
                   "destination.ip", "destination.port")
+EMPTY = "an empty string is not allowed as a value"
 _LITERAL = re.compile(r"^[a-zA-Z0-9\-._~%!$&'()+,;:@=]+$")  # RFC 3986 pchar, as Envoy's URI templates
 
 
@@ -70,20 +72,20 @@ def _source(at: tuple, s: dict) -> list[Problem]:
             and any(s.get(f) for f in ("serviceAccounts", "notServiceAccounts"))):
         out.append((at + ("serviceAccounts" if s.get("serviceAccounts") else "notServiceAccounts",),
                     "serviceAccounts cannot be set together with namespaces or principals"))
-    for f in SOURCE_FIELDS:
-        vals = s.get(f) or ()
-        out += _empty(at + (f,), vals)
-        if f in ("serviceAccounts", "notServiceAccounts"):
+    for f, vals in s.items():  # only the fields given (the schema allows no others)
+        if vals and "" in vals:
+            out.append((at + (f,), EMPTY))
+        if vals and f in ("serviceAccounts", "notServiceAccounts"):
             out += [(at + (f,), m) for m in service_account_problems(vals)]
     return out
 
 
 def _operation(at: tuple, o: dict) -> list[Problem]:
     out: list[Problem] = []
-    for f in OPERATION_FIELDS:
-        vals = o.get(f) or ()
-        out += _empty(at + (f,), [str(v) for v in vals])
-        if f in ("paths", "notPaths"):
+    for f, vals in o.items():
+        if vals and "" in vals:
+            out.append((at + (f,), EMPTY))
+        if vals and f in ("paths", "notPaths"):
             out += [(at + (f, k), m) for k, p in enumerate(vals) if (m := path_template_problem(p))]
     return out
 
@@ -124,7 +126,7 @@ def key_problem(key: str) -> str | None:
 
 
 def value_problems(key: str, vals) -> list[str]:
-    out = [m for _, m in _empty((), vals)]
+    out = [EMPTY] if "" in vals else []
     if key in ("source.ip", "remote.ip", "destination.ip"):
         out += [f"{v!r} is not a CIDR or IP address" for v in vals if v and not _is_ip(v)]
     elif key == "destination.port":
@@ -134,16 +136,13 @@ def value_problems(key: str, vals) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _is_ip(v: str) -> bool:
     try:
         ipaddress.ip_network(v, strict=False) if "/" in v else ipaddress.ip_address(v)
     except ValueError:
         return False
     return True
-
-
-def _empty(at: tuple, vals) -> list[Problem]:
-    return [(at, "an empty string is not allowed as a value")] if any(v == "" for v in vals) else []
 
 
 def service_account_problems(vals) -> list[str]:
