@@ -47,7 +47,10 @@ async def test_one_connections_error_ends_only_that_connection(kind, monkeypatch
     async with open_socket_layer(SimpleNamespace(engine=kind, **CFG), relay.finished) as layer:
         relay.layer = layer
         bad_client, bad_server = relay.pair(conn_id=1)
-        bad_client.sendall(b"x")
+        try:
+            bad_client.sendall(b"x")
+        except ConnectionResetError:
+            pass  # the layer may have failed (and reset) it already, when it was added
         with trio.fail_after(5):
             while not relay.done:
                 await relay.event.wait()
