@@ -12,6 +12,7 @@ import logging
 
 from agent.proxy.conns import Conn
 from agent.rbac.evaluate import ConnAttrs, Decision, HttpAttrs, evaluate, mtls_mode, needs_http
+from agent.rbac.matchers import principal_namespace
 
 logger = logging.getLogger("hostmesh.policy")
 
@@ -22,15 +23,13 @@ _NO_LABELS: dict[str, str] = {}
 def attrs(conn: Conn) -> ConnAttrs:
     dst = conn.dst
     principal = conn.src_principal.removeprefix("spiffe://") if conn.src_principal else None
-    src_ns = conn.src.namespace if conn.src is not None and principal else None
-    if principal and src_ns is None:
-        parts = principal.split("/")
-        src_ns = parts[2] if len(parts) >= 5 and parts[1] == "ns" else None
     return ConnAttrs(
         src_ip=conn.src_ip,
         src_port=conn.src_port,
         src_principal=principal,
-        src_namespace=src_ns,
+        # Istio / ztunnel: the source namespace is the verified identity's, never the
+        # registry entry of an address a peer claims (issue 15, item 1)
+        src_namespace=principal_namespace(principal),
         dst_ip=conn.dst_ip,
         dst_port=conn.dst_port,
         dst_namespace=dst.namespace if dst else "",
@@ -82,6 +81,6 @@ def strict_mtls(agent, conn: Conn) -> bool:
 
 def recheck(agent, conn: Conn) -> Decision | None:
     """A live connection this node enforces, evaluated again under the current policies."""
-    if not conn.enforced_here:
-        return None
+    if not conn.enforced_here or inspect_http(agent, conn):
+        return None  # an inspected connection's requests are each judged as they come
     return evaluate(agent.policies, attrs(conn), None)

@@ -154,17 +154,20 @@ class Engine:
                         except OSError:
                             pass
                     continue
-                if ev == EPOLLIN:  # data only: it can move one way, the other is untouched
-                    leg.readable = True
-                    forward(leg)
-                    continue
-                if ev & (EV_IN | EV_ERR):
-                    leg.readable = True
-                    if ev & EV_HUP:
-                        leg.hup = True
-                if ev & (EV_OUT | EV_ERR):
-                    leg.writable = True
-                service(leg.pair)
+                try:  # contained: one connection's error ends that connection, never this thread
+                    if ev == EPOLLIN:  # data only: it can move one way, the other is untouched
+                        leg.readable = True
+                        forward(leg)
+                        continue
+                    if ev & (EV_IN | EV_ERR):
+                        leg.readable = True
+                        if ev & EV_HUP:
+                            leg.hup = True
+                    if ev & (EV_OUT | EV_ERR):
+                        leg.writable = True
+                    service(leg.pair)
+                except Exception as e:
+                    self._failed(leg.pair, e)
             if now - last_sweep >= SWEEP_S:
                 last_sweep = now
                 self._sweep(now)
@@ -182,23 +185,52 @@ class Engine:
             except Exception:
                 logger.exception("finished-connection callback failed")
 
+    def _failed(self, p: _Pair, e: Exception) -> None:
+        """An unexpected error while serving ``p``: logged once, ``p`` is reset and
+        reported with reason ``error: <Class>`` (counted by the trio side)."""
+        self.stats["errors"] = self.stats.get("errors", 0) + 1
+        logger.error("connection failed in the socket layer", extra={"conn": p.id, "reason": type(e).__name__},
+                     exc_info=e)
+        if not p.done:
+            try:
+                self._end(p, f"error: {type(e).__name__}", reset=True)
+            except Exception:  # pragma: no cover - ending must not fail twice
+                logger.exception("ending a failed connection failed", extra={"conn": p.id})
+
     def _run_cmds(self) -> None:
         while self._cmds:
             cmd = self._cmds.popleft()
-            if cmd[0] == "add":
-                _, a, b, to_a, to_b, conn_id, tag, fa, fb = cmd
-                p = _Pair(conn_id, tag, self._now)
-                p.a, p.b = _Leg(a, p, to_a, fa), _Leg(b, p, to_b, fb)
-                self._pairs[conn_id] = p
-                for leg in (p.a, p.b):
-                    self._legs[leg.fd] = leg
-                    self._ep.register(leg.fd, EV_READ)
-                self.stats["added"] += 1
-                self._service(p)
-            else:
-                p = self._pairs.get(cmd[1])
+            try:
+                self._run_cmd(cmd)
+            except Exception as e:
+                p = self._pairs.get(cmd[5] if cmd[0] == "add" else cmd[1])
                 if p is not None:
-                    self._end(p, cmd[2], reset=True)
+                    self._failed(p, e)
+                elif cmd[0] == "add":
+                    logger.error("adding a connection failed", extra={"conn": cmd[5]}, exc_info=e)
+                    for s in (cmd[1], cmd[2]):
+                        try:
+                            s.close()
+                        except OSError:
+                            pass
+                    self._finished.append(FinishedConn(cmd[5], cmd[6], 0, 0, time.time(), time.time(),
+                                                       f"error: {type(e).__name__}"))
+
+    def _run_cmd(self, cmd: tuple) -> None:
+        if cmd[0] == "add":
+            _, a, b, to_a, to_b, conn_id, tag, fa, fb = cmd
+            p = _Pair(conn_id, tag, self._now)
+            p.a, p.b = _Leg(a, p, to_a, fa), _Leg(b, p, to_b, fb)
+            self._pairs[conn_id] = p
+            for leg in (p.a, p.b):
+                self._legs[leg.fd] = leg
+                self._ep.register(leg.fd, EV_READ)
+            self.stats["added"] += 1
+            self._service(p)
+        else:
+            p = self._pairs.get(cmd[1])
+            if p is not None:
+                self._end(p, cmd[2], reset=True)
 
     def _forward(self, src: _Leg) -> None:
         """Move what ``src`` has to its peer (the ping-pong fast path of ``_service``)."""

@@ -8,11 +8,14 @@ trio thread and close a connection on request.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+
+logger = logging.getLogger("hostmesh.engine")
 
 
 class TrioRelayEngine:
@@ -34,6 +37,7 @@ class TrioRelayEngine:
     async def _run(self, a, b, to_a, to_b, conn_id, tag) -> None:
         from agent.proxy.relay_trio import relay
 
+        failed = False
         with trio.CancelScope() as scope:
             self._scopes[conn_id] = scope
             try:
@@ -41,9 +45,15 @@ class TrioRelayEngine:
                     a, b, to_a=to_a, to_b=to_b, conn_id=conn_id, tag=tag,
                     buffer_bytes=self._config.buffer_bytes, idle_timeout_s=self._config.idle_timeout_s,
                 )
+            except Exception as e:  # contained: this connection ends, never the relay's nursery
+                from agent.proxy.contain import reason_of
+
+                logger.error("relay failed", extra={"conn": conn_id, "reason": reason_of(e)}, exc_info=e)
+                self._reasons[conn_id] = f"error: {reason_of(e)}"
+                failed = True
             finally:
                 self._scopes.pop(conn_id, None)
-        if scope.cancelled_caught:
+        if scope.cancelled_caught or failed:
             import time
 
             from agent.proxy.engine import FinishedConn

@@ -9,6 +9,7 @@ import time
 
 from agent.proxy import aio, enforce
 from agent.proxy.conns import Conn, next_id
+from agent.proxy.contain import count_failure
 from agent.proxy.finish import emit, finish
 
 
@@ -45,6 +46,8 @@ async def hand_off(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_
 def on_engine_finished(agent, fc) -> None:
     """The socket layer reports a finished connection (called in the trio thread)."""
     reuse_to = agent.reuse_callbacks.pop(fc.conn_id, None)
+    if fc.close_reason.startswith("error: "):  # the socket layer contained a failure
+        count_failure(agent, fc.close_reason[7:])
     if fc.reuse is not None:
         if reuse_to is not None:
             reuse_to(fc.reuse)

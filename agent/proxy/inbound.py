@@ -16,6 +16,7 @@ import trio
 
 from agent.proxy import aio, enforce, plan
 from agent.proxy.conns import Conn
+from agent.proxy.contain import publish
 from agent.proxy.handoff import hand_off, record_refusal
 from agent.proxy.sockets import captured_ends, connect
 
@@ -29,6 +30,7 @@ async def handle_plaintext(agent, sock: socket.socket) -> None:
     src_ip, src_port, dst_ip, dst_port = ends
     agent.count("connections_opened_inbound_plaintext")
     conn = Conn("inbound", "plaintext", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time())
+    publish(conn)
     conn.enforced_here = True
     p = plan.plan_inbound(dst_ip, dst_port, agent.view)
     if isinstance(p, plan.Refuse):
@@ -94,6 +96,38 @@ async def handle_tunnel(agent, raw: socket.socket) -> None:
     await _serve_request(agent, tls, verdict, src_node, streams, carry=None)
 
 
+def claimed_source(agent, spiffe_id: str | None, src_node: str, forwarded) -> tuple[str, int, object]:
+    """The source address to use, from the peer's ``Forwarded`` claim, and the workload
+    it names — only when the claim is consistent with the verified peer. Not believed
+    (counted ``tunnel_forwarded_mismatch``, the source is then the peer node itself): an
+    address the registry gives to a workload of another identity or to a pod of this
+    node, or one inside another node's pod CIDRs than the peer's."""
+    if not forwarded:
+        return src_node, 0, None
+    ip, port = forwarded
+    w = agent.registry.by_ip(ip)
+    why = None
+    if w is not None and w.spiffe_id(agent.config.identity.trust_domain) != spiffe_id:
+        why = "names a workload of another identity"
+    elif w is not None and w.node is None:
+        why = "names a pod of this node"
+    else:
+        owner = w.node if w is not None else getattr(plan.peer_for(ip, agent.view.peers), "name", None)
+        known = _node_addresses(agent, owner) if owner else set()
+        if known and src_node not in known:
+            why = f"names a pod of node {owner}, not of the peer"
+    if why:
+        agent.count("tunnel_forwarded_mismatch")
+        logger.warning(f"Forwarded {why}; not believed",
+                       extra={"peer": src_node, "principal": spiffe_id, "claimed": ip})
+        return src_node, 0, None
+    return ip, port, w
+
+
+def _node_addresses(agent, name: str) -> set[str]:
+    return {a for n in agent.config.cluster.nodes if n.name == name for a in (n.address, n.address6) if a}
+
+
 def _next_stream(agent, verdict, src_node: str, reuse) -> None:
     """The socket layer ended a stream cleanly: wait for the connection's next request
     (called in the trio thread)."""
@@ -149,11 +183,14 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
         agent.count(f"tunnel_status_{req.status}")
         await answer(req.status)
         return
-    src_ip, src_port = req.forwarded_for if req.forwarded_for else (src_node, 0)
+    src_ip, src_port, src = claimed_source(agent, verdict.spiffe_id, src_node, req.forwarded_for)
     conn = Conn("inbound", "tunnel", src_ip, src_port, req.target_ip, req.target_port, time.time(), trio.current_time())
+    publish(conn)
     conn.enforced_here = True
+    # who the source is comes from the handshake only (namespace, service account);
+    # the claimed address serves source.ip / ipBlocks and the pod's view (enforce.attrs)
     conn.src_principal = verdict.spiffe_id
-    conn.src = agent.registry.by_ip(src_ip)
+    conn.src = src
     ids = traceparent_ids(req.traceparent) if req.traceparent else None
     if ids:
         conn.trace_id, conn.parent_span_id = ids
@@ -177,7 +214,7 @@ async def _serve_request(agent, tls, verdict, src_node: str, streams: bool, carr
             return
     # The pod sees the original source address (Forwarded); without one the peer is
     # another node itself, whose underlay address is not ours to borrow.
-    bind = src_ip if req.forwarded_for else None
+    bind = src_ip if src_ip != src_node else None
     try:
         upstream = await connect((req.target_ip, req.target_port), bind_src=bind,
                                  timeout=cfg.dataplane.connect_timeout_s)

@@ -1,12 +1,22 @@
-"""Per-request authorization on HTTP ports, at the destination.
+"""Per-request authorization on HTTP ports, at the destination: an HTTP/1.x proxy built
+on h11, one h11 connection per side.
 
-Requests are parsed with h11 (server role) as they arrive from the source; each request
-head is evaluated with its method, path, host and headers. An allowed request goes to
-the workload byte for byte — the exact bytes h11 consumed (``trailing_data`` tells how
-many), bodies streamed as they come, never buffered whole. A denied request gets a 403
-naming the policy and the connection closes. Responses are tracked with a second h11
-connection (client role) only to know when an exchange ends, so keep-alive connections
-are checked request by request. Upgrades and CONNECT switch to raw bytes once allowed.
+The source side (h11 server role) parses what the client sends; each request head is
+checked (``h1rules``), its target normalized (``agent.rbac.pathnorm``) and evaluated with
+its method, path, host and headers. An allowed request is written to the workload by the
+workload side (h11 client role) — re-serialized, never the received bytes: the workload
+sees exactly the framing and the path the policy judged (one Content-Length or chunked,
+no obs-fold, no chunk extensions, CRLF line ends), so no request can be read one way here
+and another way there. Responses come back the same way, so an HTTP/1.0 client gets
+HTTP/1.0 framing (h11 closes instead of chunking) and an HTTP/1.0 request goes out as
+HTTP/1.1 with ``Connection: close``; HTTP/1.0 keep-alive is declined (RFC 9112 9.3:
+a server may always close). Bodies stream as they come, never buffered whole.
+
+A denied request gets a 403 naming the policy; its body is read and dropped and the
+keep-alive connection continues. A request that cannot be framed or normalized gets a
+400 (h11's 501 for an unknown transfer coding) and the connection closes. Upgrades and
+CONNECT switch to raw bytes once the workload agrees (101 / 2xx). What this module must
+never do: forward a byte of a request before its head was allowed.
 """
 
 from __future__ import annotations
@@ -19,15 +29,25 @@ import h11
 import trio
 
 from agent.proxy import aio, enforce
+from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
+from agent.proxy.contain import count_failure
+from agent.proxy.h1rules import check_head
+from agent.proxy.tlsclose import shutdown_write
 from agent.rbac.evaluate import HttpAttrs
+from agent.rbac.pathnorm import BadTarget, normalize_target
 
 logger = logging.getLogger("hostmesh.l7")
 # SPEC.md / h11: a request head beyond 16 KiB is refused (431).
 MAX_HEAD = 16 * 1024
+# A workload's response head may be larger (cookies): up to Envoy's default 60 KiB, and more.
+MAX_RESPONSE_HEAD = 64 * 1024
+_HOP = {b"connection", b"keep-alive", b"proxy-connection"}
 
 
 def _reply(conn: h11.Connection, status: int, body: bytes, extra=(), close: bool = True) -> bytes:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return b""  # a response already started: nothing more can be said
     hs = [("content-type", "text/plain"), ("content-length", str(len(body))), *extra]
     if close:
         hs.append(("connection", "close"))
@@ -35,149 +55,179 @@ def _reply(conn: h11.Connection, status: int, body: bytes, extra=(), close: bool
     return out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
 
 
+def request_attrs(ev: h11.Request, target, fallback_host: str) -> HttpAttrs:
+    """What policies see of a request: duplicate headers joined with ", " (Istio
+    normalization, "Duplicate headers"), the authority of an absolute-form target as
+    the host (RFC 9112 3.2.2)."""
+    hdrs: dict[str, list[str]] = {}
+    for k, v in ev.headers:
+        hdrs.setdefault(k.decode().lower(), []).append(v.decode("latin-1"))
+    joined = {k: [", ".join(v)] for k, v in hdrs.items()}
+    host = target.authority if target.authority is not None else (hdrs.get("host") or [fallback_host])[0]
+    if target.authority is not None:
+        joined["host"] = [host]
+    return HttpAttrs(ev.method.decode(), target.path, host, joined)
+
+
+def upstream_request(ev: h11.Request, target, host: str) -> h11.Request:
+    """The request the workload receives: normalized target, one Host, HTTP/1.1 (h11
+    writes nothing else); an HTTP/1.0 client's request asks the workload to close."""
+    headers = list(ev.headers.raw_items())
+    if target.authority is not None or not any(k.lower() == b"host" for k, _ in headers):
+        headers = [(b"Host", host.encode("latin-1"))] + [(k, v) for k, v in headers if k.lower() != b"host"]
+    if ev.http_version < b"1.1":
+        headers = [(k, v) for k, v in headers if k.lower() not in _HOP] + [(b"Connection", b"close")]
+    return h11.Request(method=ev.method, target=target.forward.encode("latin-1"), headers=headers)
+
+
+class _Done(Exception):
+    pass
+
+
 async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_a: bytes = b"",
                      to_b: bytes = b"") -> tuple[int, int, str]:
     """Relay ``a`` (source) <-> ``b`` (workload) checking every request; returns
     (bytes to workload, bytes back, close reason)."""
-    req_side = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-    resp_side = h11.Connection(h11.CLIENT)
+    src = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    dst = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     counts = [0, 0]
     state = {"reason": "closed", "raw": False}
-    cycle = trio.Event()
+    cycle = [trio.Event()]
     conn.cancel_scope = trio.CancelScope()
 
-    async def to_server() -> None:
-        nonlocal cycle
-        fed = forwarded = 0
-        pending = bytearray(to_b)
-        if pending:
-            req_side.receive_data(bytes(pending))
-            fed = len(pending)
-        start = None
-        discard = False
-        while True:
-            if state["raw"]:
-                data = await aio.recv_some(a)
-                if not data:
-                    break
-                await aio.send_all(b, data)
-                counts[0] += len(data)
-                continue
-            try:
-                ev = req_side.next_event()
-            except h11.RemoteProtocolError as e:
-                await aio.send_all(a, _reply(req_side, e.error_status_hint, f"bad request: {e}\n".encode()))
-                state["reason"] = "bad_request"
-                raise _Done() from None
-            if ev is h11.NEED_DATA:
-                data = await aio.recv_some(a)
-                if not data:
-                    req_side.receive_data(b"")
-                    if req_side.their_state in (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
-                        break
-                    continue
-                pending += data
-                fed += len(data)
-                req_side.receive_data(data)
-                continue
-            if ev is h11.PAUSED:
-                await cycle.wait()
-                continue
-            consumed = fed - len(req_side.trailing_data[0])
-            if isinstance(ev, h11.Request):
-                start = time.time()
-                hdrs: dict[str, list[str]] = {}
-                for k, v in ev.headers:
-                    hdrs.setdefault(k.decode().lower(), []).append(v.decode("latin-1"))
-                attrs = HttpAttrs(ev.method.decode(), ev.target.decode("latin-1").split("?", 1)[0],
-                                  (hdrs.get("host") or [""])[0], hdrs)
-                d = enforce.decide(agent, conn, attrs)
-                _record(agent, conn, attrs, d, start)
-                if d.verdict == "deny":
-                    # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
-                    # usable, the denied request's body is read and dropped, never forwarded.
-                    body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
-                    extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
-                    await aio.send_all(a, _reply(req_side, 403, body, extra, close=False))
-                    conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
-                    discard = True
-                else:
-                    discard = False
-                    resp_side.send(h11.Request(method=ev.method, target=ev.target, headers=ev.headers,
-                                               http_version=ev.http_version))
-            elif isinstance(ev, h11.Data):
-                if not discard:
-                    resp_side.send(h11.Data(data=ev.data))
-            elif isinstance(ev, h11.EndOfMessage):
-                if not discard:
-                    resp_side.send(h11.EndOfMessage())
-            elif isinstance(ev, h11.ConnectionClosed):
-                break
-            # forward exactly the bytes h11 consumed for this event
-            chunk = bytes(pending[: consumed - forwarded])
-            del pending[: consumed - forwarded]
-            forwarded = consumed
-            if discard:
-                chunk = b""
-                if isinstance(ev, h11.EndOfMessage):
-                    discard = False
-                    if req_side.our_state is h11.MUST_CLOSE or req_side.their_state is h11.MUST_CLOSE:
-                        state["reason"] = "denied"
-                        raise _Done()
-                    req_side.start_next_cycle()
-            if chunk:
-                await aio.send_all(b, chunk)
-                counts[0] += len(chunk)
-            if req_side.their_state is h11.SWITCHED_PROTOCOL or (
-                    isinstance(ev, h11.Request) and ev.method == b"CONNECT"):
-                state["raw"] = True
-                rest = bytes(pending)
-                pending.clear()
-                if rest:
-                    await aio.send_all(b, rest)
-                    counts[0] += len(rest)
-        from agent.proxy.tlsclose import shutdown_write
+    async def to_b_send(data: bytes) -> None:
+        if data:
+            await aio.send_all(b, data)
+            counts[0] += len(data)
 
-        shutdown_write(b)
-
-    async def to_client() -> None:
-        nonlocal cycle
-        if to_a:
-            await aio.send_all(a, to_a)
-        while True:
-            data = await aio.recv_some(b)
-            if not data:
-                break
+    async def to_a_send(data: bytes) -> None:
+        if data:
             await aio.send_all(a, data)
             counts[1] += len(data)
-            if state["raw"]:
-                continue
-            try:
-                resp_side.receive_data(data)
-                while True:
-                    ev = resp_side.next_event()
-                    if ev in (h11.NEED_DATA, h11.PAUSED):
-                        break
-                    # mirror the response into the request side's state machine, so it
-                    # knows the exchange is over and parses the next keep-alive request
-                    if isinstance(ev, (h11.Response, h11.InformationalResponse)):
-                        if ev.status_code == 101:
-                            state["raw"] = True
-                            break
-                        req_side.send(type(ev)(status_code=ev.status_code, headers=ev.headers, reason=ev.reason))
-                    elif isinstance(ev, h11.Data):
-                        req_side.send(h11.Data(data=ev.data))
-                    elif isinstance(ev, h11.EndOfMessage):
-                        req_side.send(h11.EndOfMessage())
-                        if resp_side.our_state is h11.DONE and req_side.their_state is h11.DONE:
-                            resp_side.start_next_cycle()
-                            req_side.start_next_cycle()
-                            cycle.set()
-                            cycle = trio.Event()
-            except (h11.ProtocolError, RuntimeError):
-                state["raw"] = True  # not something we can follow: stop tracking, keep relaying
-        from agent.proxy.tlsclose import shutdown_write
 
+    def next_cycle() -> None:
+        # both exchanges over: ready for the next keep-alive request
+        if src.our_state is h11.DONE and src.their_state is h11.DONE and dst.our_state is h11.DONE \
+                and dst.their_state is h11.DONE:
+            src.start_next_cycle()
+            dst.start_next_cycle()
+        cycle[0].set()
+        cycle[0] = trio.Event()
+
+    async def refuse(status: int, why: str) -> None:
+        agent.count(f"http_refused_{status}")
+        logger.info("request refused", extra={"conn": conn.id, "status": status, "error": why})
+        await to_a_send(_reply(src, status, f"bad request: {why}\n".encode()))
+        state["reason"] = "bad_request"
+        raise _Done()
+
+    async def to_server() -> None:
+        pending = bytearray(to_b)
+        if to_b:
+            src.receive_data(to_b)
+        discard = False
+        while not state["raw"]:
+            try:
+                ev = src.next_event()
+            except h11.RemoteProtocolError as e:
+                await refuse(e.error_status_hint, str(e))
+            if ev is h11.NEED_DATA:
+                data = await aio.recv_some(a)
+                pending += data
+                src.receive_data(data)
+                continue
+            if ev is h11.PAUSED:
+                await cycle[0].wait()
+                continue
+            # the bytes h11 consumed for this event (the head, for a Request)
+            n = len(pending) - len(src.trailing_data[0])
+            raw = bytes(pending[:n]) if isinstance(ev, h11.Request) else b""
+            del pending[:n]
+            if isinstance(ev, h11.Request):
+                discard = not await on_request(ev, raw)
+            elif isinstance(ev, h11.Data):
+                if not discard:
+                    await to_b_send(dst.send(h11.Data(data=ev.data)))
+            elif isinstance(ev, h11.EndOfMessage):
+                if discard:
+                    discard = False
+                    if src.our_state is h11.MUST_CLOSE or src.their_state is h11.MUST_CLOSE:
+                        state["reason"] = "denied"
+                        raise _Done()
+                    src.start_next_cycle()
+                else:
+                    await to_b_send(dst.send(h11.EndOfMessage()))
+                    next_cycle()
+            elif isinstance(ev, h11.ConnectionClosed):
+                shutdown_write(b)
+                return
+        # switched to raw bytes: what the client sent after the upgrade request first
+        await to_b_send(src.trailing_data[0])
+        while data := await aio.recv_some(a):
+            await to_b_send(data)
+        shutdown_write(b)
+
+    async def on_request(ev: h11.Request, raw: bytes) -> bool:
+        """Decide one request head; True when it goes to the workload."""
+        start = time.time()
+        why = check_head(raw, ev.method, ev.http_version)
+        if why:
+            await refuse(400, why)
+        target = normalize_target(ev.method.decode("latin-1"), ev.target.decode("latin-1"))
+        if isinstance(target, BadTarget):
+            await refuse(400, target.reason)
+        attrs = request_attrs(ev, target, "")
+        d = enforce.decide(agent, conn, attrs)
+        _record(agent, conn, attrs, d, start)
+        if d.verdict == "deny":
+            # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
+            # usable, the denied request's body is read and dropped, never forwarded.
+            body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
+            extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
+            await to_a_send(_reply(src, 403, body, extra, close=False))
+            conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
+            return False
+        host = attrs.host or authority(conn.dst_ip, conn.dst_port)  # an HTTP/1.0 request without Host
+        await to_b_send(dst.send(upstream_request(ev, target, host)))
+        return True
+
+    async def to_client() -> None:
+        await to_a_send(to_a)
+        while not state["raw"]:
+            data = await aio.recv_some(b)
+            dst.receive_data(data)
+            while True:
+                try:
+                    ev = dst.next_event()
+                except h11.RemoteProtocolError as e:
+                    logger.info("workload sent a bad response", extra={"conn": conn.id, "error": str(e)})
+                    await to_a_send(_reply(src, 502, b"bad response from the workload\n"))
+                    state["reason"] = "bad_response"
+                    raise _Done() from None
+                if ev is h11.NEED_DATA or ev is h11.PAUSED:
+                    break
+                if isinstance(ev, h11.ConnectionClosed):
+                    state["reason"] = "closed"
+                    raise _Done()
+                if isinstance(ev, (h11.Response, h11.InformationalResponse)):
+                    await to_a_send(src.send(type(ev)(status_code=ev.status_code, reason=ev.reason,
+                                                      headers=ev.headers.raw_items())))
+                    if src.our_state is h11.SWITCHED_PROTOCOL:
+                        state["raw"] = True
+                        cycle[0].set()
+                        break
+                elif isinstance(ev, h11.Data):
+                    await to_a_send(src.send(h11.Data(data=ev.data)))
+                elif isinstance(ev, h11.EndOfMessage):
+                    await to_a_send(src.send(h11.EndOfMessage()))
+                    if src.our_state is h11.MUST_CLOSE:
+                        state["reason"] = "closed"
+                        shutdown_write(a)
+                        raise _Done()
+                    next_cycle()
+        await to_a_send(dst.trailing_data[0])
+        while data := await aio.recv_some(b):
+            await to_a_send(data)
         shutdown_write(a)
 
     try:
@@ -189,6 +239,18 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         pass
     except* OSError:
         state["reason"] = "reset"
+    except* h11.LocalProtocolError as eg:
+        # an exchange this proxy cannot write out (a bug or a case h11 refuses): this
+        # connection ends, nothing else; logged and counted once
+        state["reason"] = "protocol_error"
+        count_failure(agent, "LocalProtocolError")
+        logger.warning("http exchange failed", extra={"conn": conn.id, "error": str(eg.exceptions[0])})
+        aio.reset(a)
+        aio.reset(b)
+    except* Exception:
+        aio.reset(a)  # anything else: both sockets go now; ``contain`` logs and counts it
+        aio.reset(b)
+        raise
     if conn.cancel_scope.cancelled_caught:
         state["reason"] = conn.close_reason or "closed"
         aio.reset(a)
@@ -197,10 +259,6 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         aio.close(a)
         aio.close(b)
     return counts[0], counts[1], state["reason"]
-
-
-class _Done(Exception):
-    pass
 
 
 def _record(agent, conn: Conn, attrs: HttpAttrs, d, start: float) -> None:

@@ -16,6 +16,7 @@ from functools import partial
 
 import trio
 
+from agent.proxy.contain import contained
 from agent.proxy.engines import open_socket_layer
 from agent.proxy.handoff import on_engine_finished
 from agent.proxy.inbound import handle_plaintext, handle_tunnel
@@ -101,7 +102,8 @@ async def _accept_loop(agent, lsock: socket.socket, handler, nursery: trio.Nurse
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(handler, agent, sock)
+            # contained: an error of one connection ends that connection, never this loop
+            nursery.start_soon(contained, agent, sock, handler, agent, sock)
         await trio.lowlevel.checkpoint()
 
 
@@ -113,4 +115,4 @@ def _sweep(agent, lsock: socket.socket, handler, nursery: trio.Nursery) -> None:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        nursery.start_soon(handler, agent, sock)
+        nursery.start_soon(contained, agent, sock, handler, agent, sock)

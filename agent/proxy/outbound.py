@@ -16,6 +16,7 @@ import trio
 
 from agent.proxy import enforce, plan
 from agent.proxy.conns import Conn
+from agent.proxy.contain import publish
 from agent.proxy.handoff import hand_off, record_refusal
 from agent.proxy.sockets import captured_ends, connect
 
@@ -31,6 +32,7 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
     plans = plan.plan_outbound(src_ip, dst_ip, dst_port, agent.view, agent.health, trio.current_time())
     src = agent.registry.by_ip(src_ip)
     conn = Conn("outbound", "passthrough", src_ip, src_port, dst_ip, dst_port, time.time(), trio.current_time(), src=src)
+    publish(conn)
     if agent.identities is not None and src is not None:
         conn.src_principal = src.spiffe_id(agent.config.identity.trust_domain)
     for i, p in enumerate(plans):

@@ -25,6 +25,7 @@ import trio
 from agent.proxy import aio
 from agent.proxy.connect import streams_negotiated
 from agent.proxy.conns import Conn
+from agent.proxy.contain import contained
 from agent.proxy.plan import Route
 from agent.proxy.sockets import connect
 
@@ -180,7 +181,7 @@ class TunnelPool:
         if key in self._filling or len(self._warm.get(key, ())) >= WARM_PER_KEY or self.agent.draining:
             return
         self._filling.add(key)
-        self._nursery.start_soon(self._fill, key)
+        self._nursery.start_soon(contained, self.agent, None, self._fill, key)
 
     async def _fill(self, key: tuple) -> None:
         try:
@@ -221,7 +222,7 @@ class TunnelPool:
             aio.close(t.sock)
 
     def spawn(self, fn, *args) -> None:
-        self._nursery.start_soon(fn, *args)
+        self._nursery.start_soon(contained, self.agent, None, fn, *args)
 
     def close(self) -> None:
         """Close every idle and warm connection, both sides (drain, new trust)."""

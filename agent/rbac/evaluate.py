@@ -10,8 +10,9 @@ Pure: attributes and the policy store in, a ``Decision`` out. Istio's evaluation
 AUDIT policies only mark the decision; dry-run policies (``istio.io/dry-run``) are
 evaluated and reported, never enforced; CUSTOM is rejected by the loader.
 HTTP attributes (methods, paths, hosts, request.headers) are known only when the
-destination port is an HTTP port and the request is inspected; without them a rule
-that needs them does not match (docs/policy.md).
+destination port is an HTTP port and the request is inspected; without them an ALLOW
+rule that needs them does not match, and a DENY rule counts them as matching (Istio's
+TCP rule: fail closed; docs/policy.md "Matching details").
 """
 
 from __future__ import annotations
@@ -76,23 +77,25 @@ def needs_http(store: PolicyStore, namespace: str, labels: dict[str, str], port:
 
 
 def mtls_mode(store: PolicyStore, namespace: str, labels: dict[str, str], port: int) -> str:
-    """PeerAuthentication: workload selector beats namespace beats root namespace; a
-    port-level mode beats the policy's own; default PERMISSIVE (Istio's)."""
-    best, rank = None, -1
+    """PeerAuthentication (Istio's reference): the workload's policy (selector), then the
+    namespace's, then the root namespace's; within one, a port-level mode beats the
+    policy's own. ``UNSET`` inherits from the next level; with nothing set, PERMISSIVE.
+    DISABLE is PERMISSIVE here (plaintext is accepted either way)."""
+    levels: list = [None, None, None]  # workload, namespace, root
     for pa in store.peer_authentications():
         if pa.selector is not None:
-            if pa.namespace != namespace or not all(labels.get(k) == v for k, v in pa.selector):
-                continue
-            r = 3
+            if pa.namespace == namespace and all(labels.get(k) == v for k, v in pa.selector):
+                levels[0] = levels[0] or pa
         elif pa.namespace == namespace:
-            r = 2
+            levels[1] = levels[1] or pa
         elif pa.namespace == store.root_namespace:
-            r = 1
-        else:
+            levels[2] = levels[2] or pa
+    for pa in levels:
+        if pa is None:
             continue
-        if r > rank:
-            best, rank = pa, r
-    if best is None:
-        return "PERMISSIVE"
-    mode = dict(best.port_modes).get(port) or best.mode
-    return "PERMISSIVE" if mode in ("UNSET", "DISABLE") else mode
+        mode = dict(pa.port_modes).get(port, "UNSET")
+        if mode == "UNSET":
+            mode = pa.mode
+        if mode != "UNSET":
+            return "PERMISSIVE" if mode == "DISABLE" else mode
+    return "PERMISSIVE"

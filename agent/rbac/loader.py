@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent import yamlpos
+from agent.rbac import validate
 from agent.rbac.model import (
     AuthorizationPolicy,
     Condition,
@@ -26,8 +27,6 @@ from agent.rbac.model import (
 )
 
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
-WHEN_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port",
-             "remote.ip", "destination.namespace")
 CUSTOM = "CUSTOM"
 
 
@@ -106,12 +105,6 @@ class WhenM(_M):
     values: list[str] = Field(default_factory=list)
     notValues: list[str] = Field(default_factory=list)
 
-    @field_validator("key")
-    @classmethod
-    def _key(cls, v: str) -> str:
-        if v in WHEN_KEYS or (v.startswith("request.headers[") and v.endswith("]") and len(v) > 17):
-            return v
-        raise ValueError(f"unsupported when key {v!r} (supported: {', '.join(WHEN_KEYS)}, request.headers[<name>])")
 
 
 class RuleM(_M):
@@ -186,13 +179,20 @@ def _t(v) -> tuple:
     return tuple(v)
 
 
+def _sa(ns: str, values) -> tuple[str, ...]:
+    """Istio: a service account without a namespace is one of the policy's namespace."""
+    return tuple(v if "/" in v else f"{ns}/{v}" for v in values)
+
+
 def _build_authz(meta: MetaM, spec: AuthzSpecM) -> AuthorizationPolicy:
     rules = []
+    ns = meta.namespace
     for r in spec.rules:
         sources = tuple(Source(
             principals=_t(f.source.principals), not_principals=_t(f.source.notPrincipals),
             namespaces=_t(f.source.namespaces), not_namespaces=_t(f.source.notNamespaces),
-            service_accounts=_t(f.source.serviceAccounts), not_service_accounts=_t(f.source.notServiceAccounts),
+            service_accounts=_sa(ns, f.source.serviceAccounts),
+            not_service_accounts=_sa(ns, f.source.notServiceAccounts),
             ip_blocks=tuple(ipaddress.ip_network(x, strict=False) for x in f.source.ipBlocks + f.source.remoteIpBlocks),
             not_ip_blocks=tuple(ipaddress.ip_network(x, strict=False)
                                 for x in f.source.notIpBlocks + f.source.notRemoteIpBlocks),
@@ -202,7 +202,8 @@ def _build_authz(meta: MetaM, spec: AuthzSpecM) -> AuthorizationPolicy:
             methods=_t(t.operation.methods), not_methods=_t(t.operation.notMethods),
             paths=_t(t.operation.paths), not_paths=_t(t.operation.notPaths),
             hosts=_t(t.operation.hosts), not_hosts=_t(t.operation.notHosts)) for t in r.to)
-        conds = tuple(Condition(w.key, _t(w.values), _t(w.notValues)) for w in r.when)
+        conds = tuple(Condition(w.key, _sa(ns, w.values), _sa(ns, w.notValues)) if w.key == "source.serviceAccount"
+                      else Condition(w.key, _t(w.values), _t(w.notValues)) for w in r.when)
         rules.append(Rule(sources, ops, conds))
     selector = tuple(sorted(spec.selector.matchLabels.items())) if spec.selector else None
     dry = meta.annotations.get("istio.io/dry-run", "false").lower() == "true"
@@ -281,6 +282,11 @@ def _load(text: str, path: str, lines: bool) -> list:
         except ValidationError as e:
             errors += yamlpos.pydantic_errors(doc, e)
             continue
+        problems = (validate.authorization_problems if d.kind == "AuthorizationPolicy"
+                    else validate.peer_problems)(d.spec or {})
+        if problems:
+            errors += [f"{doc.where(('spec',) + loc)}: {_dotted(('spec',) + loc)}: {msg}" for loc, msg in problems]
+            continue
         if d.kind == "AuthorizationPolicy":
             if spec.action == CUSTOM:
                 errors.append(f"{doc.where(('spec', 'action'))}: spec.action: CUSTOM (external authorization) is not supported")
@@ -293,6 +299,13 @@ def _load(text: str, path: str, lines: bool) -> list:
             out.append(_build_peer(d.metadata, spec))
     if errors:
         raise PolicyError("\n".join(_fix_names(e) for e in errors))
+    return out
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 

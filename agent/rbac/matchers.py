@@ -12,6 +12,7 @@ with a handful of policies then stays in single-digit microseconds (docs/policy.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
@@ -87,12 +88,25 @@ def principal(p: str) -> str:
     return p.removeprefix("spiffe://")
 
 
+def _ns_sa(p: str | None) -> tuple[str, str] | None:
+    """(ns, sa) of a principal ``<td>/ns/<ns>/sa/<sa>``; None for any other form."""
+    if not p:
+        return None
+    parts = p.split("/")
+    return (parts[2], parts[4]) if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
+
+
+def principal_namespace(p: str | None) -> str | None:
+    """The namespace of a verified principal: what ``namespaces`` and
+    ``source.namespace`` match (Istio: taken from the peer's identity)."""
+    ns_sa = _ns_sa(p)
+    return ns_sa[0] if ns_sa else None
+
+
 def source_sa(c) -> str | None:
     """``ns/sa`` from a principal ``<td>/ns/<ns>/sa/<sa>`` (serviceAccounts field)."""
-    if not c.src_principal:
-        return None
-    parts = c.src_principal.split("/")
-    return f"{parts[2]}/{parts[4]}" if len(parts) >= 5 else None
+    ns_sa = _ns_sa(c.src_principal)
+    return f"{ns_sa[0]}/{ns_sa[1]}" if ns_sa else None
 
 
 def _both(yes, no, get) -> list[Callable[[object], bool]]:
@@ -146,12 +160,39 @@ def _all(checks):
     return every
 
 
-def _host(h: str) -> str:
-    h = h.lower()
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+_PCHAR = r"a-zA-Z0-9\-._~%!$&'()+,;:@="
 
 
-def compile_operation(o: Operation) -> Matcher:
+def path_matcher(patterns: Iterable[str]) -> Callable[[str | None], bool]:
+    """Istio ``paths``: exact, prefix, suffix and presence as ``string_set``; a pattern
+    with ``{*}`` (one path segment) or ``{**}`` (any remainder, slashes included) is an
+    Envoy URI template matched against the whole path."""
+    plain, templates = [], []
+    for p in patterns:
+        if "{*}" in p or "{**}" in p:
+            parts = re.split(r"(\{\*\*\}|\{\*\})", p)
+            rx = "".join(f"[{_PCHAR}]+" if x == "{*}" else f"[{_PCHAR}/]*" if x == "{**}" else re.escape(x)
+                         for x in parts)
+            templates.append(re.compile(rx))
+        else:
+            plain.append(p)
+    simple = string_set(plain) if plain else None
+    if not templates:
+        return simple
+    tpl = tuple(templates)
+
+    def match(v: str | None) -> bool:
+        if v is None:
+            return False
+        return (simple is not None and simple(v)) or any(t.fullmatch(v) for t in tpl)
+
+    return match
+
+
+def compile_operation(o: Operation, l4_match: bool = False) -> Matcher:
+    """``l4_match``: what the HTTP-only fields count as when there is no request (a TCP
+    port): True in a DENY policy (Istio: the rule then denies; fail closed), False in
+    ALLOW/AUDIT (the rule never matches)."""
     l4 = []
     if o.ports:
         ports = frozenset(o.ports)
@@ -163,15 +204,14 @@ def compile_operation(o: Operation) -> Matcher:
     if not o.is_http:
         return lambda c, r: l4_all(c)
     http = (_both(_strings(o.methods), _strings(o.not_methods), lambda r: r.method)
-            + _both(_strings(o.paths), _strings(o.not_paths), lambda r: r.path))
-    if o.hosts:
-        hosts = string_set(p.lower() for p in o.hosts)
-        # a host pattern matches the Host header with or without its port
-        http.append(lambda r: hosts(_host(r.host)) or hosts(r.host.lower()))
-    if o.not_hosts:
-        not_hosts = string_set(p.lower() for p in o.not_hosts)
-        http.append(lambda r: not not_hosts(_host(r.host)))
+            + _both(path_matcher(o.paths) if o.paths else None,
+                    path_matcher(o.not_paths) if o.not_paths else None, lambda r: r.path)
+            # case-insensitive, on the Host header as sent: an exact host without a port
+            # does not match "host:port" (Istio's reference, Operation.hosts)
+            + _both(_strings(o.hosts, str.lower), _strings(o.not_hosts, str.lower), lambda r: r.host.lower()))
     http_all = _all(http)
+    if l4_match:
+        return lambda c, r: l4_all(c) and (r is None or http_all(r))
     # HTTP fields cannot be known at L4: without a request such an operation does not match
     return lambda c, r: r is not None and l4_all(c) and http_all(r)
 
@@ -179,7 +219,7 @@ def compile_operation(o: Operation) -> Matcher:
 _IP_KEYS = ("source.ip", "remote.ip", "destination.ip")
 
 
-def compile_condition(k: Condition) -> Matcher:
+def compile_condition(k: Condition, l4_match: bool = False) -> Matcher:
     key = k.key
     if key in _IP_KEYS:
         attr = "dst_ip" if key == "destination.ip" else "src_ip"
@@ -197,7 +237,7 @@ def compile_condition(k: Condition) -> Matcher:
 
         def check_header(c, r):
             if r is None:
-                return False  # an HTTP attribute, unknown at L4
+                return l4_match  # an HTTP attribute, unknown at L4 (see compile_operation)
             vals = r.headers.get(name, [])
             return (yes is None or any(yes(v) for v in vals)) and (no is None or not any(no(v) for v in vals))
 
@@ -207,8 +247,8 @@ def compile_condition(k: Condition) -> Matcher:
     get = {
         "source.namespace": lambda c: [c.src_namespace] if c.src_namespace else [],
         "source.principal": lambda c: [c.src_principal] if c.src_principal else [],
+        "source.serviceAccount": lambda c: [sa] if (sa := source_sa(c)) else [],
         "destination.port": lambda c: [str(c.dst_port)],
-        "destination.namespace": lambda c: [c.dst_namespace],
     }.get(key, lambda c: [])
 
     def check_value(c, r):
@@ -252,7 +292,7 @@ def _all2(ms: list) -> Matcher:
     return every
 
 
-def compile_rule(rule: Rule) -> Matcher:
+def compile_rule(rule: Rule, l4_match: bool = False) -> Matcher:
     # Istio: a rule matches when any `from` matches, any `to` matches and every `when`.
     parts = []
     sources = tuple(compile_source(s) for s in rule.sources)
@@ -261,16 +301,16 @@ def compile_rule(rule: Rule) -> Matcher:
         parts.append(lambda c, r: only(c))
     elif sources:
         parts.append(lambda c, r: any(s(c) for s in sources))
-    ops = _any2(tuple(compile_operation(o) for o in rule.operations))
+    ops = _any2(tuple(compile_operation(o, l4_match) for o in rule.operations))
     if ops is not None:
         parts.append(ops)
-    parts += [compile_condition(k) for k in rule.conditions]
+    parts += [compile_condition(k, l4_match) for k in rule.conditions]
     return _all2(parts)
 
 
 def compile_policy(p: AuthorizationPolicy) -> Matcher:
     # A policy without rules matches nothing: `spec: {}` as ALLOW therefore allows nothing.
-    rules = tuple(compile_rule(rule) for rule in p.rules)
+    rules = tuple(compile_rule(rule, p.action == "DENY") for rule in p.rules)
     if not rules:
         return lambda c, r: False
     return _any2(rules)

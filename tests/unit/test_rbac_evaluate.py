@@ -99,7 +99,10 @@ OP_CASES = [
     ("paths", '["*.css"]', {}, http(path="/a.css"), True),
     ("paths", '["/api"]', {}, http(path="/apix"), False),
     ("notPaths", '["/admin*"]', {}, http(path="/admin/1"), False),
-    ("hosts", '["web.shop"]', {}, http(host="web.shop:8080"), True),
+    # Istio: an exact host without a port does not match a Host header with one (issue 15, item 5)
+    ("hosts", '["web.shop"]', {}, http(host="web.shop:8080"), False),
+    ("hosts", '["web.shop:*"]', {}, http(host="web.shop:8080"), True),
+    ("hosts", '["WEB.shop"]', {}, http(host="web.SHOP"), True),
     ("hosts", '["*.shop"]', {}, http(host="WEB.shop"), True),
     ("notHosts", '["web.shop"]', {}, http(host="web.shop"), False),
     ("paths", '["/api/*"]', {}, None, False),  # HTTP field at L4: cannot match

@@ -90,8 +90,9 @@ spec:
   rules:
     - from:
         - source: {principals: ["cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/c/*"], notPrincipals: ["*x"],
-                   namespaces: [a], notNamespaces: [b], serviceAccounts: [a/b], notServiceAccounts: [c/d],
+                   namespaces: [a], notNamespaces: [b],
                    ipBlocks: [10.0.0.0/8, "2001:db8::/32"], notIpBlocks: [10.1.0.0/16]}
+        - source: {serviceAccounts: [a/b, own], notServiceAccounts: [c/d]}
         - source: {remoteIpBlocks: [192.0.2.0/24]}
       to:
         - operation: {ports: ["80", "8080"], notPorts: ["9090"], methods: [GET], notMethods: [DELETE],
