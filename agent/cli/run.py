@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         problems = preflight.check(cfg, args.config, text)
         for p in problems:
             print(f"hostmesh: {p}", file=sys.stderr)
+        if any(p.kind == "policy" for p in problems):
+            print("hostmesh: starting with the valid policy files; not ready until the rejected ones are fixed",
+                  file=sys.stderr)
+        problems = [p for p in problems if p.kind != "policy"]
         if problems:
             print(f"hostmesh: not started; nothing was changed ({_capture_note(cfg, installed=False)})",
                   file=sys.stderr)

@@ -156,3 +156,20 @@ def test_a_port_shared_with_so_reuseport_by_an_unseen_holder_is_free():
         shared.listen()
         assert not _shareable(plain.getsockname()[1])
         assert _shareable(shared.getsockname()[1])
+
+
+def test_a_rejected_policy_file_fails_check_config_but_does_not_stop_run(tmp_path, ca):
+    """check-config names the file and line (exit 2); `run` does not refuse on it: it starts
+    with the valid files and stays not ready (issue 15 item 12; tests/lab/test_policy_persist)."""
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "bad.yaml").write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                  "metadata: {name: x, namespace: shop}\nspec: {action: NOPE}\n")
+    f = config(tmp_path, ca, extra=f"policies: {{dir: {pol}}}\n")
+    r = hm("check-config", f)
+    assert r.returncode == 2 and f"{pol}/bad.yaml:4" in r.stderr and "Traceback" not in r.stderr
+    from agent import preflight
+    from agent.config import load_config
+
+    problems = preflight.check(load_config(f), f)
+    assert [p.kind for p in problems] == ["policy"]
