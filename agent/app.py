@@ -27,12 +27,16 @@ API_WORKLOADS_FILE = "workloads.json"
 logger = logging.getLogger("hostmesh.agent")
 
 
-def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
-    """Every ``*.yaml``/``*.yml``/``*.json`` in ``path`` -> documents, by file.
+def load_policy_dir(path: str, root_namespace: str, traffic: dict | None = None,
+                    domain: str = "cluster.local") -> dict[str, list]:
+    """Every ``*.yaml``/``*.yml``/``*.json`` in ``path`` -> documents, by file; the
+    DestinationRules and VirtualServices of each file go to ``traffic`` (also by file)
+    and are validated either way.
 
     Raises ValueError (``path:line: message``) on the first invalid file.
     """
     from agent.rbac.loader import load_documents
+    from agent.traffic.loader import load_traffic
 
     out: dict[str, list] = {}
     d = Path(path)
@@ -40,7 +44,11 @@ def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
         raise ValueError(f"{path}: policy directory does not exist")
     for f in sorted(d.iterdir()):
         if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
-            out[str(f)] = load_documents(f.read_text(), str(f), root_namespace)
+            text = f.read_text()
+            out[str(f)] = load_documents(text, str(f), root_namespace)
+            loaded = load_traffic(text, str(f), domain)
+            if traffic is not None:
+                traffic[str(f)] = loaded
     return out
 
 
@@ -52,7 +60,10 @@ class Agent:
         self.registry = Registry()
         self.conns = ConnTable()
         self.health = EndpointHealth()
-        self.view: RoutingView = build_view(config, self.registry)
+        from agent.traffic.store import TrafficStore
+
+        self.traffic = TrafficStore(config.policies.root_namespace, config.policies.cluster_domain)
+        self.view: RoutingView = build_view(config, self.registry, self.traffic)
         self.ready = False
         self.draining = False
         self.counters: dict[str, int] = {}
@@ -139,11 +150,16 @@ class Agent:
 
     def cluster_changed(self) -> None:
         """Peers or services changed (Kubernetes discovery): rebuild the routing view."""
-        self.view = build_view(self.config, self.registry)
+        self.view = build_view(self.config, self.registry, self.traffic)
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""
-        return self.telemetry.metrics if self.telemetry is not None else None
+        if self.telemetry is None:
+            return None
+        from agent.proxy.traffic_path import gauges
+
+        gauges(self, self.telemetry.metrics)
+        return self.telemetry.metrics
 
     def active_connections(self) -> int:
         return len(self.conns)
@@ -301,20 +317,42 @@ class Agent:
 
     def apply_policies(self, text: str, source: str) -> dict[str, Any]:
         from agent.rbac.loader import PolicyError, load_documents
+        from agent.traffic.loader import load_traffic
 
         try:
             docs = load_documents(text, source, self.config.policies.root_namespace)
+            traffic = load_traffic(text, source, self.config.policies.cluster_domain)
         except PolicyError as e:
             raise ApiError(400, "invalid_policy", str(e)) from None
+        except ValueError as e:  # agent.traffic.loader.TrafficError
+            raise ApiError(400, "invalid_traffic_rule", str(e)) from None
         self.policies.apply(docs, source)
+        if traffic:
+            self.traffic.apply(traffic, source)
         closed = self.recheck_connections()
-        return {"applied": [f"{d.namespace}/{d.name}" for d in docs], "connections_closed": closed}
+        return {"applied": [f"{d.namespace}/{d.name}" for d in docs] + [f"{t.doc.namespace}/{t.doc.name}" for t in traffic],
+                "connections_closed": closed}
 
     def delete_policy(self, namespace: str, name: str) -> dict[str, Any]:
-        if not self.policies.delete(namespace, name):
+        traffic = self.traffic.delete(namespace, name)  # a DestinationRule/VirtualService of that name
+        if not self.policies.delete(namespace, name) and not traffic:
             raise ApiError(404, "not_found", f"no policy {namespace}/{name}")
         self.recheck_connections()
         return {"deleted": f"{namespace}/{name}"}
+
+    def traffic_dump(self) -> dict[str, Any]:
+        """The traffic rules in force and the endpoints ejected now, with why."""
+        import trio
+
+        state = self.health.traffic
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio (tests, the CLI): nothing is ejected yet
+            now = 0.0
+        return {"rules": self.traffic.list(), "ejected": state.ejected(now),
+                "clusters": {name: {"active": c.active, "endpoints": list(c.endpoints),
+                                    "overflow": state.overflow.get(name, 0)}
+                             for name, c in sorted(state.clusters.items())}}
 
     def certs(self) -> list[dict[str, Any]]:
         return self.identities.status() if self.identities is not None else []
@@ -366,9 +404,11 @@ class Agent:
                 except WorkloadError as e:
                     raise ApiError(400, "invalid_config", f"workloads: {body.get('uid')}: {e}") from None
         files = None
+        traffic: dict[str, list] = {}
         if policies_cfg.dir:
             try:
-                files = load_policy_dir(policies_cfg.dir, policies_cfg.root_namespace)
+                files = load_policy_dir(policies_cfg.dir, policies_cfg.root_namespace, traffic,
+                                        policies_cfg.cluster_domain)
             except ValueError as e:
                 raise ApiError(400, "invalid_policy", str(e)) from None
         if self.identities is not None:
@@ -395,6 +435,8 @@ class Agent:
         if files is not None:
             for source, docs in files.items():
                 self.policies.replace_source(source, docs)
+            for source, loaded in traffic.items():
+                self.traffic.replace_source(source, loaded)
             result["policy_files"] = len(files)
         result["connections_closed"] = self.recheck_connections()
         return result
@@ -411,6 +453,7 @@ class Agent:
             "status": self.status(),
             "workloads": self.list_workloads(),
             "policies": self.list_policies(),
+            "traffic": self.traffic_dump(),
             "certs": self.certs(),
             "connections": self.connections(),
             "stats": self.stats(),

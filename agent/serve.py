@@ -195,8 +195,12 @@ def _load_static_state(agent: Agent) -> None:
     agent.load_api_workloads()
     if cfg.policies.dir:
         try:
-            for source, docs in load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace).items():
+            traffic: dict[str, list] = {}
+            for source, docs in load_policy_dir(cfg.policies.dir, cfg.policies.root_namespace, traffic,
+                                                cfg.policies.cluster_domain).items():
                 agent.policies.replace_source(source, docs)
+            for source, loaded in traffic.items():
+                agent.traffic.replace_source(source, loaded)
         except ValueError as e:
             logger.error("%s", e)
 

@@ -15,6 +15,10 @@ logger = logging.getLogger("hostmesh.conn")
 def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None, end: float | None = None) -> None:
     """Record ``conn`` as finished with the byte counts the data path measured."""
     agent.conns.pop(conn.id)
+    if conn.cluster is not None:
+        from agent.proxy.traffic_path import released
+
+        released(agent, conn)
     conn.bytes_sent, conn.bytes_received = sent, received
     conn.close_reason = conn.close_reason or close_reason
     agent.count("connections_closed")
@@ -53,6 +57,7 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         verdict=conn.verdict,
         policy=conn.policy,
         reason=conn.close_reason or conn.reason or None,
+        response_flags=conn.response_flags,
         trace_id=conn.trace_id,
         span_id=conn.span_id if direction == "outbound" else None,
         parent_span_id=conn.parent_span_id if direction == "inbound" else None,
