@@ -24,7 +24,7 @@ class TrafficStore:
 
     def _rebuild(self) -> None:
         self._dr, self._vs = {}, {}
-        for (kind, _ns, _name), (loaded, _src) in sorted(self._docs.items()):
+        for _key, (loaded, _src) in sorted(self._docs.items()):
             d = loaded.doc
             if isinstance(d, DestinationRule):
                 self._dr.setdefault(d.host, []).append(d)
