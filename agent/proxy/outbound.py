@@ -35,6 +35,11 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
         conn.src_principal = src.spiffe_id(agent.config.identity.trust_domain)
     for i, p in enumerate(plans):
         last = i == len(plans) - 1
+        if isinstance(p, plan.HttpRouted):
+            from agent.proxy.http_route import serve_http_routes
+
+            await serve_http_routes(agent, conn, sock, p)
+            return
         if isinstance(p, plan.Refuse):
             if p.flag is not None:
                 traffic_path.refused(agent, conn, p)
@@ -46,14 +51,7 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
         if p.dst is not None:
             conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         traffic_path.attempt(agent, conn, p)
-        try:
-            if p.kind == "tunnel":
-                done = await _via_tunnel(agent, conn, sock, p)
-            else:
-                done = await _direct(agent, conn, sock, p)
-        except OSError as e:
-            done = False
-            conn.reason = f"connect_failed: {e.strerror or e}"
+        done = await carry(agent, conn, sock, p)
         if done:
             if p.service:
                 agent.health.mark_ok(p.dst_ip)
@@ -69,6 +67,18 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
         conn.reason = conn.reason or "upstream_failed"
         traffic_path.exhausted(conn, attempts=i + 1)
     record_refusal(agent, conn, sock)
+
+
+async def carry(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:
+    """Connect ``sock`` (the source side) to the route's destination and hand both legs
+    to the socket layer; False (``conn.reason`` says why) when that failed."""
+    try:
+        if p.kind == "tunnel":
+            return await _via_tunnel(agent, conn, sock, p)
+        return await _direct(agent, conn, sock, p)
+    except OSError as e:
+        conn.reason = f"connect_failed: {e.strerror or e}"
+        return False
 
 
 async def _direct(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:

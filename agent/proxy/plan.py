@@ -47,7 +47,17 @@ class Route:
     connect_timeout_s: float | None = None  # DestinationRule connectionPool.tcp.connectTimeout
 
 
-Plan = Route | Refuse
+@dataclass(frozen=True, slots=True)
+class HttpRouted:
+    """A service whose VirtualService has ``http`` routes for this port: requests are
+    routed one by one (agent.proxy.http_route, agent.traffic.http)."""
+
+    service: Service
+    src: Workload
+    port: int
+
+
+Plan = Route | Refuse | HttpRouted
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +188,11 @@ def plan_outbound(
     if svc is None:
         return [route_to_ip(src, dst_ip, dst_port, view)]
     if view.traffic is not None and view.traffic.applies((svc.namespace, svc.name)):
+        from agent.traffic.planner import tcp_route
+
+        vs = view.traffic.virtual_service((svc.namespace, svc.name))
+        if vs is not None and vs.http and tcp_route(vs, dst_port) is None:
+            return [HttpRouted(svc, src, dst_port)]
         return _plan_traffic(src, svc, dst_port, view, health, now)
     port = svc.target_port or dst_port
     eps = pick_endpoints(svc, health, now, view.balance)
@@ -200,7 +215,19 @@ REGION_LABEL, ZONE_LABEL = "topology.kubernetes.io/region", "topology.kubernetes
 def _plan_traffic(src: Workload, svc: Service, dst_port: int, view: RoutingView, health: EndpointHealth,
                   now: float) -> list[Plan]:
     """A service under DestinationRule/VirtualService rules: ``agent.traffic.planner`` picks."""
-    from agent.traffic.planner import EndpointMeta, NoPick, plan_service
+    from agent.traffic.planner import NoPick, plan_service
+
+    pick = plan_service(view.traffic, view.by_key, svc, dst_port, client_ns=src.namespace,
+                        client_locality=view.locality.get(view.node_name, ("", "")), meta=endpoint_meta(view),
+                        state=health.traffic, now=now, rng=health.rng, attempts=MAX_CONNECT_ATTEMPTS)
+    if isinstance(pick, NoPick):
+        return [Refuse(pick.reason, 503, pick.flag)]
+    return pick_routes(src, pick, view)
+
+
+def endpoint_meta(view: RoutingView):
+    """``ip -> EndpointMeta`` (labels, region, zone) from the registry and node labels."""
+    from agent.traffic.planner import EndpointMeta
 
     def meta(ip: str) -> EndpointMeta | None:
         w = view.registry.by_ip(ip)
@@ -209,11 +236,11 @@ def _plan_traffic(src: Workload, svc: Service, dst_port: int, view: RoutingView,
         region, zone = view.locality.get(w.node or view.node_name, ("", ""))
         return EndpointMeta(w.labels, region, zone)
 
-    pick = plan_service(view.traffic, view.by_key, svc, dst_port, client_ns=src.namespace,
-                        client_locality=view.locality.get(view.node_name, ("", "")), meta=meta,
-                        state=health.traffic, now=now, rng=health.rng, attempts=MAX_CONNECT_ATTEMPTS)
-    if isinstance(pick, NoPick):
-        return [Refuse(pick.reason, 503, pick.flag)]
+    return meta
+
+
+def pick_routes(src: Workload, pick, view: RoutingView) -> list[Plan]:
+    """The routes to a planner ``Pick``'s endpoints, in its order."""
     plans: list[Plan] = []
     for ep in pick.endpoints:
         p = route_to_ip(src, ep, pick.port, view)

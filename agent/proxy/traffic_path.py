@@ -54,6 +54,17 @@ def failed(agent, conn: Conn, p, *, denied: bool) -> None:
                                                   "times_ejected": ej.times, "conn_id": conn.id})
 
 
+def outcome(agent, p, result: str | int) -> None:
+    """An HTTP attempt's outcome (a status, ``reset`` or ``timeout``) for the outlier detector."""
+    if p.cluster is None:
+        return
+    ej = agent.health.traffic.report(p.cluster, p.dst_ip, result, trio.current_time())
+    if ej is not None:
+        agent.count("traffic_ejections")
+        logger.warning("endpoint ejected", extra={"cluster": p.cluster, "endpoint": ej.endpoint, "reason": ej.reason,
+                                                  "times_ejected": ej.times})
+
+
 def exhausted(conn: Conn, attempts: int) -> None:
     if conn.response_flags is None:
         conn.response_flags = "UF,URX" if attempts > 1 else "UF"

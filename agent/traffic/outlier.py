@@ -1,7 +1,8 @@
 """Outlier detection for one cluster (service, port, subset), as Envoy does it. Pure.
 
 The data path reports each outcome (``connect_failure``, ``reset``, ``timeout``,
-``success``, or an HTTP status) with the time; this module counts consecutive failures
+``success`` (a TCP connection connected), ``connect_success`` (an HTTP attempt did),
+or an HTTP status) with the time; this module counts consecutive failures
 per endpoint and answers whether an endpoint is ejected now. It never sleeps, never
 reads a clock and never touches a socket: ``now`` is always passed in.
 
@@ -75,6 +76,12 @@ class Detector:
                 h.consecutive_local += 1
                 return self._check(ep, h, now, cluster_size)
             code = 503
+        elif outcome == "connect_success":
+            # an HTTP attempt connected: only the split-out local-origin run ends here
+            # (without the split Envoy ignores it; the response decides)
+            if cfg.split_local_origin:
+                h.consecutive_local = 0
+            return None
         elif outcome == "success":
             if cfg.split_local_origin:
                 h.consecutive_local = 0

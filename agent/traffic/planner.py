@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agent.traffic import hosts as hostnames
+from agent.traffic.http import RetryBudget
 from agent.traffic.model import Destination, Locality, OutlierDetection, ServiceKey, TrafficPolicy
 from agent.traffic.outlier import Detector, Ejection
 from agent.traffic.store import TrafficStore
@@ -64,6 +65,13 @@ class TrafficState:
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)  # live connections per endpoint
     overflow: dict[str, int] = field(default_factory=dict)  # UO refusals per cluster
+    budgets: dict[str, RetryBudget] = field(default_factory=dict)  # per VirtualService
+
+    def budget(self, name: str) -> RetryBudget:
+        b = self.budgets.get(name)
+        if b is None:
+            b = self.budgets[name] = RetryBudget()
+        return b
 
     def cluster(self, name: str) -> ClusterState:
         c = self.clusters.get(name)
@@ -115,7 +123,18 @@ def plan_service(store: TrafficStore, services: Mapping[ServiceKey, object], svc
         routes = _routes(vs, port, http_port)
         if routes is None:
             return NoPick("NR", f"no route of {vs.namespace}/{vs.name} matches port {port}")
-        dest = _weighted(routes, rng)
+        dest = weighted(routes, rng)
+    return plan_destination(store, services, dest, port, client_ns=client_ns, client_locality=client_locality,
+                            meta=meta, state=state, now=now, rng=rng, attempts=attempts)
+
+
+def plan_destination(store: TrafficStore, services: Mapping[ServiceKey, object], dest: Destination, port: int, *,
+                     client_ns: str | None, client_locality: tuple[str, str],
+                     meta: Callable[[str], EndpointMeta | None], state: TrafficState, now: float, rng: random.Random,
+                     attempts: int = 3, avoid: frozenset[str] = frozenset()) -> Pick | NoPick:
+    """The endpoints for one route destination (host, subset, port); ``avoid``: endpoints
+    an earlier attempt of the same request used (Istio's previous-hosts retry predicate),
+    tried last."""
     target = services.get(dest.host)
     if target is None:
         return NoPick("NR", f"no service {hostnames.fqdn(dest.host, store.domain)}")
@@ -146,17 +165,26 @@ def plan_service(store: TrafficStore, services: Mapping[ServiceKey, object], svc
     order = [chosen] + [e for e in _rotated(first, first.index(chosen)) if e != chosen]
     for g in groups[1:]:
         order += g
+    if avoid:
+        order = [e for e in order if e not in avoid] + [e for e in order if e in avoid]
     return Pick(name, dest.host, dest.subset, ep_port, tuple(order[:max(attempts, 1)]),
                 pool.connect_timeout_s if pool else None)
+
+
+def tcp_route(vs, port: int) -> tuple[Destination, ...] | None:
+    for r in vs.tcp:
+        if not r.ports or port in r.ports:
+            return r.route
+    return None
 
 
 def _routes(vs, port: int, http_port: bool) -> tuple[Destination, ...] | None:
     """The destinations of the first route for a connection to ``port``. On the
     connection path an ``http`` route applies when its matches need no request
     (none, or a port only); per-request matching is ``agent.traffic.http``."""
-    for r in vs.tcp:
-        if not r.ports or port in r.ports:
-            return r.route
+    tcp = tcp_route(vs, port)
+    if tcp is not None:
+        return tcp
     if http_port or not vs.tcp:
         for h in vs.http:
             if not h.matches or any(m.uri is None and m.method is None and not m.headers and m.port in (None, port)
@@ -165,7 +193,7 @@ def _routes(vs, port: int, http_port: bool) -> tuple[Destination, ...] | None:
     return None
 
 
-def _weighted(routes: tuple[Destination, ...], rng: random.Random) -> Destination:
+def weighted(routes: tuple[Destination, ...], rng: random.Random) -> Destination:
     if len(routes) == 1:
         return routes[0]
     x = rng.random() * sum(d.weight for d in routes)

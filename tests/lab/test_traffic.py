@@ -11,7 +11,7 @@ import pytest
 from tests.lab.conftest import PY, lab_up, ns_py, wait_for, wait_listen
 
 GO = "/tmp/htraffic-held-go"
-VIP, POOL_VIP = "198.18.100.30", "198.18.100.31"
+VIP, POOL_VIP, API_VIP = "198.18.100.30", "198.18.100.31", "198.18.100.32"
 TOPOLOGY = f"""\
 nodes: 2
 node_labels:
@@ -25,6 +25,7 @@ pods:
 services:
   - {{name: web, namespace: shop, vip: {VIP}, port: 80, target_port: 9000, endpoints: [v1a, v1b, v2]}}
   - {{name: pool, namespace: shop, vip: {POOL_VIP}, port: 81, target_port: 9001, endpoints: [v1a]}}
+  - {{name: api, namespace: shop, vip: {API_VIP}, port: 80, target_port: 9100, endpoints: [v1b]}}
 """
 NAMED = """
 import socket, sys, threading
@@ -90,6 +91,9 @@ def lab(tmp_path_factory):
         ns = lab.pod("v1a")["netns"]
         lab.spawn(ns, PY, "-c", NAMED, "pool", "9001")
         wait_listen(ns, 9001)
+        ns = lab.pod("v1b")["netns"]
+        lab.spawn(ns, PY, "-c", FLAKY)
+        wait_listen(ns, 9100)
         yield lab
 
 
@@ -113,7 +117,7 @@ def run_clients(lab, n, ip=VIP, port=80, timeout=240):
 
 def delete_rules(lab):
     for i in range(len(lab.status["nodes"])):
-        for kind in ("web", "pool"):
+        for kind in ("web", "pool", "api"):
             lab.admin(i, "DELETE", f"/v1/policies/shop/{kind}")
 
 
@@ -244,4 +248,80 @@ def test_locality_same_zone_first_then_the_other_zone(lab):
     print(f"zone za down: {out['counts']}")
     assert out["fails"] == [] and set(out["counts"]) == {"v1b", "v2"}, out
     start(lab, "v1a")
+    delete_rules(lab)
+
+
+# /flaky answers 503 to every second request; /slow503 answers 503 after 0.3 s, always
+FLAKY = """
+import http.server, itertools, threading, time
+n = itertools.count()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path.startswith("/slow503"):
+            time.sleep(0.3); code = 503
+        else:
+            code = 503 if next(n) % 2 else 200
+        body = f"{code}\\n".encode()
+        self.send_response(code)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer.daemon_threads = True
+http.server.ThreadingHTTPServer(("0.0.0.0", 9100), H).serve_forever()
+"""
+RETRIES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.shop.svc.cluster.local]
+  http:
+    - match: [{uri: {prefix: /flaky}}, {uri: {prefix: /slow503}}]
+      route: [{destination: {host: api}}]
+      retries: {attempts: 2, retryOn: "503"}
+    - match: [{uri: {exact: /plain}}]
+      route: [{destination: {host: api}}]
+      retries: {attempts: 0}
+"""
+HTTP_CLIENT = """
+import json, urllib.request, urllib.error, concurrent.futures
+def get(path):
+    try:
+        return urllib.request.urlopen(f"http://{ip}{{path}}", timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return str(e)
+seq = [get("/flaky") for _ in range(100)]
+plain = [get("/plain") for _ in range(20)]
+with concurrent.futures.ThreadPoolExecutor(40) as ex:
+    storm = list(ex.map(get, ["/slow503"] * 40))
+print(json.dumps({{"seq": seq, "plain": plain, "storm": storm}}))
+"""
+
+
+def test_http_retries_hide_every_second_503_and_the_budget_stops_a_storm(lab):
+    lab.apply(RETRIES)
+    before = lab.stats(0)
+    r = ns_py(lab.pod("client")["netns"], HTTP_CLIENT.format(ip=API_VIP), timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    stats = lab.stats(0)
+
+    def delta(k):
+        return stats.get(k, 0) - before.get(k, 0)
+
+    print(f"/flaky: {sorted(set(out['seq']))} over 100, /plain: {out['plain'].count(503)} x 503 of 20, "
+          f"storm: {out['storm'].count(503)} x 503 of 40, retries {delta('traffic_retries')}, "
+          f"budget exhausted {delta('traffic_retry_budget_exhausted')}")
+    assert out["seq"] == [200] * 100
+    assert out["plain"].count(503) == 10  # no retries on that route: every second one is seen
+    assert out["storm"] == [503] * 40
+    assert delta("traffic_retry_budget_exhausted") > 0
+    # 100 sequential requests: all but the first met a 503 first -> 99 retries; the storm's 40
+    # requests could have made 80 more, the budget (20 % of live requests, at least 3) let fewer than 40 through
+    assert 99 <= delta("traffic_retries") < 99 + 40
     delete_rules(lab)
