@@ -124,19 +124,26 @@ class Agent:
         """Make the supervisor's whole state this agent's: workloads registered, changed
         or removed to match, every policy source replaced, sources it lacks dropped. The
         same call brings a fresh worker up to date and keeps running ones current."""
-        from agent.rbac.loader import PolicyError, load_documents
+        from agent.rbac.loader import load_documents
+        from agent.traffic.loader import load_traffic
 
         try:
             wanted = self._workloads(body["workloads"])
             sources = {src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
                        for src, docs in body["policies"].items()}
-        except (KeyError, TypeError, WorkloadError, PolicyError) as e:
+            traffic = {src: load_traffic(json.dumps(docs), src, self.config.policies.cluster_domain)
+                       for src, docs in body.get("traffic", {}).items()}
+        except (KeyError, TypeError, WorkloadError, ValueError) as e:  # PolicyError, TrafficError
             raise ApiError(400, "invalid_state", str(e)) from None
         added, removed = self._converge({w.uid for w in self.registry}, wanted)
         for src in set(self.policies.sources()) - set(sources):
             self.policies.replace_source(src, [])
         for src, docs in sources.items():
             self.policies.replace_source(src, docs)
+        for src in set(self.traffic.sources()) - set(traffic):
+            self.traffic.replace_source(src, [])
+        for src, loaded in traffic.items():
+            self.traffic.replace_source(src, loaded)
         if "cluster" in body:  # peers and services the supervisor discovered
             from agent.config import ClusterConfig
 

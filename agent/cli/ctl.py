@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pa.add_argument("file", type=Path)
     pd = ps.add_parser("delete")
     pd.add_argument("ref", help="NAMESPACE/NAME")
+    tr = cs.add_parser("traffic", help="DestinationRules/VirtualServices in force and ejected endpoints")
+    tr.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     con = cs.add_parser("connections")
     con.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     con.add_argument("--watch", action="store_true", help="refresh every second (Ctrl-C stops)")
@@ -129,6 +131,8 @@ def _dispatch(args) -> int:
         return _out(args, _call(args, "GET", "/v1/policies"), lambda d: render(
             ["kind", "namespace", "name", "action/mode", "source"],
             [[p["kind"], p["namespace"], p["name"], p.get("action") or p.get("mode"), p["source"]] for p in d]))
+    if c == "traffic":
+        return _out(args, _call(args, "GET", "/v1/traffic"), _traffic_table)
     if c == "connections":
         def table(d):
             return render(["id", "dir", "mode", "source", "destination", "verdict", "sent", "received", "age"],
@@ -145,6 +149,16 @@ def _dispatch(args) -> int:
         except KeyboardInterrupt:
             return 0
     return 2
+
+
+def _traffic_table(d: dict) -> str:
+    rules = render(["kind", "namespace", "name", "host(s)", "source"],
+                   [[r["kind"], r["namespace"], r["name"], r.get("host") or ", ".join(r.get("hosts", [])), r["source"]]
+                    for r in d["rules"]])
+    ejected = render(["cluster", "endpoint", "reason", "times", "back in"],
+                     [[e["cluster"], e["endpoint"], e["reason"], e["times_ejected"], f"{e['ejected_for_s']} s"]
+                      for e in d["ejected"]])
+    return f"{rules}\n\nejected endpoints:\n{ejected}" if d["ejected"] else f"{rules}\n\nno endpoint is ejected"
 
 
 def _end(e: dict) -> str:
