@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from agent.k8s.model import KINDS, POLICY_KINDS, Cache, Desired, desired
+from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, Cache, Desired, desired
 from agent.k8s.reconcile import Backoff, merge_nodes, merge_services, plan_workloads
 
 logger = logging.getLogger("hostmesh.k8s")
@@ -100,9 +100,9 @@ class Discovery:
         if self._api is None:
             self._api = api_client(self.cfg)
         kw.update(_preload_content=False)
-        if kind in ("authorizationpolicies", "peerauthentications"):
+        if kind in POLICY_KINDS:
             return client.CustomObjectsApi(self._api).list_cluster_custom_object(
-                ISTIO_GROUP, self.cfg.istio_api_version, kind, **kw)
+                "networking.istio.io" if kind in TRAFFIC_KINDS else ISTIO_GROUP, self.cfg.istio_api_version, kind, **kw)
         core = client.CoreV1Api(self._api)
         fn = {"pods": core.list_pod_for_all_namespaces, "nodes": core.list_node,
               "services": core.list_service_for_all_namespaces,
@@ -266,6 +266,8 @@ class Discovery:
                 services.append(ServiceConfig.model_validate(entry))
             except ValueError as err:
                 logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
+        if d.this_node and d.this_node.get("labels"):
+            a.config.node.labels = dict(d.this_node["labels"])  # locality (docs/traffic.md)
         if d.this_node and d.this_node.get("pod_cidrs") and not cluster.pod_cidrs:
             cluster.pod_cidrs = list(d.this_node["pod_cidrs"])
         nodes, services = merge_nodes(self.static[0], nodes), merge_services(self.static[1], services)
@@ -280,21 +282,24 @@ class Discovery:
         self.apply()
 
     def _apply_policies(self, docs: list[dict]) -> None:
-        from agent.rbac.loader import PolicyError, load_documents
+        from agent.rbac.loader import load_documents
+        from agent.traffic.loader import load_traffic
 
         if docs == self.policy_docs:
             return
         self.policy_docs = docs
-        loaded = []
+        loaded, traffic = [], []
         for doc in docs:
             m = doc["metadata"]
             where = f"kubernetes:{doc['kind']}/{m.get('namespace')}/{m.get('name')}"
             try:
                 loaded += load_documents(json.dumps(doc), where, self.agent.config.policies.root_namespace)
-            except PolicyError as e:
+                traffic += load_traffic(json.dumps(doc), where, self.agent.config.policies.cluster_domain)
+            except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
         self.agent.policies.replace_source("kubernetes", loaded)
+        self.agent.traffic.replace_source("kubernetes", traffic)
         self.agent.recheck_connections()
 
     def stats(self) -> dict:
