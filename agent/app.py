@@ -91,6 +91,7 @@ class Agent:
     def register(self, w: Workload) -> None:
         """Registry + capture + identity for one workload (raises WorkloadError)."""
         change = self.registry.register(w)
+        self.health.traffic.endpoints_changed()  # subsets and localities are made again
         old = change.removed
         if old is not None and old.node is None:
             if self.capture is not None:
@@ -107,6 +108,7 @@ class Agent:
 
     def unregister(self, uid: str) -> Workload | None:
         change = self.registry.remove(uid)
+        self.health.traffic.endpoints_changed()
         w = change.removed
         if w is None:
             return None

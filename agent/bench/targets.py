@@ -68,6 +68,8 @@ def compute(results: list[dict]) -> list[dict[str, Any]]:
     out.append(_row("policy decision p99 us (10k policies)", v, "< 20", v is not None and v < 20))
     v = g("policy-10k", "hostmesh", "load_s")
     out.append(_row("policy load s (10k policies)", v, "< 1", v is not None and v < 1))
+    v = g("policy-10k", "hostmesh", "traffic_decision_p99_us")
+    out.append(_row("traffic decision p99 us (1k endpoints, 100 rules)", v, "< 20", v is not None and v < 20))
 
     se, re_ = g("bulk-1", "hostmesh", "gbit_s"), g("bulk-1", "hostmesh-trio-relay", "gbit_s")
     v = se / re_ if se and re_ else None

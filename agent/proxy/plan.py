@@ -120,6 +120,7 @@ class RoutingView:
     traffic: Any = None  # agent.traffic.store.TrafficStore: DestinationRules, VirtualServices
     locality: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (region, zone)
     by_key: dict[tuple[str, str], Service] = field(default_factory=dict)  # (ns, name) -> Service
+    meta: Any = None  # endpoint_meta's function, made once per view
 
 
 def peer_for(ip: str, peers: Sequence[PeerNode]) -> PeerNode | None:
@@ -175,7 +176,7 @@ def route_to_ip(src: Workload | None, dst_ip: str, dst_port: int, view: RoutingV
 
 def plan_outbound(
     src_ip: str, dst_ip: str, dst_port: int, view: RoutingView, health: EndpointHealth, now: float
-) -> list[Plan]:
+) -> Sequence[Plan]:
     """Routes to try in order for a connection a local pod opened (one unless a VIP).
 
     The source must be an enrolled local pod: capture only steers enrolled pods here, so
@@ -213,7 +214,7 @@ REGION_LABEL, ZONE_LABEL = "topology.kubernetes.io/region", "topology.kubernetes
 
 
 def _plan_traffic(src: Workload, svc: Service, dst_port: int, view: RoutingView, health: EndpointHealth,
-                  now: float) -> list[Plan]:
+                  now: float) -> Sequence[Plan]:
     """A service under DestinationRule/VirtualService rules: ``agent.traffic.planner`` picks."""
     from agent.traffic.planner import NoPick, plan_service
 
@@ -227,6 +228,8 @@ def _plan_traffic(src: Workload, svc: Service, dst_port: int, view: RoutingView,
 
 def endpoint_meta(view: RoutingView):
     """``ip -> EndpointMeta`` (labels, region, zone) from the registry and node labels."""
+    if view.meta is not None:
+        return view.meta
     from agent.traffic.planner import EndpointMeta
 
     def meta(ip: str) -> EndpointMeta | None:
@@ -236,19 +239,37 @@ def endpoint_meta(view: RoutingView):
         region, zone = view.locality.get(w.node or view.node_name, ("", ""))
         return EndpointMeta(w.labels, region, zone)
 
+    view.meta = meta
     return meta
 
 
-def pick_routes(src: Workload, pick, view: RoutingView) -> list[Plan]:
-    """The routes to a planner ``Pick``'s endpoints, in its order."""
-    plans: list[Plan] = []
-    for ep in pick.endpoints:
-        p = route_to_ip(src, ep, pick.port, view)
-        if isinstance(p, Route):
-            p = Route(p.kind, p.dst_ip, p.dst_port, p.src, p.dst, p.node_name, p.node_address,
-                      f"{pick.service[0]}/{pick.service[1]}", pick.cluster, pick.connect_timeout_s)
-        plans.append(p)
-    return plans
+class PickRoutes(Sequence):
+    """The routes to a planner ``Pick``'s endpoints, in its order, each made when first
+    read: the retry alternatives cost nothing until a connect fails."""
+
+    def __init__(self, src: Workload, pick, view: RoutingView) -> None:
+        self._src, self._pick, self._view = src, pick, view
+        self._made: dict[int, Plan] = {}
+
+    def __len__(self) -> int:
+        return len(self._pick.endpoints)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        p = self._made.get(i)
+        if p is None:
+            pick = self._pick
+            p = route_to_ip(self._src, pick.endpoints[i], pick.port, self._view)
+            if isinstance(p, Route):
+                p = Route(p.kind, p.dst_ip, p.dst_port, p.src, p.dst, p.node_name, p.node_address,
+                          f"{pick.service[0]}/{pick.service[1]}", pick.cluster, pick.connect_timeout_s)
+            self._made[i] = p
+        return p
+
+
+def pick_routes(src: Workload, pick, view: RoutingView) -> PickRoutes:
+    return PickRoutes(src, pick, view)
 
 
 def plan_inbound(dst_ip: str, dst_port: int, view: RoutingView) -> Plan:

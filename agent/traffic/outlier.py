@@ -51,6 +51,13 @@ class Detector:
     def __init__(self, cfg: OutlierDetection) -> None:
         self.cfg = cfg
         self.hosts: dict[str, HostState] = {}
+        self._ejected: set[str] = set()  # ejected when last looked at (a few at most)
+
+    def ejected_now(self, now: float) -> set[str]:
+        """The endpoints ejected at ``now`` (cheap: only the ejected ones are looked at)."""
+        for ep in [e for e in self._ejected if not self.is_ejected(e, now)]:
+            self._ejected.discard(ep)
+        return self._ejected
 
     def is_ejected(self, ep: str, now: float) -> bool:
         h = self.hosts.get(ep)
@@ -120,9 +127,11 @@ class Detector:
         h.times_ejected += 1
         duration = min(cfg.base_ejection_s * h.times_ejected, max(cfg.base_ejection_s, cfg.max_ejection_s))
         h.ejected_at, h.ejected_until, h.reason = now, now + duration, reason
+        self._ejected.add(ep)
         return Ejection(ep, reason, h.ejected_until, h.times_ejected)
 
     def forget(self, keep: set[str]) -> None:
         """Drop endpoints no longer in the cluster (bounded by the endpoint set)."""
         for ep in [e for e in self.hosts if e not in keep]:
             del self.hosts[ep]
+            self._ejected.discard(ep)

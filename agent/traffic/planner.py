@@ -12,6 +12,7 @@ touches a socket, a clock or the registry.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class ClusterState:
     detector: Detector | None = None
     size: int = 0
     endpoints: tuple[str, ...] = ()
+    compiled: dict = field(default_factory=dict)  # key -> Compiled (below)
 
 
 @dataclass
@@ -66,6 +68,13 @@ class TrafficState:
     active: dict[str, int] = field(default_factory=dict)  # live connections per endpoint
     overflow: dict[str, int] = field(default_factory=dict)  # UO refusals per cluster
     budgets: dict[str, RetryBudget] = field(default_factory=dict)  # per VirtualService
+    # moved whenever endpoints or their labels may have changed (the agent's registry):
+    # the compiled endpoint sets are made again
+    generation: int = 0
+    names: dict[tuple, str] = field(default_factory=dict)  # (port, subset, host) -> cluster name
+
+    def endpoints_changed(self) -> None:
+        self.generation += 1
 
     def budget(self, name: str) -> RetryBudget:
         b = self.budgets.get(name)
@@ -140,6 +149,65 @@ def plan_destination(store: TrafficStore, services: Mapping[ServiceKey, object],
         return NoPick("NR", f"no service {hostnames.fqdn(dest.host, store.domain)}")
     svc_port = dest.port or port
     ep_port = target.target_port or svc_port
+    nk = (svc_port, dest.subset, dest.host)
+    name = state.names.get(nk)
+    if name is None:  # Istio's cluster name; made once (a decision is on the connection's path)
+        if len(state.names) >= MAX_CLUSTERS:
+            state.names.clear()
+        name = state.names[nk] = f"outbound|{svc_port}|{dest.subset or ''}|{hostnames.fqdn(dest.host, store.domain)}"
+    c = state.cluster(name)
+    comp = _compiled(c, store, state, target, dest, svc_port, client_ns, client_locality, meta)
+    if isinstance(comp, NoPick):
+        return comp
+    policy = comp.policy
+    pool = policy.connection_pool
+    if pool is not None and pool.max_connections is not None and c.active >= pool.max_connections:
+        state.overflow[name] = state.overflow.get(name, 0) + 1
+        return NoPick("UO", f"{name}: {c.active} connections, maxConnections {pool.max_connections}", name)
+    groups = comp.groups
+    ejected = c.detector.ejected_now(now) if c.detector is not None else None
+    if ejected:
+        groups = [kept for g in groups if (kept := [e for e in g if e not in ejected])]
+    if not groups:
+        return NoPick("UH", f"{name}: no endpoint" if not comp.endpoints else f"{name}: every endpoint is ejected",
+                      name)
+    lb = policy.load_balancer
+    first = groups[0]
+    i = _choose(first, (lb.simple if lb else None) or "LEAST_REQUEST", c, state, rng)
+    want = max(attempts, 1) + len(avoid)
+    order: list[str] = []
+    for e in itertools.chain(first[i:], first[:i], *groups[1:]):
+        order.append(e)
+        if len(order) >= want:
+            break
+    if avoid:
+        order = [e for e in order if e not in avoid] + [e for e in order if e in avoid]
+    return Pick(name, dest.host, dest.subset, ep_port, tuple(order[:max(attempts, 1)]),
+                pool.connect_timeout_s if pool else None)
+
+
+@dataclass
+class Compiled:
+    """What a cluster's rules make of its endpoints for one kind of client, kept until
+    the endpoints, their labels (``TrafficState.generation``) or the rules change."""
+
+    source: object  # the service's endpoint tuple this was made from (held: identity is the key)
+    key: tuple
+    policy: TrafficPolicy
+    endpoints: tuple[str, ...]
+    groups: list[list[str]]
+
+
+# Compiled views kept per cluster (one per client namespace and locality in use).
+MAX_COMPILED_PER_CLUSTER = 64
+
+
+def _compiled(c: ClusterState, store: TrafficStore, state: TrafficState, target, dest: Destination, svc_port: int,
+              client_ns: str | None, client_locality: tuple[str, str], meta) -> Compiled | NoPick:
+    key = (state.generation, store.generation, client_ns, client_locality)
+    comp = c.compiled.get(key)
+    if comp is not None and comp.source is target.endpoints:
+        return comp
     dr = store.destination_rule(dest.host, client_ns)
     eps = tuple(target.endpoints)
     if dest.subset is not None:
@@ -148,27 +216,13 @@ def plan_destination(store: TrafficStore, services: Mapping[ServiceKey, object],
             return NoPick("NR", f"subset {dest.subset!r} of {hostnames.fqdn(dest.host, store.domain)} is not defined")
         eps = tuple(e for e in eps if _has_labels(meta(e), sub.labels))
     policy = dr.effective(svc_port, dest.subset) if dr is not None else TrafficPolicy()
-    name = f"outbound|{svc_port}|{dest.subset or ''}|{hostnames.fqdn(dest.host, store.domain)}"
-    c = state.cluster(name)
     _configure(c, policy.outlier, eps)
-    pool = policy.connection_pool
-    if pool is not None and pool.max_connections is not None and c.active >= pool.max_connections:
-        state.overflow[name] = state.overflow.get(name, 0) + 1
-        return NoPick("UO", f"{name}: {c.active} connections, maxConnections {pool.max_connections}", name)
-    healthy = [e for e in eps if c.detector is None or not c.detector.is_ejected(e, now)]
-    if not healthy:
-        return NoPick("UH", f"{name}: no endpoint" if not eps else f"{name}: every endpoint is ejected", name)
     lb = policy.load_balancer
-    groups = _by_locality(healthy, lb.locality if lb else None, client_locality, meta)
-    first = groups[0]
-    chosen = _choose(first, (lb.simple if lb else None) or "LEAST_REQUEST", c, state, rng)
-    order = [chosen] + [e for e in _rotated(first, first.index(chosen)) if e != chosen]
-    for g in groups[1:]:
-        order += g
-    if avoid:
-        order = [e for e in order if e not in avoid] + [e for e in order if e in avoid]
-    return Pick(name, dest.host, dest.subset, ep_port, tuple(order[:max(attempts, 1)]),
-                pool.connect_timeout_s if pool else None)
+    groups = _by_locality(list(eps), lb.locality if lb else None, client_locality, meta) if eps else []
+    if len(c.compiled) >= MAX_COMPILED_PER_CLUSTER:
+        c.compiled.clear()
+    comp = c.compiled[key] = Compiled(target.endpoints, key, policy, eps, groups)
+    return comp
 
 
 def tcp_route(vs, port: int) -> tuple[Destination, ...] | None:
@@ -240,19 +294,17 @@ def _by_locality(eps: list[str], loc: Locality | None, client: tuple[str, str], 
     return [groups[p] for p in sorted(groups)]
 
 
-def _choose(eps: list[str], simple: str, c: ClusterState, state: TrafficState, rng: random.Random) -> str:
-    if len(eps) == 1:
-        return eps[0]
+def _choose(eps: list[str], simple: str, c: ClusterState, state: TrafficState, rng: random.Random) -> int:
+    """The index in ``eps`` of the endpoint the load balancer picks."""
+    n = len(eps)
+    if n == 1:
+        return 0
     if simple == "ROUND_ROBIN":
         c.cursor += 1
-        return eps[(c.cursor - 1) % len(eps)]
+        return (c.cursor - 1) % n
     if simple == "RANDOM":
-        return eps[rng.randrange(len(eps))]
+        return int(rng.random() * n)
     # LEAST_REQUEST: Envoy's power of two choices over live connections
-    i, j = rng.sample(range(len(eps)), 2)
-    a, b = eps[i], eps[j]
-    return b if state.active.get(b, 0) < state.active.get(a, 0) else a
-
-
-def _rotated(eps: list[str], start: int) -> list[str]:
-    return eps[start:] + eps[:start]
+    i = int(rng.random() * n)
+    j = (i + 1 + int(rng.random() * (n - 1))) % n
+    return j if state.active.get(eps[j], 0) < state.active.get(eps[i], 0) else i
