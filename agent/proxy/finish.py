@@ -15,12 +15,12 @@ logger = logging.getLogger("hostmesh.conn")
 def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None, end: float | None = None) -> None:
     """Record ``conn`` as finished with the byte counts the data path measured."""
     agent.conns.pop(conn.id)
+    conn.bytes_sent, conn.bytes_received = sent, received
+    conn.close_reason = conn.close_reason or close_reason
     if conn.cluster is not None:
         from agent.proxy.traffic_path import released
 
         released(agent, conn)
-    conn.bytes_sent, conn.bytes_received = sent, received
-    conn.close_reason = conn.close_reason or close_reason
     agent.count("connections_closed")
     agent.count("bytes_sent", sent)
     agent.count("bytes_received", received)

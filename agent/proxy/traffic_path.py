@@ -47,22 +47,13 @@ def failed(agent, conn: Conn, p, *, denied: bool) -> None:
     if denied:
         return  # a policy refusal says nothing about the endpoint's health
     agent.count("traffic_connect_failures")
-    ej = agent.health.traffic.report(p.cluster, p.dst_ip, "connect_failure", trio.current_time())
-    if ej is not None:
-        agent.count("traffic_ejections")
-        logger.warning("endpoint ejected", extra={"cluster": p.cluster, "endpoint": ej.endpoint, "reason": ej.reason,
-                                                  "times_ejected": ej.times, "conn_id": conn.id})
+    _report(agent, p.cluster, p.dst_ip, "connect_failure")
 
 
 def outcome(agent, p, result: str | int) -> None:
     """An HTTP attempt's outcome (a status, ``reset`` or ``timeout``) for the outlier detector."""
-    if p.cluster is None:
-        return
-    ej = agent.health.traffic.report(p.cluster, p.dst_ip, result, trio.current_time())
-    if ej is not None:
-        agent.count("traffic_ejections")
-        logger.warning("endpoint ejected", extra={"cluster": p.cluster, "endpoint": ej.endpoint, "reason": ej.reason,
-                                                  "times_ejected": ej.times})
+    if p.cluster is not None:
+        _report(agent, p.cluster, p.dst_ip, result)
 
 
 def exhausted(conn: Conn, attempts: int) -> None:
@@ -71,8 +62,21 @@ def exhausted(conn: Conn, attempts: int) -> None:
 
 
 def released(agent, conn: Conn) -> None:
-    agent.health.traffic.release(conn.cluster, conn.dst_ip)
-    conn.cluster = None
+    """The connection finished: its count is given back. One the upstream reset before
+    sending a byte back counts as a local-origin failure (``reset``) for the detector."""
+    cluster, conn.cluster = conn.cluster, None
+    agent.health.traffic.release(cluster, conn.dst_ip)
+    if (conn.close_reason or "").startswith("reset") and conn.bytes_received == 0:
+        agent.count("traffic_upstream_resets")
+        _report(agent, cluster, conn.dst_ip, "reset")
+
+
+def _report(agent, cluster: str, ep: str, result: str | int) -> None:
+    ej = agent.health.traffic.report(cluster, ep, result, trio.current_time())
+    if ej is not None:
+        agent.count("traffic_ejections")
+        logger.warning("endpoint ejected", extra={"cluster": cluster, "endpoint": ej.endpoint, "reason": ej.reason,
+                                                  "times_ejected": ej.times})
 
 
 def gauges(agent, metrics) -> None:

@@ -158,3 +158,22 @@ def test_a_worker_gets_the_supervisors_traffic_rules_and_drops_a_source_it_lacks
     with pytest.raises(ApiError):
         agent.sync_state({"workloads": [], "policies": {}, "traffic": {"x": [{"apiVersion": "networking.istio.io/v1",
                                                                              "kind": "Gateway"}]}})
+
+
+def test_ctl_traffic_table_and_the_admin_route(agent):
+    from agent.admin.routes import route
+    from agent.cli.ctl import _traffic_table
+
+    assert route("GET", "/v1/traffic").handler == "traffic_dump"
+    agent.apply_policies(DR, "dr.yaml")
+    p = plan_outbound("198.19.0.2", "198.20.0.10", 80, agent.view, agent.health, 0.0)[0]
+    for _ in range(5):
+        agent.health.traffic.report(p.cluster, "198.19.0.3", "connect_failure", 0.0)
+    assert "no endpoint is ejected" in _traffic_table(agent.traffic_dump())  # no outlierDetection in this rule
+    agent.apply_policies(DR.replace("connectTimeout: 1s}}", "connectTimeout: 1s}}, outlierDetection: "
+                                    "{consecutive5xxErrors: 1}"), "dr.yaml")
+    p = plan_outbound("198.19.0.2", "198.20.0.10", 80, agent.view, agent.health, 0.0)[0]
+    agent.health.traffic.report(p.cluster, "198.19.0.3", "connect_failure", 0.0)
+    text = _traffic_table(agent.traffic_dump())
+    assert "DestinationRule" in text and "shop/web" in text
+    assert "198.19.0.3" in text and "consecutive_5xx" in text and "30.0 s" in text
