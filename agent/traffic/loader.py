@@ -216,18 +216,12 @@ class DocM(_M):
     spec: dict[str, Any]
     status: dict | None = None
 
-    @field_validator("apiVersion")
+    @field_validator("apiVersion", "kind")
     @classmethod
-    def _api(cls, v: str) -> str:
-        if v not in API_VERSIONS:
-            raise ValueError(f"apiVersion {v!r} is not one of {', '.join(API_VERSIONS)}")
-        return v
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        if v not in KINDS:
-            raise ValueError(f"kind {v!r} is not supported (DestinationRule or VirtualService)")
+    def _known(cls, v: str, info) -> str:
+        allowed = API_VERSIONS if info.field_name == "apiVersion" else KINDS
+        if v not in allowed:
+            raise ValueError(f"{info.field_name} {v!r} is not supported ({' or '.join(allowed)})")
         return v
 
 
