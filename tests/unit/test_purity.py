@@ -18,6 +18,7 @@ PURE = [
     "agent.traffic.store",
     "agent.traffic.outlier",
     "agent.traffic.planner",
+    "agent.traffic.http",
     "agent.proxy.conns",
     "agent.proxy.connect",
     "agent.rbac.model",

@@ -151,3 +151,13 @@ def test_any_spec_loads_or_fails_with_a_line(spec):
         load_traffic(json.dumps(doc), "h.json")
     except TrafficError as e:
         assert all(line.startswith("h.json:1: ") for line in str(e).splitlines())
+
+
+@given(st.text(alphabet="abc.-*XY5 ", max_size=40), st.sampled_from(["shop", "a-b"]))
+def test_host_resolution_answers_a_key_or_says_why(host, ns):
+    try:
+        namespace, name = resolve_host(host, ns)
+    except ValueError as e:
+        assert repr(host) in str(e)
+    else:
+        assert resolve_host(f"{name}.{namespace}.svc.cluster.local", "other") == (namespace, name)
