@@ -348,3 +348,25 @@ def test_http_retries_hide_every_second_503_and_the_budget_stops_a_storm(lab):
     # requests could have made 80 more, the budget (20 % of live requests, at least 3) let fewer than 40 through
     assert 99 <= delta("traffic_retries") < 99 + 40
     delete_rules(lab)
+
+
+def test_no_route_and_upstream_failure_are_flagged_on_the_records(lab):
+    lab.apply(SUBSETS + "---\n" + SPLIT.format(v1=0, v2=100).replace("subset: v2", "subset: v9") + """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool, namespace: shop}
+spec: {host: pool}
+""")
+    out = run_clients(lab, 3)
+    assert len(out["fails"]) == 3, out  # subset v9 is defined nowhere: refused
+    pool = next(p for p in lab.procs if "pool" in p.args)
+    pool.kill()
+    pool.wait()
+    out = run_clients(lab, 2, ip=POOL_VIP, port=81)
+    assert len(out["fails"]) == 2, out
+    time.sleep(1.2)  # the access log is flushed in batches
+    flags = [(x["response_flags"], x["reason"].split(":")[0], x["dst"]["port"]) for x in lab.access_log(0)
+             if x.get("response_flags") and x["response_flags"] != "UO" and x["direction"] == "outbound"]
+    print(f"flags: {flags}")
+    assert flags.count(("NR", "no_route", 80)) == 3 and flags.count(("UF", "connect_failed", 9001)) == 2, flags
+    delete_rules(lab)
