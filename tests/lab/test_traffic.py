@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import PY, lab_up, ns_py, wait_for, wait_listen
+from tests.lab.conftest import PY, lab_up, ns_py, ns_run, wait_for, wait_listen
 
 GO = "/tmp/htraffic-held-go"
 VIP, POOL_VIP, API_VIP = "198.18.100.30", "198.18.100.31", "198.18.100.32"
@@ -341,6 +341,11 @@ def test_http_retries_hide_every_second_503_and_the_budget_stops_a_storm(lab):
           f"storm: {out['storm'].count(503)} x 503 of 40, retries {delta('traffic_retries')}, "
           f"budget exhausted {delta('traffic_retry_budget_exhausted')}")
     assert out["seq"] == [200] * 100
+    # and with curl, keep-alive: 20 requests on one connection, every one answered 200
+    urls = [a for _ in range(20) for a in ("-o", "/dev/null", f"http://{API_VIP}/flaky")]
+    r = ns_run(lab.pod("client")["netns"], "curl", "-s", "-w", "%{http_code} %{num_connects}\\n", *urls, timeout=60)
+    codes = r.stdout.split()
+    assert codes[0::2] == ["200"] * 20 and codes[1::2].count("1") == 1, r.stdout + r.stderr
     assert out["plain"].count(503) == 10  # no retries on that route: every second one is seen
     assert out["storm"] == [503] * 40
     assert delta("traffic_retry_budget_exhausted") > 0
