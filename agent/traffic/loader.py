@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.traffic import hosts as hostnames
@@ -352,10 +353,19 @@ def _errors(doc, err: ValidationError, prefix: tuple = ()) -> list[str]:
 def load_traffic(text: str, path: str = "<policy>", domain: str = "cluster.local") -> list[m.Loaded]:
     """The traffic documents of ``text`` (others are skipped), or TrafficError naming every
     problem with its line."""
+    if "networking.istio.io" not in text:
+        return []  # a file of authorization policies only: not parsed a second time
+    try:  # the native parser first; line numbers are worked out only for errors
+        return _load(text, path, domain, lines=False)
+    except (TrafficError, yaml.YAMLError, ValueError, TypeError):  # ryaml's errors are ValueErrors
+        return _load(text, path, domain, lines=True)
+
+
+def _load(text: str, path: str, domain: str, lines: bool) -> list[m.Loaded]:
     from agent.rbac.loader import _docs
 
     out, errors = [], []
-    for doc in _docs(text, path, lines=True):
+    for doc in _docs(text, path, lines=lines):
         if not is_traffic(doc.data):
             continue
         try:
