@@ -50,5 +50,8 @@ class AgentAPI(Protocol):
     async def drain(self) -> dict[str, Any]:
         """POST /v1/drain: stop accepting, readiness 503, drain until the deadline."""
 
+    def traffic_dump(self) -> dict[str, Any]:
+        """GET /v1/traffic: DestinationRules/VirtualServices in force, clusters, ejected endpoints."""
+
     def config_dump(self) -> dict[str, Any]:
         """GET /v1/config_dump: everything above in one document."""

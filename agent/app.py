@@ -29,10 +29,14 @@ API_WORKLOADS_FILE = "workloads.json"
 logger = logging.getLogger("hostmesh.agent")
 
 
-def read_policy_dir(path: str, root_namespace: str) -> tuple[dict[str, list], dict[str, str]]:
+def read_policy_dir(path: str, root_namespace: str, traffic: dict | None = None,
+                    domain: str = "cluster.local") -> tuple[dict[str, list], dict[str, str]]:
     """Every ``*.yaml``/``*.yml``/``*.json`` in ``path``: (documents by file, the error of
-    each file that was rejected). A rejected file never hides the valid ones beside it."""
-    from agent.rbac.loader import PolicyError, load_documents
+    each file that was rejected). A rejected file never hides the valid ones beside it.
+    The DestinationRules and VirtualServices of each file go to ``traffic`` (also by
+    file); an invalid one rejects its whole file, authorization policies included."""
+    from agent.rbac.loader import load_documents
+    from agent.traffic.loader import load_traffic
 
     d = Path(path)
     if not d.is_dir():
@@ -42,18 +46,26 @@ def read_policy_dir(path: str, root_namespace: str) -> tuple[dict[str, list], di
     for f in sorted(d.iterdir()):
         if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
             try:
-                out[str(f)] = load_documents(f.read_text(), str(f), root_namespace)
+                text = f.read_text()
+                docs = load_documents(text, str(f), root_namespace)
+                loaded = load_traffic(text, str(f), domain)
             except (OSError, UnicodeDecodeError) as e:
                 errors[str(f)] = f"{f}:1: unreadable: {getattr(e, 'strerror', None) or e}"
-            except PolicyError as e:
+                continue
+            except ValueError as e:  # PolicyError, TrafficError
                 errors[str(f)] = str(e)
+                continue
+            out[str(f)] = docs
+            if traffic is not None:
+                traffic[str(f)] = loaded
     return out, errors
 
 
-def load_policy_dir(path: str, root_namespace: str) -> dict[str, list]:
+def load_policy_dir(path: str, root_namespace: str, traffic: dict | None = None,
+                    domain: str = "cluster.local") -> dict[str, list]:
     """All or nothing (reload, check-config): ValueError with every rejected file's
     ``path:line: message`` lines."""
-    files, errors = read_policy_dir(path, root_namespace)
+    files, errors = read_policy_dir(path, root_namespace, traffic, domain)
     if errors:
         raise ValueError("\n".join(errors.values()))
     return files
@@ -67,7 +79,10 @@ class Agent:
         self.registry = Registry()
         self.conns = ConnTable()
         self.health = EndpointHealth()
-        self.view: RoutingView = build_view(config, self.registry)
+        from agent.traffic.store import TrafficStore
+
+        self.traffic = TrafficStore(config.policies.root_namespace, config.policies.cluster_domain)
+        self.view: RoutingView = build_view(config, self.registry, self.traffic)
         self.ready = False
         self.draining = False
         self.counters: dict[str, int] = {}
@@ -100,6 +115,7 @@ class Agent:
     def register(self, w: Workload) -> None:
         """Registry + capture + identity for one workload (raises WorkloadError)."""
         change = self.registry.register(w)
+        self.health.traffic.endpoints_changed()  # subsets and localities are made again
         old = change.removed
         if old is not None and old.node is None:
             if self.capture is not None:
@@ -116,6 +132,7 @@ class Agent:
 
     def unregister(self, uid: str) -> Workload | None:
         change = self.registry.remove(uid)
+        self.health.traffic.endpoints_changed()
         w = change.removed
         if w is None:
             return None
@@ -133,21 +150,28 @@ class Agent:
         """Make the supervisor's whole state this agent's: workloads registered, changed
         or removed to match, every policy source replaced, sources it lacks dropped. The
         same call brings a fresh worker up to date and keeps running ones current."""
-        from agent.rbac.loader import PolicyError, load_documents
+        from agent.rbac.loader import load_documents
+        from agent.traffic.loader import load_traffic
 
         root = self.config.policies.root_namespace
         try:
             wanted = self._workloads(body["workloads"])
             raw = body["policies"]
+            traffic = {src: load_traffic(json.dumps(docs), src, self.config.policies.cluster_domain)
+                       for src, docs in body.get("traffic", {}).items()}
 
             def prepare():
                 sources = {src: load_documents(json.dumps(docs), src, root) for src, docs in raw.items()}
                 return sources, self.policies.prepare_sources(sources, only=True)
 
             sources = await self.policy_sources.change(prepare)
-        except (KeyError, TypeError, AttributeError, WorkloadError, PolicyError) as e:
+        except (KeyError, TypeError, AttributeError, WorkloadError, ValueError) as e:  # PolicyError, TrafficError
             raise ApiError(400, "invalid_state", str(e)) from None
         added, removed = self._converge({w.uid for w in self.registry}, wanted)
+        for src in set(self.traffic.sources()) - set(traffic):
+            self.traffic.replace_source(src, [])
+        for src, loaded in traffic.items():
+            self.traffic.replace_source(src, loaded)
         if "cluster" in body:  # peers and services the supervisor discovered
             from agent.config import ClusterConfig
 
@@ -161,11 +185,16 @@ class Agent:
 
     def cluster_changed(self) -> None:
         """Peers or services changed (Kubernetes discovery): rebuild the routing view."""
-        self.view = build_view(self.config, self.registry)
+        self.view = build_view(self.config, self.registry, self.traffic)
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""
-        return self.telemetry.metrics if self.telemetry is not None else None
+        if self.telemetry is None:
+            return None
+        from agent.proxy.traffic_path import gauges
+
+        gauges(self, self.telemetry.metrics)
+        return self.telemetry.metrics
 
     def active_connections(self) -> int:
         return len(self.conns)
@@ -336,16 +365,45 @@ class Agent:
         return self.policies.list()
 
     async def apply_policies(self, text: str, source: str) -> dict[str, Any]:
-        """Parsed and compiled beside the deciding thread, swapped in, saved in state_dir."""
+        """Parsed and compiled beside the deciding thread, swapped in, saved in state_dir.
+        Traffic documents of the same text are validated first: an invalid one rejects
+        the whole text."""
+        from agent.traffic.loader import load_traffic
+
+        try:
+            traffic = await trio.to_thread.run_sync(load_traffic, text, source, self.config.policies.cluster_domain)
+        except ValueError as e:  # TrafficError, or a PolicyError of the bounded YAML reader
+            raise ApiError(400, "invalid_traffic_rule", str(e)) from None
         docs = await self.policy_sources.apply(text, source)
+        if traffic:
+            self.traffic.apply(traffic, source)
+            await self.policy_sources.save()  # the traffic documents survive a restart too
         closed = self.recheck_connections()
-        return {"applied": [f"{d.namespace}/{d.name}" for d in docs], "connections_closed": closed}
+        return {"applied": [f"{d.namespace}/{d.name}" for d in docs] + [f"{t.doc.namespace}/{t.doc.name}" for t in traffic],
+                "connections_closed": closed}
 
     async def delete_policy(self, namespace: str, name: str) -> dict[str, Any]:
-        if not await self.policy_sources.delete(namespace, name):
+        traffic = self.traffic.delete(namespace, name)  # a DestinationRule/VirtualService of that name
+        if traffic:
+            await self.policy_sources.save()
+        if not await self.policy_sources.delete(namespace, name) and not traffic:
             raise ApiError(404, "not_found", f"no policy {namespace}/{name}")
         self.recheck_connections()
         return {"deleted": f"{namespace}/{name}"}
+
+    def traffic_dump(self) -> dict[str, Any]:
+        """The traffic rules in force and the endpoints ejected now, with why."""
+        import trio
+
+        state = self.health.traffic
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio (tests, the CLI): nothing is ejected yet
+            now = 0.0
+        return {"rules": self.traffic.list(), "ejected": state.ejected(now),
+                "clusters": {name: {"active": c.active, "endpoints": list(c.endpoints),
+                                    "overflow": state.overflow.get(name, 0)}
+                             for name, c in sorted(state.clusters.items())}}
 
     def certs(self) -> list[dict[str, Any]]:
         return self.identities.status() if self.identities is not None else []
@@ -397,9 +455,11 @@ class Agent:
                 except WorkloadError as e:
                     raise ApiError(400, "invalid_config", f"workloads: {body.get('uid')}: {e}") from None
         files = None
+        traffic: dict[str, list] = {}
         if policies_cfg.dir:
             try:
-                files = await trio.to_thread.run_sync(load_policy_dir, policies_cfg.dir, policies_cfg.root_namespace)
+                files = await trio.to_thread.run_sync(load_policy_dir, policies_cfg.dir, policies_cfg.root_namespace,
+                                                      traffic, policies_cfg.cluster_domain)
             except ValueError as e:
                 raise ApiError(400, "invalid_policy", str(e)) from None
         if self.identities is not None:
@@ -429,6 +489,11 @@ class Agent:
                     and src not in files}
             await self.policy_sources.replace({**gone, **files})
             self.policy_sources.dir_reloaded(set(files), policies_cfg.dir.rstrip("/"))
+            for source in [src for src in self.traffic.sources() if src.startswith(policies_cfg.dir.rstrip("/") + "/")
+                           and src not in traffic]:
+                self.traffic.replace_source(source, [])
+            for source, loaded in traffic.items():
+                self.traffic.replace_source(source, loaded)
             result["policy_files"] = len(files)
         result["connections_closed"] = self.recheck_connections()
         return result
@@ -445,6 +510,7 @@ class Agent:
             "status": self.status(),
             "workloads": self.list_workloads(),
             "policies": self.list_policies(),
+            "traffic": self.traffic_dump(),
             "certs": self.certs(),
             "connections": self.connections(),
             "stats": self.stats(),

@@ -48,6 +48,8 @@ class NodeConfig(_Model):
     # The underlay address other hosts reach on :15008 (and its IPv6 twin, if any).
     address: str = Field(default_factory=lambda: os.environ.get("NODE_IP") or "127.0.0.1")
     address6: str | None = None
+    # Node labels; topology.kubernetes.io/region and /zone place it for locality load balancing.
+    labels: dict[str, str] = {}
 
     _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
 
@@ -64,6 +66,7 @@ class PeerNode(_Model):
     address: str
     address6: str | None = None
     pod_cidrs: list[str] = []
+    labels: dict[str, str] = {}  # topology.kubernetes.io/region and /zone: locality (docs/traffic.md)
 
     _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
     _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
@@ -198,6 +201,8 @@ class IdentityConfig(_Model):
 class PoliciesConfig(_Model):
     dir: str | None = None
     root_namespace: str = "istio-system"
+    # DestinationRule/VirtualService hosts: <svc>.<ns>.svc.<cluster_domain> (docs/traffic.md).
+    cluster_domain: str = "cluster.local"
 
 
 class KafkaConfig(_Model):

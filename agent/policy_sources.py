@@ -172,12 +172,15 @@ class PolicySources:
         from agent.rbac.loader import to_document
 
         snapshot, names, path = self.store.snapshot(), sorted(self.api_sources), self._path()
+        traffic = self.agent.traffic.sources()  # DestinationRules/VirtualServices, as written
 
         def write():
             by_source: dict[str, list] = {n: [] for n in names}
             for doc, source in snapshot.docs.values():
                 if source in by_source:
                     by_source[source].append(json.dumps(to_document(doc)))  # one short C call each
+            for source in names:
+                by_source[source] += [json.dumps(raw) for raw in traffic.get(source, [])]
             body = (f'{{"version": {STATE_VERSION}, "sources": {{\n'
                     + ",\n".join(f"{json.dumps(n)}: [\n" + ",\n".join(rows) + "]" for n, rows in by_source.items())
                     + "}}\n")
@@ -197,9 +200,10 @@ class PolicySources:
             logger.error("policies applied through the API not saved to %s: %s; they will not survive a restart",
                          path, e.strerror or e)
 
-    def _read_saved(self) -> tuple[dict[str, list], dict[str, str]]:
-        """(documents by source, problems) from the state file; runs in a thread."""
-        from agent.rbac.loader import PolicyError, load_documents
+    def _read_saved(self, traffic: dict[str, list]) -> tuple[dict[str, list], dict[str, str]]:
+        """(documents by source, problems) from the state file, the traffic documents of
+        each source into ``traffic``; runs in a thread."""
+        from agent.rbac.loader import load_documents
 
         path = self._path()
         try:
@@ -211,11 +215,16 @@ class PolicySources:
         sources = state.get("sources") if isinstance(state, dict) else None
         if not isinstance(sources, dict):
             return {}, {str(path): f"{path}:1: not a hostmesh policy state file (no 'sources')"}
+        from agent.traffic.loader import load_traffic
+
         out, problems = {}, {}
         for source, docs in sources.items():
+            text = json.dumps(docs)
             try:
-                out[source] = load_documents(json.dumps(docs), f"{path}#{source}", self.root)
-            except PolicyError as e:
+                out[source] = load_documents(text, f"{path}#{source}", self.root)
+                traffic[source] = load_traffic(text, f"{path}#{source}", self.agent.config.policies.cluster_domain)
+            except ValueError as e:  # PolicyError, TrafficError
+                out.pop(source, None)
                 problems[source] = str(e)
         return out, problems
 
@@ -227,12 +236,18 @@ class PolicySources:
 
         cfg = self.agent.config.policies
 
+        traffic: dict[str, list] = {}  # DestinationRules/VirtualServices by source
+
         def prepare():
-            files, problems = read_policy_dir(cfg.dir, cfg.root_namespace) if cfg.dir else ({}, {})
-            saved, saved_problems = self._read_saved()
+            traffic.clear()
+            files, problems = (read_policy_dir(cfg.dir, cfg.root_namespace, traffic, cfg.cluster_domain)
+                               if cfg.dir else ({}, {}))
+            saved, saved_problems = self._read_saved(traffic)
             return (files, saved, {**problems, **saved_problems}), self.store.prepare_sources({**files, **saved})
 
         files, saved, problems = await self.change(prepare)
+        for source, loaded in traffic.items():
+            self.agent.traffic.replace_source(source, loaded)
         self.api_sources |= set(saved)
         self.problems.update(problems)
         if saved:

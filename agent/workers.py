@@ -121,7 +121,7 @@ class Supervisor(Agent):
         self._supervisor_ready = value
 
     def _state_key(self) -> tuple:
-        return (self._version, self.policies.generation)
+        return (self._version, self.policies.generation, self.traffic.generation)
 
     def _mark(self) -> None:
         self._version += 1
@@ -146,6 +146,7 @@ class Supervisor(Agent):
 
         return {"workloads": [w.to_json() for w in self.registry],
                 "policies": {src: [to_document(d) for d in docs] for src, docs in self.policies.sources().items()},
+                "traffic": self.traffic.sources(),
                 "cluster": self.config.cluster.model_dump(mode="json")}
 
     async def sync_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -330,9 +331,17 @@ class Supervisor(Agent):
                     pass
         return out
 
+    async def traffic_dump(self) -> dict[str, Any]:
+        """Rules from here; ejections and clusters per worker (each keeps its own counts)."""
+        out = dict(super().traffic_dump(), ejected=[], clusters={})
+        for w, d in await self._gather("/v1/traffic"):
+            out["ejected"] += [dict(e, worker=w.index) for e in d.get("ejected", [])]
+            out["clusters"].update({f"{k} (worker {w.index})": v for k, v in d.get("clusters", {}).items()})
+        return out
+
     async def config_dump(self) -> dict[str, Any]:
         return {"config": self.config.model_dump(), "status": self.status(), "workloads": self.list_workloads(),
-                "policies": self.list_policies(), "certs": await self.certs(),
+                "policies": self.list_policies(), "traffic": await self.traffic_dump(), "certs": await self.certs(),
                 "connections": await self.connections(), "stats": await self.stats()}
 
 

@@ -154,7 +154,16 @@ def policy(quick: bool) -> list[dict]:
             row("policy-10k", "hostmesh", "load_yaml_s", r["load_yaml_s"]),
             row("policy-10k", "hostmesh", "load_decision_delay_max_ms", s["load_decision_delay_max_ms"]),
             row("policy-10k", "hostmesh", "load_decision_delay_p99_ms", s["load_decision_delay_p99_ms"]),
-            row("policy-10k", "hostmesh", "idle_decision_delay_max_ms", s["idle_decision_delay_max_ms"])]
+            row("policy-10k", "hostmesh", "idle_decision_delay_max_ms", s["idle_decision_delay_max_ms"])] + traffic_rows()
+
+
+def traffic_rows() -> list[dict]:
+    """The traffic planner beside the policy engine: 1,000 endpoints, 100 rules."""
+    from agent.traffic.bench import run_traffic_bench
+
+    r = run_traffic_bench()
+    return [row("policy-10k", "hostmesh", "traffic_decision_p99_us", r["decision_p99_us"]),
+            row("policy-10k", "hostmesh", "traffic_decision_p50_us", r["decision_p50_us"])]
 
 
 def wait_ready(lab: Lab) -> None:

@@ -73,6 +73,8 @@ def compute(results: list[dict]) -> list[dict[str, Any]]:
     out.append(_row("decision delay p99 ms while 10k policies load", v, "<= 5", v is not None and v <= 5))
     v = g("policy-10k", "hostmesh", "load_decision_delay_max_ms")
     out.append(_row("decision delay max ms while 10k policies load", v, "<= 10", v is not None and v <= 10))
+    v = g("policy-10k", "hostmesh", "traffic_decision_p99_us")
+    out.append(_row("traffic decision p99 us (1k endpoints, 100 rules)", v, "< 20", v is not None and v < 20))
 
     se, re_ = g("bulk-1", "hostmesh", "gbit_s"), g("bulk-1", "hostmesh-trio-relay", "gbit_s")
     v = se / re_ if se and re_ else None

@@ -77,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser, socket_option: bool = True) -> Non
                     help="also delete the policies an earlier apply of this file made that it no longer holds")
     pd = ps.add_parser("delete", help="delete one policy")
     pd.add_argument("ref", metavar="NAMESPACE/NAME")
+    sub_cmd("traffic", "DestinationRules/VirtualServices in force and ejected endpoints")
     con = sub_cmd("connections", "live connections")
     con.add_argument("--watch", action="store_true", help="refresh every second (Ctrl-C stops)")
     lg = cs.add_parser("logging", help="set the agent's log level")
@@ -201,6 +202,8 @@ def _dispatch(args) -> int:
         return _out(args, _call(args, "GET", "/v1/workloads"), views.workloads)
     if c == "policies":
         return _policies(args)
+    if c == "traffic":
+        return _out(args, _call(args, "GET", "/v1/traffic"), views.traffic)
     if c == "connections":
         if not args.watch:
             return _out(args, _call(args, "GET", "/v1/connections"), views.connections)

@@ -94,3 +94,13 @@ def connections(d: list[dict]) -> str:
     return render(["id", "dir", "mode", "source", "destination", "verdict", "sent", "received", "age"],
                   [[x["id"], x["direction"], x["mode"], _end(x["src"]), _end(x["dst"]), x["verdict"],
                     x["bytes_sent"], x["bytes_received"], f"{x.get('age_s', 0):.1f}s"] for x in d])
+
+
+def traffic(d: dict) -> str:
+    rules = render(["kind", "namespace", "name", "host(s)", "source"],
+                   [[r["kind"], r["namespace"], r["name"], r.get("host") or ", ".join(r.get("hosts", [])), r["source"]]
+                    for r in d["rules"]])
+    ejected = render(["cluster", "endpoint", "reason", "times", "back in"],
+                     [[e["cluster"], e["endpoint"], e["reason"], e["times_ejected"], f"{e['ejected_for_s']} s"]
+                      for e in d["ejected"]])
+    return f"{rules}\n\nejected endpoints:\n{ejected}" if d["ejected"] else f"{rules}\n\nno endpoint is ejected"

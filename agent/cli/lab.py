@@ -247,11 +247,13 @@ def cmd_apply(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from agent.rbac.loader import PolicyError, load_documents
+    from agent.rbac.loader import load_documents
+    from agent.traffic.loader import load_traffic
 
     try:
-        docs = load_documents(args.file.read_text(), str(args.file))
-    except (OSError, PolicyError) as e:
+        text = args.file.read_text()
+        docs = load_documents(text, str(args.file)) + [t.doc for t in load_traffic(text, str(args.file))]
+    except (OSError, ValueError) as e:  # PolicyError, TrafficError
         raise CliError(str(e)) from None
 
     def delete(c):

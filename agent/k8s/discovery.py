@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from agent.k8s.model import KINDS, POLICY_KINDS, Cache, Desired, desired
+from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, Cache, Desired, desired
 from agent.k8s.reconcile import Backoff, merge_nodes, merge_services, plan_workloads
 
 logger = logging.getLogger("hostmesh.k8s")
@@ -101,9 +101,9 @@ class Discovery:
         if self._api is None:
             self._api = api_client(self.cfg)
         kw.update(_preload_content=False)
-        if kind in ("authorizationpolicies", "peerauthentications"):
+        if kind in POLICY_KINDS:
             return client.CustomObjectsApi(self._api).list_cluster_custom_object(
-                ISTIO_GROUP, self.cfg.istio_api_version, kind, **kw)
+                "networking.istio.io" if kind in TRAFFIC_KINDS else ISTIO_GROUP, self.cfg.istio_api_version, kind, **kw)
         core = client.CoreV1Api(self._api)
         fn = {"pods": core.list_pod_for_all_namespaces, "nodes": core.list_node,
               "services": core.list_service_for_all_namespaces,
@@ -267,6 +267,8 @@ class Discovery:
                 services.append(ServiceConfig.model_validate(entry))
             except ValueError as err:
                 logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
+        if d.this_node and d.this_node.get("labels"):
+            a.config.node.labels = dict(d.this_node["labels"])  # locality (docs/traffic.md)
         if d.this_node and d.this_node.get("pod_cidrs") and not cluster.pod_cidrs:
             cluster.pod_cidrs = list(d.this_node["pod_cidrs"])
         nodes, services = merge_nodes(self.static[0], nodes), merge_services(self.static[1], services)
@@ -294,7 +296,10 @@ class Discovery:
             await self._policies_changed.wait()
             self._policies_changed = trio.Event()
             skipped = await self.agent.policy_sources.replace_raw("kubernetes", list(self.policy_docs or ()), _where)
-            for _ in range(skipped):
+            traffic, bad = await trio.to_thread.run_sync(
+                _traffic_of, list(self.policy_docs or ()), self.agent.config.policies.cluster_domain)
+            self.agent.traffic.replace_source("kubernetes", traffic)
+            for _ in range(skipped + bad):
                 self.count("policies_rejected")
             self.agent.recheck_connections()
 
@@ -314,6 +319,21 @@ def _first(eg: BaseExceptionGroup) -> BaseException:
 def _short(e: BaseException) -> str:
     s = f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
     return s if len(s) < 300 else s[:300] + "..."
+
+
+def _traffic_of(docs: list[dict], domain: str) -> tuple[list, int]:
+    """The DestinationRules/VirtualServices among the policy objects (run in a thread):
+    (loaded, how many were skipped as invalid)."""
+    from agent.traffic.loader import load_traffic
+
+    out, skipped = [], 0
+    for doc in docs:
+        try:
+            out += load_traffic(json.dumps(doc), _where(doc), domain)
+        except ValueError as e:  # TrafficError, or the bounded reader's refusal
+            skipped += 1
+            logger.warning("traffic rule skipped: %s", e)
+    return out, skipped
 
 
 def _where(doc: dict) -> str:

@@ -17,8 +17,14 @@ HTTP_PORTS_ANNOTATION = "hostmesh.io/http-ports"
 # Pod label or annotation that keeps a pod out of the mesh (capture opt-out).
 OPT_OUT = ("hostmesh.io/capture", "disabled")
 
-KINDS = ("pods", "nodes", "services", "endpointslices", "authorizationpolicies", "peerauthentications")
-POLICY_KINDS = {"authorizationpolicies": "AuthorizationPolicy", "peerauthentications": "PeerAuthentication"}
+KINDS = ("pods", "nodes", "services", "endpointslices", "authorizationpolicies", "peerauthentications",
+         "destinationrules", "virtualservices")
+POLICY_KINDS = {"authorizationpolicies": "AuthorizationPolicy", "peerauthentications": "PeerAuthentication",
+                "destinationrules": "DestinationRule", "virtualservices": "VirtualService"}
+# networking.istio.io kinds (traffic rules, agent/traffic); the others are security.istio.io
+TRAFFIC_KINDS = ("destinationrules", "virtualservices")
+# Node labels kept for locality load balancing (docs/traffic.md).
+LOCALITY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone")
 
 
 def key_of(obj: dict) -> str:
@@ -133,7 +139,9 @@ def node_entry(node: dict) -> dict | None:
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     if not meta.get("name") or not (v4 or v6):
         return None
-    return {"name": meta["name"], "address": v4 or v6, "address6": v6 if v4 else None, "pod_cidrs": list(cidrs)}
+    labels = {k: str(v) for k, v in (meta.get("labels") or {}).items() if k in LOCALITY_LABELS}
+    out = {"name": meta["name"], "address": v4 or v6, "address6": v6 if v4 else None, "pod_cidrs": list(cidrs)}
+    return {**out, "labels": labels} if labels else out
 
 
 def service_entries(svc: dict, slices: list[dict]) -> list[dict]:
@@ -241,7 +249,8 @@ def desired(cache: Cache, this_node: str) -> Desired:
             m = {"name": meta.get("name"), "namespace": meta.get("namespace")}
             if meta.get("annotations"):
                 m["annotations"] = meta["annotations"]
-            docs.append({"apiVersion": obj.get("apiVersion") or "security.istio.io/v1", "kind": k8s_kind,
+            group = "networking.istio.io/v1" if kind in TRAFFIC_KINDS else "security.istio.io/v1"
+            docs.append({"apiVersion": obj.get("apiVersion") or group, "kind": k8s_kind,
                          "metadata": m, "spec": obj.get("spec") or {}})
     docs.sort(key=lambda d: (d["kind"], d["metadata"]["namespace"] or "", d["metadata"]["name"] or ""))
     return Desired(workloads, sorted(nodes, key=lambda e: e["name"]), services, docs, me, conflicts)

@@ -190,10 +190,10 @@ def _ca(lp: LabPlan) -> None:
 
 def write_config(lp: LabPlan, n, state: dict) -> Path:
     cfg = {
-        "node": {"name": n.name, "address": n.ip4, "address6": n.ip6},
+        "node": {"name": n.name, "address": n.ip4, "address6": n.ip6, "labels": _node_labels(state, n.index)},
         "cluster": {"pod_cidrs": [n.cidr4, n.cidr6], "services": _services_config(lp, state),
-                    "nodes": [{"name": m.name, "address": m.ip4, "address6": m.ip6, "pod_cidrs": [m.cidr4, m.cidr6]}
-                              for m in lp.nodes]},
+                    "nodes": [{"name": m.name, "address": m.ip4, "address6": m.ip6, "pod_cidrs": [m.cidr4, m.cidr6],
+                               "labels": _node_labels(state, m.index)} for m in lp.nodes]},
         "admin": {"socket": n.admin_socket},
         "identity": _identity_config(lp, n, state),
         "capture": {"enabled": True, **state.get("capture", {"backend": "nftables", "fail": "closed"})},
@@ -223,6 +223,11 @@ def _identity_config(lp: LabPlan, n, state: dict) -> dict:
     d = Path(lp.dir) / "ca"
     return {"trust_domain": "cluster.local", "ca_cert": str(d / "nodes" / n.name / "cert.pem"),
             "ca_key": str(d / "nodes" / n.name / "key.pem"), "trust_bundle": str(d / "bundle.pem")}
+
+
+def _node_labels(state: dict, index: int) -> dict:
+    labels = state["topology"].get("node_labels") or {}
+    return dict(labels.get(index) or labels.get(str(index)) or {})
 
 
 def _services_config(lp: LabPlan, state: dict) -> list[dict]:

@@ -76,6 +76,8 @@ class Topology(BaseModel):
     nodes: int = Field(default=2, ge=1, le=MAX_NODES)
     pods: list[PodSpec] = []
     services: list[ServiceSpec] = []
+    # Labels per node index, e.g. {1: {topology.kubernetes.io/zone: b}} (locality, docs/traffic.md).
+    node_labels: dict[int, dict[str, str]] = {}
 
 
 def parse_topology(text: str, path: str) -> Topology:

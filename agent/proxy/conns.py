@@ -47,6 +47,10 @@ class Conn:
     close_reason: str | None = None
     bytes_sent: int = 0  # towards the destination
     bytes_received: int = 0  # back to the source
+    # traffic rules (agent.traffic): Envoy's response flags (UO, UF, URX, NR, UH) and the
+    # cluster whose live-connection count this connection holds until it finishes
+    response_flags: str | None = None
+    cluster: str | None = None
     id: int = field(default_factory=next_id)
 
     def to_json(self, live: Any = None, now_mono: float | None = None) -> dict[str, Any]:

@@ -17,6 +17,10 @@ def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None
     agent.conns.pop(conn.id)
     conn.bytes_sent, conn.bytes_received = sent, received
     conn.close_reason = conn.close_reason or close_reason
+    if conn.cluster is not None:
+        from agent.proxy.traffic_path import released
+
+        released(agent, conn)
     agent.count("connections_closed")
     agent.count("bytes_sent", sent)
     agent.count("bytes_received", received)
@@ -53,6 +57,7 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         verdict=conn.verdict,
         policy=conn.policy,
         reason=conn.close_reason or conn.reason or None,
+        response_flags=conn.response_flags,
         trace_id=conn.trace_id,
         span_id=conn.span_id if direction == "outbound" else None,
         parent_span_id=conn.parent_span_id if direction == "inbound" else None,

@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from agent.proxy import enforce, plan
+from agent.proxy import enforce, plan, traffic_path
 from agent.proxy.conns import Conn
 from agent.proxy.contain import publish
 from agent.proxy.handoff import hand_off, record_refusal
@@ -37,33 +37,50 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
         conn.src_principal = src.spiffe_id(agent.config.identity.trust_domain)
     for i, p in enumerate(plans):
         last = i == len(plans) - 1
+        if isinstance(p, plan.HttpRouted):
+            from agent.proxy.http_route import serve_http_routes
+
+            await serve_http_routes(agent, conn, sock, p)
+            return
         if isinstance(p, plan.Refuse):
-            conn.verdict, conn.reason = "deny", p.reason
+            if p.flag is not None:
+                traffic_path.refused(agent, conn, p)
+            else:
+                conn.verdict, conn.reason = "deny", p.reason
             record_refusal(agent, conn, sock)
             return
         conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
         if p.dst is not None:
             conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
-        try:
-            if p.kind == "tunnel":
-                done = await _via_tunnel(agent, conn, sock, p)
-            else:
-                done = await _direct(agent, conn, sock, p)
-        except OSError as e:
-            done = False
-            conn.reason = f"connect_failed: {e.strerror or e}"
+        traffic_path.attempt(agent, conn, p)
+        done = await carry(agent, conn, sock, p)
         if done:
             if p.service:
                 agent.health.mark_ok(p.dst_ip)
+            traffic_path.connected(agent, conn, p)
             return
         if p.service:
             agent.health.mark_failed(p.dst_ip, trio.current_time())
+        traffic_path.failed(agent, conn, p, denied=conn.verdict == "deny")
         if last or conn.verdict == "deny":
             break
     if conn.verdict != "deny":
         conn.verdict = "allow"
         conn.reason = conn.reason or "upstream_failed"
+        traffic_path.exhausted(conn, attempts=i + 1)
     record_refusal(agent, conn, sock)
+
+
+async def carry(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:
+    """Connect ``sock`` (the source side) to the route's destination and hand both legs
+    to the socket layer; False (``conn.reason`` says why) when that failed."""
+    try:
+        if p.kind == "tunnel":
+            return await _via_tunnel(agent, conn, sock, p)
+        return await _direct(agent, conn, sock, p)
+    except OSError as e:
+        conn.reason = f"connect_failed: {e.strerror or e}"
+        return False
 
 
 async def _direct(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool:
@@ -75,7 +92,8 @@ async def _direct(agent, conn: Conn, sock: socket.socket, p: plan.Route) -> bool
             if d.verdict == "deny":
                 return False
     upstream = await connect(
-        (p.dst_ip, p.dst_port), bind_src=conn.src_ip, timeout=agent.config.dataplane.connect_timeout_s
+        (p.dst_ip, p.dst_port), bind_src=conn.src_ip,
+        timeout=p.connect_timeout_s or agent.config.dataplane.connect_timeout_s,
     )
     await hand_off(agent, conn, sock, upstream)
     return True

@@ -15,9 +15,10 @@ passthrough to the original destination, or refused when egress is denied.
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from agent.state.workloads import Registry, Workload
 
@@ -29,6 +30,7 @@ Kind = Literal["tunnel", "local", "passthrough"]
 class Refuse:
     reason: str  # machine-friendly: "unknown_source", "loop", "egress_denied", "no_endpoint"
     status: int = 503  # what a tunnel peer would answer for the same outcome
+    flag: str | None = None  # Envoy response flag (traffic rules): NR, UO, UH
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +43,21 @@ class Route:
     node_name: str | None = None  # tunnel: the peer node
     node_address: str | None = None  # tunnel: where its :15008 listens
     service: str | None = None  # "ns/name" when a VIP was resolved
+    cluster: str | None = None  # traffic rules: the cluster counted (agent.traffic.planner)
+    connect_timeout_s: float | None = None  # DestinationRule connectionPool.tcp.connectTimeout
 
 
-Plan = Route | Refuse
+@dataclass(frozen=True, slots=True)
+class HttpRouted:
+    """A service whose VirtualService has ``http`` routes for this port: requests are
+    routed one by one (agent.proxy.http_route, agent.traffic.http)."""
+
+    service: Service
+    src: Workload
+    port: int
+
+
+Plan = Route | Refuse | HttpRouted
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,15 @@ class EndpointHealth:
     failed_at: dict[str, float] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)
     cursor: dict[str, int] = field(default_factory=dict)
+    # services under traffic rules: connection counts and ejections (agent.traffic.planner)
+    traffic: Any = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        if self.traffic is None:
+            from agent.traffic.planner import TrafficState
+
+            self.traffic = TrafficState()
 
     def mark_failed(self, endpoint: str, now: float) -> None:
         self.failed_at[endpoint] = now
@@ -94,6 +117,10 @@ class RoutingView:
     local_addresses: frozenset[str] = frozenset()
     egress: Literal["allow", "deny"] = "allow"
     balance: Literal["round_robin", "least_conn"] = "round_robin"
+    traffic: Any = None  # agent.traffic.store.TrafficStore: DestinationRules, VirtualServices
+    locality: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (region, zone)
+    by_key: dict[tuple[str, str], Service] = field(default_factory=dict)  # (ns, name) -> Service
+    meta: Any = None  # endpoint_meta's function, made once per view
 
 
 def peer_for(ip: str, peers: Sequence[PeerNode]) -> PeerNode | None:
@@ -149,7 +176,7 @@ def route_to_ip(src: Workload | None, dst_ip: str, dst_port: int, view: RoutingV
 
 def plan_outbound(
     src_ip: str, dst_ip: str, dst_port: int, view: RoutingView, health: EndpointHealth, now: float
-) -> list[Plan]:
+) -> Sequence[Plan]:
     """Routes to try in order for a connection a local pod opened (one unless a VIP).
 
     The source must be an enrolled local pod: capture only steers enrolled pods here, so
@@ -161,6 +188,13 @@ def plan_outbound(
     svc = view.services.get((dst_ip, dst_port))
     if svc is None:
         return [route_to_ip(src, dst_ip, dst_port, view)]
+    if view.traffic is not None and view.traffic.applies((svc.namespace, svc.name)):
+        from agent.traffic.planner import tcp_route
+
+        vs = view.traffic.virtual_service((svc.namespace, svc.name))
+        if vs is not None and vs.http and tcp_route(vs, dst_port) is None:
+            return [HttpRouted(svc, src, dst_port)]
+        return _plan_traffic(src, svc, dst_port, view, health, now)
     port = svc.target_port or dst_port
     eps = pick_endpoints(svc, health, now, view.balance)
     if not eps:
@@ -173,6 +207,69 @@ def plan_outbound(
                       f"{svc.namespace}/{svc.name}")
         plans.append(p)
     return plans
+
+
+# Node labels that place a node (Kubernetes well-known labels; Istio reads the same).
+REGION_LABEL, ZONE_LABEL = "topology.kubernetes.io/region", "topology.kubernetes.io/zone"
+
+
+def _plan_traffic(src: Workload, svc: Service, dst_port: int, view: RoutingView, health: EndpointHealth,
+                  now: float) -> Sequence[Plan]:
+    """A service under DestinationRule/VirtualService rules: ``agent.traffic.planner`` picks."""
+    from agent.traffic.planner import NoPick, plan_service
+
+    pick = plan_service(view.traffic, view.by_key, svc, dst_port, client_ns=src.namespace,
+                        client_locality=view.locality.get(view.node_name, ("", "")), meta=endpoint_meta(view),
+                        state=health.traffic, now=now, rng=health.rng, attempts=MAX_CONNECT_ATTEMPTS)
+    if isinstance(pick, NoPick):
+        return [Refuse(pick.reason, 503, pick.flag)]
+    return pick_routes(src, pick, view)
+
+
+def endpoint_meta(view: RoutingView):
+    """``ip -> EndpointMeta`` (labels, region, zone) from the registry and node labels."""
+    if view.meta is not None:
+        return view.meta
+    from agent.traffic.planner import EndpointMeta
+
+    def meta(ip: str) -> EndpointMeta | None:
+        w = view.registry.by_ip(ip)
+        if w is None:
+            return None
+        region, zone = view.locality.get(w.node or view.node_name, ("", ""))
+        return EndpointMeta(w.labels, region, zone)
+
+    view.meta = meta
+    return meta
+
+
+class PickRoutes(Sequence):
+    """The routes to a planner ``Pick``'s endpoints, in its order, each made when first
+    read: the retry alternatives cost nothing until a connect fails."""
+
+    def __init__(self, src: Workload, pick, view: RoutingView) -> None:
+        self._src, self._pick, self._view = src, pick, view
+        self._made: dict[int, Plan] = {}
+
+    def __len__(self) -> int:
+        return len(self._pick.endpoints)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        p = self._made.get(i)
+        if p is None:
+            pick = self._pick
+            p = route_to_ip(self._src, pick.endpoints[i], pick.port, self._view)
+            if isinstance(p, Route):
+                p = Route(p.kind, p.dst_ip, p.dst_port, p.src, p.dst, p.node_name, p.node_address,
+                          f"{pick.service[0]}/{pick.service[1]}", pick.cluster, pick.connect_timeout_s)
+            self._made[i] = p
+        return p
+
+
+def pick_routes(src: Workload, pick, view: RoutingView) -> PickRoutes:
+    return PickRoutes(src, pick, view)
 
 
 def plan_inbound(dst_ip: str, dst_port: int, view: RoutingView) -> Plan:
@@ -189,18 +286,23 @@ def plan_inbound(dst_ip: str, dst_port: int, view: RoutingView) -> Plan:
     return Route("local", dst_ip, dst_port, None, dst)
 
 
-def build_view(config, registry: Registry) -> RoutingView:
-    """The routing view from the agent's config (peers, services) and registry."""
+def build_view(config, registry: Registry, traffic: Any = None) -> RoutingView:
+    """The routing view from the agent's config (peers, services), registry and traffic rules."""
     peers = tuple(
         PeerNode(n.name, n.address, tuple(ipaddress.ip_network(c) for c in n.pod_cidrs))
         for n in config.cluster.nodes
         if n.name != config.node.name
     )
     services = {}
+    by_key = {}
     for s in config.cluster.services:
         svc = Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
+        by_key[(s.namespace, s.name)] = svc
         for port in s.ports:
             services[(s.vip, port)] = svc
+    locality = {n.name: (n.labels.get(REGION_LABEL, ""), n.labels.get(ZONE_LABEL, "")) for n in config.cluster.nodes}
+    me = config.node.labels or next((n.labels for n in config.cluster.nodes if n.name == config.node.name), {})
+    locality[config.node.name] = (me.get(REGION_LABEL, ""), me.get(ZONE_LABEL, ""))
     p = config.ports
     local = {config.node.address, "127.0.0.1", "::1"}
     if config.node.address6:
@@ -214,4 +316,7 @@ def build_view(config, registry: Registry) -> RoutingView:
                                15001, 15006, 15008, 15020, 15021}),
         local_addresses=frozenset(local),
         egress=config.dataplane.egress,
+        traffic=traffic,
+        locality=locality,
+        by_key=by_key,
     )

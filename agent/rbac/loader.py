@@ -268,6 +268,8 @@ def _expand_lists(docs: list[yamlpos.Doc]) -> list[yamlpos.Doc]:
 def _load(text: str, path: str, lines: bool) -> list:
     out, errors = [], []
     for doc in _expand_lists(_docs(text, path, lines)):
+        if isinstance(doc.data, dict) and str(doc.data.get("apiVersion", "")).startswith("networking.istio.io/"):
+            continue  # DestinationRule, VirtualService: agent.traffic.loader reads them
         if not isinstance(doc.data, dict):
             errors.append(f"{doc.where()}: a policy document must be a mapping")
             continue

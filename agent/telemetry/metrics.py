@@ -23,6 +23,9 @@ COUNTERS = {
     "hostmesh_telemetry_export_failures_total": ("Telemetry export failures.", ("sink",)),
     "hostmesh_metrics_series_overflow_total": ("Label sets folded into 'other'.", ("metric",)),
 }
+# Gauges whose labels are not the default ("name"): the traffic rules' per-endpoint state.
+GAUGE_LABELS = {"hostmesh_endpoint_ejected": ("cluster", "endpoint", "reason"),
+                "hostmesh_endpoint_connections": ("cluster", "endpoint")}
 BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -89,7 +92,8 @@ class Metrics:
         for name, series in sorted(self.gauges.items()):
             out += [f"# TYPE {name} gauge"]
             for lb, v in series.items():
-                out.append(f"{name}{_labels(('identity',) if 'cert' in name else ('name',), lb)} {_num(v)}")
+                names = GAUGE_LABELS.get(name, ("identity",) if "cert" in name else ("name",))
+                out.append(f"{name}{_labels(names, lb)} {_num(v)}")
         if self.hist:
             name = "istio_request_duration_milliseconds"
             out += [f"# HELP {name} HTTP request duration.", f"# TYPE {name} histogram"]
@@ -134,7 +138,7 @@ def tcp_labels(rec) -> tuple:
         rec.src.workload or "unknown", rec.src.namespace or "unknown", _spiffe(rec.src.principal),
         rec.dst.workload or "unknown", rec.dst.namespace or "unknown", _spiffe(rec.dst.principal),
         "mutual_tls" if rec.mode == "tunnel" else "none",
-        "-" if rec.verdict != "deny" else "UAEX",
+        getattr(rec, "response_flags", None) or ("-" if rec.verdict != "deny" else "UAEX"),
     )
 
 

@@ -42,15 +42,19 @@ class ConnRecord:
     # the source's (the source's span id travels as the traceparent's parent id)
     span_id: str | None = None
     parent_span_id: str | None = None
+    response_flags: str | None = None  # Envoy's: UO, UF, URX, NR, UH (traffic rules, docs/traffic.md)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "type": "connection", "start": rfc3339(self.start), "end": rfc3339(self.end),
             "duration_ms": round((self.end - self.start) * 1000, 3), "node": self.node,
             "direction": self.direction, "mode": self.mode, "src": self.src.to_json(), "dst": self.dst.to_json(),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "verdict": self.verdict,
             "policy": self.policy, "reason": self.reason, "trace_id": self.trace_id,
         }
+        if self.response_flags:  # only when there is one: SPEC.md's schema otherwise, key for key
+            out["response_flags"] = self.response_flags
+        return out
 
     @property
     def key(self) -> str:

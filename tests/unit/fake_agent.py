@@ -74,5 +74,8 @@ class FakeAgent:
         self.drains += 1
         return {"draining": True}
 
+    def traffic_dump(self):
+        return {"rules": [], "ejected": [], "clusters": {}}
+
     def config_dump(self):
         return {"status": self.status(), "workloads": self.list_workloads()}

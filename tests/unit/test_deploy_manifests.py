@@ -39,6 +39,7 @@ RBAC_RESOURCES = {
     ("", "pods"), ("", "nodes"), ("", "services"),
     ("discovery.k8s.io", "endpointslices"),
     ("security.istio.io", "authorizationpolicies"), ("security.istio.io", "peerauthentications"),
+    ("networking.istio.io", "destinationrules"), ("networking.istio.io", "virtualservices"),
 }
 
 

@@ -95,7 +95,9 @@ class Replay:
         for path, kind in (("/api/v1/nodes", "NodeList"), ("/api/v1/services", "ServiceList"),
                            ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList"),
                            ("/apis/security.istio.io/v1/authorizationpolicies", "AuthorizationPolicyList"),
-                           ("/apis/security.istio.io/v1/peerauthentications", "PeerAuthenticationList")):
+                           ("/apis/security.istio.io/v1/peerauthentications", "PeerAuthenticationList"),
+                           ("/apis/networking.istio.io/v1/destinationrules", "DestinationRuleList"),
+                           ("/apis/networking.istio.io/v1/virtualservices", "VirtualServiceList")):
             self.lists[path] = [lst(kind, [], "1")]
 
     def close(self) -> None:
@@ -186,7 +188,7 @@ def test_410_gone_relists_and_drops_what_vanished(replay, gone):
     assert replay.watch_versions(PODS)[:2] == ["10", "30"]  # watched again from the relist
     assert agent.registry.get("uid-a") is None  # deleted while the watch was down: gone
     assert dict(agent.registry.get("uid-b").labels) == {"app": "b2"}  # changed meanwhile: current
-    assert agent.counters["k8s_relists_410"] == 1 and agent.counters["k8s_lists"] == 7  # 6 kinds + 1 relist
+    assert agent.counters["k8s_relists_410"] == 1 and agent.counters["k8s_lists"] == 9  # 8 kinds + 1 relist
 
 
 def test_a_dropped_watch_resumes_from_the_last_version_seen(replay):
@@ -250,6 +252,21 @@ def test_policies_services_and_a_bad_policy_is_skipped(replay):
     assert [(s.vip, s.ports, s.endpoints, s.target_port) for s in agent.config.cluster.services] == [
         ("10.96.0.10", [80], ["10.1.0.5"], 8080)]
     assert agent.view.services[("10.96.0.10", 80)].endpoints == ("10.1.0.5",)
+
+
+def test_destination_rules_and_virtual_services_are_watched(replay):
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "api", "namespace": "shop", "resourceVersion": "3"},
+          "spec": {"host": "api", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}
+    bad = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "typo", "namespace": "shop", "resourceVersion": "4"}, "spec": {"hostz": ["api"]}}
+    replay.lists["/apis/networking.istio.io/v1/destinationrules"] = [lst("DestinationRuleList", [dr], "5")]
+    replay.lists["/apis/networking.istio.io/v1/virtualservices"] = [lst("VirtualServiceList", [bad], "5")]
+    replay.lists[PODS] = [lst("PodList", [], "1")]
+    agent = run_discovery(replay, lambda a, d: len(a.traffic) == 1)
+    assert [(r["kind"], r["name"], r["source"]) for r in agent.traffic.list()] == [
+        ("DestinationRule", "api", "kubernetes")]
+    assert agent.discovery.counts["policies_rejected"] == 1
 
 
 def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp_path):
