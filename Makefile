@@ -10,7 +10,13 @@ APT_PACKAGES := nftables iptables iproute2 iperf3 sockperf haproxy curl openssl 
                 hey wrk tcpdump procps psmisc socat nginx-light python3-venv iputils-ping
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv demo test unit lab lint bench bench-quick clean
+.PHONY: setup apt venv demo test unit lab lint rust rust-build bench bench-quick clean
+# The native data plane (dataplane/, Rust): cargo and rustc come from the distribution
+# or rustup (docs/dataplane.md "Building"); maturin comes from PyPI with the venv.
+CARGO ?= cargo
+# cargo test links the crate against libpython (pyo3 without extension-module): the
+# venv's interpreter says where it is.
+PYO3_PYTHON = $(abspath $(PY))
 
 setup: apt venv
 
@@ -27,7 +33,8 @@ $(STAMP)/apt: Makefile
 	@touch $@
 
 venv: $(STAMP)/venv
-$(STAMP)/venv: pyproject.toml
+$(STAMP)/venv: pyproject.toml dataplane/Cargo.toml
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (Debian: apt-get install cargo rustc; or rustup), see docs/dataplane.md"; exit 1; }
 	@mkdir -p $(STAMP)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,lab,deploy]'
@@ -45,9 +52,20 @@ lab: setup
 lint: setup
 	$(VENV)/bin/ruff check agent tests
 
+# The crate's own checks: formatting, lints as errors, unit and property tests. After
+# a change under dataplane/src, `pip install -e .` (or `make rust-build`) rebuilds the
+# extension the agent loads.
+rust: setup
+	cd dataplane && $(CARGO) fmt --check
+	cd dataplane && PYO3_PYTHON=$(PYO3_PYTHON) $(CARGO) clippy --all-targets -q -- -D warnings
+	cd dataplane && PYO3_PYTHON=$(PYO3_PYTHON) LD_LIBRARY_PATH=$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') $(CARGO) test -q
+
+rust-build: setup
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+
 # Every test: lint, unit (no root), lab (root, real namespaces), and the benchmark
 # harness in --quick mode (proves it runs; targets are not asserted on shared CI).
-test: setup
+test: setup rust
 	$(VENV)/bin/ruff check agent tests
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
@@ -59,4 +77,4 @@ bench-quick: setup
 
 clean:
 	-$(VENV)/bin/hostmesh lab down --all 2>/dev/null
-	rm -rf $(STAMP) build *.egg-info
+	rm -rf $(STAMP) build *.egg-info dataplane/target
