@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-agent", action="store_true", help="namespaces and addresses only, no agents")
     c.add_argument("--capture-backend", choices=["nftables", "iptables"], default="nftables")
     c.add_argument("--capture-fail", choices=["closed", "open"], default="closed")
+    c.add_argument("--engine", choices=["epoll", "trio", "native"], default=None,
+                   help="the agents' data plane (dataplane.engine; default: the config default)")
     c = cmd("down", cmd_down, "remove everything a lab made")
     c.add_argument("--all", action="store_true", help="every lab")
     c = cmd("status", cmd_status, "what a lab is made of")
@@ -76,7 +78,7 @@ def cmd_up(args) -> int:
         t0 = time.monotonic()
         st = cluster.up(args.name, topo, agents=not args.no_agent, kafka=args.kafka, otlp=args.otlp,
                         capture={"backend": args.capture_backend, "fail": args.capture_fail},
-                        progress=lambda s: print(s, flush=True))
+                        engine=args.engine, progress=lambda s: print(s, flush=True))
     except _errors() as e:
         raise CliError(str(e)) from None
     _print_status(st)

@@ -52,7 +52,7 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       capture: dict | None = None, progress=print) -> dict:
+       capture: dict | None = None, engine: str | None = None, progress=print) -> dict:
     check_name(name)
     if state_path(name).parent.exists() or netns.existing(f"hm-{name}-"):
         raise LabError(f"a lab named {name!r} exists already (hostmesh lab down --name {name}, or pick --name)")
@@ -60,7 +60,7 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "created": time.time()}
+             "kafka": None, "otlp": None, "created": time.time(), "engine": engine}
     save_state(name, state)
     try:
         t0 = time.monotonic()
@@ -186,6 +186,8 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
         "workloads": [p.workload(None if p.node == n.index else f"node-{p.node}") for p in lp.pods],
         "telemetry": {"access_log": "stderr"},
     }
+    if state.get("engine"):
+        cfg["dataplane"] = {"engine": state["engine"]}
     if state.get("kafka"):
         cfg["telemetry"]["kafka"] = {"bootstrap": state["kafka"]["bootstrap"], "linger_ms": 20}
     if state.get("otlp"):
