@@ -28,6 +28,7 @@ import trio
 from agent import dataplane
 from agent.proxy import enforce, plan
 from agent.proxy.conns import Conn
+from agent.proxy.engine_conn import LiveConn
 from agent.proxy.finish import emit, finish
 
 logger = logging.getLogger("hostmesh.native")
@@ -44,15 +45,6 @@ class _Pending:
     plans: list = field(default_factory=list)
     next: int = 0
     route: Any = None
-
-
-@dataclass(frozen=True)
-class LiveConn:
-    conn_id: int
-    tag: str
-    bytes_a_to_b: int
-    bytes_b_to_a: int
-    age_s: float
 
 
 class NativeEngine:

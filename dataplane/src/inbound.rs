@@ -12,13 +12,15 @@
 use crate::connect;
 use crate::events::{Event, Kind, TunnelInfo};
 use crate::limits::MAX_CONNECT_HEAD;
+use crate::outbound;
 use crate::runtime::{Command, Shared};
 use crate::sockopt;
 use crate::tls;
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -29,6 +31,36 @@ async fn answer(tls: &mut TlsStream<TcpStream>, status: u16, policy: Option<&str
         tls.shutdown().await
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send).await;
+}
+
+/// The upstream exists: answer 200, deliver the bytes that followed the CONNECT head,
+/// then bridge until the connection ends.
+#[allow(clippy::too_many_arguments)]
+async fn open_and_bridge<B>(
+    shared: &Shared,
+    id: u64,
+    mode: &'static str,
+    ends: (SocketAddr, SocketAddr),
+    mut tls: TlsStream<TcpStream>,
+    mut up: B,
+    up_fd: RawFd,
+    leftover: Vec<u8>,
+) where
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if tls.write_all(&connect::response(200, None)).await.is_err() {
+        return;
+    }
+    if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
+        return;
+    }
+    shared.count("tunnel_status_200", 1);
+    let fds = (tls.get_ref().0.as_raw_fd(), up_fd);
+    let n = leftover.len() as u64;
+    let (src, dst) = ends;
+    shared
+        .bridge(id, Kind::Tunnel, mode, src, dst, tls, up, fds, (n, 0))
+        .await;
 }
 
 pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
@@ -123,30 +155,11 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
         }) => (status, policy, reason),
         Some(Command::Connect { upstream, bind }) => {
             match sockopt::connect(upstream, bind, shared.settings.connect_timeout).await {
-                Ok(mut up) => {
-                    if tls.write_all(&connect::response(200, None)).await.is_err() {
-                        return;
-                    }
-                    if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
-                        return;
-                    }
-                    shared.count("tunnel_status_200", 1);
-                    let fds = (tls.get_ref().0.as_raw_fd(), up.as_raw_fd());
-                    let n = leftover.len() as u64;
-                    shared
-                        .bridge(
-                            id,
-                            Kind::Tunnel,
-                            "tunnel",
-                            peer,
-                            upstream,
-                            tls,
-                            up,
-                            fds,
-                            (n, 0),
-                        )
+                Ok(up) => {
+                    let fd = up.as_raw_fd();
+                    let ends = (peer, upstream);
+                    return open_and_bridge(&shared, id, "tunnel", ends, tls, up, fd, leftover)
                         .await;
-                    return;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     (504, None, "upstream_timeout".into())
@@ -159,36 +172,12 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
             }
         }
         Some(Command::Pipe { fd }) => {
-            let std = std::os::unix::net::UnixStream::from(fd);
-            let Ok(()) = std.set_nonblocking(true) else {
+            let Some(pipe) = outbound::pipe(fd) else {
                 return;
             };
-            let Ok(mut pipe) = UnixStream::from_std(std) else {
-                return;
-            };
-            if tls.write_all(&connect::response(200, None)).await.is_err() {
-                return;
-            }
-            if !leftover.is_empty() && pipe.write_all(&leftover).await.is_err() {
-                return;
-            }
-            shared.count("tunnel_status_200", 1);
-            let fds = (tls.get_ref().0.as_raw_fd(), pipe.as_raw_fd());
-            let n = leftover.len() as u64;
-            shared
-                .bridge(
-                    id,
-                    Kind::Tunnel,
-                    "pipe",
-                    peer,
-                    local,
-                    tls,
-                    pipe,
-                    fds,
-                    (n, 0),
-                )
+            let pfd = pipe.as_raw_fd();
+            return open_and_bridge(&shared, id, "pipe", (peer, local), tls, pipe, pfd, leftover)
                 .await;
-            return;
         }
         Some(Command::Tunnel(_)) => (503, None, "tunnel_not_allowed_here".into()),
     };

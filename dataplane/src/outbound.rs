@@ -16,7 +16,7 @@ use crate::runtime::{Command, Shared, TunnelPlan};
 use crate::sockopt;
 use crate::tls;
 use rustls::pki_types::ServerName;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -100,11 +100,7 @@ pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) 
             }
             Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
             Some(Command::Pipe { fd }) => {
-                let std = std::os::unix::net::UnixStream::from(fd);
-                if std.set_nonblocking(true).is_err() {
-                    return;
-                }
-                let Ok(pipe) = UnixStream::from_std(std) else {
+                let Some(pipe) = pipe(fd) else {
                     return;
                 };
                 let fds = (client.as_raw_fd(), pipe.as_raw_fd());
@@ -123,6 +119,13 @@ pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) 
         };
         cmd = shared.decide(id, ev).await;
     }
+}
+
+/// Python's socket pair end, as a tokio stream (None: it could not be registered).
+pub fn pipe(fd: OwnedFd) -> Option<UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    UnixStream::from_std(std).ok()
 }
 
 /// TLS to the peer node with the source SVID, then CONNECT; the TLS stream and the

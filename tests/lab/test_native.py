@@ -1,7 +1,7 @@
 """The mesh suite against the native data plane (``dataplane.engine: native``): the same
 real clients and checks as test_mesh.py, in a lab whose agents run the Rust core, plus
 what is the core's own: its stats, its live connections, its named handshake refusals,
-and bytes byte-exact both ways (sha256 of 10 MiB each way at once)."""
+and bytes byte-exact both ways (sha256 of 10 MiB and of 128 MiB each way at once)."""
 
 import hashlib
 import time
@@ -32,6 +32,7 @@ test_ipv6_across_nodes = m.test_ipv6_across_nodes
 test_same_node_takes_the_local_path = m.test_same_node_takes_the_local_path
 test_passthrough_to_a_host_outside_the_mesh = m.test_passthrough_to_a_host_outside_the_mesh
 test_half_close_across_the_tunnel = m.test_half_close_across_the_tunnel
+test_integrity_both_ways_at_once_with_half_close = m.test_integrity_both_ways_at_once_with_half_close
 test_l4_deny_fails_at_once_and_l7_deny_is_403_on_the_same_keepalive = m.test_l4_deny_fails_at_once_and_l7_deny_is_403_on_the_same_keepalive
 test_strict_refuses_plaintext_from_outside_permissive_lets_it_in = m.test_strict_refuses_plaintext_from_outside_permissive_lets_it_in
 test_live_connection_closed_within_1s_when_a_policy_now_denies_it = m.test_live_connection_closed_within_1s_when_a_policy_now_denies_it
@@ -49,57 +50,21 @@ def test_both_agents_run_the_native_core(mesh):
     assert src["bytes_received"] > 0 and dst["bytes_sent"] > 0
 
 
-ECHO_SHA = """
-import hashlib, socket, threading
-ls = socket.create_server(("0.0.0.0", {port}))
-c, _ = ls.accept()
-h = hashlib.sha256(); n = 0
-def send():
-    data = bytes((i * 7) % 251 for i in range(1 << 16))
-    for _ in range({mib} * 16):
-        c.sendall(data)
-    c.shutdown(socket.SHUT_WR)
-t = threading.Thread(target=send); t.start()
-while True:
-    d = c.recv(1 << 20)
-    if not d: break
-    h.update(d); n += len(d)
-t.join()
-print(n, h.hexdigest())
-"""
-CLIENT_SHA = """
-import hashlib, socket, threading
-c = socket.create_connection(("{ip}", {port}), 5)
-h = hashlib.sha256(); n = 0
-def send():
-    data = bytes((i * 13) % 241 for i in range(1 << 16))
-    for _ in range({mib} * 16):
-        c.sendall(data)
-    c.shutdown(socket.SHUT_WR)
-t = threading.Thread(target=send); t.start()
-while True:
-    d = c.recv(1 << 20)
-    if not d: break
-    h.update(d); n += len(d)
-t.join()
-print(n, h.hexdigest())
-"""
-
-
-def test_ten_mib_each_way_at_once_byte_exact_through_the_tunnel(mesh):
+def test_ten_mib_each_way_at_once_byte_exact_and_counted_by_both_agents(mesh):
     mib = 10
     db = mesh.pod("db")
-    srv = mesh.spawn(db["netns"], PY, "-c", ECHO_SHA.format(port=9400, mib=mib))
+    srv = mesh.spawn(db["netns"], PY, "-c", m.SINK.format(port=9400, mib=mib))
     time.sleep(0.5)  # a one-shot server: probing it would consume its only accept
-    r = ns_py(mesh.pod("client")["netns"], CLIENT_SHA.format(ip=db["ip"], port=9400, mib=mib), timeout=120)
-    to_client = hashlib.sha256(bytes((i * 7) % 251 for i in range(1 << 16)) * (mib * 16)).hexdigest()
-    to_server = hashlib.sha256(bytes((i * 13) % 241 for i in range(1 << 16)) * (mib * 16)).hexdigest()
-    assert r.stdout.split() == [str(mib << 20), to_client], r.stderr
+    r = ns_py(mesh.pod("client")["netns"], m.SOURCE.format(ip=db["ip"], port=9400, mib=mib), timeout=120)
+    want = hashlib.sha256((bytes(range(256)) * 4096) * mib).hexdigest()
+    assert r.stdout.split() == [str(mib << 20), want], r.stderr
     out, _ = srv.communicate(timeout=30)
-    assert out.split() == [str(mib << 20), to_server]
-    time.sleep(1.3)
-    recs = [x for x in mesh.access_log(1) if x["dst"]["port"] == 9400 and x["direction"] == "outbound"]
-    assert recs and recs[-1]["bytes_sent"] == recs[-1]["bytes_received"] == mib << 20
+    assert out.split() == [str(mib << 20), want]
+    time.sleep(1.3)  # access log flush interval
+    out_rec = [x for x in mesh.access_log(1) if x["dst"]["port"] == 9400 and x["direction"] == "outbound"]
+    in_rec = [x for x in mesh.access_log(0) if x["dst"]["port"] == 9400 and x["direction"] == "inbound"]
+    assert out_rec[-1]["bytes_sent"] == in_rec[-1]["bytes_sent"] == mib << 20
+    assert out_rec[-1]["bytes_received"] == in_rec[-1]["bytes_received"] == mib << 20
 
 
 def test_live_connections_are_listed_with_their_bytes(mesh):
