@@ -35,8 +35,10 @@ logger = logging.getLogger("hostmesh.native")
 
 # How often SVIDs and the trust bundle are compared with what the core holds (the
 # source side also checks its own identity before each tunnel, so a new pod's first
-# connection never waits for this).
+# connection never waits for this), and the core's counters copied into the agent's.
 IDENTITY_SYNC_S = 0.25
+# The core's gauges (not counters): shown in /v1/stats "engine", never as events.
+_GAUGES = frozenset({"connections", "pending_decisions", "events_queued", "identities"})
 
 
 @dataclass
@@ -107,12 +109,21 @@ class NativeEngine:
             self.core.remove_identity(sid, sni_for(ns, sa, td))
             del self._pushed[sid]
 
+    def sync_counters(self) -> None:
+        """The core's counters as ``native_<name>`` in the agent's (/v1/stats counters,
+        /metrics ``hostmesh_events_total``): handshakes, resumptions, refusals by reason."""
+        counters = self.agent.counters
+        for k, v in self.core.stats().items():
+            if k not in _GAUGES:
+                counters[f"native_{k}"] = v
+
     async def _sync_loop(self) -> None:
         while True:
             try:
                 self.sync_identities()
             except ValueError as e:
                 logger.error("identity material not pushed to the core: %s", e)
+            self.sync_counters()
             await trio.sleep(IDENTITY_SYNC_S)
 
     # ---- events --------------------------------------------------------------------

@@ -108,3 +108,8 @@ def test_tunnel_port_names_every_refusal(mesh):
     assert grew("peer_rejected_not_tls") == 1, after
     assert grew("peer_rejected_no_certificate") == 1, after
     assert grew("peer_rejected_tls_version") == 1, after
+    time.sleep(0.5)  # the agent copies the core's counters four times a second
+    counters = mesh.stats(0)
+    assert counters["native_peer_rejected_not_tls"] == after["peer_rejected_not_tls"]
+    metrics = ns_run(mesh.node(0)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout
+    assert 'event="native_peer_rejected_tls_version"' in metrics
