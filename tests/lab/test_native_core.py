@@ -258,3 +258,57 @@ def test_a_reset_upstream_resets_the_client(pki):
     finally:
         node.close()
         ls.close()
+
+
+def next_event(core, kind: str, timeout: float = 5.0):
+    """The next event of ``kind`` from a core nobody else drains."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        select.select([core.eventfd()], [], [], 0.1)
+        for ev in core.events():
+            if ev[0] == kind:
+                return ev
+    raise AssertionError(f"no {kind} event")
+
+
+def test_core_to_core_tunnel_and_a_server_with_the_wrong_identity(pki):
+    """Two cores: a captured connection on one is tunnelled to the other's :15008. With
+    the right expected identity the bytes arrive; with another the source core refuses
+    the server (unexpected_identity) and Python hears of it as a failed attempt."""
+    ls, port = sink_server(5)
+    dst = Node(pki, lambda ev: ("connect", ("127.0.0.1", port, None)))
+    src = dataplane.Core(connect_timeout_s=2.0, handshake_timeout_s=2.0)
+    src.set_trust(pki.bundle_pem, "cluster.local")
+    chain, key = pki.svid(CLIENT)
+    src.set_identity(CLIENT, "client.front.hostmesh.internal", chain, key)
+    out = socket.create_server(("127.0.0.1", 0))
+    src.listen(out.fileno(), "outbound")
+    try:
+        for expected, want in ((SID, "ok"), ("spiffe://cluster.local/ns/shop/sa/other", "unexpected_identity")):
+            c = socket.create_connection(out.getsockname(), 5)
+            ev = next_event(src, "conn")
+            assert ev[2] == "outbound"
+            hs = [("forwarded", 'for="127.0.0.1:1"')]
+            src.tunnel(ev[1], "127.0.0.1", dst.port, CLIENT, expected, SNI, f"127.0.0.1:{port}", hs)
+            if want == "ok":
+                c.sendall(b"hello")
+                got = b""
+                while d := c.recv(4096):
+                    got += d
+                assert got == __import__("hashlib").sha256(b"hello").hexdigest().encode() + BACK
+            else:
+                ev = next_event(src, "failed")
+                assert ev[3] == "tls: unexpected_identity", ev
+                src.refuse(ev[1], "unexpected_identity")
+                with pytest.raises(ConnectionResetError):
+                    c.settimeout(5)
+                    c.recv(10)
+            c.close()
+        assert src.stats()["tunnel_handshake_failed_unexpected_identity"] == 1
+    finally:
+        src.shutdown()
+        dst.close()
+        out.close()
+        ls.close()
