@@ -31,12 +31,12 @@ def available() -> tuple[bool, str]:
 
 
 def Core(*, threads: int = 1, connect_timeout_s: float = 5.0, handshake_timeout_s: float = 5.0,
-         idle_timeout_s: float = 3600.0):
+         idle_timeout_s: float = 3600.0, max_connections: int = 100_000):
     """A running core (its threads start at once); ``shutdown()`` stops it."""
     if _dp is None:
         raise RuntimeError(f"the native data plane is not built (agent._dataplane: {_IMPORT_ERROR}); "
                            "run `pip install -e .` with cargo installed (docs/dataplane.md)")
-    return _dp.Core(threads, connect_timeout_s, handshake_timeout_s, idle_timeout_s)
+    return _dp.Core(threads, connect_timeout_s, handshake_timeout_s, idle_timeout_s, max_connections)
 
 
 @dataclass(frozen=True)

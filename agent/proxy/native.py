@@ -38,7 +38,7 @@ logger = logging.getLogger("hostmesh.native")
 # connection never waits for this), and the core's counters copied into the agent's.
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
-_GAUGES = frozenset({"connections", "pending_decisions", "events_queued", "identities"})
+_GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities"})
 
 
 @dataclass
@@ -378,7 +378,8 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
     """The core for the lifetime of the block, accepting on ``socks`` ((listener, kind))."""
     dp, ident = agent.config.dataplane, agent.config.identity
     core = dataplane.Core(threads=dp.threads, connect_timeout_s=dp.connect_timeout_s,
-                          handshake_timeout_s=ident.handshake_timeout_s, idle_timeout_s=dp.idle_timeout_s)
+                          handshake_timeout_s=ident.handshake_timeout_s, idle_timeout_s=dp.idle_timeout_s,
+                          max_connections=dp.max_connections)
     try:
         async with trio.open_nursery() as nursery:
             eng = NativeEngine(agent, core, nursery)

@@ -3,8 +3,8 @@
 //!
 //! Decides: what the core tells Python (a new connection to decide, an attempt that
 //! failed, a finished connection, progress) and when an event is dropped. Must never:
-//! block, wait for the GIL, or drop an event a pending decision depends on (those are
-//! bounded by the pending table, so the queue always has room for them).
+//! block, wait for the GIL, or drop anything but a progress record (decisions and
+//! finished records are bounded elsewhere: limits.rs).
 
 use crate::limits::MAX_EVENTS;
 use std::collections::VecDeque;
@@ -71,8 +71,9 @@ pub enum Event {
 }
 
 impl Event {
-    fn is_decision(&self) -> bool {
-        matches!(self, Event::Conn { .. } | Event::Failed { .. })
+    /// Only progress records may be dropped (see limits::MAX_EVENTS).
+    fn droppable(&self) -> bool {
+        matches!(self, Event::Progress { .. })
     }
 }
 
@@ -106,7 +107,7 @@ impl Queue {
     pub fn push(&self, ev: Event) {
         let was_empty = {
             let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_EVENTS && !ev.is_decision() {
+            if q.len() >= MAX_EVENTS && ev.droppable() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }

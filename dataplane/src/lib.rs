@@ -59,18 +59,20 @@ impl Core {
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (threads=1, connect_timeout_s=5.0, handshake_timeout_s=5.0, idle_timeout_s=3600.0))]
+    #[pyo3(signature = (threads=1, connect_timeout_s=5.0, handshake_timeout_s=5.0, idle_timeout_s=3600.0, max_connections=100_000))]
     fn new(
         threads: usize,
         connect_timeout_s: f64,
         handshake_timeout_s: f64,
         idle_timeout_s: f64,
+        max_connections: usize,
     ) -> PyResult<Self> {
         let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
         let settings = Settings {
             connect_timeout: secs(connect_timeout_s),
             handshake_timeout: secs(handshake_timeout_s),
             idle_timeout: secs(idle_timeout_s),
+            max_connections,
         };
         let shared = Shared::new(settings)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -285,6 +287,7 @@ impl Core {
             d.set_item(k, v)?;
         }
         d.set_item("connections", self.shared.live().len())?;
+        d.set_item("open", self.shared.open_connections())?;
         d.set_item("pending_decisions", self.shared.pending_len())?;
         d.set_item("events_queued", self.shared.events.len())?;
         d.set_item(

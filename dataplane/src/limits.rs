@@ -11,10 +11,12 @@ use std::time::Duration;
 /// backlog's worth: a burst the kernel would have queued anyway.
 pub const MAX_PENDING: usize = 4096;
 
-/// Events queued for Python. Every pending decision has at most two events in flight
-/// (its connection and one failed attempt), plus finished and progress records; past
-/// the bound, records are dropped and counted (`events_dropped`), decisions never are.
-pub const MAX_EVENTS: usize = 4 * MAX_PENDING + 16_384;
+/// Progress records queued for Python. Decision events (at most two per pending
+/// decision) and finished records (one per connection, bounded by
+/// `dataplane.max_connections`) are never dropped, so the queue is bounded by those
+/// two bounds plus this; past it, progress records are dropped and counted
+/// (`events_dropped`) — the finished record carries the final counts anyway.
+pub const MAX_EVENTS: usize = 16_384;
 
 /// A decision Python has not made in this long refuses the connection
 /// (`decision_timeout`): the agent's trio thread is stuck, the client should not be.

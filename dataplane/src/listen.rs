@@ -10,6 +10,7 @@ use crate::events::Kind;
 use crate::runtime::Shared;
 use crate::{inbound, outbound, sockopt};
 use std::future::poll_fn;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -45,10 +46,15 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Kind)
 }
 
 fn spawn(shared: &Arc<Shared>, s: TcpStream, kind: Kind) {
+    let Some(admitted) = shared.admit() else {
+        sockopt::reset_on_close(s.as_raw_fd());
+        return;
+    };
     sockopt::nodelay(&s);
     shared.count("accepted", 1);
     let shared = shared.clone();
     tokio::spawn(async move {
+        let _admitted = admitted;
         match kind {
             Kind::Outbound | Kind::Plaintext => outbound::serve_captured(shared, s, kind).await,
             Kind::Tunnel => inbound::serve_tunnel(shared, s).await,

@@ -58,6 +58,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Connections the core holds at once (accepted, not yet ended); past it new ones
+    /// are reset (`refused_max_connections`). dataplane.max_connections.
+    pub max_connections: usize,
 }
 
 pub struct Live {
@@ -74,6 +77,14 @@ pub struct Live {
     reported_at_ms: AtomicU64,
 }
 
+pub struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Shared {
     pub events: Queue,
     pub settings: Settings,
@@ -85,6 +96,7 @@ pub struct Shared {
     clients: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
     counters: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
+    open: AtomicU64,
     epoch: Instant,
     pub stop_accepting: Notify,
 }
@@ -108,6 +120,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            open: AtomicU64::new(0),
             epoch: Instant::now(),
             stop_accepting: Notify::new(),
         }))
@@ -115,6 +128,22 @@ impl Shared {
 
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Count an accepted connection in; None (and counted) when at the bound. The
+    /// guard counts it out when the connection's task ends, however it ends.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let n = self.open.fetch_add(1, Ordering::Relaxed);
+        if n as usize >= self.settings.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.count("refused_max_connections", 1);
+            return None;
+        }
+        Some(Admitted(self.clone()))
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn next_id(&self) -> u64 {

@@ -312,3 +312,24 @@ def test_core_to_core_tunnel_and_a_server_with_the_wrong_identity(pki):
         dst.close()
         out.close()
         ls.close()
+
+
+def test_connections_past_the_bound_are_reset_and_counted(pki):
+    core = dataplane.Core(max_connections=2)
+    ls = socket.create_server(("127.0.0.1", 0))
+    core.listen(ls.fileno(), "plaintext")
+    try:
+        held = [socket.create_connection(ls.getsockname(), 5) for _ in range(2)]
+        assert wait(lambda: core.stats().get("open") == 2)
+        with pytest.raises(ConnectionResetError):  # at connect or at the first read
+            extra = socket.create_connection(ls.getsockname(), 5)
+            extra.settimeout(5)
+            extra.recv(10)
+        assert core.stats()["refused_max_connections"] == 1
+        held[0].close()  # its decision is never made: the core lets go after a refusal
+        (ev, *_rest) = [e for e in core.events() if e[0] == "conn"]
+        assert core.refuse(ev[1], "test")
+        assert wait(lambda: core.stats()["open"] <= 1)
+    finally:
+        core.shutdown()
+        ls.close()
