@@ -12,6 +12,7 @@ mod events;
 mod inbound;
 mod limits;
 mod listen;
+mod live;
 mod outbound;
 mod runtime;
 mod sockopt;

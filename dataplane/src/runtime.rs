@@ -3,22 +3,20 @@
 //! life of a bridged connection from its first byte to its finished record.
 //!
 //! Decides: how a connection waits for Python (a bounded table; overflow and timeouts
-//! refuse it with a counted reason), how it is bridged, closed on request, swept for
-//! idleness and reported. Must never: wait for the GIL, block a runtime thread, or let
-//! a connection end without a finished record (once it was bridged).
+//! refuse it with a counted reason) and how many the core holds; the life of a bridged
+//! connection is live.rs. Must never: wait for the GIL or block a runtime thread.
 
-use crate::copy::{self, Counters, Side};
-use crate::events::{Event, Kind, Queue};
-use crate::limits::{DECISION_TIMEOUT, MAX_PENDING, PROGRESS_EVERY, SWEEP_EVERY};
+use crate::events::{Event, Queue};
+use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
+use crate::live::Live;
 use crate::tls::{self, Identities, Trust};
 use rustls::{ClientConfig, ServerConfig};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Notify};
 
 /// What Python decided for a connection.
@@ -63,20 +61,6 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
-pub struct Live {
-    pub id: u64,
-    pub kind: Kind,
-    pub mode: &'static str,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub start: f64,
-    pub counters: Counters,
-    close: Notify,
-    close_reason: Mutex<Option<String>>,
-    reported: AtomicU64,
-    reported_at_ms: AtomicU64,
-}
-
 pub struct Admitted(Arc<Shared>);
 
 impl Drop for Admitted {
@@ -90,7 +74,7 @@ pub struct Shared {
     pub settings: Settings,
     pub ids: Arc<Identities>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
-    live: Mutex<HashMap<u64, Arc<Live>>>,
+    pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
     trust: RwLock<Option<Arc<Trust>>>,
     server: RwLock<Option<Arc<ServerConfig>>>,
     clients: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
@@ -297,125 +281,6 @@ impl Shared {
     pub fn close_all(&self, reason: &str) {
         for l in self.live() {
             self.close(l.id, reason);
-        }
-    }
-
-    /// Bridge `a` (source side) and `b` (destination side) until the connection ends,
-    /// then report it. `fa`/`fb`: their TCP fds, for resets.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn bridge<A, B>(
-        &self,
-        id: u64,
-        kind: Kind,
-        mode: &'static str,
-        src: SocketAddr,
-        dst: SocketAddr,
-        mut a: A,
-        mut b: B,
-        fds: (RawFd, RawFd),
-        already: (u64, u64),
-    ) where
-        A: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
-    {
-        let live = Arc::new(Live {
-            id,
-            kind,
-            mode,
-            src,
-            dst,
-            start: wall(),
-            counters: Counters::default(),
-            close: Notify::new(),
-            close_reason: Mutex::new(None),
-            reported: AtomicU64::new(0),
-            reported_at_ms: AtomicU64::new(self.now_ms()),
-        });
-        live.counters.sent.store(already.0, Ordering::Relaxed);
-        live.counters.received.store(already.1, Ordering::Relaxed);
-        live.counters
-            .active_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, live.clone());
-        self.count("connections_bridged", 1);
-        let now = || self.now_ms();
-        let outcome = tokio::select! {
-            r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
-                Ok(()) => None,
-                Err((side, e)) => {
-                    self.count("resets", 1);
-                    let r = crate::sockopt::reason(&e);
-                    Some(match side { Side::A => format!("{r} (source)"), Side::B => format!("{r} (destination)") })
-                }
-            },
-            _ = live.close.notified() => Some(
-                live.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "closed".into())
-            ),
-        };
-        let reason = match outcome {
-            None => "closed".to_string(),
-            Some(r) => {
-                crate::sockopt::reset_on_close(fds.0);
-                crate::sockopt::reset_on_close(fds.1);
-                r
-            }
-        };
-        drop(a);
-        drop(b);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        let c = &live.counters;
-        let (sent, received) = (
-            c.sent.load(Ordering::Relaxed),
-            c.received.load(Ordering::Relaxed),
-        );
-        self.count("bytes_sent", sent);
-        self.count("bytes_received", received);
-        self.events.push(Event::Finished {
-            id,
-            sent,
-            received,
-            start: live.start,
-            end: wall(),
-            reason,
-        });
-    }
-
-    /// Once per SWEEP_EVERY: idle connections are closed, long-lived ones report
-    /// their bytes every PROGRESS_EVERY.
-    pub async fn sweep(self: Arc<Self>) {
-        let idle = self.settings.idle_timeout.as_millis() as u64;
-        let every = PROGRESS_EVERY.as_millis() as u64;
-        loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            let now = self.now_ms();
-            for l in self.live() {
-                let c = &l.counters;
-                if now.saturating_sub(c.active_ms.load(Ordering::Relaxed)) > idle {
-                    self.count("idle_closed", 1);
-                    self.close(l.id, "idle_timeout");
-                    continue;
-                }
-                if now.saturating_sub(l.reported_at_ms.load(Ordering::Relaxed)) >= every {
-                    let (s, r) = (
-                        c.sent.load(Ordering::Relaxed),
-                        c.received.load(Ordering::Relaxed),
-                    );
-                    l.reported_at_ms.store(now, Ordering::Relaxed);
-                    if s + r != l.reported.swap(s + r, Ordering::Relaxed) {
-                        self.events.push(Event::Progress {
-                            id: l.id,
-                            sent: s,
-                            received: r,
-                        });
-                    }
-                }
-            }
         }
     }
 }
