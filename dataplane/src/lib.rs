@@ -44,14 +44,73 @@ fn ip(s: &str) -> PyResult<IpAddr> {
 #[pyclass(module = "agent._dataplane", frozen)]
 struct Core {
     shared: Arc<Shared>,
-    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    rt: Mutex<Option<Threads>>,
+}
+
+/// The core's threads: one I/O thread runs a current-thread runtime (no work-stealing
+/// hand-offs between threads on the latency path); more run tokio's multi-thread one.
+enum Threads {
+    One {
+        handle: tokio::runtime::Handle,
+        stop: tokio::sync::oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    Many(tokio::runtime::Runtime),
+}
+
+impl Threads {
+    fn start(n: usize) -> std::io::Result<Self> {
+        if n > 1 {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .thread_name("hostmesh-dataplane")
+                .enable_all()
+                .build()?;
+            return Ok(Threads::Many(rt));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("hostmesh-dataplane".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })?;
+        Ok(Threads::One {
+            handle,
+            stop,
+            thread,
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Threads::One { handle, .. } => handle,
+            Threads::Many(rt) => rt.handle(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Threads::One { stop, thread, .. } => {
+                let _ = stop.send(());
+                let _ = thread.join();
+            }
+            Threads::Many(rt) => rt.shutdown_timeout(Duration::from_secs(2)),
+        }
+    }
 }
 
 impl Core {
-    fn with_rt<T>(&self, f: impl FnOnce(&tokio::runtime::Runtime) -> T) -> PyResult<T> {
+    fn with_rt<T>(&self, f: impl FnOnce(&tokio::runtime::Handle) -> T) -> PyResult<T> {
         let g = self.rt.lock().unwrap_or_else(|e| e.into_inner());
         match g.as_ref() {
-            Some(rt) => Ok(f(rt)),
+            Some(rt) => Ok(f(rt.handle())),
             None => Err(PyOSError::new_err("the data plane core is shut down")),
         }
     }
@@ -76,12 +135,8 @@ impl Core {
             max_connections,
         };
         let shared = Shared::new(settings)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("hostmesh-dataplane")
-            .enable_all()
-            .build()?;
-        rt.spawn(shared.clone().sweep());
+        let rt = Threads::start(threads.max(1))?;
+        rt.handle().spawn(shared.clone().sweep());
         Ok(Core {
             shared,
             rt: Mutex::new(Some(rt)),
@@ -336,7 +391,7 @@ impl Core {
         self.shared.close_all("shutdown");
         let rt = self.rt.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rt) = rt {
-            py.allow_threads(|| rt.shutdown_timeout(Duration::from_secs(2)));
+            py.allow_threads(|| rt.stop());
         }
     }
 }
