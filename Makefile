@@ -38,7 +38,7 @@ $(STAMP)/venv: pyproject.toml dataplane/Cargo.toml
 	@mkdir -p $(STAMP)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,lab,deploy]'
-	@touch $@
+	@touch $@ $(STAMP)/dataplane  # the editable install just built the extension
 
 demo: setup
 	$(VENV)/bin/hostmesh demo
