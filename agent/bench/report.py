@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PATH_ORDER = ["direct", "haproxy", "hostmesh", "hostmesh-same-node", "hostmesh-one-shot", "hostmesh-trio-relay",
+PATH_ORDER = ["direct", "haproxy", "hostmesh", "hostmesh-native", "hostmesh-same-node", "hostmesh-one-shot", "hostmesh-trio-relay",
               "hostmesh-telemetry-off", "hostmesh-2-workers"]
 
 

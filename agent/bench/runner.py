@@ -2,7 +2,8 @@
 
 Phase 1, a lab without agents: ``direct`` (no capture) and ``haproxy`` (HAProxy at both
 ends, same mTLS hop). Phase 2, a lab with agents: ``hostmesh`` (cross-node tunnel),
-``hostmesh-same-node``, then the agents restarted with one TLS connection per tunnelled
+``hostmesh-same-node``, then the agents restarted on the native core
+(``hostmesh-native``, every scenario), with one TLS connection per tunnelled
 connection (``hostmesh-one-shot``: CONNECT, no reusable streams), the plain trio relay
 (``hostmesh-trio-relay``), with telemetry off, and with two workers. A scenario that
 fails on a path is recorded under ``errors`` and the run goes on.
@@ -83,7 +84,8 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
         run.standard(lab, "hostmesh", "cli", pids, 2)
         run.step("hostmesh idle", lambda: sc.idle(lab, "hostmesh", "cli", run.d, lab.agent_pids()))
         run.standard(lab, "hostmesh-same-node", "cli0", [], 1, full=False)
-        for variant, setting in (("hostmesh-one-shot", {"dataplane": {"tunnel_streams": False}}),
+        for variant, setting in (("hostmesh-native", {"dataplane": {"engine": "native"}}),
+                                 ("hostmesh-one-shot", {"dataplane": {"tunnel_streams": False}}),
                                  ("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
                                  ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}}),
                                  ("hostmesh-2-workers", {"dataplane": {"workers": 2}})):
@@ -93,7 +95,10 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
                 run.errors.append({"step": f"{variant} restart", "error": str(e)[:500]})
                 progress(f"  {variant}: agents did not restart: {e}")
                 continue
-            if variant == "hostmesh-one-shot":  # one TLS connection per connection (CONNECT), decisions/0001
+            if variant == "hostmesh-native":  # the Rust core (decisions/0003): every scenario
+                run.standard(lab, variant, "cli", lab.agent_pids(), 2)
+                run.step(f"{variant} idle", lambda v=variant: sc.idle(lab, v, "cli", run.d, lab.agent_pids()))
+            elif variant == "hostmesh-one-shot":  # one TLS connection per connection (CONNECT), decisions/0001
                 run.step(f"{variant} connect-rate", lambda v=variant: sc.connect_rate(lab, v, "cli", run.d))
                 run.standard(lab, variant, "cli", lab.agent_pids(), 2, full=False)
             elif variant == "hostmesh-trio-relay":

@@ -52,7 +52,8 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       capture: dict | None = None, progress=print, node_ca: bool = False) -> dict:
+       capture: dict | None = None, engine: str | None = None, progress=print,
+       node_ca: bool = False) -> dict:
     """``node_ca``: every node mints its own SVIDs with a node intermediate (the
     single-host mode) instead of asking the lab's CA service (the default)."""
     check_name(name)
@@ -62,7 +63,7 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "ca": None, "created": time.time()}
+             "kafka": None, "otlp": None, "ca": None, "created": time.time(), "engine": engine}
     save_state(name, state)
     try:
         t0 = time.monotonic()
@@ -203,6 +204,8 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
         "workloads": [p.workload(None if p.node == n.index else f"node-{p.node}") for p in lp.pods],
         "telemetry": {"access_log": "stderr"},
     }
+    if state.get("engine"):
+        cfg["dataplane"] = {"engine": state["engine"]}
     if state.get("kafka"):
         cfg["telemetry"]["kafka"] = {"bootstrap": state["kafka"]["bootstrap"], "linger_ms": 20}
     if state.get("otlp"):

@@ -58,6 +58,9 @@ async def serve_dataplane(agent, listeners: trio.CancelScope, task_status=trio.T
                     continue
                 raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
         agent.listen_ports = sorted({s.getsockname()[1] for s, _ in socks})
+        if agent.config.dataplane.engine == "native":
+            await _serve_native(agent, socks, listeners, task_status)
+            return
         async with trio.open_nursery() as nursery, open_socket_layer(
             agent.config.dataplane, partial(on_engine_finished, agent)
         ) as engine:
@@ -80,6 +83,25 @@ async def serve_dataplane(agent, listeners: trio.CancelScope, task_status=trio.T
     finally:
         for s, _ in socks:
             s.close()
+
+
+_KINDS = {handle_outbound: "outbound", handle_plaintext: "plaintext", handle_tunnel: "tunnel"}
+
+
+async def _serve_native(agent, socks, listeners: trio.CancelScope, task_status) -> None:
+    """The native core accepts on duplicates of the listeners; ours close at once. On
+    drain the core takes what sits in the backlogs, then closes its listeners."""
+    from agent.proxy.native import open_native
+
+    async with open_native(agent, [(s, _KINDS[h]) for s, h in socks]) as engine:
+        for s, _ in socks:
+            s.close()
+        agent.engine = engine
+        with listeners:
+            task_status.started()
+            await trio.sleep_forever()
+        engine.core.stop_accepting()
+        await trio.sleep_forever()
 
 
 async def _accept_loop(agent, lsock: socket.socket, handler, nursery: trio.Nursery,

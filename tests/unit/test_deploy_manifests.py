@@ -317,10 +317,13 @@ def test_image_runs_the_agent_as_the_daemonset_expects():
 
 
 def test_wheel_carries_every_data_file_of_the_agent():
-    # The image installs the wheel, not the source tree: a file setuptools leaves out is
+    # The image installs the wheel, not the source tree: a file the build leaves out is
     # missing at run time (capture reads its rule templates from agent/capture/templates).
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["agent"]
+    # maturin packs all of agent/ except its `exclude` globs: none may hit a data file.
+    mat = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["maturin"]
+    assert mat["python-source"] == "." and mat["python-packages"] == ["agent"]
+    excluded = {p for g in mat.get("exclude", []) for p in ROOT.glob(g)}
     pkg = ROOT / "agent"
-    covered = {p for g in globs for p in pkg.glob(g) if p.is_file()}
-    data = {p for p in pkg.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
-    assert sorted(str(p.relative_to(ROOT)) for p in data - covered) == []
+    data = {p for p in pkg.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".so")
+            and "__pycache__" not in p.parts}
+    assert data and sorted(str(p.relative_to(ROOT)) for p in data & excluded) == []

@@ -1,0 +1,396 @@
+"""The native engine's glue (``dataplane.engine: native``): the Rust core accepts,
+terminates tunnel TLS and moves the bytes; this module answers its questions with the
+same decisions the Python listeners make.
+
+Per connection the core sends one event and waits (non-blocking for us) for one command:
+``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide
+exactly as in outbound.py and inbound.py; a failed attempt comes back as an event and
+the next route of the plan is tried. Finished connections become the same records
+(finish.finish), so telemetry, /v1/connections and policy re-checks work unchanged.
+Connections whose requests must be checked one by one (L7 rules) are piped back into
+the h11 inspector (l7.relay_http). Identities and the trust bundle are pushed into the
+core when they change. Nothing here blocks: every handler runs in well under a
+millisecond on the trio thread, except the L7 path's upstream connect (its own task).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from agent import dataplane
+from agent.proxy import enforce, plan
+from agent.proxy.conns import Conn
+from agent.proxy.engine_conn import LiveConn
+from agent.proxy.finish import emit, finish
+
+logger = logging.getLogger("hostmesh.native")
+
+# How often SVIDs and the trust bundle are compared with what the core holds (the
+# source side also checks its own identity before each tunnel, so a new pod's first
+# connection never waits for this), and the core's counters copied into the agent's.
+IDENTITY_SYNC_S = 0.25
+# The core's gauges (not counters): shown in /v1/stats "engine", never as events.
+_GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities"})
+
+
+@dataclass
+class _Pending:
+    conn: Conn
+    plans: list = field(default_factory=list)
+    next: int = 0
+    route: Any = None
+
+
+class NativeEngine:
+    """``agent.engine`` for the native core: close, snapshot and statistics as the
+    other engines, plus the event loop that answers the core."""
+
+    in_engine = True
+
+    def __init__(self, agent, core, nursery: trio.Nursery) -> None:
+        self.agent, self.core, self._nursery = agent, core, nursery
+        self._pending: dict[int, _Pending] = {}  # core id -> waiting for a decision
+        self._live: dict[int, Conn] = {}  # core id -> established
+        self._core_id: dict[int, int] = {}  # Conn.id -> core id
+        self._routes: dict[int, Any] = {}  # core id -> the route it took (endpoint health)
+        self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
+        self._pushed: dict[str, object] = {}  # spiffe id -> the Svid object the core holds
+        self._bundle: bytes | None = None
+
+    # ---- agent.engine interface ----------------------------------------------------
+    def close(self, conn_id: int, reason: str) -> None:
+        cid = self._core_id.get(conn_id)
+        if cid is not None:
+            self.core.close(cid, reason)
+
+    def snapshot(self) -> list[LiveConn]:
+        now = time.time()
+        out = []
+        for cid, _kind, mode, _src, _dst, sent, received, start in self.core.connections():
+            conn = self._live.get(cid)
+            if conn is not None:
+                out.append(LiveConn(conn.id, mode, sent, received, now - start))
+        return out
+
+    def statistics(self) -> dict[str, Any]:
+        return {"engine": "native", **self.core.stats()}
+
+    # ---- identities --------------------------------------------------------------
+    def sync_identities(self) -> None:
+        ids = self.agent.identities
+        if ids is None:
+            return
+        if ids.bundle_pem and ids.bundle_pem != self._bundle:
+            self.core.set_trust(ids.bundle_pem, self.agent.config.identity.trust_domain)
+            self._bundle = ids.bundle_pem
+        from agent.identity.spiffe import sni_for
+
+        td = self.agent.config.identity.trust_domain
+        seen = set()
+        for (ns, sa), entry in list(ids._entries.items()):
+            svid = entry.svid
+            if svid is None:
+                continue
+            seen.add(svid.spiffe_id)
+            if self._pushed.get(svid.spiffe_id) is not svid:
+                self.core.set_identity(svid.spiffe_id, sni_for(ns, sa, td), svid.chain_pem, svid.key_pem)
+                self._pushed[svid.spiffe_id] = svid
+        for sid in [s for s in self._pushed if s not in seen]:
+            _, _, rest = sid.partition("/ns/")
+            ns, _, sa = rest.partition("/sa/")
+            self.core.remove_identity(sid, sni_for(ns, sa, td))
+            del self._pushed[sid]
+
+    def sync_counters(self) -> None:
+        """The core's counters as ``native_<name>`` in the agent's (/v1/stats counters,
+        /metrics ``hostmesh_events_total``): handshakes, resumptions, refusals by reason."""
+        counters = self.agent.counters
+        for k, v in self.core.stats().items():
+            if k not in _GAUGES:
+                counters[f"native_{k}"] = v
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                self.sync_identities()
+            except ValueError as e:
+                logger.error("identity material not pushed to the core: %s", e)
+            self.sync_counters()
+            await trio.sleep(IDENTITY_SYNC_S)
+
+    # ---- events --------------------------------------------------------------------
+    async def run(self) -> None:
+        fd = self.core.eventfd()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for ev in self.core.events():
+                try:
+                    getattr(self, "_on_" + ev[0])(*ev[1:])
+                except Exception:  # one connection's error ends that connection only
+                    logger.exception("native event %s failed", ev[0])
+                    self.core.refuse(ev[1], "internal_error", 503)
+
+    def _on_conn(self, cid: int, kind: str, src, dst, tunnel) -> None:
+        if kind == "outbound":
+            self._outbound(cid, src, dst)
+        elif kind == "plaintext":
+            self._plaintext(cid, src, dst)
+        else:
+            self._tunnel(cid, src, tunnel)
+
+    def _outbound(self, cid: int, src, dst) -> None:
+        agent = self.agent
+        agent.count("connections_opened_outbound")
+        plans = plan.plan_outbound(src[0], dst[0], dst[1], agent.view, agent.health, trio.current_time())
+        w = agent.registry.by_ip(src[0])
+        conn = Conn("outbound", "passthrough", src[0], src[1], dst[0], dst[1], time.time(), trio.current_time(), src=w)
+        if agent.identities is not None and w is not None:
+            conn.src_principal = w.spiffe_id(agent.config.identity.trust_domain)
+        self._pending[cid] = _Pending(conn, plans)
+        self._try_next(cid)
+
+    def _try_next(self, cid: int) -> None:
+        """Carry out the next route of the plan, or refuse when none is left."""
+        agent, st = self.agent, self._pending[cid]
+        conn = st.conn
+        while st.next < len(st.plans):
+            p = st.plans[st.next]
+            st.next += 1
+            if isinstance(p, plan.Refuse):
+                conn.verdict, conn.reason = "deny", p.reason
+                break
+            st.route = p
+            conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
+            td = agent.config.identity.trust_domain
+            if p.dst is not None:
+                conn.dst_principal = p.dst.spiffe_id(td)
+            if p.kind == "tunnel":
+                if self._tunnel_command(cid, conn, p):
+                    return
+                continue
+            if p.kind == "local":
+                conn.enforced_here = True
+                if enforce.inspect_http(agent, conn):
+                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, answer=False)
+                    return
+                if enforce.decide(agent, conn).verdict == "deny":
+                    break
+            self._established(cid, conn)
+            self.core.connect(cid, p.dst_ip, p.dst_port, conn.src_ip)
+            return
+        if conn.verdict != "deny":
+            conn.verdict, conn.reason = "allow", conn.reason or "upstream_failed"
+        self._refuse(cid, conn)
+
+    def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
+        from agent.identity.spiffe import sni_for
+        from agent.proxy.connect import authority, new_traceparent
+
+        agent = self.agent
+        if agent.identities is None or conn.src is None or p.dst is None:
+            conn.reason = "no_identity" if p.dst is not None else "unknown_destination"
+            return False
+        td = agent.config.identity.trust_domain
+        src_id = conn.src.spiffe_id(td)
+        svid = agent.identities.get(*conn.src.identity_key)
+        if svid is None:
+            conn.reason = "no_identity"
+            return False
+        if self._pushed.get(src_id) is not svid:
+            self.sync_identities()
+        traceparent, trace_id = new_traceparent()
+        conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
+        headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
+        self._established(cid, conn)
+        self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td),
+                         sni_for(p.dst.namespace, p.dst.service_account, td), authority(p.dst_ip, p.dst_port),
+                         headers)
+        return True
+
+    def _on_failed(self, cid: int, status: int, reason: str, policy) -> None:
+        st = self._retry.pop(cid, None) or self._pending.get(cid)
+        self._routes.pop(cid, None)
+        conn = self._live.pop(cid, None)
+        if conn is not None:
+            self.agent.conns.pop(conn.id)
+            self._core_id.pop(conn.id, None)
+        if st is not None:
+            self._pending[cid] = st
+        if st is None:  # an inbound attempt the core could not carry out (answered 502/504)
+            if conn is not None:
+                conn.reason = reason
+                emit(self.agent, conn, time.time())
+            return
+        conn = st.conn
+        conn.reason = reason
+        if status == 403:
+            conn.verdict, conn.policy = "deny", policy
+        route = st.route
+        if route is not None and route.service:
+            self.agent.health.mark_failed(route.dst_ip, trio.current_time())
+        if conn.verdict == "deny":
+            self._refuse(cid, conn)
+            return
+        self._try_next(cid)
+
+    def _plaintext(self, cid: int, src, dst) -> None:
+        agent = self.agent
+        agent.count("connections_opened_inbound_plaintext")
+        conn = Conn("inbound", "plaintext", src[0], src[1], dst[0], dst[1], time.time(), trio.current_time())
+        conn.enforced_here = True
+        self._pending[cid] = _Pending(conn)
+        p = plan.plan_inbound(dst[0], dst[1], agent.view)
+        if isinstance(p, plan.Refuse):
+            conn.verdict, conn.reason = "deny", p.reason
+            return self._refuse(cid, conn)
+        conn.dst = p.dst
+        conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
+        if enforce.strict_mtls(agent, conn):
+            conn.verdict, conn.reason = "deny", "mtls_strict"
+            return self._refuse(cid, conn)
+        if enforce.inspect_http(agent, conn):
+            return self._to_inspector(cid, conn, dst, src[0], answer=False)
+        if enforce.decide(agent, conn).verdict == "deny":
+            return self._refuse(cid, conn)
+        self._established(cid, conn)
+        self.core.connect(cid, dst[0], dst[1], src[0])
+
+    def _tunnel(self, cid: int, peer, tunnel) -> None:
+        from agent.proxy.connect import traceparent_ids
+
+        agent = self.agent
+        identity, target, forwarded, traceparent = tunnel
+        src_ip, src_port = forwarded if forwarded else (peer[0], 0)
+        conn = Conn("inbound", "tunnel", src_ip, src_port, target[0], target[1], time.time(), trio.current_time())
+        conn.enforced_here = True
+        conn.src_principal = identity
+        conn.src = agent.registry.by_ip(src_ip)
+        ids = traceparent_ids(traceparent) if traceparent else None
+        if ids:
+            conn.trace_id, conn.parent_span_id = ids
+        p = plan.plan_inbound(target[0], target[1], agent.view)
+        if isinstance(p, plan.Refuse):
+            conn.verdict, conn.reason = "deny", p.reason
+            agent.count(f"tunnel_status_{p.status}")
+            self.core.refuse(cid, p.reason, p.status)
+            return
+        conn.dst = p.dst
+        conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
+        # the pod sees the original source address; without one the peer is a node
+        bind = src_ip if forwarded else None
+        if enforce.inspect_http(agent, conn):
+            self._pending[cid] = _Pending(conn)
+            return self._to_inspector(cid, conn, target, bind, answer=True)
+        d = enforce.decide(agent, conn)
+        if d.verdict == "deny":
+            agent.count("tunnel_status_403")
+            self.core.refuse(cid, d.reason or "denied", 403, d.policy)
+            emit(agent, conn, time.time())
+            return
+        self._established(cid, conn)
+        self.core.connect(cid, target[0], target[1], bind)
+
+    def _on_finished(self, cid: int, sent: int, received: int, start: float, end: float, reason: str) -> None:
+        self._pending.pop(cid, None)
+        self._retry.pop(cid, None)
+        conn = self._live.pop(cid, None)
+        if conn is None:
+            return
+        self._core_id.pop(conn.id, None)
+        route = self._routes.pop(cid, None)
+        if route is not None and route.service:
+            self.agent.health.mark_ok(route.dst_ip)
+        if self.agent.conns.get(conn.id) is not None:
+            finish(self.agent, conn, sent, received, reason, end)
+
+    def _on_progress(self, cid: int, sent: int, received: int) -> None:
+        conn = self._live.get(cid)
+        if conn is not None:
+            conn.bytes_sent, conn.bytes_received = sent, received
+
+    # ---- helpers -----------------------------------------------------------------
+    def _established(self, cid: int, conn: Conn) -> None:
+        st = self._pending.pop(cid, None)
+        if st is not None:
+            self._retry[cid] = st  # kept: a failed attempt goes on with the next route
+            if st.route is not None:
+                self._routes[cid] = st.route
+        self.agent.conns.add(conn)
+        self.agent.count("connections_established")
+        conn.in_engine = True
+        self._live[cid] = conn
+        self._core_id[conn.id] = cid
+
+    def _refuse(self, cid: int, conn: Conn) -> None:
+        self._pending.pop(cid, None)
+        self.core.refuse(cid, conn.reason or "refused", 503)
+        self.agent.count("connections_refused")
+        self.agent.count(f"refused_{conn.reason.split(':')[0] or 'unknown'}")
+        emit(self.agent, conn, time.time())
+
+    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
+        """Per-request rules: connect the upstream here, then have the core pipe the
+        client's bytes (TLS already off) to the h11 inspector."""
+        self._pending.setdefault(cid, _Pending(conn))
+        self._nursery.start_soon(self._inspect, cid, conn, tuple(upstream), bind, answer)
+
+    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
+        from agent.proxy.l7 import relay_http
+        from agent.proxy.sockets import connect
+
+        agent = self.agent
+        self._pending.pop(cid, None)
+        try:
+            b = await connect(upstream, bind_src=bind, timeout=agent.config.dataplane.connect_timeout_s)
+        except (OSError, trio.TooSlowError) as e:
+            conn.reason = f"upstream_failed: {e}"
+            if answer:
+                self.core.refuse(cid, conn.reason, 504 if isinstance(e, trio.TooSlowError) else 502)
+            else:
+                self._refuse(cid, conn)
+            return
+        fd = self.core.pipe(cid)
+        if fd is None:  # the client gave up meanwhile
+            b.close()
+            return
+        a = socket.socket(fileno=fd)
+        a.setblocking(False)
+        agent.conns.add(conn)
+        agent.count("connections_established")
+        try:
+            sent, received, reason = await relay_http(agent, conn, a, b)
+        finally:
+            a.close()
+            b.close()
+        finish(agent, conn, sent, received, reason)
+
+
+@asynccontextmanager
+async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIterator[NativeEngine]:
+    """The core for the lifetime of the block, accepting on ``socks`` ((listener, kind))."""
+    dp, ident = agent.config.dataplane, agent.config.identity
+    core = dataplane.Core(threads=dp.threads, connect_timeout_s=dp.connect_timeout_s,
+                          handshake_timeout_s=ident.handshake_timeout_s, idle_timeout_s=dp.idle_timeout_s,
+                          max_connections=dp.max_connections)
+    try:
+        async with trio.open_nursery() as nursery:
+            eng = NativeEngine(agent, core, nursery)
+            eng.sync_identities()
+            for s, kind in socks:
+                core.listen(s.fileno(), kind)
+            nursery.start_soon(eng.run)
+            nursery.start_soon(eng._sync_loop)
+            try:
+                yield eng
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        core.shutdown()

@@ -1,0 +1,437 @@
+//! The Python surface of the native data plane (`agent._dataplane`), and nothing else.
+//!
+//! Decides: the shape of what crosses into Python — one `Core` (listeners in, events
+//! out, commands in, identities and trust pushed in, stats and live connections read)
+//! and `verify` (the SPIFFE checks for Python's own callers). Must never: hold the GIL
+//! while waiting, let a Rust panic or error cross as anything but a Python exception,
+//! or hold logic that belongs in the modules below. Only agent/dataplane.py imports it.
+
+mod connect;
+mod copy;
+mod events;
+mod inbound;
+mod limits;
+mod listen;
+mod live;
+mod outbound;
+mod runtime;
+mod sockopt;
+mod spiffe;
+mod tls;
+
+use events::{Event, Kind};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use runtime::{Command, Settings, Shared, TunnelPlan};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn addr(a: SocketAddr) -> (String, u16) {
+    (a.ip().to_string(), a.port())
+}
+
+fn ip(s: &str) -> PyResult<IpAddr> {
+    s.parse()
+        .map_err(|_| PyValueError::new_err(format!("{s:?} is not an IP address")))
+}
+
+/// The native core: tokio threads moving bytes and TLS, asking Python per connection.
+#[pyclass(module = "agent._dataplane", frozen)]
+struct Core {
+    shared: Arc<Shared>,
+    rt: Mutex<Option<Threads>>,
+}
+
+/// The core's threads: one I/O thread runs a current-thread runtime (no work-stealing
+/// hand-offs between threads on the latency path); more run tokio's multi-thread one.
+enum Threads {
+    One {
+        handle: tokio::runtime::Handle,
+        stop: tokio::sync::oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    Many(tokio::runtime::Runtime),
+}
+
+impl Threads {
+    fn start(n: usize) -> std::io::Result<Self> {
+        if n > 1 {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .thread_name("hostmesh-dataplane")
+                .enable_all()
+                .build()?;
+            return Ok(Threads::Many(rt));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("hostmesh-dataplane".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })?;
+        Ok(Threads::One {
+            handle,
+            stop,
+            thread,
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Threads::One { handle, .. } => handle,
+            Threads::Many(rt) => rt.handle(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Threads::One { stop, thread, .. } => {
+                let _ = stop.send(());
+                let _ = thread.join();
+            }
+            Threads::Many(rt) => rt.shutdown_timeout(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Core {
+    fn with_rt<T>(&self, f: impl FnOnce(&tokio::runtime::Handle) -> T) -> PyResult<T> {
+        let g = self.rt.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(rt) => Ok(f(rt.handle())),
+            None => Err(PyOSError::new_err("the data plane core is shut down")),
+        }
+    }
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (threads=1, connect_timeout_s=5.0, handshake_timeout_s=5.0, idle_timeout_s=3600.0, max_connections=100_000))]
+    fn new(
+        threads: usize,
+        connect_timeout_s: f64,
+        handshake_timeout_s: f64,
+        idle_timeout_s: f64,
+        max_connections: usize,
+    ) -> PyResult<Self> {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.001));
+        let settings = Settings {
+            connect_timeout: secs(connect_timeout_s),
+            handshake_timeout: secs(handshake_timeout_s),
+            idle_timeout: secs(idle_timeout_s),
+            max_connections,
+        };
+        let shared = Shared::new(settings)?;
+        let rt = Threads::start(threads.max(1))?;
+        rt.handle().spawn(shared.clone().sweep());
+        Ok(Core {
+            shared,
+            rt: Mutex::new(Some(rt)),
+        })
+    }
+
+    /// The eventfd to await; readable when `events()` has something.
+    fn eventfd(&self) -> i32 {
+        self.shared.events.fd()
+    }
+
+    /// Accept on a listening socket (the core takes a duplicate of `fd`); `kind`:
+    /// "outbound" (:15001), "plaintext" (:15006) or "tunnel" (:15008).
+    fn listen(&self, fd: i32, kind: &str) -> PyResult<()> {
+        let kind = match kind {
+            "outbound" => Kind::Outbound,
+            "plaintext" => Kind::Plaintext,
+            "tunnel" => Kind::Tunnel,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown listener kind {kind:?}"
+                )))
+            }
+        };
+        // SAFETY: dup returns a new descriptor (or -1), owned by the listener below.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: `dup` is a fresh descriptor nobody else owns.
+        let std = unsafe { std::net::TcpListener::from_raw_fd(dup) };
+        std.set_nonblocking(true)?;
+        let shared = self.shared.clone();
+        self.with_rt(|rt| {
+            let _g = rt.enter();
+            let l = tokio::net::TcpListener::from_std(std)?;
+            rt.spawn(listen::accept_loop(shared, l, kind));
+            Ok::<(), std::io::Error>(())
+        })??;
+        Ok(())
+    }
+
+    /// Up to one batch of events, as tuples:
+    /// ("conn", id, kind, (src ip, port), (dst ip, port), tunnel | None) where tunnel is
+    /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None);
+    /// ("failed", id, status, reason, policy | None);
+    /// ("finished", id, sent, received, start, end, reason);
+    /// ("progress", id, sent, received).
+    fn events(&self, py: Python<'_>) -> PyResult<Vec<PyObject>> {
+        let evs = self.shared.events.drain(limits::EVENT_BATCH);
+        let mut out = Vec::with_capacity(evs.len());
+        for ev in evs {
+            let o = match ev {
+                Event::Conn {
+                    id,
+                    kind,
+                    src,
+                    dst,
+                    tunnel,
+                } => {
+                    let t = tunnel.map(|t| {
+                        (
+                            t.peer_identity,
+                            addr(t.target),
+                            t.forwarded_for.map(addr),
+                            t.traceparent,
+                        )
+                    });
+                    ("conn", id, kind.as_str(), addr(src), addr(dst), t)
+                        .into_pyobject(py)?
+                        .into_any()
+                        .unbind()
+                }
+                Event::Failed {
+                    id,
+                    status,
+                    reason,
+                    policy,
+                } => ("failed", id, status, reason, policy)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+                Event::Finished {
+                    id,
+                    sent,
+                    received,
+                    start,
+                    end,
+                    reason,
+                } => ("finished", id, sent, received, start, end, reason)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+                Event::Progress { id, sent, received } => ("progress", id, sent, received)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+            };
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Connect to ip:port (bound to `bind` with IP_TRANSPARENT when given) and bridge.
+    #[pyo3(signature = (id, ip_, port, bind=None))]
+    fn connect(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
+        let upstream = SocketAddr::new(ip(ip_)?, port);
+        let bind = bind.map(ip).transpose()?;
+        Ok(self.shared.command(id, Command::Connect { upstream, bind }))
+    }
+
+    /// Open an mTLS tunnel to the peer's ip:port and CONNECT to `authority`.
+    #[allow(clippy::too_many_arguments)]
+    fn tunnel(
+        &self,
+        id: u64,
+        peer_ip: &str,
+        peer_port: u16,
+        source_identity: String,
+        expected_identity: String,
+        sni: String,
+        authority: String,
+        headers: Vec<(String, String)>,
+    ) -> PyResult<bool> {
+        let plan = TunnelPlan {
+            peer: SocketAddr::new(ip(peer_ip)?, peer_port),
+            source_identity,
+            expected_identity,
+            sni,
+            authority,
+            headers,
+        };
+        Ok(self.shared.command(id, Command::Tunnel(plan)))
+    }
+
+    /// Refuse: a reset (captured listeners) or `status` (tunnel listener).
+    #[pyo3(signature = (id, reason, status=503, policy=None))]
+    fn refuse(&self, id: u64, reason: String, status: u16, policy: Option<String>) -> bool {
+        self.shared.command(
+            id,
+            Command::Refuse {
+                reason,
+                status,
+                policy,
+            },
+        )
+    }
+
+    /// Bridge the connection to a socket pair and return Python's end (a file
+    /// descriptor Python owns), or None when the connection is gone.
+    fn pipe(&self, id: u64) -> PyResult<Option<i32>> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        if self.shared.command(
+            id,
+            Command::Pipe {
+                fd: OwnedFd::from(ours),
+            },
+        ) {
+            Ok(Some(theirs.into_raw_fd()))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// End a live connection with a reset; false when it is not live.
+    fn close(&self, id: u64, reason: &str) -> bool {
+        self.shared.close(id, reason)
+    }
+
+    /// Drain: take what is already in the backlogs, then stop accepting.
+    fn stop_accepting(&self) {
+        self.shared.stop_accepting.notify_one();
+    }
+
+    fn set_trust(&self, bundle_pem: &[u8], trust_domain: &str) -> PyResult<()> {
+        let t = tls::Trust::new(bundle_pem, trust_domain).map_err(PyValueError::new_err)?;
+        self.shared.set_trust(t).map_err(PyValueError::new_err)
+    }
+
+    /// Present `chain_pem`/`key_pem` for `spiffe_id` (client side) and `sni` (server).
+    fn set_identity(
+        &self,
+        spiffe_id: &str,
+        sni: &str,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> PyResult<()> {
+        let ck = tls::certified_key(chain_pem, key_pem).map_err(PyValueError::new_err)?;
+        self.shared.ids.set(spiffe_id, sni, ck);
+        self.shared.identity_changed(spiffe_id);
+        Ok(())
+    }
+
+    fn remove_identity(&self, spiffe_id: &str, sni: &str) {
+        self.shared.ids.remove(spiffe_id, sni);
+        self.shared.identity_changed(spiffe_id);
+    }
+
+    /// Counters (connections, handshakes, resumptions, refusals by reason, bytes).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let c: HashMap<String, u64> = self.shared.counters();
+        for (k, v) in c {
+            d.set_item(k, v)?;
+        }
+        d.set_item("connections", self.shared.live().len())?;
+        d.set_item("open", self.shared.open_connections())?;
+        d.set_item("pending_decisions", self.shared.pending_len())?;
+        d.set_item("events_queued", self.shared.events.len())?;
+        d.set_item(
+            "events_dropped",
+            self.shared.events.dropped.load(Ordering::Relaxed),
+        )?;
+        d.set_item("identities", self.shared.ids.len())?;
+        Ok(d)
+    }
+
+    /// Live connections: (id, kind, mode, (src), (dst), sent, received, start).
+    #[allow(clippy::type_complexity)]
+    fn connections(
+        &self,
+    ) -> Vec<(
+        u64,
+        &'static str,
+        &'static str,
+        (String, u16),
+        (String, u16),
+        u64,
+        u64,
+        f64,
+    )> {
+        self.shared
+            .live()
+            .iter()
+            .map(|l| {
+                (
+                    l.id,
+                    l.kind.as_str(),
+                    l.mode,
+                    addr(l.src),
+                    addr(l.dst),
+                    l.counters.sent.load(Ordering::Relaxed),
+                    l.counters.received.load(Ordering::Relaxed),
+                    l.start,
+                )
+            })
+            .collect()
+    }
+
+    /// Reset every live connection and stop the threads.
+    fn shutdown(&self, py: Python<'_>) {
+        self.shared.close_all("shutdown");
+        let rt = self.rt.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rt) = rt {
+            py.allow_threads(|| rt.stop());
+        }
+    }
+}
+
+/// The SPIFFE X.509-SVID checks on a PEM chain (leaf first) against a PEM bundle at
+/// `now` (Unix seconds): (ok, SPIFFE ID or None, reason or ""). `role`: whose chain it
+/// is ("client" or "server": the key usage it must allow).
+#[pyfunction]
+#[pyo3(signature = (chain_pem, bundle_pem, trust_domain, now, expected=None, role="client"))]
+fn verify(
+    chain_pem: &[u8],
+    bundle_pem: &[u8],
+    trust_domain: &str,
+    now: f64,
+    expected: Option<&str>,
+    role: &str,
+) -> PyResult<(bool, Option<String>, String)> {
+    let chain = match tls::parse_certs(chain_pem) {
+        Ok(c) => c,
+        Err(_) => return Ok((false, None, "no_certificate".into())),
+    };
+    let roots = tls::parse_roots(bundle_pem).map_err(PyValueError::new_err)?;
+    let role = match role {
+        "client" => spiffe::Role::Client,
+        "server" => spiffe::Role::Server,
+        _ => return Err(PyValueError::new_err("role is \"client\" or \"server\"")),
+    };
+    let now = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs_f64(now.max(0.0)));
+    Ok(
+        match spiffe::verify(&chain, &roots, trust_domain, now, expected, role) {
+            Ok(id) => (true, Some(id), String::new()),
+            Err(r) => (false, None, r.as_str().to_string()),
+        },
+    )
+}
+
+#[pymodule]
+fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Core>()?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Accept loops on the listening sockets Python created (SO_REUSEPORT, IP_TRANSPARENT).
+//!
+//! Decides: one task per accepted connection, handed to `outbound` or `inbound` by the
+//! listener's kind; when told to stop accepting (drain), the backlog that is already
+//! queued is still taken, then the listener is closed so a replacement agent gets every
+//! new connection. Must never: end on one failed accept, or decide anything about a
+//! connection.
+
+use crate::events::Kind;
+use crate::runtime::Shared;
+use crate::{inbound, outbound, sockopt};
+use std::future::poll_fn;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Kind) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => spawn(&shared, s, kind),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning
+                    shared.count("accept_errors", 1);
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            },
+            _ = shared.stop_accepting.notified() => {
+                // the backlog already queued belongs to us: take it, then close
+                while let Some(Ok((s, _))) = poll_fn(|cx| match listener.poll_accept(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending => Poll::Ready(None),
+                }).await {
+                    spawn(&shared, s, kind);
+                }
+                // others listening on the same stop: let them see it too
+                shared.stop_accepting.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+fn spawn(shared: &Arc<Shared>, s: TcpStream, kind: Kind) {
+    let Some(admitted) = shared.admit() else {
+        sockopt::reset_on_close(s.as_raw_fd());
+        return;
+    };
+    sockopt::nodelay(&s);
+    shared.count("accepted", 1);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        match kind {
+            Kind::Outbound | Kind::Plaintext => outbound::serve_captured(shared, s, kind).await,
+            Kind::Tunnel => inbound::serve_tunnel(shared, s).await,
+        }
+    });
+}

@@ -1,0 +1,200 @@
+//! Captured connections (:15001 from local pods, :15006 plaintext inbound) and the
+//! source side of the mTLS tunnel.
+//!
+//! Decides: nothing about where a connection goes — it reports the connection (source,
+//! original destination) and carries out Python's command: connect (local or
+//! passthrough, the pod's source address kept), tunnel (TLS to the peer node's :15008
+//! with the source SVID, the expected destination identity checked, one CONNECT), pipe
+//! to Python, or refuse with a reset. A failed attempt is reported and the next
+//! command awaited (Python's plan may hold other endpoints). Must never: send a byte of
+//! the client's to anyone before Python said where, or keep a refused connection open.
+
+use crate::connect;
+use crate::events::{Event, Kind};
+use crate::limits::MAX_CONNECT_HEAD;
+use crate::runtime::{Command, Shared, TunnelPlan};
+use crate::sockopt;
+use crate::tls;
+use rustls::pki_types::ServerName;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Why an attempt failed: the status a tunnel peer would answer, a reason, the policy.
+struct Failure {
+    status: u16,
+    reason: String,
+    policy: Option<String>,
+}
+
+fn fail(status: u16, reason: impl Into<String>) -> Failure {
+    Failure {
+        status,
+        reason: reason.into(),
+        policy: None,
+    }
+}
+
+pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) {
+    let (Ok(src), Ok(dst)) = (client.peer_addr(), sockopt::original_dst(&client)) else {
+        return;
+    };
+    let id = shared.next_id();
+    let ev = Event::Conn {
+        id,
+        kind,
+        src,
+        dst,
+        tunnel: None,
+    };
+    let mut cmd = shared.decide(id, ev).await;
+    loop {
+        let failure = match cmd {
+            None | Some(Command::Refuse { .. }) => {
+                sockopt::reset_on_close(client.as_raw_fd());
+                return;
+            }
+            Some(Command::Connect { upstream, bind }) => {
+                match sockopt::connect(upstream, bind, shared.settings.connect_timeout).await {
+                    Ok(up) => {
+                        let fds = (client.as_raw_fd(), up.as_raw_fd());
+                        let mode = if kind == Kind::Plaintext {
+                            "plaintext"
+                        } else {
+                            "direct"
+                        };
+                        shared
+                            .bridge(id, kind, mode, src, upstream, client, up, fds, (0, 0))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let status = if e.kind() == std::io::ErrorKind::TimedOut {
+                            504
+                        } else {
+                            502
+                        };
+                        fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
+                    }
+                }
+            }
+            Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
+                match open_tunnel(&shared, &plan).await {
+                    Ok((tls, leftover)) => {
+                        let mut client = client;
+                        if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
+                            return;
+                        }
+                        let fds = (client.as_raw_fd(), tls.get_ref().0.as_raw_fd());
+                        let n = leftover.len() as u64;
+                        shared
+                            .bridge(id, kind, "tunnel", src, plan.peer, client, tls, fds, (0, n))
+                            .await;
+                        return;
+                    }
+                    Err(f) => f,
+                }
+            }
+            Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
+            Some(Command::Pipe { fd }) => {
+                let Some(pipe) = pipe(fd) else {
+                    return;
+                };
+                let fds = (client.as_raw_fd(), pipe.as_raw_fd());
+                shared
+                    .bridge(id, kind, "pipe", src, dst, client, pipe, fds, (0, 0))
+                    .await;
+                return;
+            }
+        };
+        shared.count("attempts_failed", 1);
+        let ev = Event::Failed {
+            id,
+            status: failure.status,
+            reason: failure.reason,
+            policy: failure.policy,
+        };
+        cmd = shared.decide(id, ev).await;
+    }
+}
+
+/// Python's socket pair end, as a tokio stream (None: it could not be registered).
+pub fn pipe(fd: OwnedFd) -> Option<UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    UnixStream::from_std(std).ok()
+}
+
+/// TLS to the peer node with the source SVID, then CONNECT; the TLS stream and the
+/// bytes that followed the `200` (the stream's first bytes back).
+async fn open_tunnel(
+    shared: &Shared,
+    plan: &TunnelPlan,
+) -> Result<(TlsStream<TcpStream>, Vec<u8>), Failure> {
+    let cfg = shared
+        .client_config(&plan.source_identity, &plan.expected_identity)
+        .map_err(|e| fail(503, format!("no_certificate: {e}")))?;
+    let tcp = sockopt::connect(plan.peer, None, shared.settings.connect_timeout)
+        .await
+        .map_err(|e| fail(502, format!("connect_failed: {}", sockopt::reason(&e))))?;
+    let name = ServerName::try_from(plan.sni.clone())
+        .map_err(|_| fail(503, format!("bad SNI {}", plan.sni)))?;
+    let hs = TlsConnector::from(cfg).connect(name, tcp);
+    let mut tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let r = tls::handshake_reason(&e);
+            shared.count(&format!("tunnel_handshake_failed_{r}"), 1);
+            return Err(fail(503, format!("tls: {r}")));
+        }
+        Err(_) => {
+            shared.count("tunnel_handshake_failed_handshake_timeout", 1);
+            return Err(fail(504, "tls: handshake_timeout"));
+        }
+    };
+    shared.count("client_handshakes", 1);
+    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        shared.count("client_resumptions", 1);
+    }
+    let head = connect::request(&plan.authority, &plan.headers)
+        .ok_or_else(|| fail(400, "bad CONNECT authority or header"))?;
+    tls.write_all(&head)
+        .await
+        .map_err(|e| fail(502, format!("tunnel_write: {}", sockopt::reason(&e))))?;
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = tls
+                .read(&mut chunk)
+                .await
+                .map_err(|e| fail(502, format!("tunnel_read: {}", sockopt::reason(&e))))?;
+            if n == 0 {
+                return Err(fail(502, "tunnel_closed"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match connect::parse_response(&buf) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) if buf.len() <= MAX_CONNECT_HEAD => continue,
+                Ok(None) => return Err(fail(502, "CONNECT response head over 16 KiB")),
+                Err(e) => return Err(fail(502, e)),
+            }
+        }
+    };
+    let resp = match tokio::time::timeout(shared.settings.connect_timeout * 2, read).await {
+        Ok(r) => r?,
+        Err(_) => return Err(fail(504, "tunnel_timeout")),
+    };
+    if resp.status != 200 {
+        return Err(Failure {
+            status: resp.status,
+            reason: format!("tunnel_status_{}", resp.status),
+            policy: resp.policy,
+        });
+    }
+    let leftover = buf.split_off(resp.head_len);
+    Ok((tls, leftover))
+}

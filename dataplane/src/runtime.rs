@@ -1,0 +1,286 @@
+//! The core's runtime: the tokio threads, the shared state every connection task uses
+//! (pending decisions, live connections, identities and trust, counters), and the
+//! life of a bridged connection from its first byte to its finished record.
+//!
+//! Decides: how a connection waits for Python (a bounded table; overflow and timeouts
+//! refuse it with a counted reason) and how many the core holds; the life of a bridged
+//! connection is live.rs. Must never: wait for the GIL or block a runtime thread.
+
+use crate::events::{Event, Queue};
+use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
+use crate::live::Live;
+use crate::tls::{self, Identities, Trust};
+use rustls::{ClientConfig, ServerConfig};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, Notify};
+
+/// What Python decided for a connection.
+#[derive(Debug)]
+pub enum Command {
+    /// Connect to `upstream` (bound to `bind` with IP_TRANSPARENT when given) and bridge.
+    Connect {
+        upstream: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// Open an mTLS tunnel to a peer node's :15008 and CONNECT through it.
+    Tunnel(TunnelPlan),
+    /// Refuse: a reset for captured connections, `status` for a CONNECT.
+    Refuse {
+        reason: String,
+        status: u16,
+        policy: Option<String>,
+    },
+    /// Bridge the connection to this socket, whose other end Python serves (the HTTP
+    /// inspector for ports with per-request rules).
+    Pipe { fd: OwnedFd },
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelPlan {
+    pub peer: SocketAddr,
+    pub source_identity: String,
+    pub expected_identity: String,
+    pub sni: String,
+    pub authority: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Settings from the agent's config (dataplane, identity sections).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Connections the core holds at once (accepted, not yet ended); past it new ones
+    /// are reset (`refused_max_connections`). dataplane.max_connections.
+    pub max_connections: usize,
+}
+
+pub struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Shared {
+    pub events: Queue,
+    pub settings: Settings,
+    pub ids: Arc<Identities>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
+    pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
+    trust: RwLock<Option<Arc<Trust>>>,
+    server: RwLock<Option<Arc<ServerConfig>>>,
+    clients: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
+    counters: Mutex<HashMap<String, u64>>,
+    next_id: AtomicU64,
+    open: AtomicU64,
+    epoch: Instant,
+    pub stop_accepting: Notify,
+}
+
+pub fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Shared {
+            events: Queue::new()?,
+            settings,
+            ids: Arc::new(Identities::default()),
+            pending: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            trust: RwLock::new(None),
+            server: RwLock::new(None),
+            clients: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            open: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stop_accepting: Notify::new(),
+        }))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Count an accepted connection in; None (and counted) when at the bound. The
+    /// guard counts it out when the connection's task ends, however it ends.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let n = self.open.fetch_add(1, Ordering::Relaxed);
+        if n as usize >= self.settings.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.count("refused_max_connections", 1);
+            return None;
+        }
+        Some(Admitted(self.clone()))
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn count(&self, name: &str, n: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry(name.to_string()).or_insert(0) += n;
+    }
+
+    pub fn counters(&self) -> HashMap<String, u64> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    // ---- identities and trust ---------------------------------------------------
+    pub fn set_trust(&self, t: Trust) -> Result<(), String> {
+        let t = Arc::new(t);
+        let server = tls::server_config(self.ids.clone(), t.clone())?;
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        *self.server.write().unwrap_or_else(|e| e.into_inner()) = Some(server);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// A new or renewed SVID: client configurations of that identity are rebuilt on
+    /// next use (their sessions belonged to the old certificate).
+    pub fn identity_changed(&self, spiffe_id: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(src, _), _| src != spiffe_id);
+    }
+
+    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.server
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn client_config(&self, src: &str, expected: &str) -> Result<Arc<ClientConfig>, String> {
+        let key = (src.to_string(), expected.to_string());
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let trust = self
+            .trust
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("no trust bundle")?;
+        let ck = self
+            .ids
+            .get(src)
+            .ok_or_else(|| format!("no SVID for {src}"))?;
+        let cfg = tls::client_config(ck, trust, expected)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, cfg.clone());
+        Ok(cfg)
+    }
+
+    // ---- decisions --------------------------------------------------------------
+    /// Send `ev` and wait for Python's command; None when the table is full or Python
+    /// took too long (both counted).
+    pub async fn decide(&self, id: u64, ev: Event) -> Option<Command> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.len() >= MAX_PENDING {
+                drop(p);
+                self.count("refused_pending_full", 1);
+                return None;
+            }
+            p.insert(id, tx);
+        }
+        self.events.push(ev);
+        match tokio::time::timeout(DECISION_TIMEOUT, rx).await {
+            Ok(Ok(cmd)) => Some(cmd),
+            _ => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                self.count("refused_decision_timeout", 1);
+                None
+            }
+        }
+    }
+
+    /// Python's answer for `id`; false when nobody waits for one (timed out, gone).
+    pub fn command(&self, id: u64, cmd: Command) -> bool {
+        let tx = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match tx {
+            Some(tx) => tx.send(cmd).is_ok(),
+            None => false,
+        }
+    }
+
+    // ---- live connections -------------------------------------------------------
+    pub fn close(&self, id: u64, reason: &str) -> bool {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        match live {
+            Some(l) => {
+                l.close_reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(|| reason.to_string());
+                l.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn live(&self) -> Vec<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn close_all(&self, reason: &str) {
+        for l in self.live() {
+            self.close(l.id, reason);
+        }
+    }
+}
