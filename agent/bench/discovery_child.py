@@ -1,0 +1,171 @@
+"""The agent side of the ``discovery`` benchmark (``agent.bench.discovery``): a real
+``Agent`` (registry, policies, routing view; no data plane) running the real discovery
+start sequence and watches against the parent's fake API server, with the readiness
+listener up. It records when each apply finished and which resourceVersion it held,
+its own CPU and RSS; it never changes what discovery does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+import urllib.request
+
+import trio
+
+from agent.bench.cluster import THIS_NODE
+
+
+def _status(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def _version(d) -> int:
+    vs = getattr(d, "versions", None) or d.cache.versions
+    return max((int(v) for v in vs.values() if v and str(v).isdigit()), default=0)
+
+
+def _instrument(disc, log: list) -> None:
+    """Note (start, end, version held) for every application of discovered state."""
+    cls = disc.Discovery
+    for name in ("apply", "flush"):
+        fn = getattr(cls, name, None)
+        if fn is None:
+            continue
+        if inspect.iscoroutinefunction(fn):
+            async def awrapped(self, *a, _fn=fn, **kw):
+                t, v = time.monotonic(), _version(self)
+                r = await _fn(self, *a, **kw)
+                log.append((t, time.monotonic(), v))
+                return r
+            setattr(cls, name, awrapped)
+        else:
+            def wrapped(self, *a, _fn=fn, **kw):
+                t, v = time.monotonic(), _version(self)
+                r = _fn(self, *a, **kw)
+                log.append((t, time.monotonic(), v))
+                return r
+            setattr(cls, name, wrapped)
+
+
+def child(api: str, pods: int, port: int) -> dict:
+    from agent.app import Agent
+    from agent.config import Config
+    from agent.k8s import discovery as disc
+    from agent.readiness import serve_readiness
+
+    log: list[tuple[float, float, int]] = []
+    _instrument(disc, log)
+    cfg = Config.model_validate({"node": {"name": THIS_NODE, "address": "192.168.0.1"},
+                                 "ports": {"readiness": port, "readiness_bind": "127.0.0.1"},
+                                 "kubernetes": {"enabled": True, "api_server": api, "token_path": "/nonexistent"}})
+    agent = Agent(cfg)
+    out: dict = {}
+    stalls: list[float] = []
+
+    def call(method: str, path: str) -> dict:
+        req = urllib.request.Request(api + path, method=method)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    async def applied(rv: int, after: float, limit: float = 120) -> float:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for t0, t1, v in reversed(log):
+                if v >= rv and t1 >= after:
+                    return t1
+                if t1 < after:
+                    break
+            await trio.sleep(0.002)
+        raise RuntimeError(f"version {rv} never applied")
+
+    async def monitor():
+        while True:
+            t = time.monotonic()
+            await trio.sleep(0.005)
+            stalls.append((time.monotonic() - t - 0.005) * 1000)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(serve_readiness, agent)
+            rss0 = _status("VmRSS")
+            t0 = time.monotonic()
+            d = await disc.start(agent, n)
+            await disc.run(d, n)
+            while len(agent.registry) < pods:
+                await trio.sleep(0.005)
+            out["sync_s"] = time.monotonic() - t0
+            await trio.sleep(1.0)  # the watches connect
+            out["rss_mib"] = _status("VmRSS")
+            out["kib_per_pod"] = (out["rss_mib"] - rss0) * 1024 / pods
+            # idle CPU rate (the polling below costs it too): subtracted from every figure
+            c, w = time.process_time(), time.monotonic()
+            try:
+                await applied(1 << 60, w, limit=2.0)
+            except RuntimeError:
+                pass
+            idle = (time.process_time() - c) / (time.monotonic() - w)
+            per = []
+            for what in ["pod", "slice", "pod", "policy", "pod"] * 4:
+                res = await trio.to_thread.run_sync(call, "POST", f"/bench/send?what={what}&count=1&delay=0.05")
+                c, w = time.process_time(), time.monotonic()
+                await applied(int(res["rv"]), w)
+                per.append((time.process_time() - c) - idle * (time.monotonic() - w))
+            out["cpu_ms_per_event"] = sum(per) / len(per) * 1000
+            e0 = d.counts["events"]
+            await trio.to_thread.run_sync(call, "POST", "/bench/send?what=status&count=500&delay=0.05")
+            c, w = time.process_time(), time.monotonic()
+            while d.counts["events"] < e0 + 500:
+                await trio.sleep(0.002)
+            await trio.sleep(0.3)  # whatever the events set off (a coalesced apply) runs too
+            out["cpu_ms_per_irrelevant_event"] = ((time.process_time() - c) - idle * (time.monotonic() - w)) / 500 * 1000
+            n.start_soon(monitor)
+            await trio.to_thread.run_sync(call, "POST", f"/bench/load?port={port}")
+            while True:
+                await trio.sleep(0.5)
+                load = await trio.to_thread.run_sync(call, "GET", "/bench/load")
+                if load["done"]:
+                    break
+            lat = []
+            for rv, t_send, relevant in load["sent"]:
+                if relevant:
+                    done = next((t1 for t0_, t1, v in log if v >= int(rv) and t1 >= t_send), None)
+                    lat.append((done - t_send) * 1000 if done is not None else 60_000.0)
+            out["event_p50_ms"], out["event_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
+            out["probe_p99_ms"] = _pct(load["probes"], 99)
+            out["loop_stall_max_ms"] = max(stalls)
+            # relist after 410 Gone: the peak while the new list streams in
+            _reset_peak()
+            lists = d.counts["lists"]
+            await trio.to_thread.run_sync(call, "POST", "/bench/gone")
+            while d.counts["lists"] <= lists:
+                await trio.sleep(0.01)
+            listed = time.monotonic()
+            while not any(t0_ >= listed for t0_, _, _ in log):
+                await trio.sleep(0.01)
+            while log[-1][1] < listed:
+                await trio.sleep(0.01)
+            await trio.sleep(0.5)
+            out["relist_peak_mib"] = _status("VmHWM")
+            out["rss_after_relist_mib"] = _status("VmRSS")
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    return out
