@@ -88,7 +88,7 @@ def child(api: str, pods: int, port: int) -> dict:
     async def applied(rv: int, after: float, limit: float = 120) -> float:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            for t0, t1, v in reversed(log):
+            for _t0, t1, v in reversed(log):
                 if v >= rv and t1 >= after:
                     return t1
                 if t1 < after:

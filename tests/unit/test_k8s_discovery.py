@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from agent.app import Agent
-from agent.config import Config
 from agent.bench.fakeapi import FakeApi as Replay
+from agent.config import Config
 from agent.k8s import discovery as disc
 from tests.unit.k8s_objects import NODE, authz, endpointslice, lst, node, pod, service
 
