@@ -137,9 +137,24 @@ class Agent:
         closed = self.recheck_connections()
         return {"registered": added, "removed": removed, "policy_sources": len(sources), "connections_closed": closed}
 
-    def cluster_changed(self) -> None:
-        """Peers or services changed (Kubernetes discovery): rebuild the routing view."""
-        self.view = build_view(self.config, self.registry)
+    def cluster_changed(self, services: dict | None = None) -> None:
+        """Peers or services changed (Kubernetes discovery): rebuild the routing view; with
+        ``services`` ({(vip, port): ServiceConfig, None: gone}) only those entries change
+        (one EndpointSlice event must not rebuild every service)."""
+        if services is None:
+            self.view = build_view(self.config, self.registry)
+            return
+        from dataclasses import replace
+
+        from agent.proxy.plan import Service
+
+        table = dict(self.view.services)
+        for key, s in services.items():
+            if s is None:
+                table.pop(key, None)
+            else:
+                table[key] = Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
+        self.view = replace(self.view, services=table)
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""

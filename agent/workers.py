@@ -137,8 +137,8 @@ class Supervisor(Agent):
         self._mark()
         return w
 
-    def cluster_changed(self) -> None:
-        super().cluster_changed()
+    def cluster_changed(self, services: dict | None = None) -> None:
+        super().cluster_changed(services)
         self._mark()
 
     def state(self) -> dict:

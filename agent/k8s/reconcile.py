@@ -143,6 +143,8 @@ def merge_nodes(static: Sequence, discovered: Sequence) -> list:
 def merge_services(static: Sequence, discovered: Sequence) -> list:
     """The config's services plus the API's; a static one that claims a VIP and port the
     API also serves is dropped (the routing view keys services by VIP and port)."""
+    if not static:
+        return list(discovered)
     taken = {(s.vip, p) for s in discovered for p in s.ports}
     return [s for s in static if not any((s.vip, p) in taken for p in s.ports)] + list(discovered)
 

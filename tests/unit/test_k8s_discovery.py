@@ -167,7 +167,6 @@ def test_policies_services_and_a_bad_policy_is_skipped(replay):
 
 def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp_path):
     from agent.config import load_config
-    from agent.k8s.model import Cache
 
     def write(static_peer: str) -> None:
         path.write_text(json.dumps({
@@ -179,7 +178,6 @@ def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp
     write("metal-1")
     agent = Agent(load_config(str(path)), str(path))
     d = agent.discovery = disc.Discovery(agent, agent.config.kubernetes, NODE)
-    d.cache = Cache()
     d.cache.replace("nodes", [node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")
     d.cache.replace("pods", [pod("far", "10.2.0.9", node="node-b")], "5")
     d.apply()
