@@ -114,6 +114,12 @@ def child(api: str, pods: int, port: int) -> dict:
     async def main():
         async with trio.open_nursery() as n:
             await n.start(serve_readiness, agent)
+            # kib_per_pod is over the agent with its API client warmed up: the client's
+            # first call per method builds its validators (~20 MiB, whatever the cluster)
+            warm = disc.Discovery(agent, cfg.kubernetes, THIS_NODE)
+            for kind in disc.KINDS:
+                resp = await trio.to_thread.run_sync(lambda k=kind, w=warm: w._call(k, limit=1, _request_timeout=5))
+                resp.data, resp.release_conn()  # noqa: B018 - read it all: the server is not cut off
             rss0 = _status("VmRSS")
             t0 = time.monotonic()
             d = await disc.start(agent, n)

@@ -40,6 +40,7 @@ import trio
 
 from agent.k8s.apply import Applier
 from agent.k8s.index import Index
+from agent.k8s.listing import scan_list
 from agent.k8s.model import KINDS, POLICY_KINDS, key_of, slim
 from agent.k8s.reconcile import Backoff
 
@@ -48,7 +49,7 @@ logger = logging.getLogger("hostmesh.k8s")
 # Changes within this window are applied together (a burst of events); short, because
 # applying is proportional to the change (event to state p99 target: 50 ms).
 COALESCE_S = 0.01
-LIST_PAGE = 500  # objects per list request (limit/continue)
+LIST_PAGE = 100  # objects per list request (limit/continue): a page of 7 KB pods parses to ~7 MB
 PUT_BATCH = 200  # listed objects put into the state per hand-over to the event loop
 DRAIN_MAX = 500  # watch events handled per hand-over
 YIELD_AFTER_S = 0.002  # an apply lets the event loop run once it has held it this long
@@ -170,12 +171,14 @@ class Discovery:
                 kw["_continue"] = token
             resp = self._call(kind, **kw)
             try:
-                body = json.loads(resp.data)
+                text = resp.data.decode()
             finally:
                 resp.release_conn()
-            meta = body.get("metadata") or {}
-            items = [(key_of(o), slim(kind, o, self.node)) for o in body.get("items") or []]
-            del body  # only the slims go on: the page's objects are freed here
+            items: list = []
+            # item by item: only the slims outlive their object
+            rest = scan_list(text, lambda o, out=items: out.append((key_of(o), slim(kind, o, self.node))))
+            del text
+            meta = rest.get("metadata") or {}
             for i in range(0, len(items), PUT_BATCH):
                 trio.from_thread.run_sync(self._put, kind, items[i:i + PUT_BATCH])
             token = meta.get("continue")

@@ -101,6 +101,8 @@ class Index:
         old = objs.get(key)
         if old == value:
             return False
+        if kind == "pods" and value.rank[-1] == key:
+            key = value.rank[-1]  # one string for the key and the rank's tie-break (20,000 of them)
         objs[key] = value
         self._changed(kind, key, old, value)
         return True

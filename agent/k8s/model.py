@@ -13,6 +13,7 @@ a time) must always equal. ``agent.k8s.reconcile`` plans how to get there.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass, field
 
 # Pod annotation naming the ports that speak HTTP/1.1 (L7 policy), e.g. "8080,9090".
@@ -118,13 +119,19 @@ def pod_workload(pod: dict, this_node: str | None) -> dict | None:
     if not ips or not meta.get("uid") or not meta.get("name"):
         return None
     node = spec.get("nodeName")
+    # names many pods share (namespace, account, node, label keys and values) are
+    # interned: one string each instead of one per pod
     return {
-        "uid": meta["uid"], "name": meta["name"], "namespace": meta.get("namespace") or "default",
-        "service_account": spec.get("serviceAccountName") or "default", "ip": ips[0], "ips": ips,
-        "labels": {str(k): str(v) for k, v in labels.items()},
+        "uid": meta["uid"], "name": meta["name"], "namespace": _intern(meta.get("namespace") or "default"),
+        "service_account": _intern(spec.get("serviceAccountName") or "default"), "ip": ips[0], "ips": ips,
+        "labels": {_intern(str(k)): _intern(str(v)) for k, v in labels.items()},
         "http_ports": _http_ports(annotations.get(HTTP_PORTS_ANNOTATION)),
-        "node": None if node == this_node else node,
+        "node": None if node == this_node else _intern(node) if isinstance(node, str) else node,
     }
+
+
+def _intern(s):
+    return sys.intern(s) if type(s) is str else s
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,8 @@ def _claim_rank(pod: dict) -> tuple:
     (A terminating pod's object keeps ``status.podIPs`` after the CNI released the
     address, and the address can already belong to a new pod on the same node.)"""
     m = pod.get("metadata") or {}
-    return (m.get("deletionTimestamp") is None, m.get("creationTimestamp") or "", m.get("uid") or "", key_of(pod))
+    return (m.get("deletionTimestamp") is None, _intern(m.get("creationTimestamp") or ""), m.get("uid") or "",
+            key_of(pod))
 
 
 def pod_view(pod: dict, this_node: str | None = None) -> PodView | None:

@@ -91,6 +91,7 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
             ip = str(ipaddress.ip_address(v))
         except (ValueError, TypeError):
             raise WorkloadError(f"ip: {v!r} is not an IP address") from None
+        ip = v if ip == v else ip  # already canonical: keep the caller's string (one copy per pod)
         if ip not in ips:
             ips.append(ip)
     labels = body.get("labels") or {}
