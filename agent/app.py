@@ -112,20 +112,27 @@ class Agent:
     def sync_state(self, body: dict) -> dict[str, Any]:
         """Make the supervisor's whole state this agent's: workloads registered, changed
         or removed to match, every policy source replaced, sources it lacks dropped. The
-        same call brings a fresh worker up to date and keeps running ones current."""
+        same call brings a fresh worker up to date; with ``"delta": true`` it applies
+        only what changed (the workloads listed, the uids in ``removed``, policies and
+        cluster only when present)."""
         from agent.rbac.loader import PolicyError, load_documents
 
+        delta = body.get("delta") is True if isinstance(body, dict) else False
         try:
             wanted = self._workloads(body["workloads"])
-            sources = {src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
-                       for src, docs in body["policies"].items()}
-        except (KeyError, TypeError, WorkloadError, PolicyError) as e:
+            gone = {str(u) for u in body.get("removed") or []} if delta else set()
+            sources = None if delta and "policies" not in body else {
+                src: load_documents(json.dumps(docs), src, self.config.policies.root_namespace)
+                for src, docs in body["policies"].items()}
+        except (KeyError, TypeError, AttributeError, WorkloadError, PolicyError) as e:
             raise ApiError(400, "invalid_state", str(e)) from None
-        added, removed = self._converge({w.uid for w in self.registry}, wanted)
-        for src in set(self.policies.sources()) - set(sources):
-            self.policies.replace_source(src, [])
-        for src, docs in sources.items():
-            self.policies.replace_source(src, docs)
+        # a delta (agent.workers): only the uids it names change; otherwise the whole state
+        added, removed = self._converge(gone | set(wanted) if delta else {w.uid for w in self.registry}, wanted)
+        if sources is not None:
+            for src in set(self.policies.sources()) - set(sources):
+                self.policies.replace_source(src, [])
+            for src, docs in sources.items():
+                self.policies.replace_source(src, docs)
         if "cluster" in body:  # peers and services the supervisor discovered
             from agent.config import ClusterConfig
 
@@ -135,7 +142,8 @@ class Agent:
                 raise ApiError(400, "invalid_state", str(e)) from None
             self.cluster_changed()
         closed = self.recheck_connections()
-        return {"registered": added, "removed": removed, "policy_sources": len(sources), "connections_closed": closed}
+        held = sources if sources is not None else self.policies.sources()
+        return {"registered": added, "removed": removed, "policy_sources": len(held), "connections_closed": closed}
 
     def cluster_changed(self, services: dict | None = None) -> None:
         """Peers or services changed (Kubernetes discovery): rebuild the routing view; with
