@@ -21,7 +21,7 @@ from agent.k8s.reconcile import merge_nodes, merge_services, plan_changes
 logger = logging.getLogger("hostmesh.k8s")
 
 # uids planned and registered per step; the shell yields to the event loop between steps
-BATCH = 500
+BATCH = 200
 LOGGED_MAX = 10000  # lines remembered so each is logged once (bounded)
 
 
