@@ -132,7 +132,8 @@ class Applier:
 
     def _cluster(self, delta: dict, *, full: bool) -> None:
         cluster = self.agent.config.cluster
-        cluster.nodes = merge_nodes(self.static[0], self.nodes)
+        if full:
+            cluster.nodes = merge_nodes(self.static[0], self.nodes)
         cluster.services = merge_services(self.static[1], [s for v in self.services.values() for s in v])
         if full:
             self.agent.cluster_changed()

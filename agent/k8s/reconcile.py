@@ -118,7 +118,7 @@ def plan_changes(changes: Mapping[str, dict | None], owned: set[str], registry: 
     plan.failed = {w.uid for w in pending}  # what no order could register
     plan.skipped += [f"{w.namespace}/{w.name}: {errors[w.uid]}" for w in pending]
     # A changed pod that could not be re-registered keeps its old entry, still ours.
-    plan.gained = (set(wanted) - plan.failed) | (plan.failed & owned - set(plan.unregister))
+    plan.gained = (set(wanted) - plan.failed) | ((plan.failed & owned) - set(plan.unregister))  # never copies owned
     plan.lost = set(changes) - plan.gained
     return plan
 
