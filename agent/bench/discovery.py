@@ -128,7 +128,7 @@ def run_size(pods: int, progress=print) -> dict:
     try:
         cmd = [sys.executable, "-m", "agent.bench.discovery", "child", "--api", srv.api.url, "--pods", str(pods),
                "--port", str(_free_port())]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600 + pods / 20)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=360 + pods / 40)
         if r.returncode != 0:
             raise RuntimeError(f"discovery child failed ({r.returncode}): {r.stderr[-2000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])

@@ -112,6 +112,10 @@ def child(api: str, pods: int, port: int) -> dict:
             stalls.append((time.monotonic() - t - 0.005) * 1000)
 
     async def main():
+        with trio.fail_after(300 + pods / 50):  # a lost event or watch fails the run, never hangs it
+            await measure()
+
+    async def measure():
         async with trio.open_nursery() as n:
             await n.start(serve_readiness, agent)
             # kib_per_pod is over the agent with its API client warmed up: the client's
