@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 import time
 import urllib.request
 
@@ -28,6 +29,10 @@ def _status(field: str) -> float:
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
+
+
+def _phase(name: str, d) -> None:
+    print(f"discovery bench: {name}: {d.counts}", file=sys.stderr, flush=True)
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -130,6 +135,7 @@ def child(api: str, pods: int, port: int) -> dict:
             await disc.run(d, n)
             while len(agent.registry) < pods:
                 await trio.sleep(0.005)
+            _phase("synced", d)
             out["sync_s"] = time.monotonic() - t0
             await trio.sleep(1.0)  # the watches connect
             out["rss_mib"] = _status("VmRSS")
@@ -146,6 +152,7 @@ def child(api: str, pods: int, port: int) -> dict:
                 await applied(int(res["rv"]))
                 per.append((time.process_time() - c) - idle * (time.monotonic() - w))
                 loop.append((time.thread_time() - lt) - idle_loop * (time.monotonic() - w))
+            _phase("isolated done", d)
             out["cpu_ms_per_event"] = sum(per) / len(per) * 1000
             out["loop_cpu_ms_per_event"] = sum(loop) / len(loop) * 1000  # the trio thread's share
             e0 = d.counts["events"]
@@ -154,6 +161,7 @@ def child(api: str, pods: int, port: int) -> dict:
             while d.counts["events"] < e0 + 500:
                 await trio.sleep(0.02)
             await trio.sleep(0.3)  # whatever the events set off (a coalesced apply) runs too
+            _phase("irrelevant done", d)
             out["cpu_ms_per_irrelevant_event"] = ((time.process_time() - c) - idle * (time.monotonic() - w)) / 500 * 1000
             n.start_soon(monitor)
             await trio.to_thread.run_sync(call, "POST", f"/bench/load?port={port}")
@@ -167,21 +175,16 @@ def child(api: str, pods: int, port: int) -> dict:
                 if relevant:
                     done = next((t1 for t0_, t1, v in log if v >= int(rv) and t1 >= t_send), None)
                     lat.append((done - t_send) * 1000 if done is not None else 60_000.0)
+            _phase("load done", d)
             out["event_p50_ms"], out["event_p99_ms"] = _pct(lat, 50), _pct(lat, 99)
             out["probe_p99_ms"] = _pct(load["probes"], 99)
             out["loop_stall_max_ms"] = max(stalls)
             # relist after 410 Gone: the peak while the new list streams in
             _reset_peak()
-            lists = d.counts["lists"]
-            await trio.to_thread.run_sync(call, "POST", "/bench/gone")
-            while d.counts["lists"] <= lists:
-                await trio.sleep(0.01)
-            listed = time.monotonic()
-            while not any(t0_ >= listed for t0_, _, _ in log):
-                await trio.sleep(0.01)
-            while log[-1][1] < listed:
-                await trio.sleep(0.01)
+            gone = await trio.to_thread.run_sync(call, "POST", "/bench/gone")
+            await applied(int(gone["rv"]))  # the first apply holding the relisted version
             await trio.sleep(0.5)
+            _phase("relist done", d)
             out["relist_peak_mib"] = _status("VmHWM")
             out["rss_after_relist_mib"] = _status("VmRSS")
             n.cancel_scope.cancel()
