@@ -149,29 +149,36 @@ class Agent:
     async def sync_state(self, body: dict) -> dict[str, Any]:
         """Make the supervisor's whole state this agent's: workloads registered, changed
         or removed to match, every policy source replaced, sources it lacks dropped. The
-        same call brings a fresh worker up to date and keeps running ones current."""
+        same call brings a fresh worker up to date; with ``"delta": true`` it applies
+        only what changed (the workloads listed, the uids in ``removed``, policies, traffic
+        rules and cluster only when present)."""
         from agent.rbac.loader import load_documents
         from agent.traffic.loader import load_traffic
 
         root = self.config.policies.root_namespace
+        delta = body.get("delta") is True if isinstance(body, dict) else False
         try:
             wanted = self._workloads(body["workloads"])
-            raw = body["policies"]
-            traffic = {src: load_traffic(json.dumps(docs), src, self.config.policies.cluster_domain)
-                       for src, docs in body.get("traffic", {}).items()}
+            gone = {str(u) for u in body.get("removed") or []} if delta else set()
+            raw = None if delta and "policies" not in body else body["policies"]
+            traffic = None if delta and "traffic" not in body else {
+                src: load_traffic(json.dumps(docs), src, self.config.policies.cluster_domain)
+                for src, docs in body.get("traffic", {}).items()}
 
             def prepare():
                 sources = {src: load_documents(json.dumps(docs), src, root) for src, docs in raw.items()}
                 return sources, self.policies.prepare_sources(sources, only=True)
 
-            sources = await self.policy_sources.change(prepare)
+            sources = await self.policy_sources.change(prepare) if raw is not None else None
         except (KeyError, TypeError, AttributeError, WorkloadError, ValueError) as e:  # PolicyError, TrafficError
             raise ApiError(400, "invalid_state", str(e)) from None
-        added, removed = self._converge({w.uid for w in self.registry}, wanted)
-        for src in set(self.traffic.sources()) - set(traffic):
-            self.traffic.replace_source(src, [])
-        for src, loaded in traffic.items():
-            self.traffic.replace_source(src, loaded)
+        # a delta (agent.workers): only the uids it names change; otherwise the whole state
+        added, removed = self._converge(gone | set(wanted) if delta else {w.uid for w in self.registry}, wanted)
+        if traffic is not None:
+            for src in set(self.traffic.sources()) - set(traffic):
+                self.traffic.replace_source(src, [])
+            for src, loaded in traffic.items():
+                self.traffic.replace_source(src, loaded)
         if "cluster" in body:  # peers and services the supervisor discovered
             from agent.config import ClusterConfig
 
@@ -181,11 +188,27 @@ class Agent:
                 raise ApiError(400, "invalid_state", str(e)) from None
             self.cluster_changed()
         closed = self.recheck_connections()
-        return {"registered": added, "removed": removed, "policy_sources": len(sources), "connections_closed": closed}
+        held = sources if sources is not None else self.policies.sources()
+        return {"registered": added, "removed": removed, "policy_sources": len(held), "connections_closed": closed}
 
-    def cluster_changed(self) -> None:
-        """Peers or services changed (Kubernetes discovery): rebuild the routing view."""
-        self.view = build_view(self.config, self.registry, self.traffic)
+    def cluster_changed(self, services: dict | None = None) -> None:
+        """Peers or services changed (Kubernetes discovery): rebuild the routing view; with
+        ``services`` ({(vip, port): ServiceConfig, None: gone}) only those entries change
+        (one EndpointSlice event must not rebuild every service)."""
+        if services is None:
+            self.view = build_view(self.config, self.registry, self.traffic)
+            return
+        from dataclasses import replace
+
+        from agent.proxy.plan import Service
+
+        table = dict(self.view.services)
+        for key, s in services.items():
+            if s is None:
+                table.pop(key, None)
+            else:
+                table[key] = Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
+        self.view = replace(self.view, services=table)
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""

@@ -9,9 +9,10 @@ identities minted from the same node CA, policies and telemetry — started as
 ``hostmesh run --worker N`` with a derived config (its own admin socket, no capture,
 no :15020/:15021).
 
-The supervisor pushes its whole state (workloads and policy sources,
-``PUT /v1/internal/state``) to every worker whenever it changes and when a worker
-(re)starts: a worker that dies is restarted with backoff and catches up, while the
+The supervisor pushes its state (workloads and policy sources,
+``PUT /v1/internal/state``) to every worker: the whole state when a worker (re)starts,
+then deltas (the workloads changed since the state it holds; policies and peers only
+when they changed): a worker that dies is restarted with backoff and catches up, while the
 others' connections, which are theirs alone, carry on. Reads (connections, stats,
 metrics) are gathered from the workers; reload and log level are passed on to them.
 SIGTERM drains every worker (each has ``drain.deadline_s``) and then the supervisor.
@@ -66,6 +67,8 @@ def worker_config(config, index: int, state_dir: Path) -> dict:
     d["state_dir"] = str(state_dir / f"worker-{index}")
     return d
 
+LOG_SLACK = 1024  # uids the supervisor's change log keeps beyond twice the registry
+
 
 @dataclass
 class Worker:
@@ -107,6 +110,9 @@ class Supervisor(Agent):
         self.workers = [Worker(i, str(self.state_dir / f"worker-{i}.sock"), str(self.state_dir / f"worker-{i}.yaml"))
                         for i in range(n)]
         self._version = 0
+        self._log: dict[str, int] = {}  # uid -> version of its last change, oldest first
+        self._log_floor = 0  # versions before this are forgotten: a worker that old gets the whole state
+        self._cluster_at = 0
         self._changed = trio.Event()
         self._supervisor_ready = False
         self.merged = Metrics(config.telemetry.max_series)
@@ -123,23 +129,31 @@ class Supervisor(Agent):
     def _state_key(self) -> tuple:
         return (self._version, self.policies.generation, self.traffic.generation)
 
-    def _mark(self) -> None:
+    def _mark(self, uid: str | None = None, cluster: bool = False) -> None:
         self._version += 1
+        if uid is not None:  # the log stays ordered by version: a uid moves to the end
+            self._log.pop(uid, None)
+            self._log[uid] = self._version
+            if len(self._log) > 2 * len(self.registry) + LOG_SLACK:  # uids long gone: forget the oldest half
+                for old in list(self._log)[: len(self._log) // 2]:
+                    self._log_floor = self._log.pop(old)
+        if cluster:
+            self._cluster_at = self._version
         self._changed.set()
 
     # ---- state changes go to every worker ----------------------------------------------
     def register(self, w) -> None:
         super().register(w)
-        self._mark()
+        self._mark(w.uid)
 
     def unregister(self, uid: str):
         w = super().unregister(uid)
-        self._mark()
+        self._mark(uid)
         return w
 
-    def cluster_changed(self) -> None:
-        super().cluster_changed()
-        self._mark()
+    def cluster_changed(self, services: dict | None = None) -> None:
+        super().cluster_changed(services)
+        self._mark(cluster=True)
 
     def state(self) -> dict:
         from agent.rbac.loader import to_document
@@ -149,16 +163,42 @@ class Supervisor(Agent):
                 "traffic": self.traffic.sources(),
                 "cluster": self.config.cluster.model_dump(mode="json")}
 
+    def state_since(self, synced: tuple | None) -> dict:
+        """What a worker holding state ``synced`` lacks: the whole state for a fresh one
+        (or one older than the log), else a delta — the workloads changed since (their
+        bodies, or their uids when gone), and policies, traffic rules or cluster only if
+        they changed."""
+        if synced is None or synced[0] < self._log_floor:
+            return self.state()
+        from agent.rbac.loader import to_document
+
+        since, generation, traffic_generation = synced
+        changed = []
+        for uid in reversed(self._log):
+            if self._log[uid] <= since:
+                break
+            changed.append(uid)
+        present = [w for uid in changed if (w := self.registry.get(uid)) is not None]
+        body: dict = {"delta": True, "workloads": [w.to_json() for w in present],
+                      "removed": [uid for uid in changed if self.registry.get(uid) is None]}
+        if generation != self.policies.generation:
+            body["policies"] = {src: [to_document(d) for d in docs] for src, docs in self.policies.sources().items()}
+        if traffic_generation != self.traffic.generation:
+            body["traffic"] = self.traffic.sources()
+        if self._cluster_at > since:
+            body["cluster"] = self.config.cluster.model_dump(mode="json")
+        return body
+
     async def sync_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Pushes the state to every ready worker that does not hold it yet (policies
         changed by discovery or the directory move ``generation``: checked too)."""
         task_status.started()
         while True:
             key = self._state_key()
-            body = None
+            bodies: dict = {}  # one body per state the workers hold (usually one)
             for w in self.workers:
                 if w.ready and w.synced != key:
-                    body = body or json.dumps(self.state())
+                    body = bodies.get(w.synced) or bodies.setdefault(w.synced, json.dumps(self.state_since(w.synced)))
                     try:
                         status, resp = await trio.to_thread.run_sync(_request, w, "PUT", "/v1/internal/state", body)
                     except AdminUnavailable as e:

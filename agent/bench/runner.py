@@ -112,6 +112,10 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
 
     progress("policy engine micro-benchmark")
     run.step("policy-10k", lambda: sc.policy(quick))
+    progress("kubernetes discovery against the fake API server")
+    from agent.bench.discovery import scenario as discovery
+
+    run.step("discovery", lambda: discovery([1000] if quick else [1000, 5000, 20000], progress))
     return {
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "quick": quick,

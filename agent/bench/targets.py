@@ -76,6 +76,16 @@ def compute(results: list[dict]) -> list[dict[str, Any]]:
     v = g("policy-10k", "hostmesh", "traffic_decision_p99_us")
     out.append(_row("traffic decision p99 us (1k endpoints, 100 rules)", v, "< 20", v is not None and v < 20))
 
+    for metric, goal, ok in (("sync_s", "<= 3", lambda v: v <= 3), ("kib_per_pod", "<= 3", lambda v: v <= 3),
+                             ("relist_peak_mib", "<= 300", lambda v: v <= 300),
+                             ("event_p99_ms", "<= 50", lambda v: v <= 50),
+                             ("cpu_ms_per_event", "<= 0.5", lambda v: v <= 0.5),
+                             ("cpu_ms_per_irrelevant_event", "<= 0.05", lambda v: v <= 0.05),
+                             ("probe_p99_ms", "<= 100", lambda v: v <= 100)):
+        v = g("discovery-20000", "hostmesh", metric)
+        out.append(_row(f"discovery 20k pods {metric}", v, goal, v is not None and ok(v),
+                        "" if v is not None else "20,000 pods run in the full bench only"))
+
     se, re_ = g("bulk-1", "hostmesh", "gbit_s"), g("bulk-1", "hostmesh-trio-relay", "gbit_s")
     v = se / re_ if se and re_ else None
     out.append(_row("socket layer vs plain trio relay (bulk-1)", v, ">= 1.0", v is not None and v >= 1.0))

@@ -1,38 +1,58 @@
 """Kubernetes discovery (``kubernetes.enabled``): the agent's registry, peer nodes,
 services and policies from the API server, kept current with list + watch.
 
-A thin trio shell around ``agent.k8s.model``. The official ``kubernetes`` client makes
-the calls (in-cluster token and CA, the token re-read as the kubelet rotates it); its
-blocking reads run in threads that hand events to trio over memory channels. Per kind:
-list, then watch from the list's ``resourceVersion`` with bookmarks; a watch that
-ends or drops resumes from the last version seen; ``410 Gone`` (as an HTTP status or
-as a watch ``ERROR`` event) relists, and the relist replaces the kind wholesale, so
-objects deleted meanwhile go away; other errors back off (capped, jittered).
-Changes are coalesced and applied to the agent as ``agent.k8s.reconcile`` plans them:
-workloads registered, changed and removed through ``Agent.register``/``unregister`` (the
-admin API's path; only the ones discovery made are removed), peers and services into the
-routing view next to the config's static ones, ``AuthorizationPolicy`` /
-``PeerAuthentication`` objects as policy source ``kubernetes`` (an invalid one is
-skipped and logged, the others apply). Counters: ``k8s_*`` in ``/v1/stats``.
+A thin trio shell around ``agent.k8s.index`` (what each event changes) and
+``agent.k8s.apply`` (carrying the changes into the agent). The official ``kubernetes``
+client makes the calls (in-cluster token and CA, the token re-read as the kubelet
+rotates it); its blocking reads run in threads, which also parse and slim every object
+(``agent.k8s.model.slim``: only the fields hostmesh uses are kept) before handing them
+to trio in batches. Per kind: a paginated list (``limit``/``continue``) streamed page
+by page into the state (``410 Gone`` relists the same way: objects not seen again go
+away, and the old and new lists are never both held), then a watch from the list's
+``resourceVersion`` with bookmarks; a watch that ends or drops resumes from the last
+version seen; other errors back off (capped, jittered).
+
+Each event costs what it changes: an object whose slim equals the stored one stops
+there; a pod event plans its own uid (and the pods it shares an address with), a slice
+event its service's routing-view entries, a policy event that policy. Changes are
+applied in batches with checkpoints between them, so no discovery step holds the event
+loop for long (10 ms at most by design). After the first list the collector freezes
+what was loaded (it is never scanned again). Workloads are registered, changed and
+removed through ``Agent.register``/``unregister`` (the admin API's path; only the ones
+discovery made are removed), peers and services go into the routing view next to the
+config's static ones, ``AuthorizationPolicy`` / ``PeerAuthentication`` objects become
+policy source ``kubernetes`` (an invalid one is skipped and logged, the others apply).
+Counters: ``k8s_*`` in ``/v1/stats``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import trio
 
-from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, Cache, Desired, desired
-from agent.k8s.reconcile import Backoff, merge_nodes, merge_services, plan_workloads
+from agent.k8s.apply import Applier
+from agent.k8s.index import Index
+from agent.k8s.listing import scan_list
+from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, key_of, slim
+from agent.k8s.reconcile import Backoff
 
 logger = logging.getLogger("hostmesh.k8s")
 
-# Changes within this window are applied together (a relist, a burst of pod events).
-COALESCE_S = 0.05
+# Changes within this window are applied together (a burst of events); short, because
+# applying is proportional to the change (event to state p99 target: 50 ms).
+COALESCE_S = 0.01
+LIST_PAGE = 100  # objects per list request (limit/continue): a page of 7 KB pods parses to ~7 MB
+PUT_BATCH = 200  # listed objects put into the state per hand-over to the event loop
+DRAIN_MAX = 500  # watch events handled per hand-over
+YIELD_AFTER_S = 0.002  # an apply lets the event loop run once it has held it this long
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
 QUICK_END_S = 1.0
@@ -71,24 +91,55 @@ def api_client(cfg):
     return client.ApiClient(c)
 
 
+class _Inbox:
+    """Watch events from a reader thread to trio in batches: the thread never waits for
+    the event loop, and each callback handles at most ``DRAIN_MAX`` events."""
+
+    def __init__(self, token, deliver) -> None:
+        self.token, self.deliver = token, deliver
+        self.items: list = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+        self.closed = False
+
+    def put(self, item) -> None:
+        with self.lock:
+            self.items.append(item)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.token.run_sync_soon(self.drain)
+
+    def drain(self) -> None:
+        with self.lock:
+            batch, self.items = self.items[:DRAIN_MAX], self.items[DRAIN_MAX:]
+            self.scheduled = bool(self.items)
+        if self.scheduled:
+            self.token.run_sync_soon(self.drain)
+        if batch and not self.closed:
+            self.deliver(batch)
+
+
 class Discovery:
     def __init__(self, agent, cfg, node_name: str) -> None:
         self.agent = agent
         self.cfg = cfg
         self.node = node_name
-        self.cache = Cache()
-        self.owned: set[str] = set()  # workload uids discovery registered
-        self.policy_docs: list | None = None
-        # the config's own peers and services: kept next to the discovered ones
-        cluster = agent.config.cluster
-        self.static = (list(cluster.nodes), list(cluster.services))
-        self._conflicts: set[str] = set()  # what was logged already
-        self._skipped: set[str] = set()
-        self._changed = trio.Event()
-        self._policies_changed = trio.Event()  # policy_loop parses them beside the trio thread
+        self.index = Index(node_name)
+        self.cache = self.index  # the name the stats and older callers use
         self.counts = {"lists": 0, "relists_410": 0, "watch_restarts": 0, "errors": 0, "events": 0,
                        "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
+        self.applier = Applier(agent, node_name, self.count)
+        self._changed = trio.Event()
         self._api = None
+
+    @property
+    def owned(self) -> set[str]:
+        return self.applier.owned
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        return self.index.versions
 
     def count(self, name: str) -> None:
         self.counts[name] += 1
@@ -110,15 +161,37 @@ class Discovery:
               "endpointslices": client.DiscoveryV1Api(self._api).list_endpoint_slice_for_all_namespaces}[kind]
         return fn(**kw)
 
-    def _list(self, kind: str) -> tuple[list[dict], str | None]:
-        resp = self._call(kind, _request_timeout=(5, 60))
-        try:
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
-        return body.get("items") or [], (body.get("metadata") or {}).get("resourceVersion")
+    def _list(self, kind: str) -> str | None:
+        """One paginated list, each page parsed and slimmed here and streamed into the
+        state; the list's resourceVersion."""
+        token = None
+        while True:
+            kw: dict = {"limit": LIST_PAGE, "_request_timeout": (5, 60)}
+            if token:
+                kw["_continue"] = token
+            resp = self._call(kind, **kw)
+            try:
+                text = resp.data.decode()
+            finally:
+                resp.release_conn()
+            items: list = []
+            # item by item: only the slims outlive their object
+            rest = scan_list(text, lambda o, out=items: out.append((key_of(o), slim(kind, o, self.node))))
+            del text
+            meta = rest.get("metadata") or {}
+            for i in range(0, len(items), PUT_BATCH):
+                trio.from_thread.run_sync(self._put, kind, items[i:i + PUT_BATCH])
+            token = meta.get("continue")
+            if not token:
+                return meta.get("resourceVersion")
 
-    def _stream(self, kind: str, version: str | None, send) -> None:
+    def _put(self, kind: str, items: list) -> None:
+        if any([self.index.put(kind, key, value) for key, value in items]):
+            self._changed.set()
+
+    def _stream(self, kind: str, version: str | None, inbox: _Inbox) -> dict | None:
+        """One watch; events slimmed here and handed over in batches. The ``ERROR``
+        status that ended it, or None when the server ended it."""
         from kubernetes.watch.watch import iter_resp_lines
 
         kw = dict(watch=True, allow_watch_bookmarks=True, timeout_seconds=self.cfg.watch_timeout_s,
@@ -128,8 +201,15 @@ class Discovery:
         resp = self._call(kind, **kw)
         try:
             for line in iter_resp_lines(resp):
-                if line.strip():
-                    trio.from_thread.run(send.send, json.loads(line))
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                etype, obj = ev.get("type"), ev.get("object") or {}
+                if etype == "ERROR":
+                    return obj
+                value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
+                inbox.put((etype, key_of(obj), value, (obj.get("metadata") or {}).get("resourceVersion")))
+            return None
         finally:
             resp.release_conn()
 
@@ -144,20 +224,23 @@ class Discovery:
                 if getattr(e, "status", None) != 404 or kind not in POLICY_KINDS:
                     raise
                 logger.info("no %s resource (Istio CRDs not installed); checking again later", kind)
-                self.cache.replace(kind, [], None)
+                self.index.replace(kind, [], None)
 
     async def _relist(self, kind: str) -> None:
-        items, version = await trio.to_thread.run_sync(self._list, kind, abandon_on_cancel=True)
-        self.cache.replace(kind, items, version)
+        self.index.begin_relist(kind)
+        version = await trio.to_thread.run_sync(self._list, kind, abandon_on_cancel=True)
+        self.index.end_relist(kind, version)
         self.count("lists")
         self._changed.set()
+        if self.counts["applies"]:
+            gc.freeze()  # what the relist loaded is long-lived: never scanned again
 
     async def reflect(self, kind: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         while True:
             try:
-                if self.cache.versions[kind] is None:
+                if self.index.versions[kind] is None:
                     await self._relist(kind)
                 began = trio.current_time()
                 events = await self._watch(kind)
@@ -169,18 +252,18 @@ class Discovery:
             except Gone:
                 self.count("relists_410")
                 logger.info("watch of %s: 410 Gone; listing again", kind)
-                self.cache.forget(kind)
+                self.index.forget(kind)
             except Exception as e:  # noqa: BLE001 - API errors, dropped connections: retry
                 status = getattr(e, "status", None)
                 if status == 410:  # as an HTTP status (a list or watch from a compacted version)
                     self.count("relists_410")
                     logger.info("%s: 410 Gone; listing again", kind)
-                    self.cache.forget(kind)
+                    self.index.forget(kind)
                     continue
                 self.count("errors")
                 if status == 404 and kind in POLICY_KINDS:
                     logger.info("no %s resource (Istio CRDs not installed); checking again later", kind)
-                    self.cache.replace(kind, [], None)
+                    self.index.replace(kind, [], None)
                     self._changed.set()
                     await trio.sleep(self.cfg.backoff_max_s)
                     continue
@@ -190,35 +273,29 @@ class Discovery:
 
     async def _watch(self, kind: str) -> int:
         """One watch from the kind's last version; the number of events it carried."""
+        seen = [0]
+
+        def deliver(batch: list) -> None:
+            changed = False
+            for etype, key, value, rv in batch:
+                changed |= self.index.apply_event(kind, etype, key, value, rv)
+            seen[0] += len(batch)
+            self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
+            if changed:
+                self._changed.set()
+
+        inbox = _Inbox(trio.lowlevel.current_trio_token(), deliver)
         try:
-            return await self._watch_once(kind)
-        except BaseExceptionGroup as eg:  # the reader thread's error, or ours: raise it as is
-            raise _first(eg) from None
-
-    async def _watch_once(self, kind: str) -> int:
-        send, recv = trio.open_memory_channel(256)
-
-        async def reader() -> None:
-            async with send:
-                await trio.to_thread.run_sync(self._stream, kind, self.cache.versions[kind], send,
-                                              abandon_on_cancel=True)
-
-        events = 0
-        async with trio.open_nursery() as n:
-            n.start_soon(reader)
-            async with recv:
-                async for ev in recv:
-                    etype, obj = ev.get("type"), ev.get("object") or {}
-                    if etype == "ERROR":
-                        if obj.get("code") == 410:
-                            raise Gone()  # the nursery stops the reader (no cancel first: a
-                            # checkpoint on the way out would swap Gone for Cancelled)
-                        raise RuntimeError(f"watch error: {obj.get('message') or obj}")
-                    events += 1
-                    self.counts["events"] += 1  # not an agent counter: one per event is noise
-                    if self.cache.event(kind, etype, obj):
-                        self._changed.set()
-        return events
+            err = await trio.to_thread.run_sync(self._stream, kind, self.index.versions[kind], inbox,
+                                                abandon_on_cancel=True)
+            inbox.drain()  # what the thread handed over last
+        finally:
+            inbox.closed = True  # an abandoned reader delivers nothing more
+        if err is not None:
+            if err.get("code") == 410:
+                raise Gone()
+            raise RuntimeError(f"watch error: {err.get('message') or err}")
+        return seen[0]
 
     # ---- applying to the agent --------------------------------------------------------------
     async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -227,118 +304,42 @@ class Discovery:
             await self._changed.wait()
             await trio.sleep(COALESCE_S)
             self._changed = trio.Event()
-            self.apply()
+            await self.flush()
 
-    def apply(self) -> None:
-        self.apply_desired(desired(self.cache, self.node))
-
-    def apply_desired(self, d: Desired) -> None:
-        from agent.config import PeerNode, ServiceConfig
-
-        a = self.agent
+    async def flush(self, remerge: bool = False) -> None:
+        """Apply what changed, letting the event loop run between batches."""
         self.counts["applies"] += 1
-        for c in sorted(set(d.conflicts) - self._conflicts):
-            logger.warning("%s; the newer pod keeps it", c)
-        self._conflicts = set(d.conflicts)
-        plan = plan_workloads(d.workloads, self.owned, a.registry, self.node)
-        for uid in plan.unregister:
-            a.unregister(uid)
-        for w in plan.register:
-            try:
-                a.register(w)
-            except Exception as e:  # noqa: BLE001 - one pod (e.g. its capture) must not stop the rest
-                if a.registry.get(w.uid) is None:
-                    plan.owned.discard(w.uid)
-                plan.skipped.append(f"{w.namespace}/{w.name}: {_short(e)}")
-        for s in sorted(set(plan.skipped) - self._skipped):  # each once, not on every apply
-            self.count("pods_skipped")
-            logger.warning("pod %s: skipped", s)
-        self._skipped = set(plan.skipped)
-        self.owned = plan.owned
-        cluster = a.config.cluster
-        nodes, services = [], []
-        for entry in d.nodes:
-            try:
-                nodes.append(PeerNode.model_validate(entry))
-            except ValueError as err:
-                logger.warning("node %s skipped: %s", entry.get("name"), err)
-        for entry in d.services:
-            try:
-                services.append(ServiceConfig.model_validate(entry))
-            except ValueError as err:
-                logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
-        if d.this_node and d.this_node.get("labels"):
-            a.config.node.labels = dict(d.this_node["labels"])  # locality (docs/traffic.md)
-        if d.this_node and d.this_node.get("pod_cidrs") and not cluster.pod_cidrs:
-            cluster.pod_cidrs = list(d.this_node["pod_cidrs"])
-        nodes, services = merge_nodes(self.static[0], nodes), merge_services(self.static[1], services)
-        if nodes != cluster.nodes or services != cluster.services:
-            cluster.nodes, cluster.services = nodes, services
-            a.cluster_changed()
-        self._apply_policies(d.policy_docs)
+        last = time.perf_counter()
+        for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
+            if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
+                await trio.sleep(0)
+                last = time.perf_counter()
+        if self.applier.policies_dirty:  # parsed and compiled beside the deciding thread, swapped in
+            self.applier.policies_dirty = False
+            await self.agent.policy_sources.replace({"kubernetes": self.applier.policy_docs()})
+            self.agent.traffic.replace_source("kubernetes", self.applier.traffic_docs())
+            self.agent.recheck_connections()
+
+    def apply(self, remerge: bool = False) -> None:
+        """Apply what changed in one go (tests, a config reload)."""
+        self.counts["applies"] += 1
+        for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
+            pass
+        if self.applier.policies_dirty:
+            self.applier.commit_policies()
 
     def set_static(self, nodes: list, services: list) -> None:
         """The config's peers and services changed (reload): merge them in again."""
-        self.static = (list(nodes), list(services))
-        self.apply()
-
-    def _apply_policies(self, docs: list[dict]) -> None:
-        if docs == self.policy_docs:
-            return
-        self.policy_docs = docs
-        self._policies_changed.set()
-
-    async def policy_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The newest policy objects, parsed and compiled in a thread and swapped in
-        atomically (agent.policy_sources); a bad object is skipped and counted."""
-        task_status.started()
-        while True:
-            await self._policies_changed.wait()
-            self._policies_changed = trio.Event()
-            skipped = await self.agent.policy_sources.replace_raw("kubernetes", list(self.policy_docs or ()), _where)
-            traffic, bad = await trio.to_thread.run_sync(
-                _traffic_of, list(self.policy_docs or ()), self.agent.config.policies.cluster_domain)
-            self.agent.traffic.replace_source("kubernetes", traffic)
-            for _ in range(skipped + bad):
-                self.count("policies_rejected")
-            self.agent.recheck_connections()
+        self.applier.static = (list(nodes), list(services))
+        self.apply(remerge=True)
 
     def stats(self) -> dict:
-        return dict(self.counts, versions=dict(self.cache.versions), workloads=len(self.owned))
-
-
-def _first(eg: BaseExceptionGroup) -> BaseException:
-    for e in eg.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            return _first(e)
-        if not isinstance(e, trio.Cancelled):
-            return e
-    return eg.exceptions[0]
+        return dict(self.counts, versions=dict(self.index.versions), workloads=len(self.owned))
 
 
 def _short(e: BaseException) -> str:
     s = f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
     return s if len(s) < 300 else s[:300] + "..."
-
-
-def _traffic_of(docs: list[dict], domain: str) -> tuple[list, int]:
-    """The DestinationRules/VirtualServices among the policy objects (run in a thread):
-    (loaded, how many were skipped as invalid)."""
-    from agent.traffic.loader import load_traffic
-
-    out, skipped = [], 0
-    for doc in docs:
-        try:
-            out += load_traffic(json.dumps(doc), _where(doc), domain)
-        except ValueError as e:  # TrafficError, or the bounded reader's refusal
-            skipped += 1
-            logger.warning("traffic rule skipped: %s", e)
-    return out, skipped
-
-
-def _where(doc: dict) -> str:
-    m = doc.get("metadata") or {}
-    return f"kubernetes:{doc.get('kind')}/{m.get('namespace')}/{m.get('name')}"
 
 
 async def start(agent, nursery: trio.Nursery) -> Discovery:
@@ -347,26 +348,34 @@ async def start(agent, nursery: trio.Nursery) -> Discovery:
     cfg = agent.config.kubernetes
     d = Discovery(agent, cfg, cfg.node_name or agent.config.node.name)
     backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
-    while True:
-        try:
-            await d.list_all()
-            break
-        except Exception as e:  # noqa: BLE001 - not ready until the API answered once
-            d.count("errors")
-            delay = backoff.next(random.random())
-            logger.warning("kubernetes API not reachable yet: %s; retrying in %.1f s", _short(e), delay)
-            await trio.sleep(delay)
-    pods = desired(d.cache, d.node)
-    if pods.this_node and pods.this_node.get("pod_cidrs") and not agent.config.cluster.pod_cidrs:
-        agent.config.cluster.pod_cidrs = list(pods.this_node["pod_cidrs"])
+    gc.disable()  # the first list allocates much that lives on: no collections meanwhile
+    try:
+        while True:
+            try:
+                await d.list_all()
+                break
+            except Exception as e:  # noqa: BLE001 - not ready until the API answered once
+                d.count("errors")
+                delay = backoff.next(random.random())
+                logger.warning("kubernetes API not reachable yet: %s; retrying in %.1f s", _short(e), delay)
+                await trio.sleep(delay)
+    except BaseException:
+        gc.enable()
+        raise
+    me = d.index.nodes()[1]
+    if me and me.get("pod_cidrs") and not agent.config.cluster.pod_cidrs:
+        agent.config.cluster.pod_cidrs = list(me["pod_cidrs"])
     agent.discovery = d
     return d
 
 
 async def run(d: Discovery, nursery: trio.Nursery) -> None:
     """Steady state: apply what was listed, then watch every kind."""
-    await nursery.start(d.policy_loop)
-    d.apply()
+    try:
+        await d.flush(remerge=True)
+    finally:
+        gc.freeze()  # what the first list loaded is long-lived: the collector skips it from now on
+        gc.enable()
     await nursery.start(d.apply_loop)
     for kind in KINDS:
         await nursery.start(d.reflect, kind)

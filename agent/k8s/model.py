@@ -1,15 +1,19 @@
 """Kubernetes objects -> what the agent knows: workloads, peer nodes, services, policies.
 
-Pure: no I/O, no clock. ``Cache`` holds the objects of every watched kind the way
-the API server last described them (a relist replaces a kind wholesale, so objects
-deleted while a watch was down disappear); ``desired`` turns it into the agent's
-state, one pod per address; ``agent.k8s.reconcile`` plans how to get there. The shell
-(``agent.k8s.discovery``) feeds it list results and watch events.
+Pure: no I/O, no clock. ``slim`` is the only reader of API objects: it keeps the
+fields hostmesh uses and nothing else (never ``managedFields``, annotations it ignores,
+status it ignores), so two objects with equal slims mean the same to discovery and an
+event whose slim equals the stored one changes nothing. ``Cache`` holds the slims of
+every watched kind (a relist replaces a kind wholesale, so objects deleted while a
+watch was down disappear); ``desired`` turns it into the agent's whole state, one pod
+per address: the reference that ``agent.k8s.index`` (what the shell runs, one event at
+a time) must always equal. ``agent.k8s.reconcile`` plans how to get there.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass, field
 
 # Pod annotation naming the ports that speak HTTP/1.1 (L7 policy), e.g. "8080,9090".
@@ -38,15 +42,25 @@ def resource_version(obj: dict) -> str | None:
 
 @dataclass
 class Cache:
-    """The last known objects per kind, and the resourceVersion to resume each watch."""
+    """The last known objects per kind (their slims), and the resourceVersion to resume
+    each watch. The reference state: ``agent.k8s.index.Index`` is what the shell runs."""
 
-    objects: dict[str, dict[str, dict]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    objects: dict[str, dict[str, object]] = field(default_factory=lambda: {k: {} for k in KINDS})
     versions: dict[str, str | None] = field(default_factory=lambda: {k: None for k in KINDS})
 
     def replace(self, kind: str, items: list[dict], version: str | None) -> None:
         """A list result: the kind is exactly ``items`` now."""
-        self.objects[kind] = {key_of(o): o for o in items}
+        self.objects[kind] = {}
+        for o in items:
+            self._put(kind, o)
         self.versions[kind] = version
+
+    def _put(self, kind: str, obj: dict) -> None:
+        v = slim(kind, obj)
+        if v is None:
+            self.objects[kind].pop(key_of(obj), None)
+        else:
+            self.objects[kind][key_of(obj)] = v
 
     def event(self, kind: str, etype: str, obj: dict) -> bool:
         """A watch event; True when the objects changed (a bookmark only moves the version)."""
@@ -58,7 +72,7 @@ class Cache:
         if etype == "DELETED":
             return self.objects[kind].pop(key_of(obj), None) is not None
         if etype in ("ADDED", "MODIFIED"):
-            self.objects[kind][key_of(obj)] = obj
+            self._put(kind, obj)
             return True
         return False
 
@@ -75,12 +89,14 @@ def _ips(pod: dict) -> list[str]:
     ips = [p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")]
     if not ips and st.get("podIP"):
         ips = [st["podIP"]]
-    out = []
+    out: list[str] = []
     for ip in ips:
         try:
-            out.append(str(ipaddress.ip_address(ip)))
+            ip = str(ipaddress.ip_address(ip))
         except ValueError:
             continue
+        if ip not in out:
+            out.append(ip)
     return out
 
 
@@ -92,7 +108,7 @@ def _http_ports(value: str | None) -> list[int]:
     return sorted(set(out))
 
 
-def pod_workload(pod: dict, this_node: str) -> dict | None:
+def pod_workload(pod: dict, this_node: str | None) -> dict | None:
     """The admin API's workload body for a pod, or None when it is not a mesh workload:
     host-network pods (they share the node's address), pods without an IP yet, pods
     neither Running nor Pending, and pods that opted out. Identity: the pod's namespace and service account."""
@@ -109,13 +125,101 @@ def pod_workload(pod: dict, this_node: str) -> dict | None:
     if not ips or not meta.get("uid") or not meta.get("name"):
         return None
     node = spec.get("nodeName")
+    # names many pods share (namespace, account, node, label keys and values) are
+    # interned: one string each instead of one per pod
     return {
-        "uid": meta["uid"], "name": meta["name"], "namespace": meta.get("namespace") or "default",
-        "service_account": spec.get("serviceAccountName") or "default", "ip": ips[0], "ips": ips,
-        "labels": {str(k): str(v) for k, v in labels.items()},
+        "uid": meta["uid"], "name": meta["name"], "namespace": _intern(meta.get("namespace") or "default"),
+        "service_account": _intern(spec.get("serviceAccountName") or "default"), "ip": ips[0], "ips": ips,
+        "labels": {_intern(str(k)): _intern(str(v)) for k, v in labels.items()},
         "http_ports": _http_ports(annotations.get(HTTP_PORTS_ANNOTATION)),
-        "node": None if node == this_node else node,
+        "node": None if node == this_node else _intern(node) if isinstance(node, str) else node,
     }
+
+
+def _intern(s):
+    return sys.intern(s) if type(s) is str else s
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """What discovery keeps of a pod that is a mesh workload: who wins an address two
+    pods claim (``rank``) and its workload body (``node`` as the pod names it unless the
+    view was made for a node, then None for that node's own pods)."""
+
+    rank: tuple
+    body: dict
+
+
+def _claim_rank(pod: dict) -> tuple:
+    """Who keeps an address two pods claim: a pod not being deleted, then the newer one.
+    (A terminating pod's object keeps ``status.podIPs`` after the CNI released the
+    address, and the address can already belong to a new pod on the same node.)"""
+    m = pod.get("metadata") or {}
+    return (m.get("deletionTimestamp") is None, _intern(m.get("creationTimestamp") or ""), m.get("uid") or "",
+            key_of(pod))
+
+
+def pod_view(pod: dict, this_node: str | None = None) -> PodView | None:
+    body = pod_workload(pod, this_node)
+    return None if body is None else PodView(_claim_rank(pod), body)
+
+
+# ---- slims: the fields discovery reads ----------------------------------------------------
+
+# annotations of policies that are never policy (kubectl's copy of the whole object)
+_POLICY_ANNOTATIONS_DROPPED = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def slim_service(svc: dict) -> dict:
+    meta, spec = svc.get("metadata") or {}, svc.get("spec") or {}
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": {k: spec[k] for k in ("type", "clusterIP", "clusterIPs", "ports") if k in spec}}
+
+
+def slice_service(s: dict) -> str | None:
+    """The ``ns/name`` of the service an EndpointSlice belongs to."""
+    meta = s.get("metadata") or {}
+    svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    return f"{meta.get('namespace') or ''}/{svc}" if svc else None
+
+
+def slim_slice(s: dict) -> dict:
+    """Only ready endpoints' addresses (the only ones routed to) and the ports."""
+    meta = s.get("metadata") or {}
+    svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    addrs = [a for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready") is not False
+             for a in ep.get("addresses") or []]
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
+                         "labels": {"kubernetes.io/service-name": svc} if svc else {}},
+            "ports": [{k: p[k] for k in ("name", "port") if k in p} for p in s.get("ports") or []],
+            "endpoints": [{"addresses": addrs}] if addrs else []}
+
+
+def policy_doc(obj: dict, kind: str) -> dict:
+    """An Istio object as the policy loader takes it (no uid/resourceVersion/generation:
+    unknown fields are errors there)."""
+    meta = obj.get("metadata") or {}
+    m = {"name": meta.get("name"), "namespace": meta.get("namespace")}
+    ann = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _POLICY_ANNOTATIONS_DROPPED}
+    if ann:
+        m["annotations"] = ann
+    group = "networking.istio.io/v1" if kind in TRAFFIC_KINDS else "security.istio.io/v1"
+    return {"apiVersion": obj.get("apiVersion") or group, "kind": POLICY_KINDS[kind],
+            "metadata": m, "spec": obj.get("spec") or {}}
+
+
+def slim(kind: str, obj: dict, this_node: str | None = None):
+    """What discovery keeps of an object of ``kind``; None: nothing (not a workload,
+    a node without an address)."""
+    if kind == "pods":
+        return pod_view(obj, this_node)
+    if kind == "nodes":
+        return node_entry(obj)
+    if kind == "services":
+        return slim_service(obj)
+    if kind == "endpointslices":
+        return slim_slice(obj)
+    return policy_doc(obj, kind)
 
 
 # ---- nodes, services -------------------------------------------------------------------
@@ -176,10 +280,9 @@ def service_entries(svc: dict, slices: list[dict]) -> list[dict]:
 def slices_by_service(slices: dict[str, dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for s in slices.values():
-        meta = s.get("metadata") or {}
-        svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+        svc = slice_service(s)
         if svc:
-            out.setdefault(f"{meta.get('namespace') or ''}/{svc}", []).append(s)
+            out.setdefault(svc, []).append(s)
     return out
 
 
@@ -196,61 +299,51 @@ class Desired:
     conflicts: list[str] = field(default_factory=list)  # addresses two pods claimed (logged)
 
 
-def _claim_rank(pod: dict) -> tuple:
-    """Who keeps an address two pods claim: a pod not being deleted, then the newer one.
-    (A terminating pod's object keeps ``status.podIPs`` after the CNI released the
-    address, and the address can already belong to a new pod on the same node.)"""
-    m = pod.get("metadata") or {}
-    return (m.get("deletionTimestamp") is None, m.get("creationTimestamp") or "", m.get("uid") or "")
+def grant(body: dict, ips: list[str]) -> dict:
+    """``body`` holding only ``ips`` (some of its addresses went to other pods)."""
+    return body if ips == body["ips"] else dict(body, ip=ips[0], ips=ips)
 
 
-def pod_workloads(pods, this_node: str) -> tuple[dict[str, dict], list[str]]:
-    """Workload bodies by uid, each address held by one pod only; and what lost an
-    address to another pod, for the log."""
+def pod_workloads(views, this_node: str | None) -> tuple[dict[str, dict], list[str]]:
+    """Workload bodies by uid (from pod views), each address held by one pod only; and
+    what lost an address to another pod, for the log."""
     workloads: dict[str, dict] = {}
     conflicts: list[str] = []
     claimed: dict[str, str] = {}  # ip -> "ns/name" holding it
-    for pod in sorted(pods, key=_claim_rank, reverse=True):
-        w = pod_workload(pod, this_node)
-        if w is None:
-            continue
+    for v in sorted(views, key=lambda v: v.rank, reverse=True):
+        w = v.body
+        if w["node"] is not None and w["node"] == this_node:
+            w = dict(w, node=None)
         ips = [ip for ip in w["ips"] if ip not in claimed]
         for ip in w["ips"]:
             if ip in claimed:
                 conflicts.append(f"pod {w['namespace']}/{w['name']}: {ip} is held by pod {claimed[ip]}")
         if not ips:
             continue
-        w["ip"], w["ips"] = ips[0], ips
         for ip in ips:
             claimed[ip] = f"{w['namespace']}/{w['name']}"
-        workloads[w["uid"]] = w
+        workloads[w["uid"]] = grant(w, ips)
     return workloads, conflicts
 
 
-def desired(cache: Cache, this_node: str) -> Desired:
-    workloads, conflicts = pod_workloads(cache.objects["pods"].values(), this_node)
+def split_nodes(entries, this_node: str) -> tuple[list[dict], dict | None]:
+    """Peer entries (by name) and this node's own."""
     nodes, me = [], None
-    for n in cache.objects["nodes"].values():
-        e = node_entry(n)
-        if e is None:
-            continue
+    for e in entries:
         if e["name"] == this_node:
             me = e
         else:
             nodes.append(e)
+    return sorted(nodes, key=lambda e: e["name"]), me
+
+
+def desired(cache: Cache, this_node: str) -> Desired:
+    workloads, conflicts = pod_workloads(cache.objects["pods"].values(), this_node)
+    nodes, me = split_nodes(cache.objects["nodes"].values(), this_node)
     by_svc = slices_by_service(cache.objects["endpointslices"])
     services = []
     for key, svc in sorted(cache.objects["services"].items()):
         services += service_entries(svc, by_svc.get(key, []))
-    docs: list[dict] = []
-    for kind, k8s_kind in POLICY_KINDS.items():
-        for obj in cache.objects[kind].values():
-            meta = obj.get("metadata") or {}
-            m = {"name": meta.get("name"), "namespace": meta.get("namespace")}
-            if meta.get("annotations"):
-                m["annotations"] = meta["annotations"]
-            group = "networking.istio.io/v1" if kind in TRAFFIC_KINDS else "security.istio.io/v1"
-            docs.append({"apiVersion": obj.get("apiVersion") or group, "kind": k8s_kind,
-                         "metadata": m, "spec": obj.get("spec") or {}})
+    docs = [d for kind in POLICY_KINDS for d in cache.objects[kind].values()]
     docs.sort(key=lambda d: (d["kind"], d["metadata"]["namespace"] or "", d["metadata"]["name"] or ""))
-    return Desired(workloads, sorted(nodes, key=lambda e: e["name"]), services, docs, me, conflicts)
+    return Desired(workloads, nodes, services, docs, me, conflicts)

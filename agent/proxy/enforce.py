@@ -65,18 +65,20 @@ def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
 
 
 def inspect_http(agent, conn: Conn) -> bool:
-    """True when requests on this connection must be checked one by one (L7)."""
+    """True when requests on this connection must be checked one by one (L7). The
+    workload's own labels mapping goes to the store (its per-workload cache is keyed on
+    that object; a copy per call would fill it with entries that never hit)."""
     dst = conn.dst
     if dst is None or conn.dst_port not in dst.http_ports:
         return False
-    return needs_http(agent.policies, dst.namespace, dict(dst.labels), conn.dst_port, dst.http_ports)
+    return needs_http(agent.policies, dst.namespace, dst.labels, conn.dst_port, dst.http_ports)
 
 
 def strict_mtls(agent, conn: Conn) -> bool:
     dst = conn.dst
     if dst is None:
         return False
-    return mtls_mode(agent.policies, dst.namespace, dict(dst.labels), conn.dst_port) == "STRICT"
+    return mtls_mode(agent.policies, dst.namespace, dst.labels, conn.dst_port) == "STRICT"
 
 
 def recheck(agent, conn: Conn) -> Decision | None:

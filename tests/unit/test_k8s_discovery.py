@@ -1,112 +1,23 @@
 """Kubernetes discovery (agent.k8s.discovery, the trio shell with the official client)
-against a server that replays real API list and watch responses (no API server runs
-here): the registry, peers, services and policies end up exactly as the replayed cluster
+against a server that replays real API list and watch responses (agent.bench.fakeapi;
+no API server runs here): the registry, peers, services and policies end up exactly as the replayed cluster
 describes, through bookmarks, 410 Gone, a dropped watch and API errors. The pure core
 has its own tests (test_k8s_reconcile.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
 
 from agent.app import Agent
+from agent.bench.fakeapi import FakeApi as Replay
 from agent.config import Config
 from agent.k8s import discovery as disc
 from tests.unit.k8s_objects import NODE, authz, endpointslice, lst, node, pod, service
 
 # ---- the shell against a replay server ------------------------------------------------------
-
-
-class Replay:
-    """Scripted API server. ``lists[path]``: list bodies served in turn (the last one
-    repeats; ("status", code) answers that status instead); ``watches[path]``: per watch request, a list of steps — a dict (an event
-    line), ("status", code) (answer with that HTTP status), "drop" (cut the connection
-    mid-line), "end" (close the stream); after the scripts, watches hang until shutdown."""
-
-    def __init__(self) -> None:
-        self.lists: dict[str, list[dict]] = {}
-        self.watches: dict[str, list[list]] = {}
-        self.seen: list[tuple[str, dict]] = []
-        self.stop = threading.Event()
-        replay = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):  # noqa: N802
-                u = urlsplit(self.path)
-                q = {k: v[0] for k, v in parse_qs(u.query).items()}
-                replay.seen.append((u.path, q))
-                if q.get("watch") in ("true", "1", "True"):
-                    return self._watch(u.path)
-                bodies = replay.lists.get(u.path)
-                if not bodies:
-                    return self._send(404, {"kind": "Status", "code": 404, "message": "not found"})
-                body = bodies.pop(0) if len(bodies) > 1 else bodies[0]
-                if isinstance(body, tuple):
-                    return self._send(body[1], {"kind": "Status", "code": body[1], "message": "scripted"})
-                self._send(200, body)
-
-            def _send(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _watch(self, path):
-                scripts = replay.watches.get(path) or []
-                steps = scripts.pop(0) if scripts else []
-                if steps and isinstance(steps[0], tuple):
-                    return self._send(steps[0][1], {"kind": "Status", "code": steps[0][1], "reason": "Expired"})
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                for step in steps:
-                    if step == "drop":
-                        self.wfile.write(b"40\r\n{\"type\": \"MODIFIED\", \"obj")
-                        self.wfile.flush()
-                        self.close_connection = True
-                        self.connection.shutdown(2)
-                        return
-                    if step == "end":
-                        self.wfile.write(b"0\r\n\r\n")
-                        return
-                    line = json.dumps(step).encode() + b"\n"
-                    self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
-                    self.wfile.flush()
-                replay.stop.wait(30)
-                self.close_connection = True
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        for path, kind in (("/api/v1/nodes", "NodeList"), ("/api/v1/services", "ServiceList"),
-                           ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList"),
-                           ("/apis/security.istio.io/v1/authorizationpolicies", "AuthorizationPolicyList"),
-                           ("/apis/security.istio.io/v1/peerauthentications", "PeerAuthenticationList"),
-                           ("/apis/networking.istio.io/v1/destinationrules", "DestinationRuleList"),
-                           ("/apis/networking.istio.io/v1/virtualservices", "VirtualServiceList")):
-            self.lists[path] = [lst(kind, [], "1")]
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def watch_versions(self, path: str) -> list[str | None]:
-        return [q.get("resourceVersion") for p, q in self.seen if p == path and q.get("watch")]
 
 
 @pytest.fixture
@@ -271,7 +182,6 @@ def test_destination_rules_and_virtual_services_are_watched(replay):
 
 def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp_path):
     from agent.config import load_config
-    from agent.k8s.model import Cache
 
     def write(static_peer: str) -> None:
         path.write_text(json.dumps({
@@ -283,7 +193,6 @@ def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp
     write("metal-1")
     agent = Agent(load_config(str(path)), str(path))
     d = agent.discovery = disc.Discovery(agent, agent.config.kubernetes, NODE)
-    d.cache = Cache()
     d.cache.replace("nodes", [node("node-b", "192.0.2.2", "10.2.0.0/24")], "5")
     d.cache.replace("pods", [pod("far", "10.2.0.9", node="node-b")], "5")
     d.apply()

@@ -1,0 +1,186 @@
+"""Carrying discovery's changes (``agent.k8s.index.Changes``) into the running agent:
+workloads through ``Agent.register``/``unregister``, services as a patch of the
+routing view, peers, policies one document at a time.
+
+Every step is proportional to the change: a plan covers the uids that changed (in
+batches, so the shell can let the event loop run between them), a slice change
+re-validates its service's entries only and patches those routing-view entries, a
+policy change loads that policy only. It must never rebuild what a change did not
+touch, nor unregister a workload discovery did not register.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+from agent.k8s.index import Changes, Index
+from agent.k8s.model import TRAFFIC_KINDS
+from agent.k8s.reconcile import merge_nodes, merge_services, plan_changes
+
+logger = logging.getLogger("hostmesh.k8s")
+
+# uids planned and registered per step; the shell yields to the event loop between steps
+BATCH = 200
+LOGGED_MAX = 10000  # lines remembered so each is logged once (bounded)
+
+
+class Applier:
+    def __init__(self, agent, node: str, count) -> None:
+        self.agent = agent
+        self.node = node
+        self.count = count
+        self.owned: set[str] = set()  # workload uids discovery registered
+        self.retry: dict[str, dict] = {}  # uid -> body an address held elsewhere kept out: tried again
+        self.services: dict[str, list] = {}  # service key -> its validated ServiceConfig entries
+        self.nodes: list = []  # validated PeerNode entries
+        self.policies: dict[tuple[str, str], list] = {}  # (kind, key) -> loaded documents
+        self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
+        self.policies_dirty = False  # loaded but not yet in force
+        cluster = agent.config.cluster
+        self.static = (list(cluster.nodes), list(cluster.services))  # the config's own
+        self._logged: set[str] = set()
+
+    def _once(self, line: str) -> bool:
+        if line in self._logged:
+            return False
+        if len(self._logged) >= LOGGED_MAX:
+            self._logged.clear()
+        self._logged.add(line)
+        return True
+
+    def steps(self, index: Index, c: Changes, *, remerge: bool = False) -> Iterator[None]:
+        """Apply ``c``; yields between batches (the caller decides whether to let the
+        event loop run there)."""
+        changes = {**self.retry, **c.workloads}
+        uids = sorted(changes)
+        for i in range(0, len(uids), BATCH):
+            self._workloads({u: changes[u] for u in uids[i:i + BATCH]})
+            yield
+        for line in sorted(index.all_conflicts()):
+            if self._once(line):
+                logger.warning("%s; the newer pod keeps it", line)
+        if c.nodes or remerge:
+            self._nodes(index)
+            remerge = True
+        delta = self._services(index, c.services)
+        if remerge or delta:
+            self._cluster(delta, full=remerge)
+        yield
+        if c.policies:
+            self._policies(index, c.policies)
+
+    def _workloads(self, changes: dict[str, dict | None]) -> None:
+        a = self.agent
+        plan = plan_changes(changes, self.owned, a.registry, self.node)
+        for uid in plan.unregister:
+            a.unregister(uid)
+        gained = set(plan.gained)
+        for w in plan.register:
+            try:
+                a.register(w)
+            except Exception as e:  # noqa: BLE001 - one pod (e.g. its capture) must not stop the rest
+                if a.registry.get(w.uid) is None:
+                    gained.discard(w.uid)
+                plan.skipped.append(f"{w.namespace}/{w.name}: {type(e).__name__}: {e}")
+        for s in plan.skipped:  # each once, not on every retry
+            if self._once(s):
+                self.count("pods_skipped")
+                logger.warning("pod %s: skipped", s)
+        self.owned -= plan.lost
+        self.owned |= gained
+        for uid in changes:
+            self.retry.pop(uid, None)
+        self.retry.update({uid: changes[uid] for uid in plan.failed if changes.get(uid) is not None})
+
+    def _nodes(self, index: Index) -> None:
+        from agent.config import PeerNode
+
+        out = []
+        peers, me = index.nodes()
+        cluster = self.agent.config.cluster
+        if me and me.get("pod_cidrs") and not cluster.pod_cidrs:
+            cluster.pod_cidrs = list(me["pod_cidrs"])
+        if me and me.get("labels"):
+            self.agent.config.node.labels = dict(me["labels"])  # locality (docs/traffic.md)
+        for entry in peers:
+            try:
+                out.append(PeerNode.model_validate(entry))
+            except ValueError as err:
+                logger.warning("node %s skipped: %s", entry.get("name"), err)
+        self.nodes = out
+
+    def _services(self, index: Index, keys: set[str]) -> dict:
+        """Re-validate the entries of the services in ``keys``; the routing-view entries
+        ((vip, port) -> ServiceConfig, None: gone) that differ."""
+        from agent.config import ServiceConfig
+
+        delta: dict = {}
+        for key in sorted(keys):
+            new = []
+            for entry in index.service_entries(key):
+                try:
+                    new.append(ServiceConfig.model_validate(entry))
+                except ValueError as err:
+                    logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
+            old = self.services.pop(key, [])
+            if new:
+                self.services[key] = new
+            if new == old:
+                continue
+            for s in old:
+                delta.update(dict.fromkeys((s.vip, p) for p in s.ports))
+            for s in new:
+                delta.update({(s.vip, p): s for p in s.ports})
+        return delta
+
+    def _cluster(self, delta: dict, *, full: bool) -> None:
+        cluster = self.agent.config.cluster
+        if full:
+            cluster.nodes = merge_nodes(self.static[0], self.nodes)
+        cluster.services = merge_services(self.static[1], [s for v in self.services.values() for s in v])
+        if full:
+            self.agent.cluster_changed()
+            return
+        static = {(s.vip, p): s for s in self.static[1] for p in s.ports}
+        self.agent.cluster_changed({k: s if s is not None else static.get(k) for k, s in delta.items()})
+
+    def _policies(self, index: Index, keys: set[tuple[str, str]]) -> None:
+        """Load the changed objects only (one small document each); the whole set is
+        put in force by the shell: ``commit_policies`` now, or ``Discovery.flush``
+        beside the deciding thread (agent.policy_sources)."""
+        from agent.rbac.loader import load_documents
+        from agent.traffic.loader import load_traffic
+
+        cfg = self.agent.config.policies
+        for kind, key in sorted(keys):
+            doc = index.policy_doc(kind, key)
+            self.policies.pop((kind, key), None)
+            self.traffic.pop((kind, key), None)
+            if doc is None:
+                continue
+            m = doc["metadata"]
+            where = f"kubernetes:{doc['kind']}/{m.get('namespace')}/{m.get('name')}"
+            try:
+                if kind in TRAFFIC_KINDS:
+                    self.traffic[(kind, key)] = load_traffic(json.dumps(doc), where, cfg.cluster_domain)
+                else:
+                    self.policies[(kind, key)] = load_documents(json.dumps(doc), where, cfg.root_namespace)
+            except ValueError as e:  # PolicyError, TrafficError
+                self.count("policies_rejected")
+                logger.warning("policy skipped: %s", e)
+        self.policies_dirty = True
+
+    def policy_docs(self) -> list:
+        return [d for k in sorted(self.policies) for d in self.policies[k]]
+
+    def traffic_docs(self) -> list:
+        return [d for k in sorted(self.traffic) for d in self.traffic[k]]
+
+    def commit_policies(self) -> None:
+        """Put the Kubernetes policies and traffic rules in force at once (tests, reload)."""
+        self.policies_dirty = False
+        self.agent.policies.replace_source("kubernetes", self.policy_docs())
+        self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
+        self.agent.recheck_connections()

@@ -1,0 +1,62 @@
+"""A Kubernetes list response read one item at a time.
+
+Pure: text in, items out. ``scan_list`` walks the outer object and its ``items``
+array and hands each item, decoded by the standard library's JSON decoder, to a
+callback before decoding the next, so a page of 7 KB pods never exists as one tree of
+Python objects (the slims kept from it then fill memory the page left, instead of
+pinning a page's worth of allocator arenas each). It decides nothing about the items;
+malformed JSON raises ``ValueError`` like ``json.loads``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from json.decoder import WHITESPACE
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, i: int) -> int:
+    return WHITESPACE.match(text, i).end()
+
+
+def _expect(text: str, i: int, ch: str) -> int:
+    i = _skip(text, i)
+    if text[i:i + 1] != ch:
+        raise ValueError(f"list response: expected {ch!r} at offset {i}")
+    return i + 1
+
+
+def scan_list(text: str, on_item: Callable[[dict], None]) -> dict:
+    """Every element of the top-level ``items`` array to ``on_item`` in order; the
+    other top-level fields (``metadata``: resourceVersion, continue) returned."""
+    rest: dict = {}
+    i = _expect(text, 0, "{")
+    if text[_skip(text, i):_skip(text, i) + 1] == "}":
+        return rest
+    while True:
+        key, i = _DECODER.raw_decode(text, _skip(text, i))
+        i = _expect(text, i, ":")
+        if key == "items" and text[_skip(text, i):_skip(text, i) + 1] == "[":
+            i = _skip(text, i) + 1
+            if text[_skip(text, i):_skip(text, i) + 1] == "]":
+                i = _skip(text, i) + 1
+            else:
+                while True:
+                    item, i = _DECODER.raw_decode(text, _skip(text, i))
+                    on_item(item)
+                    i = _skip(text, i)
+                    if text[i:i + 1] == ",":
+                        i += 1
+                        continue
+                    i = _expect(text, i, "]")
+                    break
+        else:
+            rest[key], i = _DECODER.raw_decode(text, _skip(text, i))
+        i = _skip(text, i)
+        if text[i:i + 1] == ",":
+            i += 1
+            continue
+        _expect(text, i, "}")
+        return rest
