@@ -47,6 +47,12 @@ class Conn:
     close_reason: str | None = None
     bytes_sent: int = 0  # towards the destination
     bytes_received: int = 0  # back to the source
+    # telemetry: the service the client dialled ("ns/name", a VIP resolved at the source),
+    # the open TcpAccount per reporting direction, and for connections relayed outside the
+    # socket layer (the HTTP inspector) their live [to destination, back] byte counts
+    service: str | None = None
+    accounts: list = field(default_factory=list)
+    live: list | None = None
     id: int = field(default_factory=next_id)
 
     def to_json(self, live: Any = None, now_mono: float | None = None) -> dict[str, Any]:

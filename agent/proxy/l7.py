@@ -7,6 +7,11 @@ many), bodies streamed as they come, never buffered whole. A denied request gets
 naming the policy and the connection closes. Responses are tracked with a second h11
 connection (client role) only to know when an exchange ends, so keep-alive connections
 are checked request by request. Upgrades and CONNECT switch to raw bytes once allowed.
+
+The same relay observes HTTP ports for request metrics (``police=False``: nothing is
+decided, at the source or where no L7 rule applies): each exchange becomes one
+``RequestRecord`` per reporting side when its response ends, with the real status, the
+bytes each way and the time to the end of the response.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import trio
 
 from agent.proxy import aio, enforce
 from agent.proxy.conns import Conn
-from agent.rbac.evaluate import HttpAttrs
+from agent.rbac.evaluate import Decision, HttpAttrs
 
 logger = logging.getLogger("hostmesh.l7")
 # SPEC.md / h11: a request head beyond 16 KiB is refused (431).
@@ -35,14 +40,20 @@ def _reply(conn: h11.Connection, status: int, body: bytes, extra=(), close: bool
     return out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
 
 
+_ALLOW = Decision("allow")
+
+
 async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_a: bytes = b"",
-                     to_b: bytes = b"") -> tuple[int, int, str]:
-    """Relay ``a`` (source) <-> ``b`` (workload) checking every request; returns
-    (bytes to workload, bytes back, close reason)."""
+                     to_b: bytes = b"", police: bool = True, reporters=("inbound",)) -> tuple[int, int, str]:
+    """Relay ``a`` (source) <-> ``b`` (workload), checking every request when ``police``
+    and recording each exchange for ``reporters`` ("outbound": the source's view,
+    "inbound": the destination's); returns (bytes to workload, bytes back, close reason)."""
     req_side = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     resp_side = h11.Connection(h11.CLIENT)
     counts = [0, 0]
-    state = {"reason": "closed", "raw": False}
+    conn.live = counts  # telemetry reads the bytes of a live connection here
+    state = {"reason": "closed", "raw": False, "consumed": 0, "first_end": None}
+    ex = _Exchange(agent, conn, reporters)
     cycle = trio.Event()
     conn.cancel_scope = trio.CancelScope()
 
@@ -53,7 +64,6 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         if pending:
             req_side.receive_data(bytes(pending))
             fed = len(pending)
-        start = None
         discard = False
         while True:
             if state["raw"]:
@@ -66,7 +76,9 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
             try:
                 ev = req_side.next_event()
             except h11.RemoteProtocolError as e:
-                await aio.send_all(a, _reply(req_side, e.error_status_hint, f"bad request: {e}\n".encode()))
+                reply = _reply(req_side, e.error_status_hint, f"bad request: {e}\n".encode())
+                await aio.send_all(a, reply)
+                ex.bad_request(e.error_status_hint, fed, len(reply))
                 state["reason"] = "bad_request"
                 raise _Done() from None
             if ev is h11.NEED_DATA:
@@ -83,22 +95,25 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
             if ev is h11.PAUSED:
                 await cycle.wait()
                 continue
-            consumed = fed - len(req_side.trailing_data[0])
+            consumed = state["consumed"] = fed - len(req_side.trailing_data[0])
             if isinstance(ev, h11.Request):
-                start = time.time()
                 hdrs: dict[str, list[str]] = {}
                 for k, v in ev.headers:
                     hdrs.setdefault(k.decode().lower(), []).append(v.decode("latin-1"))
                 attrs = HttpAttrs(ev.method.decode(), ev.target.decode("latin-1").split("?", 1)[0],
                                   (hdrs.get("host") or [""])[0], hdrs)
-                d = enforce.decide(agent, conn, attrs)
-                _record(agent, conn, attrs, d, start)
+                d = enforce.decide(agent, conn, attrs) if police else _ALLOW
+                if police:
+                    agent.count(f"http_requests_{d.verdict}")
+                ex.begin(attrs, d, counts[1])
                 if d.verdict == "deny":
                     # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
                     # usable, the denied request's body is read and dropped, never forwarded.
                     body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
                     extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
-                    await aio.send_all(a, _reply(req_side, 403, body, extra, close=False))
+                    reply = _reply(req_side, 403, body, extra, close=False)
+                    await aio.send_all(a, reply)
+                    ex.denied_reply = len(reply)
                     conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
                     discard = True
                 else:
@@ -109,8 +124,11 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                 if not discard:
                     resp_side.send(h11.Data(data=ev.data))
             elif isinstance(ev, h11.EndOfMessage):
+                ex.request_done(consumed)
                 if not discard:
                     resp_side.send(h11.EndOfMessage())
+                else:
+                    ex.end(403, ex.denied_reply)  # Envoy's RBAC: response_code 403, flags "-"
             elif isinstance(ev, h11.ConnectionClosed):
                 break
             # forward exactly the bytes h11 consumed for this event
@@ -136,6 +154,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                 if rest:
                     await aio.send_all(b, rest)
                     counts[0] += len(rest)
+        state["first_end"] = state["first_end"] or "client"
         from agent.proxy.tlsclose import shutdown_write
 
         shutdown_write(b)
@@ -162,13 +181,17 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     # knows the exchange is over and parses the next keep-alive request
                     if isinstance(ev, (h11.Response, h11.InformationalResponse)):
                         if ev.status_code == 101:
+                            ex.end(101, counts[1] - ex.resp_mark, state["consumed"])
                             state["raw"] = True
                             break
+                        if isinstance(ev, h11.Response):
+                            ex.status = ev.status_code
                         req_side.send(type(ev)(status_code=ev.status_code, headers=ev.headers, reason=ev.reason))
                     elif isinstance(ev, h11.Data):
                         req_side.send(h11.Data(data=ev.data))
                     elif isinstance(ev, h11.EndOfMessage):
                         req_side.send(h11.EndOfMessage())
+                        ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"])
                         if resp_side.our_state is h11.DONE and req_side.their_state is h11.DONE:
                             resp_side.start_next_cycle()
                             req_side.start_next_cycle()
@@ -176,6 +199,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                             cycle = trio.Event()
             except (h11.ProtocolError, RuntimeError):
                 state["raw"] = True  # not something we can follow: stop tracking, keep relaying
+        state["first_end"] = state["first_end"] or "upstream"
         from agent.proxy.tlsclose import shutdown_write
 
         shutdown_write(a)
@@ -196,6 +220,10 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
     else:
         aio.close(a)
         aio.close(b)
+    # an exchange cut short: Envoy's UC (upstream ended it) or DC (the client did)
+    ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"],
+           "UC" if state["first_end"] == "upstream" else "DC")
+    conn.live = None
     return counts[0], counts[1], state["reason"]
 
 
@@ -203,18 +231,53 @@ class _Done(Exception):
     pass
 
 
-def _record(agent, conn: Conn, attrs: HttpAttrs, d, start: float) -> None:
-    agent.count(f"http_requests_{d.verdict}")
+class _Exchange:
+    """The request in flight on one connection (h11 keeps one at a time) and its record."""
+
+    __slots__ = ("agent", "conn", "reporters", "attrs", "d", "start", "status", "resp_mark", "req_mark",
+                 "req_bytes", "denied_reply")
+
+    def __init__(self, agent, conn: Conn, reporters) -> None:
+        self.agent, self.conn, self.reporters = agent, conn, reporters
+        self.attrs = self.d = None
+        self.start = 0.0
+        self.status: int | None = None
+        self.resp_mark = self.req_mark = self.req_bytes = self.denied_reply = 0
+
+    def begin(self, attrs: HttpAttrs, d, resp_mark: int) -> None:
+        self.attrs, self.d, self.start, self.status, self.resp_mark = attrs, d, time.time(), None, resp_mark
+        self.req_bytes = -1
+
+    def request_done(self, consumed: int) -> None:
+        self.req_bytes, self.req_mark = consumed - self.req_mark, consumed
+
+    def bad_request(self, status: int, fed: int, reply: int) -> None:
+        if self.attrs is None:
+            self.begin(HttpAttrs("-", "-", "", {}), _ALLOW, 0)
+        self.end(status, reply, fed, "DPE")
+
+    def end(self, status: int, resp_bytes: int, consumed: int | None = None, flags: str = "-") -> None:
+        if self.attrs is None:
+            return
+        if self.req_bytes < 0:  # the response ended (or the connection did) before the request
+            self.req_bytes = (consumed if consumed is not None else self.req_mark) - self.req_mark
+        _record(self.agent, self.conn, self.attrs, self.d, self.start, status, self.req_bytes, resp_bytes, flags,
+                self.reporters)
+        self.attrs = None
+
+
+def _record(agent, conn: Conn, attrs: HttpAttrs, d, start: float, status: int, req_bytes: int, resp_bytes: int,
+            flags: str, reporters) -> None:
     tel = agent.telemetry
-    if tel is None:
+    if tel is None or not reporters:
         return
-    from agent.telemetry.record import Endpoint, RequestRecord
+    from agent.proxy.finish import endpoint, service_of
+    from agent.telemetry.record import RequestRecord
 
-    def ep(ip, port, w, p):
-        return Endpoint(ip, port, w.name if w else None, w.namespace if w else None, p)
-
-    tel.submit(RequestRecord(start, time.time(), agent.config.node.name,
-                             ep(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
-                             ep(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
-                             attrs.method, attrs.path, attrs.host, 403 if d.verdict == "deny" else 0,
-                             d.verdict, d.policy, conn.trace_id))
+    end = time.time()
+    src = endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal)
+    dst = endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal)
+    for direction in reporters:
+        tel.submit(RequestRecord(start, end, agent.config.node.name, src, dst, attrs.method, attrs.path, attrs.host,
+                                 status, d.verdict, d.policy, conn.trace_id, direction, conn.mode, req_bytes,
+                                 resp_bytes, flags, service_of(agent, conn, direction)))
