@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--topology", type=Path)
     c.add_argument("--kafka", action="store_true", help="start a Kafka-compatible broker for the agents")
     c.add_argument("--otlp", action="store_true", help="start an OTLP receiver for the agents")
+    c.add_argument("--prometheus", action="store_true", help="start a Prometheus scraping every agent")
     c.add_argument("--no-agent", action="store_true", help="namespaces and addresses only, no agents")
     c.add_argument("--capture-backend", choices=["nftables", "iptables"], default="nftables")
     c.add_argument("--capture-fail", choices=["closed", "open"], default="closed")
@@ -75,6 +76,7 @@ def cmd_up(args) -> int:
             topo = default_topology(args.nodes, args.pods_per_node)
         t0 = time.monotonic()
         st = cluster.up(args.name, topo, agents=not args.no_agent, kafka=args.kafka, otlp=args.otlp,
+                        prometheus=args.prometheus,
                         capture={"backend": args.capture_backend, "fail": args.capture_fail},
                         progress=lambda s: print(s, flush=True))
     except _errors() as e:
@@ -123,7 +125,7 @@ def _print_status(st: dict) -> None:
                  [[p["name"], p["namespace"], p["node"], p["ip"], p["ip6"], p["identity"]] for p in st["pods"]]))
     ext = st["external"]
     print(f"external host (outside the mesh): {ext['ip']} / {ext['ip6']} in {ext['netns']}")
-    for svc in ("kafka", "otlp"):
+    for svc in ("kafka", "otlp", "prometheus"):
         if st.get(svc):
             print(f"{svc}: {next(iter(st[svc].values()))}")
 

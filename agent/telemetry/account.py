@@ -45,10 +45,11 @@ def flow(m: Metrics, acct: TcpAccount, to_server: int, to_client: int) -> None:
 
 
 def closed(m: Metrics, acct: TcpAccount | None, rec, ctx: LabelContext) -> None:
+    established = acct is not None
     if acct is None:
         acct = opened(m, rec, ctx)
     flow(m, acct, rec.bytes_sent, rec.bytes_received)
-    flags = response_flags(rec.verdict, rec.reason)
+    flags = response_flags(rec.verdict, rec.reason, established)
     final = with_flags(acct.labels, flags) if flags != "-" else acct.labels
     m.inc("istio_tcp_connections_closed_total", final)
     if flags in FAILED_FLAGS:

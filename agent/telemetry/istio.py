@@ -95,9 +95,14 @@ def security_policy(mode: str) -> str:
     return "mutual_tls" if mode == "tunnel" else UNKNOWN
 
 
-def response_flags(verdict: str, reason: str | None) -> str:
-    """Envoy/ztunnel's response flag for how a connection ended."""
+def response_flags(verdict: str, reason: str | None, established: bool = False) -> str:
+    """Envoy/ztunnel's response flag for how a connection ended. Once ``established``
+    a connection's verdict no longer flags it — an HTTP request denied on it is that
+    request's 403, not the connection's failure — unless a policy change closed it
+    (ztunnel's late rejection: ``DENY``)."""
     r = (reason or "").split(":", 1)[0]
+    if established:
+        return "DENY" if r == "policy_changed" else "-"
     if r in ("no_endpoint",):
         return "UH"
     if r in ("unknown_destination", "loop", "tunnel_status_503", "tunnel_status_400"):

@@ -110,6 +110,16 @@ def test_response_flags(verdict, reason, flags):
     assert response_flags(verdict, reason) == flags
 
 
+@pytest.mark.parametrize("verdict, reason, flags", [
+    ("deny", "closed", "-"),  # a request denied on a keep-alive connection: its 403, not the connection's
+    ("deny", "denied", "-"),
+    ("allow", "reset", "-"),
+    ("deny", "policy_changed", "DENY"),  # ztunnel's late rejection
+])
+def test_an_established_connection_is_flagged_only_by_a_late_rejection(verdict, reason, flags):
+    assert response_flags(verdict, reason, established=True) == flags
+
+
 def test_service_index_guesses_the_service_a_pod_serves_on_a_port():
     from agent.proxy.plan import Service
 
