@@ -217,7 +217,8 @@ def metrics_data(snapshot: dict, resource: Resource, start_ns: int, now_ns: int)
                                    is_monotonic=True)))
     for name, rows in sorted(snapshot.get("gauges", {}).items()):
         help_, names = GAUGES.get(name, ("", ("name",)))
-        points = [NumberDataPoint(attributes=_labels(names, lb), time_unix_nano=now_ns, value=v) for lb, v in rows]
+        points = [NumberDataPoint(attributes=_labels(names, lb), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
+                                  value=v) for lb, v in rows]
         out.append(Metric(name=name, description=help_, unit="1", data=Gauge(data_points=points)))
     nb = len(BUCKETS) + 1
     for name, rows in sorted(snapshot.get("hist", {}).items()):

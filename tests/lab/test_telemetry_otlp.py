@@ -108,7 +108,7 @@ def test_sink_sends_spans_logs_and_metrics(receiver, protocol):
     grpc_url, http_url, out = receiver()
     m = Metrics()
     m.inc("istio_tcp_sent_bytes_total", ("source",) * 9, 10)
-    m.observe_ms(("x",) * 10, 3.0)
+    m.observe("istio_request_duration_milliseconds", ("x",) * 28, 3.0)
     sink = OtlpSink(OtlpConfig(endpoint=grpc_url if protocol == "grpc" else http_url, protocol=protocol,
                                export_interval_s=0.1), "node-0", m)
     sink.start()

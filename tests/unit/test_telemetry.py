@@ -127,3 +127,27 @@ def test_sink_totals_reach_the_registry_once():
     assert seen == (8, 1)
     assert m.counters["hostmesh_telemetry_exported_total"] == {("kafka",): 8}
     assert m.counters["hostmesh_telemetry_export_failures_total"] == {("kafka",): 1}
+
+
+def test_otlp_metrics_carry_counters_gauges_and_every_histogram():
+    from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.resources import Resource
+
+    from agent.telemetry.otlp import metrics_data
+
+    m = Metrics()
+    m.set_gauge("istio_build", ("ztunnel", "1.0"), 1)
+    m.inc("istio_tcp_sent_bytes_total", tcp_labels(rec(), CTX), 1073)
+    for name in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
+        m.observe(name, ("x",) * 28, 3.0)
+        m.observe(name, ("x",) * 28, 5000.0)
+    data = metrics_data(json.loads(json.dumps(m.snapshot())), Resource.create({}), 1, 2)
+    metrics = {x.name: x for x in data.resource_metrics[0].scope_metrics[0].metrics}
+    assert set(metrics) == {"istio_build", "istio_tcp_sent_bytes", "istio_request_duration_milliseconds",
+                            "istio_request_bytes", "istio_response_bytes"}
+    point = metrics["istio_request_bytes"].data.data_points[0]
+    assert (point.count, point.sum, point.min, point.max) == (2, 5003.0, 3.0, 5000.0)
+    assert sum(point.bucket_counts) == 2 and len(point.bucket_counts) == len(point.explicit_bounds) + 1
+    assert point.bucket_counts[2] == 1 and point.bucket_counts[11] == 1  # le 5 and le 5000 (inclusive)
+    assert metrics["istio_tcp_sent_bytes"].data.data_points[0].value == 1073
+    assert encode_metrics(data).SerializeToString()
