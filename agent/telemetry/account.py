@@ -58,8 +58,21 @@ def closed(m: Metrics, acct: TcpAccount | None, rec, ctx: LabelContext) -> None:
     m.inc("hostmesh_policy_decisions_total", (rec.verdict, rec.policy or "-"))
 
 
+# Label tuples of recent (reporter, peers, service, status, flags): a keep-alive
+# connection's requests share them, so each is derived once, not per request. Bounded:
+# cleared when full (the registry bounds the series themselves).
+_HTTP_LABELS_CACHE: dict = {}
+_HTTP_LABELS_CACHE_MAX = 4096
+
+
 def request(m: Metrics, req, ctx: LabelContext) -> None:
-    lb = http_labels(req, ctx)
+    key = (req.direction, req.mode, req.src, req.dst, id(req.src.labels), id(req.dst.labels), req.service, req.status,
+           req.flags, id(ctx))
+    lb = _HTTP_LABELS_CACHE.get(key)
+    if lb is None:
+        if len(_HTTP_LABELS_CACHE) >= _HTTP_LABELS_CACHE_MAX:
+            _HTTP_LABELS_CACHE.clear()
+        lb = _HTTP_LABELS_CACHE[key] = http_labels(req, ctx)
     m.inc("istio_requests_total", lb)
     m.observe("istio_request_duration_milliseconds", lb, max(0.0, (req.end - req.start) * 1000.0))
     m.observe("istio_request_bytes", lb, req.request_bytes)
