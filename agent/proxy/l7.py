@@ -235,10 +235,11 @@ class _Exchange:
     """The request in flight on one connection (h11 keeps one at a time) and its record."""
 
     __slots__ = ("agent", "conn", "reporters", "attrs", "d", "start", "status", "resp_mark", "req_mark",
-                 "req_bytes", "denied_reply")
+                 "req_bytes", "denied_reply", "peers")
 
     def __init__(self, agent, conn: Conn, reporters) -> None:
         self.agent, self.conn, self.reporters = agent, conn, reporters
+        self.peers = None
         self.attrs = self.d = None
         self.start = 0.0
         self.status: int | None = None
@@ -261,23 +262,25 @@ class _Exchange:
             return
         if self.req_bytes < 0:  # the response ended (or the connection did) before the request
             self.req_bytes = (consumed if consumed is not None else self.req_mark) - self.req_mark
-        _record(self.agent, self.conn, self.attrs, self.d, self.start, status, self.req_bytes, resp_bytes, flags,
-                self.reporters)
+        self._record(status, resp_bytes, flags)
         self.attrs = None
 
+    def _record(self, status: int, resp_bytes: int, flags: str) -> None:
+        agent, conn, attrs, d = self.agent, self.conn, self.attrs, self.d
+        tel = agent.telemetry
+        if tel is None or not self.reporters:
+            return
+        from agent.telemetry.record import RequestRecord
 
-def _record(agent, conn: Conn, attrs: HttpAttrs, d, start: float, status: int, req_bytes: int, resp_bytes: int,
-            flags: str, reporters) -> None:
-    tel = agent.telemetry
-    if tel is None or not reporters:
-        return
-    from agent.proxy.finish import endpoint, service_of
-    from agent.telemetry.record import RequestRecord
+        if self.peers is None:  # the connection's ends and services, the same for each request
+            from agent.proxy.finish import endpoint, service_of
 
-    end = time.time()
-    src = endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal)
-    dst = endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal)
-    for direction in reporters:
-        tel.submit(RequestRecord(start, end, agent.config.node.name, src, dst, attrs.method, attrs.path, attrs.host,
-                                 status, d.verdict, d.policy, conn.trace_id, direction, conn.mode, req_bytes,
-                                 resp_bytes, flags, service_of(agent, conn, direction)))
+            self.peers = (endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
+                          endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
+                          {r: service_of(agent, conn, r) for r in self.reporters})
+        src, dst, services = self.peers
+        end = time.time()
+        for direction in self.reporters:
+            tel.submit(RequestRecord(self.start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
+                                     attrs.host, status, d.verdict, d.policy, conn.trace_id, direction, conn.mode,
+                                     self.req_bytes, resp_bytes, flags, services[direction]))
