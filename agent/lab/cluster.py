@@ -74,8 +74,6 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
             _services(lp, state, kafka, otlp)
             for n in lp.nodes:
                 write_config(lp, n, state)
-        if prometheus:
-            _prometheus(lp, state)
         if agents:
             for n in lp.nodes:
                 state["agents"][n.name] = start_agent(lp, n)
@@ -83,6 +81,8 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
             for n in lp.nodes:
                 wait_ready(lp, n, state["agents"][n.name])
             progress(f"lab {name}: {len(lp.nodes)} agent(s) ready")
+        if prometheus:  # after the agents: up returns once Prometheus has scraped them
+            _prometheus(lp, state, wait_scraped=agents)
         state["complete"] = True
         save_state(name, state)
     except BaseException as e:
@@ -227,7 +227,7 @@ def _services(lp: LabPlan, state: dict, kafka: bool, otlp: bool) -> None:
     save_state(lp.name, state)
 
 
-def _prometheus(lp: LabPlan, state: dict) -> None:
+def _prometheus(lp: LabPlan, state: dict, wait_scraped: bool) -> None:
     """Prometheus in the external namespace, scraping every node's agent (its :15020 is
     bound to all of the node's addresses in the lab, so the underlay reaches it)."""
     from agent.lab import services
@@ -236,10 +236,12 @@ def _prometheus(lp: LabPlan, state: dict) -> None:
     work.mkdir(exist_ok=True)
     try:
         p = services.start_prometheus(lp.ext, lp.ext_ip4, 9090, work, [(n.name, n.ip4) for n in lp.nodes])
+        state["prometheus"] = {"url": f"http://{lp.ext_ip4}:9090", "pid": p.pid}
+        save_state(lp.name, state)
+        if wait_scraped:
+            services.wait_scraped(lp.ext, state["prometheus"]["url"], len(lp.nodes))
     except RuntimeError as e:
         raise LabError(f"--prometheus: {e}") from None
-    state["prometheus"] = {"url": f"http://{lp.ext_ip4}:9090", "pid": p.pid}
-    save_state(lp.name, state)
 
 
 def start_agent(lp: LabPlan, n) -> int:

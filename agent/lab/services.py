@@ -116,3 +116,19 @@ def start_prometheus(netns: str | None, host: str, port: int, workdir: Path,
     log.close()
     _wait(netns, host, port, timeout=30)
     return p
+
+
+def wait_scraped(netns: str | None, url: str, targets: int, timeout: float = 30) -> None:
+    """Until every target was scraped successfully once (Prometheus applies discovered
+    targets only every 5 s after it starts; traffic before that would be missed)."""
+    code = ("import json,sys,urllib.request\n"
+            f"r=json.load(urllib.request.urlopen('{url}/api/v1/query?query=count(up%3D%3D1)',timeout=2))\n"
+            f"sys.exit(0 if r['data']['result'] and int(r['data']['result'][0]['value'][1])=={targets} else 1)\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cmd = (["ip", "netns", "exec", netns] if netns else []) + [sys.executable, "-c", code]
+        if subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"Prometheus at {url} has not scraped all {targets} agents in {timeout:.0f} s "
+                       "(see prometheus.log in the lab's services/ directory)")

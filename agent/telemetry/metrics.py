@@ -40,6 +40,7 @@ HISTOGRAMS = {
     "istio_response_bytes": ("Response size (head and body)", HTTP_LABELS, "By"),
 }
 _NB = len(BUCKETS) + 1  # per-bucket counts, the last one beyond the highest bound
+_LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in BUCKETS)
 
 
 class Metrics:
@@ -122,15 +123,16 @@ class Metrics:
         for name, series in sorted(self.hist.items()):
             help_, names, _unit = HISTOGRAMS.get(name, ("", HTTP_LABELS, ""))
             out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
-            le_names = names + ("le",)
             for lb, h in series.items():
+                base = _labels(names, lb)  # escaped once, shared by the 22 lines of the series
+                open_ = f"{name}_bucket{base[:-1]},le="
                 running = 0
-                for i, b in enumerate(BUCKETS):
+                for i, le in enumerate(_LE):
                     running += h[i]
-                    out.append(f"{name}_bucket{_labels(le_names, lb + (_num(b),))} {running}")
-                out.append(f"{name}_bucket{_labels(le_names, lb + ('+Inf',))} {h[_NB + 1]}")
-                out.append(f"{name}_sum{_labels(names, lb)} {_num(h[_NB])}")
-                out.append(f"{name}_count{_labels(names, lb)} {h[_NB + 1]}")
+                    out.append(f'{open_}"{le}"}} {running}')
+                out.append(f'{open_}"+Inf"}} {h[_NB + 1]}')
+                out.append(f"{name}_sum{base} {_num(h[_NB])}")
+                out.append(f"{name}_count{base} {h[_NB + 1]}")
         return "\n".join(out) + "\n"
 
 

@@ -61,6 +61,7 @@ spec:
   rules: [{to: [{operation: {ports: ["9001"]}}]}]
 """
 WEB = "web.shop.svc.cluster.local"
+ROUNDS = 6
 DB_TCP = "db-tcp.data.svc.cluster.local"
 # A TCP server that answers every chunk twice: request and response directions differ.
 DOUBLER = """\
@@ -178,15 +179,15 @@ def test_istio_dashboards_have_data_and_agree_with_the_clients(tmp_path):
         # connection carrying 200, 403, 200 (flags per request, not per connection)
         seen: dict[str, list[dict]] = {"client-0": [], "client-1": []}
         from_web = []  # web-0 as a client too: HTTP to the db VIP (same node and across)
-        for rnd in range(4):
-            from_web += curl(lab, "web-0", f"http://10.96.0.20/q-{rnd}a")
-            from_web += curl(lab, "web-0", f"http://10.96.0.20/q-{rnd}b")
+        for rnd in range(ROUNDS):  # spread over several scrapes: irate panels need two samples apart
+            for i in range(3):
+                from_web += curl(lab, "web-0", f"http://10.96.0.20/q-{rnd}{i}")
             for c in seen:
                 seen[c] += curl(lab, c, f"http://10.96.0.10/ok-{rnd}a")
                 seen[c] += curl(lab, c, f"http://10.96.0.10/ok-{rnd}b")
                 if rnd < 3:
                     seen[c] += curl(lab, c, f"http://10.96.0.10/admin/{rnd}")
-            time.sleep(0.7)
+            time.sleep(0.5)
         for c in seen:
             seen[c] += curl(lab, c, "http://10.96.0.10/a", "http://10.96.0.10/admin/x", "http://10.96.0.10/b")
         plain = curl(lab, ext, *[f"http://{web0}:8080/plain-{i}" for i in range(3)])  # outside the mesh
@@ -206,20 +207,22 @@ def test_istio_dashboards_have_data_and_agree_with_the_clients(tmp_path):
             seen[c] += curl(lab, c, "http://10.96.0.10/tail")
 
         codes = {c: [x["code"] for x in xs] for c, xs in seen.items()}
-        assert all(cs.count(200) == 11 and cs.count(403) == 4 for cs in codes.values()), codes
-        assert [x["code"] for x in plain] == [200] * 3 and [x["code"] for x in from_web] == [200] * 8
+        assert all(cs.count(200) == 2 * ROUNDS + 3 and cs.count(403) == 4 for cs in codes.values()), codes
+        assert [x["code"] for x in plain] == [200] * 3 and [x["code"] for x in from_web] == [200] * 3 * ROUNDS
 
         # ---- the counters agree with the clients ------------------------------------
         web_dst = f'reporter="destination", destination_service="{WEB}"'
         web_src = f'reporter="source", destination_service="{WEB}"'
-        wait_for(lambda: prom.value(f"sum(istio_requests_total{{{web_dst}}})") == 33
-                 and prom.value(f"sum(istio_requests_total{{{web_src}}})") == 30, timeout=20)
+        ok = 2 * (2 * ROUNDS + 3)  # both clients' 200s
+        wait_for(lambda: prom.value(f"sum(istio_requests_total{{{web_dst}}})") == ok + 3 + 8
+                 and prom.value(f"sum(istio_requests_total{{{web_src}}})") == ok + 8, timeout=20)
         assert prom.by(f"sum by (response_code) (istio_requests_total{{{web_dst}}})", "response_code") == {
-            "200": 25.0, "403": 8.0}
+            "200": ok + 3.0, "403": 8.0}
         assert prom.by(f"sum by (response_code) (istio_requests_total{{{web_src}}})", "response_code") == {
-            "200": 22.0, "403": 8.0}
+            "200": float(ok), "403": 8.0}
         # Envoy's RBAC answers 403 with flags "-"; the keep-alive connection's 200s stay "-"
-        assert prom.by(f"sum by (response_flags) (istio_requests_total{{{web_dst}}})", "response_flags") == {"-": 33.0}
+        assert prom.by(f"sum by (response_flags) (istio_requests_total{{{web_dst}}})", "response_flags") == {
+            "-": ok + 11.0}
         for reporter in ("source", "destination"):
             for c in seen:
                 sel = f'reporter="{reporter}", source_workload="{c}"'
@@ -294,7 +297,9 @@ def test_istio_dashboards_have_data_and_agree_with_the_clients(tmp_path):
               f"variable queries; {len(empty)} without data:")
         for (name, qrep), reason in sorted(why.items()):
             print(f"  - {name} (qrep={qrep}): {reason or 'NO REASON: a regression'}")
-        assert all(why.values()), [k for k, r in why.items() if r is None]
+        scrapes = prom.by(f"count_over_time(up[{int(end - t0) + 5}s])", "pod")
+        slowest = prom.by(f"max_over_time(scrape_duration_seconds[{int(end - t0) + 5}s])", "pod")
+        assert all(why.values()), ([k for k, r in why.items() if r is None], scrapes, slowest)
         assert len(empty) == 6  # the five ztunnel-only panels and the non-SPIFFE destination one
         assert four_xx and four_xx > 0  # 403s were served: the mesh dashboard's 4xx panel shows them
 
