@@ -28,15 +28,22 @@ def tansu_binary() -> Path:
     return b
 
 
-def _wait(netns: str | None, host: str, port: int, timeout: float = 15) -> None:
-    code = f"import socket; socket.create_connection(('{host}', {port}), 1).close()"
+def _until(netns: str | None, code: str, timeout: float, every: float) -> bool:
+    """Run ``code`` in ``netns`` until it exits 0 (True) or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         cmd = (["ip", "netns", "exec", netns] if netns else []) + [sys.executable, "-c", code]
         if subprocess.run(cmd, capture_output=True).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {host}:{port} (see the service's log in the lab's services/ directory)")
+            return True
+        time.sleep(every)
+    return False
+
+
+def _wait(netns: str | None, host: str, port: int, timeout: float = 15) -> None:
+    code = f"import socket; socket.create_connection(('{host}', {port}), 1).close()"
+    if not _until(netns, code, timeout, 0.2):
+        raise RuntimeError(f"nothing listens on {host}:{port} (see the service's log in the lab's services/ "
+                           "directory)")
 
 
 def start_kafka(netns: str | None, host: str, port: int, workdir: Path) -> subprocess.Popen:
@@ -124,11 +131,6 @@ def wait_scraped(netns: str | None, url: str, targets: int, timeout: float = 30)
     code = ("import json,sys,urllib.request\n"
             f"r=json.load(urllib.request.urlopen('{url}/api/v1/query?query=count(up%3D%3D1)',timeout=2))\n"
             f"sys.exit(0 if r['data']['result'] and int(r['data']['result'][0]['value'][1])=={targets} else 1)\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        cmd = (["ip", "netns", "exec", netns] if netns else []) + [sys.executable, "-c", code]
-        if subprocess.run(cmd, capture_output=True).returncode == 0:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"Prometheus at {url} has not scraped all {targets} agents in {timeout:.0f} s "
-                       "(see prometheus.log in the lab's services/ directory)")
+    if not _until(netns, code, timeout, 0.5):
+        raise RuntimeError(f"Prometheus at {url} has not scraped all {targets} agents in {timeout:.0f} s "
+                           "(see prometheus.log in the lab's services/ directory)")
