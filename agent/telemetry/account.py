@@ -49,13 +49,13 @@ def closed(m: Metrics, acct: TcpAccount | None, rec, ctx: LabelContext) -> None:
     if acct is None:
         acct = opened(m, rec, ctx)
     flow(m, acct, rec.bytes_sent, rec.bytes_received)
-    flags = response_flags(rec.verdict, rec.reason, established)
+    # a flag the data path set (traffic rules: UO, UF, URX, NR, UH) wins over the derived one
+    flags = getattr(rec, "response_flags", None) or response_flags(rec.verdict, rec.reason, established)
     final = with_flags(acct.labels, flags) if flags != "-" else acct.labels
     m.inc("istio_tcp_connections_closed_total", final)
     if flags in FAILED_FLAGS:
         m.inc("istio_tcp_connections_failed_total", final)
     m.add_gauge("istio_tcp_sockets_open", acct.labels[:1], -1)
-    m.inc("hostmesh_policy_decisions_total", (rec.verdict, rec.policy or "-"))
 
 
 # Label tuples of recent (reporter, peers, service, status, flags): a keep-alive

@@ -32,6 +32,9 @@ COUNTERS = {
 GAUGES = {
     "istio_tcp_sockets_open": ("The current number of open TCP sockets", ("reporter",)),
     "istio_build": ("Istio component build info", ("component", "tag")),
+    # the traffic rules' per-endpoint state (docs/traffic.md)
+    "hostmesh_endpoint_ejected": ("Endpoints ejected by outlier detection.", ("cluster", "endpoint", "reason")),
+    "hostmesh_endpoint_connections": ("Connections per endpoint.", ("cluster", "endpoint")),
 }
 # name -> (help, labels, OTLP unit); all with Envoy's default bounds (istio.BUCKETS)
 HISTOGRAMS = {
@@ -116,7 +119,7 @@ class Metrics:
             for lb, v in series.items():
                 out.append(f"{name}{_labels(names, lb)} {_num(v)}")
         for name, series in sorted(self.gauges.items()):
-            help_, names = GAUGES.get(name, ("", ("name",)))
+            help_, names = GAUGES.get(name, ("", ("identity",) if "cert" in name else ("name",)))
             out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
             for lb, v in series.items():
                 out.append(f"{name}{_labels(names, lb)} {_num(v)}")

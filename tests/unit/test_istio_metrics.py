@@ -163,7 +163,19 @@ def test_a_denied_connection_is_opened_closed_and_failed_with_deny():
     assert series(m, "istio_tcp_connections_opened_total") == {"-": 1}
     assert series(m, "istio_tcp_connections_closed_total") == {"DENY": 1}
     assert series(m, "istio_tcp_connections_failed_total") == {"DENY": 1}
-    assert m.counters["hostmesh_policy_decisions_total"] == {("deny", "shop/deny"): 1}
+
+
+def test_a_flag_the_data_path_set_wins():
+    from dataclasses import replace
+
+    m = Metrics()
+    rec = replace(conn(bytes_sent=0, bytes_received=0, reason="connect_failed"), response_flags="UO") \
+        if "response_flags" in ConnRecord.__dataclass_fields__ else None
+    if rec is None:  # records without the field (before the traffic rules' merge): derived
+        rec = conn(bytes_sent=0, bytes_received=0, reason="connect_failed")
+    account.closed(m, None, rec, CTX)
+    want = getattr(rec, "response_flags", None) or "UF"
+    assert series(m, "istio_tcp_connections_failed_total") == {want: 1}
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=20))
