@@ -163,7 +163,9 @@ def test_two_agents_spans_share_a_trace_in_the_lab():
             return lab.admin(i, "GET", "/v1/stats")[1]["telemetry"]["otlp"]
 
         wait_for(lambda: all(otlp_stats(i)["delivered"] >= n for i in (0, 1)), timeout=30)
-        wait_for(lambda: len(spans(received(otlp["received"]))) >= 2 * n and metric_names(received(otlp["received"])))
+        # istio_build is exported from the start: wait for the traffic's series
+        wait_for(lambda: len(spans(received(otlp["received"]))) >= 2 * n
+                 and "istio_tcp_sent_bytes" in metric_names(received(otlp["received"])))
         lines = received(otlp["received"])
         sp = spans(lines)
         client = {s["trace"]: s for s in sp if s["node"] == "node-0" and s["kind"] == "SPAN_KIND_CLIENT"}
