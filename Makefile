@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 STAMP := .stamps
 # Real clients and servers the lab and the benchmarks drive.
 APT_PACKAGES := nftables iptables iproute2 iperf3 sockperf haproxy curl openssl kcat \
-                hey wrk tcpdump procps psmisc socat nginx-light python3-venv iputils-ping
+                hey wrk tcpdump procps psmisc socat nginx-light python3-venv iputils-ping prometheus
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv dataplane demo test unit lab lint rust rust-build bench bench-quick clean

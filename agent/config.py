@@ -50,6 +50,10 @@ class NodeConfig(_Model):
     address6: str | None = None
     # Node labels; topology.kubernetes.io/region and /zone place it for locality load balancing.
     labels: dict[str, str] = {}
+    # Locality (Kubernetes' topology.kubernetes.io/region and /zone node labels): the
+    # metrics' source_/destination_region and _zone for this node's workloads.
+    region: str | None = None
+    zone: str | None = None
 
     _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
 
@@ -67,6 +71,8 @@ class PeerNode(_Model):
     address6: str | None = None
     pod_cidrs: list[str] = []
     labels: dict[str, str] = {}  # topology.kubernetes.io/region and /zone: locality (docs/traffic.md)
+    region: str | None = None
+    zone: str | None = None
 
     _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
     _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
@@ -86,6 +92,10 @@ class ServiceConfig(_Model):
 
 
 class ClusterConfig(_Model):
+    # The metrics' source_cluster / destination_cluster (Istio's default cluster id) and
+    # the DNS domain of service host names (destination_service: <name>.<ns>.svc.<domain>).
+    name: str = "Kubernetes"
+    domain: str = "cluster.local"
     # This node's pod CIDRs (capture of inbound traffic from outside the node).
     pod_cidrs: list[str] = []
     nodes: list[PeerNode] = []
@@ -260,6 +270,12 @@ class TelemetryConfig(_Model):
     otlp: OtlpConfig | None = None
     # Distinct label sets kept per metric before new ones fold into "other".
     max_series: int = 10000
+    # HTTP request metrics on workloads' HTTP ports (docs/telemetry.md): "both" parses
+    # requests at the destination and at the source (reporter="source", which Istio's
+    # mesh dashboard reads), "destination" only there, "off" only where L7 rules need it.
+    http_metrics: Literal["both", "destination", "off"] = "both"
+    # istio_build{component}: dashboards and Kiali look for ztunnel's node proxies.
+    build_component: str = "ztunnel"
 
 
 class DrainConfig(_Model):

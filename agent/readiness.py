@@ -8,6 +8,8 @@ ztunnel's readiness expect. The HTTP plumbing is the admin module's h11 server.
 
 from __future__ import annotations
 
+import os
+
 import trio
 
 from agent.admin.http import Response, serve_tcp
@@ -37,7 +39,31 @@ def metrics_text(agent) -> bytes:
     if registry is not None:
         parts.append(registry.render())
     parts.append(_agent_gauges(agent))
+    parts.append(_workload_gauges(agent))
+    from agent.telemetry.process import render
+
+    pids = [os.getpid()] + [w.process.pid for w in getattr(agent, "workers", ()) if getattr(w, "process", None)]
+    parts.append(render(pids))
     return "".join(parts).encode()
+
+
+def _workload_gauges(agent) -> str:
+    """ztunnel's workload manager gauges: local workloads the agent proxies (enrolled,
+    with a certificate) and those still waiting for their certificate."""
+    local = agent.registry.local()
+    waiting = 0
+    if agent.identities is not None and local:
+        ready = {row["identity"] for row in agent.identities.status() if row["state"] == "available"}
+        td = agent.config.identity.trust_domain
+        waiting = sum(1 for w in local if w.spiffe_id(td) not in ready)
+    return "\n".join([
+        "# HELP workload_manager_active_proxy_count The current number of workloads the node proxy serves.",
+        "# TYPE workload_manager_active_proxy_count gauge",
+        f"workload_manager_active_proxy_count {len(local) - waiting}",
+        "# HELP workload_manager_pending_proxy_count Workloads waiting for their certificate.",
+        "# TYPE workload_manager_pending_proxy_count gauge",
+        f"workload_manager_pending_proxy_count {waiting}",
+    ]) + "\n"
 
 
 def _agent_gauges(agent) -> str:

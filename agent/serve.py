@@ -100,11 +100,14 @@ async def _drain(agent: Agent, listeners: trio.CancelScope) -> None:
 
 async def _start_telemetry(agent: Agent, nursery: trio.Nursery) -> None:
     try:
-        from agent.telemetry.pipeline import Telemetry
+        from agent.telemetry.pipeline import Telemetry, label_context
     except ImportError:
         logger.warning("telemetry module not available; records are not exported")
         return
-    agent.telemetry = Telemetry(agent.config.telemetry, agent.config.node.name)
+    from agent.proxy.finish import flow
+
+    agent.telemetry = Telemetry(agent.config.telemetry, agent.config.node.name, label_context(agent.config))
+    agent.telemetry.tick_hooks.append(lambda: flow(agent))
     await nursery.start(agent.telemetry.run)
 
 

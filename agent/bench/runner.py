@@ -87,7 +87,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print) -> dict:
         for variant, setting in (("hostmesh-native", {"dataplane": {"engine": "native"}}),
                                  ("hostmesh-one-shot", {"dataplane": {"tunnel_streams": False}}),
                                  ("hostmesh-trio-relay", {"dataplane": {"engine": "trio"}}),
-                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off"}}),
+                                 ("hostmesh-telemetry-off", {"telemetry": {"access_log": "off", "http_metrics": "off"}}),
                                  ("hostmesh-2-workers", {"dataplane": {"workers": 2}})):
             try:
                 restart_agents(lab, setting)

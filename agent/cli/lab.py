@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--topology", type=Path)
     c.add_argument("--kafka", action="store_true", help="start a Kafka-compatible broker for the agents")
     c.add_argument("--otlp", action="store_true", help="start an OTLP receiver for the agents")
+    c.add_argument("--prometheus", action="store_true", help="start a Prometheus scraping every agent")
     c.add_argument("--no-agent", action="store_true", help="namespaces and addresses only, no agents")
     c.add_argument("--node-ca", action="store_true",
                    help="each node mints its SVIDs with a node intermediate instead of asking the lab's CA service")
@@ -103,6 +104,7 @@ def cmd_up(args) -> int:
             topo = default_topology(args.nodes, args.pods_per_node)
         t0 = time.monotonic()
         st = cluster.up(args.name, topo, agents=not args.no_agent, kafka=args.kafka, otlp=args.otlp,
+                        prometheus=args.prometheus,
                         capture={"backend": args.capture_backend, "fail": args.capture_fail},
                         engine=args.engine, progress=lambda s: print(s, flush=True), node_ca=args.node_ca)
     except _errors() as e:
@@ -190,7 +192,7 @@ def _print_status(st: dict) -> None:
                  [[p["name"], p["namespace"], p["node"], p["ip"], p["ip6"], p["identity"]] for p in st["pods"]]))
     ext = st["external"]
     print(f"external host (outside the mesh): {ext['ip']} / {ext['ip6']} in {ext['netns']}")
-    for svc in ("kafka", "otlp"):
+    for svc in ("kafka", "otlp", "prometheus"):
         if st.get(svc):
             print(f"{svc}: {next(iter(st[svc].values()))}")
     if st.get("ca"):

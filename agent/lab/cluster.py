@@ -52,7 +52,7 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       capture: dict | None = None, engine: str | None = None, progress=print,
+       prometheus: bool = False, capture: dict | None = None, engine: str | None = None, progress=print,
        node_ca: bool = False) -> dict:
     """``node_ca``: every node mints its own SVIDs with a node intermediate (the
     single-host mode) instead of asking the lab's CA service (the default)."""
@@ -63,7 +63,8 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "ca": None, "created": time.time(), "engine": engine}
+             "kafka": None, "otlp": None, "ca": None, "prometheus": None, "created": time.time(),
+             "engine": engine}
     save_state(name, state)
     try:
         t0 = time.monotonic()
@@ -92,6 +93,8 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
             for n in lp.nodes:
                 wait_ready(lp, n, state["agents"][n.name])
             progress(f"lab {name}: {len(lp.nodes)} agent(s) ready")
+        if prometheus:  # after the agents: up returns once Prometheus has scraped them
+            _prometheus(lp, state, wait_scraped=agents)
         state["complete"] = True
         save_state(name, state)
     except BaseException as e:
@@ -111,7 +114,7 @@ def down(name: str) -> list[str]:
         names |= set(state.get("netns", []))
         for pid in state.get("agents", {}).values():
             _kill(pid, signal.SIGKILL)
-        for svc in ("kafka", "otlp", "ca"):
+        for svc in ("kafka", "otlp", "ca", "prometheus"):
             if state.get(svc) and state[svc].get("pid"):
                 _kill(state[svc]["pid"], signal.SIGKILL)
     except (FileNotFoundError, ValueError):
@@ -155,6 +158,7 @@ def status(name: str) -> dict:
                                        "received": state["otlp"].get("out")},
         "ca": state.get("ca") and {"address": state["ca"]["address"], "root": state["ca"]["root"],
                                    "pid": _alive(state["ca"].get("pid"))},
+        "prometheus": state.get("prometheus") and {"url": state["prometheus"]["url"]},
         "complete": state.get("complete", False),
     }
 
@@ -257,6 +261,23 @@ def _services(lp: LabPlan, state: dict, kafka: bool, otlp: bool) -> None:
         state["otlp"] = {"endpoint": f"http://{lp.ext_ip4}:4317", "http_endpoint": f"http://{lp.ext_ip4}:4318",
                          "pid": p.pid, "out": str(work / "otlp.jsonl")}
     save_state(lp.name, state)
+
+
+def _prometheus(lp: LabPlan, state: dict, wait_scraped: bool) -> None:
+    """Prometheus in the external namespace, scraping every node's agent (its :15020 is
+    bound to all of the node's addresses in the lab, so the underlay reaches it)."""
+    from agent.lab import services
+
+    work = Path(lp.dir) / "services"
+    work.mkdir(exist_ok=True)
+    try:
+        p = services.start_prometheus(lp.ext, lp.ext_ip4, 9090, work, [(n.name, n.ip4) for n in lp.nodes])
+        state["prometheus"] = {"url": f"http://{lp.ext_ip4}:9090", "pid": p.pid}
+        save_state(lp.name, state)
+        if wait_scraped:
+            services.wait_scraped(lp.ext, state["prometheus"]["url"], len(lp.nodes))
+    except RuntimeError as e:
+        raise LabError(f"--prometheus: {e}") from None
 
 
 def start_agent(lp: LabPlan, n) -> int:

@@ -51,6 +51,12 @@ class Conn:
     # cluster whose live-connection count this connection holds until it finishes
     response_flags: str | None = None
     cluster: str | None = None
+    # telemetry: the service the client dialled ("ns/name", a VIP resolved at the source),
+    # the open TcpAccount per reporting direction, and for connections relayed outside the
+    # socket layer (the HTTP inspector) their live [to destination, back] byte counts
+    service: str | None = None
+    accounts: list = field(default_factory=list)
+    live: list | None = None
     id: int = field(default_factory=next_id)
 
     def to_json(self, live: Any = None, now_mono: float | None = None) -> dict[str, Any]:

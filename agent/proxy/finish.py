@@ -1,5 +1,7 @@
-"""Turning a finished connection into its telemetry: one record per connection per
-reporting side (SPEC.md's JSON schema), and the counters behind /v1/stats."""
+"""Turning a connection into its telemetry: opened when it got through (counters move at
+once, as ztunnel's do), its bytes as they flow (``flow``, every telemetry tick), and one
+record per finished connection per reporting side (SPEC.md's JSON schema), plus the
+counters behind /v1/stats. The label derivation itself is agent.telemetry.istio's."""
 
 from __future__ import annotations
 
@@ -27,22 +29,81 @@ def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None
     emit(agent, conn, end if end is not None else time.time())
 
 
-def emit(agent, conn: Conn, end: float) -> None:
-    """Submit the record(s): a local same-node connection reports as both ends."""
+def directions(conn: Conn) -> list[str]:
+    """The reporters of a connection: a local same-node one reports as both ends."""
+    return ["outbound", "inbound"] if conn.mode == "local" and conn.direction == "outbound" else [conn.direction]
+
+
+def opened(agent, conn: Conn) -> None:
+    """The connection got through: istio_tcp_connections_opened_total moves now."""
     tel = agent.telemetry
     if tel is None:
         return
-    directions = ["outbound", "inbound"] if conn.mode == "local" and conn.direction == "outbound" else [conn.direction]
-    for direction in directions:
-        tel.submit(record(agent, conn, direction, end))
+    conn.accounts = [(d, tel.opened(record(agent, conn, d, conn.start))) for d in directions(conn)]
+
+
+def emit(agent, conn: Conn, end: float) -> None:
+    """Submit the record(s), closing what ``opened`` counted."""
+    tel = agent.telemetry
+    if tel is None:
+        return
+    accounts = dict(conn.accounts)
+    conn.accounts = []
+    for direction in directions(conn):
+        tel.submit(record(agent, conn, direction, end), accounts.get(direction))
+
+
+def flow(agent) -> None:
+    """Bytes of live connections into the counters (a long-lived connection shows its
+    traffic while it lasts, not only when it ends)."""
+    tel = agent.telemetry
+    if tel is None or not len(agent.conns):
+        return
+    live = {s.conn_id: s for s in agent.engine.snapshot()} if agent.engine is not None else {}
+    for c in agent.conns:
+        if not c.accounts:
+            continue
+        if c.live is not None:
+            up, down = c.live
+        elif (s := live.get(c.id)) is not None:
+            up, down = s.bytes_a_to_b, s.bytes_b_to_a
+        else:
+            continue
+        for _, acct in c.accounts:
+            tel.flow(acct, up, down)
+
+
+def service_of(agent, conn: Conn, direction: str):
+    """The service for the labels: the VIP the client dialled (known at the source),
+    else the one the destination workload serves on this port (ztunnel's guess at the
+    destination), else None."""
+    from agent.telemetry.istio import service_index, service_ref
+
+    domain = agent.config.cluster.domain
+    if conn.service:
+        ns, name = conn.service.split("/", 1)
+        return service_ref(name, ns, domain)
+    if direction == "outbound":
+        return None
+    services = agent.view.services
+    cached = getattr(agent, "_service_index", None)
+    if cached is None or cached[0] is not services:
+        cached = (services, service_index(services, domain))
+        agent._service_index = cached
+    return cached[1].get((conn.dst_ip, conn.dst_port))
+
+
+def endpoint(ip: str, port: int, w, principal: str | None):
+    from agent.telemetry.record import Endpoint
+
+    if w is None:
+        return Endpoint(ip=ip, port=port, principal=principal)
+    return Endpoint(ip=ip, port=port, workload=w.name, namespace=w.namespace, principal=principal, labels=w.labels,
+                    node=w.node)
 
 
 def record(agent, conn: Conn, direction: str, end: float) -> Any:
-    from agent.telemetry.record import ConnRecord, Endpoint
-
-    def endpoint(ip, port, w, principal):
-        return Endpoint(ip=ip, port=port, workload=w.name if w else None,
-                        namespace=w.namespace if w else None, principal=principal)
+    from agent.telemetry.record import ConnRecord
 
     return ConnRecord(
         start=conn.start,
@@ -61,4 +122,5 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         trace_id=conn.trace_id,
         span_id=conn.span_id if direction == "outbound" else None,
         parent_span_id=conn.parent_span_id if direction == "inbound" else None,
+        service=service_of(agent, conn, direction),
     )

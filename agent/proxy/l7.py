@@ -17,6 +17,11 @@ keep-alive connection continues. A request that cannot be framed or normalized g
 400 (h11's 501 for an unknown transfer coding) and the connection closes. Upgrades and
 CONNECT switch to raw bytes once the workload agrees (101 / 2xx). What this module must
 never do: forward a byte of a request before its head was allowed.
+
+The same relay observes HTTP ports for request metrics (``police=False``: nothing is
+decided, at the source or where no L7 rule applies): each exchange becomes one
+``RequestRecord`` per reporting side when its response ends, with the real status, the
+bytes each way and the time to the end of the response.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from agent.proxy.conns import Conn
 from agent.proxy.contain import count_failure
 from agent.proxy.h1rules import check_head
 from agent.proxy.tlsclose import shutdown_write
-from agent.rbac.evaluate import HttpAttrs
+from agent.rbac.evaluate import Decision, HttpAttrs
 from agent.rbac.pathnorm import BadTarget, normalize_target
 
 logger = logging.getLogger("hostmesh.l7")
@@ -84,14 +89,21 @@ class _Done(Exception):
     pass
 
 
+_ALLOW = Decision("allow")
+
+
 async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_a: bytes = b"",
-                     to_b: bytes = b"") -> tuple[int, int, str]:
-    """Relay ``a`` (source) <-> ``b`` (workload) checking every request; returns
-    (bytes to workload, bytes back, close reason)."""
+                     to_b: bytes = b"", police: bool = True, reporters=("inbound",)) -> tuple[int, int, str]:
+    """Relay ``a`` (source) <-> ``b`` (workload), checking every request when ``police``
+    and recording each exchange for ``reporters`` ("outbound": the source's view,
+    "inbound": the destination's); returns (bytes to workload, bytes back, close reason)."""
     src = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     dst = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
     counts = [0, 0]
-    state = {"reason": "closed", "raw": False}
+    conn.live = counts  # telemetry reads the bytes of a live connection here
+    # fed: bytes received from the source; consumed: of those, what h11 has parsed
+    state = {"reason": "closed", "raw": False, "fed": 0, "consumed": 0, "first_end": None}
+    ex = _Exchange(agent, conn, reporters)
     cycle = [trio.Event()]
     conn.cancel_scope = trio.CancelScope()
 
@@ -117,7 +129,9 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
     async def refuse(status: int, why: str) -> None:
         agent.count(f"http_refused_{status}")
         logger.info("request refused", extra={"conn": conn.id, "status": status, "error": why})
-        await to_a_send(_reply(src, status, f"bad request: {why}\n".encode()))
+        reply = _reply(src, status, f"bad request: {why}\n".encode())
+        await to_a_send(reply)
+        ex.bad_request(status, state["fed"], len(reply))
         state["reason"] = "bad_request"
         raise _Done()
 
@@ -125,6 +139,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         pending = bytearray(to_b)
         if to_b:
             src.receive_data(to_b)
+            state["fed"] = len(to_b)
         discard = False
         while not state["raw"]:
             try:
@@ -134,6 +149,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
             if ev is h11.NEED_DATA:
                 data = await aio.recv_some(a)
                 pending += data
+                state["fed"] += len(data)
                 src.receive_data(data)
                 continue
             if ev is h11.PAUSED:
@@ -141,6 +157,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                 continue
             # the bytes h11 consumed for this event (the head, for a Request)
             n = len(pending) - len(src.trailing_data[0])
+            state["consumed"] = state["fed"] - len(src.trailing_data[0])
             raw = bytes(pending[:n]) if isinstance(ev, h11.Request) else b""
             del pending[:n]
             if isinstance(ev, h11.Request):
@@ -149,7 +166,9 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                 if not discard:
                     await to_b_send(dst.send(h11.Data(data=ev.data)))
             elif isinstance(ev, h11.EndOfMessage):
+                ex.request_done(state["consumed"])
                 if discard:
+                    ex.end(403, ex.denied_reply)  # Envoy's RBAC: response_code 403, flags "-"
                     discard = False
                     if src.our_state is h11.MUST_CLOSE or src.their_state is h11.MUST_CLOSE:
                         state["reason"] = "denied"
@@ -159,17 +178,18 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     await to_b_send(dst.send(h11.EndOfMessage()))
                     next_cycle()
             elif isinstance(ev, h11.ConnectionClosed):
+                state["first_end"] = state["first_end"] or "client"
                 shutdown_write(b)
                 return
         # switched to raw bytes: what the client sent after the upgrade request first
         await to_b_send(src.trailing_data[0])
         while data := await aio.recv_some(a):
             await to_b_send(data)
+        state["first_end"] = state["first_end"] or "client"
         shutdown_write(b)
 
     async def on_request(ev: h11.Request, raw: bytes) -> bool:
         """Decide one request head; True when it goes to the workload."""
-        start = time.time()
         why = check_head(raw, ev.method, ev.http_version)
         if why:
             await refuse(400, why)
@@ -177,14 +197,18 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         if isinstance(target, BadTarget):
             await refuse(400, target.reason)
         attrs = request_attrs(ev, target, "")
-        d = enforce.decide(agent, conn, attrs)
-        _record(agent, conn, attrs, d, start)
+        d = enforce.decide(agent, conn, attrs) if police else _ALLOW
+        if police:
+            agent.count(f"http_requests_{d.verdict}")
+        ex.begin(attrs, d, counts[1])
         if d.verdict == "deny":
             # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
             # usable, the denied request's body is read and dropped, never forwarded.
             body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
             extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
-            await to_a_send(_reply(src, 403, body, extra, close=False))
+            reply = _reply(src, 403, body, extra, close=False)
+            await to_a_send(reply)
+            ex.denied_reply = len(reply)
             conn.verdict, conn.policy, conn.reason = "deny", d.policy, d.reason
             return False
         host = attrs.host or authority(conn.dst_ip, conn.dst_port)  # an HTTP/1.0 request without Host
@@ -208,11 +232,15 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     break
                 if isinstance(ev, h11.ConnectionClosed):
                     state["reason"] = "closed"
+                    state["first_end"] = state["first_end"] or "upstream"
                     raise _Done()
                 if isinstance(ev, (h11.Response, h11.InformationalResponse)):
+                    if isinstance(ev, h11.Response):
+                        ex.status = ev.status_code
                     await to_a_send(src.send(type(ev)(status_code=ev.status_code, reason=ev.reason,
                                                       headers=ev.headers.raw_items())))
                     if src.our_state is h11.SWITCHED_PROTOCOL:
+                        ex.end(ev.status_code, counts[1] - ex.resp_mark, state["consumed"])
                         state["raw"] = True
                         cycle[0].set()
                         break
@@ -220,6 +248,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     await to_a_send(src.send(h11.Data(data=ev.data)))
                 elif isinstance(ev, h11.EndOfMessage):
                     await to_a_send(src.send(h11.EndOfMessage()))
+                    ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"])
                     if src.our_state is h11.MUST_CLOSE:
                         state["reason"] = "closed"
                         shutdown_write(a)
@@ -228,6 +257,7 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         await to_a_send(dst.trailing_data[0])
         while data := await aio.recv_some(b):
             await to_a_send(data)
+        state["first_end"] = state["first_end"] or "upstream"
         shutdown_write(a)
 
     try:
@@ -258,21 +288,63 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
     else:
         aio.close(a)
         aio.close(b)
+    # an exchange cut short: Envoy's UC (upstream ended it) or DC (the client did)
+    ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"],
+           "UC" if state["first_end"] == "upstream" else "DC")
+    conn.live = None
     return counts[0], counts[1], state["reason"]
 
 
-def _record(agent, conn: Conn, attrs: HttpAttrs, d, start: float) -> None:
-    agent.count(f"http_requests_{d.verdict}")
-    tel = agent.telemetry
-    if tel is None:
-        return
-    from agent.telemetry.record import Endpoint, RequestRecord
+class _Exchange:
+    """The request in flight on one connection (h11 keeps one at a time) and its record."""
 
-    def ep(ip, port, w, p):
-        return Endpoint(ip, port, w.name if w else None, w.namespace if w else None, p)
+    __slots__ = ("agent", "conn", "reporters", "attrs", "d", "start", "status", "resp_mark", "req_mark",
+                 "req_bytes", "denied_reply", "peers")
 
-    tel.submit(RequestRecord(start, time.time(), agent.config.node.name,
-                             ep(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
-                             ep(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
-                             attrs.method, attrs.path, attrs.host, 403 if d.verdict == "deny" else 0,
-                             d.verdict, d.policy, conn.trace_id))
+    def __init__(self, agent, conn: Conn, reporters) -> None:
+        self.agent, self.conn, self.reporters = agent, conn, reporters
+        self.peers = None
+        self.attrs = self.d = None
+        self.start = 0.0
+        self.status: int | None = None
+        self.resp_mark = self.req_mark = self.req_bytes = self.denied_reply = 0
+
+    def begin(self, attrs: HttpAttrs, d, resp_mark: int) -> None:
+        self.attrs, self.d, self.start, self.status, self.resp_mark = attrs, d, time.time(), None, resp_mark
+        self.req_bytes = -1
+
+    def request_done(self, consumed: int) -> None:
+        self.req_bytes, self.req_mark = consumed - self.req_mark, consumed
+
+    def bad_request(self, status: int, fed: int, reply: int) -> None:
+        if self.attrs is None:
+            self.begin(HttpAttrs("-", "-", "", {}), _ALLOW, 0)
+        self.end(status, reply, fed, "DPE")
+
+    def end(self, status: int, resp_bytes: int, consumed: int | None = None, flags: str = "-") -> None:
+        if self.attrs is None:
+            return
+        if self.req_bytes < 0:  # the response ended (or the connection did) before the request
+            self.req_bytes = (consumed if consumed is not None else self.req_mark) - self.req_mark
+        self._record(status, resp_bytes, flags)
+        self.attrs = None
+
+    def _record(self, status: int, resp_bytes: int, flags: str) -> None:
+        agent, conn, attrs, d = self.agent, self.conn, self.attrs, self.d
+        tel = agent.telemetry
+        if tel is None or not self.reporters:
+            return
+        from agent.telemetry.record import RequestRecord
+
+        if self.peers is None:  # the connection's ends and services, the same for each request
+            from agent.proxy.finish import endpoint, service_of
+
+            self.peers = (endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
+                          endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
+                          {r: service_of(agent, conn, r) for r in self.reporters})
+        src, dst, services = self.peers
+        end = time.time()
+        for direction in self.reporters:
+            tel.submit(RequestRecord(self.start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
+                                     attrs.host, status, d.verdict, d.policy, conn.trace_id, direction, conn.mode,
+                                     self.req_bytes, resp_bytes, flags, services[direction]))

@@ -50,6 +50,7 @@ async def handle_outbound(agent, sock: socket.socket) -> None:
             record_refusal(agent, conn, sock)
             return
         conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
+        conn.service = p.service  # the VIP's service, for the metrics' destination_service
         if p.dst is not None:
             conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         traffic_path.attempt(agent, conn, p)

@@ -1,32 +1,49 @@
-"""Prometheus metrics with Istio's standard names and labels, so existing dashboards
-work unchanged; label sets are bounded (beyond ``max_series`` per metric new ones fold
-into one ``other`` series, counted). Snapshots are plain dicts, so a supervisor can
-merge several worker processes' (``merge``)."""
+"""The metric registry: Istio's standard series (names, types and labels as the "Istio
+Standard Metrics" reference and ztunnel give them) and hostmesh's own, rendered in
+Prometheus' text format. Label sets are bounded: beyond ``max_series`` per metric new
+ones fold into one ``other`` series, counted in ``hostmesh_metrics_series_overflow_total``.
+Snapshots are plain dicts, so a supervisor can merge several worker processes'
+(``merge``). Pure: no clock, no I/O; label values come from ``agent.telemetry.istio``.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 
-TCP_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
-              "destination_workload", "destination_workload_namespace", "destination_principal",
-              "connection_security_policy", "response_flags")
-HTTP_LABELS = TCP_LABELS[:-1] + ("request_protocol", "response_code")
+from agent.telemetry.istio import BUCKETS, HTTP_LABELS, TCP_LABELS
+
 COUNTERS = {
-    "istio_tcp_connections_opened_total": ("Connections opened.", TCP_LABELS),
-    "istio_tcp_connections_closed_total": ("Connections closed.", TCP_LABELS),
-    "istio_tcp_sent_bytes_total": ("Bytes sent towards the destination.", TCP_LABELS),
-    "istio_tcp_received_bytes_total": ("Bytes received back from the destination.", TCP_LABELS),
-    "istio_requests_total": ("HTTP requests.", HTTP_LABELS),
+    "istio_tcp_connections_opened_total": ("The total number of TCP connections opened", TCP_LABELS),
+    "istio_tcp_connections_closed_total": ("The total number of TCP connections closed", TCP_LABELS),
+    "istio_tcp_connections_failed_total": ("The total number of TCP connections that failed to establish",
+                                           TCP_LABELS),
+    "istio_tcp_sent_bytes_total": ("The size of total bytes sent during response in case of a TCP connection",
+                                   TCP_LABELS),
+    "istio_tcp_received_bytes_total": ("The size of total bytes received during request in case of a TCP "
+                                       "connection", TCP_LABELS),
+    "istio_requests_total": ("The total number of requests", HTTP_LABELS),
     "hostmesh_policy_decisions_total": ("Authorization decisions.", ("verdict", "policy")),
     "hostmesh_telemetry_dropped_total": ("Telemetry records dropped.", ("sink", "reason")),
     "hostmesh_telemetry_exported_total": ("Telemetry records delivered.", ("sink",)),
     "hostmesh_telemetry_export_failures_total": ("Telemetry export failures.", ("sink",)),
     "hostmesh_metrics_series_overflow_total": ("Label sets folded into 'other'.", ("metric",)),
 }
-# Gauges whose labels are not the default ("name"): the traffic rules' per-endpoint state.
-GAUGE_LABELS = {"hostmesh_endpoint_ejected": ("cluster", "endpoint", "reason"),
-                "hostmesh_endpoint_connections": ("cluster", "endpoint")}
-BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+GAUGES = {
+    "istio_tcp_sockets_open": ("The current number of open TCP sockets", ("reporter",)),
+    "istio_build": ("Istio component build info", ("component", "tag")),
+    # the traffic rules' per-endpoint state (docs/traffic.md)
+    "hostmesh_endpoint_ejected": ("Endpoints ejected by outlier detection.", ("cluster", "endpoint", "reason")),
+    "hostmesh_endpoint_connections": ("Connections per endpoint.", ("cluster", "endpoint")),
+}
+# name -> (help, labels, OTLP unit); all with Envoy's default bounds (istio.BUCKETS)
+HISTOGRAMS = {
+    "istio_request_duration_milliseconds": ("Request duration, to the end of the response", HTTP_LABELS, "ms"),
+    "istio_request_bytes": ("Request size (head and body)", HTTP_LABELS, "By"),
+    "istio_response_bytes": ("Response size (head and body)", HTTP_LABELS, "By"),
+}
+_NB = len(BUCKETS) + 1  # per-bucket counts, the last one beyond the highest bound
+_LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in BUCKETS)
 
 
 class Metrics:
@@ -34,38 +51,43 @@ class Metrics:
         self.max_series = max_series
         self.counters: dict[str, dict[tuple, float]] = defaultdict(dict)
         self.gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
-        self.hist: dict[tuple, list] = {}  # labels -> [bucket counts..., sum, count]
-        self.minmax: dict[tuple, list] = {}  # labels -> [min, max] (OTLP histograms carry both)
+        # name -> labels -> [count per bucket (not cumulative)..., sum, count, min, max]
+        self.hist: dict[str, dict[tuple, list]] = defaultdict(dict)
+
+    def _bounded(self, name: str, series: dict, labels: tuple) -> tuple:
+        if labels not in series and len(series) >= self.max_series:
+            o = self.counters["hostmesh_metrics_series_overflow_total"]
+            o[(name,)] = o.get((name,), 0) + 1
+            return tuple("other" for _ in labels)
+        return labels
 
     def inc(self, name: str, labels: tuple, v: float = 1) -> None:
         series = self.counters[name]
-        if labels not in series and len(series) >= self.max_series:
-            labels = tuple("other" for _ in labels)
-            o = self.counters["hostmesh_metrics_series_overflow_total"]
-            o[(name,)] = o.get((name,), 0) + 1
+        labels = self._bounded(name, series, labels)
         series[labels] = series.get(labels, 0) + v
 
     def set_gauge(self, name: str, labels: tuple, v: float) -> None:
         self.gauges[name][labels] = v
 
-    def observe_ms(self, labels: tuple, ms: float) -> None:
-        h = self.hist.setdefault(labels, [0] * len(BUCKETS_MS) + [0.0, 0])
-        for i, b in enumerate(BUCKETS_MS):
-            if ms <= b:
-                h[i] += 1
-        h[-2] += ms
-        h[-1] += 1
-        mm = self.minmax.get(labels)
-        if mm is None:
-            self.minmax[labels] = [ms, ms]
-        else:
-            mm[0], mm[1] = min(mm[0], ms), max(mm[1], ms)
+    def add_gauge(self, name: str, labels: tuple, v: float) -> None:
+        series = self.gauges[name]
+        series[labels] = series.get(labels, 0) + v
+
+    def observe(self, name: str, labels: tuple, value: float) -> None:
+        series = self.hist[name]
+        labels = self._bounded(name, series, labels)
+        h = series.get(labels)
+        if h is None:
+            h = series[labels] = [0] * _NB + [0.0, 0, value, value]
+        h[bisect.bisect_left(BUCKETS, value)] += 1  # Prometheus' le: value <= bound
+        h[_NB] += value
+        h[_NB + 1] += 1
+        h[_NB + 2], h[_NB + 3] = min(h[_NB + 2], value), max(h[_NB + 3], value)
 
     def snapshot(self) -> dict:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
                 "gauges": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.gauges.items()},
-                "hist": [[list(lb), h] for lb, h in self.hist.items()],
-                "minmax": [[list(lb), mm] for lb, mm in self.minmax.items()]}
+                "hist": {k: [[list(lb), h] for lb, h in s.items()] for k, s in self.hist.items()}}
 
     def merge(self, snap: dict) -> None:
         for k, rows in snap.get("counters", {}).items():
@@ -73,14 +95,21 @@ class Metrics:
                 self.inc(k, tuple(lb), v)
         for k, rows in snap.get("gauges", {}).items():
             for lb, v in rows:
-                self.gauges[k][tuple(lb)] = self.gauges[k].get(tuple(lb), 0) + v
-        for lb, h in snap.get("hist", []):
-            mine = self.hist.setdefault(tuple(lb), [0] * len(BUCKETS_MS) + [0.0, 0])
-            for i, v in enumerate(h):
-                mine[i] += v
-        for lb, (lo, hi) in snap.get("minmax", []):
-            mm = self.minmax.setdefault(tuple(lb), [lo, hi])
-            mm[0], mm[1] = min(mm[0], lo), max(mm[1], hi)
+                if k == "istio_build":  # one build per agent, not a sum of workers
+                    self.set_gauge(k, tuple(lb), v)
+                else:
+                    self.add_gauge(k, tuple(lb), v)
+        for k, rows in snap.get("hist", {}).items():
+            series = self.hist[k]
+            for lb, h in rows:
+                lb = self._bounded(k, series, tuple(lb))
+                mine = series.get(lb)
+                if mine is None:
+                    series[lb] = list(h)
+                    continue
+                for i in range(_NB + 2):
+                    mine[i] += h[i]
+                mine[_NB + 2], mine[_NB + 3] = min(mine[_NB + 2], h[_NB + 2]), max(mine[_NB + 3], h[_NB + 3])
 
     def render(self) -> str:
         out = []
@@ -90,19 +119,23 @@ class Metrics:
             for lb, v in series.items():
                 out.append(f"{name}{_labels(names, lb)} {_num(v)}")
         for name, series in sorted(self.gauges.items()):
-            out += [f"# TYPE {name} gauge"]
+            help_, names = GAUGES.get(name, ("", ("identity",) if "cert" in name else ("name",)))
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
             for lb, v in series.items():
-                names = GAUGE_LABELS.get(name, ("identity",) if "cert" in name else ("name",))
                 out.append(f"{name}{_labels(names, lb)} {_num(v)}")
-        if self.hist:
-            name = "istio_request_duration_milliseconds"
-            out += [f"# HELP {name} HTTP request duration.", f"# TYPE {name} histogram"]
-            for lb, h in self.hist.items():
-                for i, b in enumerate(BUCKETS_MS):
-                    out.append(f"{name}_bucket{_labels(HTTP_LABELS + ('le',), lb + (str(b),))} {h[i]}")
-                out.append(f"{name}_bucket{_labels(HTTP_LABELS + ('le',), lb + ('+Inf',))} {h[-1]}")
-                out.append(f"{name}_sum{_labels(HTTP_LABELS, lb)} {_num(h[-2])}")
-                out.append(f"{name}_count{_labels(HTTP_LABELS, lb)} {h[-1]}")
+        for name, series in sorted(self.hist.items()):
+            help_, names, _unit = HISTOGRAMS.get(name, ("", HTTP_LABELS, ""))
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+            for lb, h in series.items():
+                base = _labels(names, lb)  # escaped once, shared by the 22 lines of the series
+                open_ = f"{name}_bucket{base[:-1]},le="
+                running = 0
+                for i, le in enumerate(_LE):
+                    running += h[i]
+                    out.append(f'{open_}"{le}"}} {running}')
+                out.append(f'{open_}"+Inf"}} {h[_NB + 1]}')
+                out.append(f"{name}_sum{base} {_num(h[_NB])}")
+                out.append(f"{name}_count{base} {h[_NB + 1]}")
         return "\n".join(out) + "\n"
 
 
@@ -129,18 +162,3 @@ def count_exports(metrics: Metrics, sink: str, seen: tuple[int, int], delivered:
     if failures > seen[1]:
         metrics.inc("hostmesh_telemetry_export_failures_total", (sink,), failures - seen[1])
     return delivered, failures
-
-
-def tcp_labels(rec) -> tuple:
-    """Istio's TCP label values for a ConnRecord."""
-    return (
-        "source" if rec.direction == "outbound" else "destination",
-        rec.src.workload or "unknown", rec.src.namespace or "unknown", _spiffe(rec.src.principal),
-        rec.dst.workload or "unknown", rec.dst.namespace or "unknown", _spiffe(rec.dst.principal),
-        "mutual_tls" if rec.mode == "tunnel" else "none",
-        getattr(rec, "response_flags", None) or ("-" if rec.verdict != "deny" else "UAEX"),
-    )
-
-
-def _spiffe(p: str | None) -> str:
-    return p if p else "unknown"

@@ -33,6 +33,7 @@ from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
@@ -57,7 +58,8 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from agent.telemetry.metrics import BUCKETS_MS, COUNTERS, HTTP_LABELS, count_exports
+from agent.telemetry.istio import BUCKETS, HTTP_LABELS
+from agent.telemetry.metrics import COUNTERS, GAUGES, HISTOGRAMS, count_exports
 
 logger = logging.getLogger("hostmesh.otlp")
 
@@ -204,7 +206,7 @@ class Converter:
 
 
 def metrics_data(snapshot: dict, resource: Resource, start_ns: int, now_ns: int) -> MetricsData:
-    """A ``Metrics.snapshot()`` as OTLP cumulative sums (counters) and one histogram."""
+    """A ``Metrics.snapshot()`` as OTLP cumulative sums (counters), gauges and histograms."""
     out = []
     for name, rows in sorted(snapshot.get("counters", {}).items()):
         help_, names = COUNTERS.get(name, ("", ()))
@@ -213,18 +215,20 @@ def metrics_data(snapshot: dict, resource: Resource, start_ns: int, now_ns: int)
         out.append(Metric(name=name.removesuffix("_total"), description=help_, unit="By" if "bytes" in name else "1",
                           data=Sum(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE,
                                    is_monotonic=True)))
-    hist = snapshot.get("hist", [])
-    if hist:
-        minmax = {tuple(lb): mm for lb, mm in snapshot.get("minmax", [])}
-        points = []
-        for lb, h in hist:
-            cumulative = h[:len(BUCKETS_MS)] + [h[-1]]  # Prometheus buckets count everything below
-            counts = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
-            lo, hi = minmax.get(tuple(lb), (0.0, 0.0))
-            points.append(HistogramDataPoint(attributes=_labels(HTTP_LABELS, lb), start_time_unix_nano=start_ns,
-                                             time_unix_nano=now_ns, count=int(h[-1]), sum=h[-2], bucket_counts=counts,
-                                             explicit_bounds=[float(b) for b in BUCKETS_MS], min=lo, max=hi))
-        out.append(Metric(name="istio_request_duration_milliseconds", description="HTTP request duration.", unit="ms",
+    for name, rows in sorted(snapshot.get("gauges", {}).items()):
+        help_, names = GAUGES.get(name, ("", ("name",)))
+        points = [NumberDataPoint(attributes=_labels(names, lb), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
+                                  value=v) for lb, v in rows]
+        out.append(Metric(name=name, description=help_, unit="1", data=Gauge(data_points=points)))
+    nb = len(BUCKETS) + 1
+    for name, rows in sorted(snapshot.get("hist", {}).items()):
+        help_, names, unit = HISTOGRAMS.get(name, ("", HTTP_LABELS, ""))
+        points = [HistogramDataPoint(attributes=_labels(names, lb), start_time_unix_nano=start_ns,
+                                     time_unix_nano=now_ns, count=int(h[nb + 1]), sum=h[nb],
+                                     bucket_counts=[int(c) for c in h[:nb]],
+                                     explicit_bounds=[float(b) for b in BUCKETS], min=h[nb + 2], max=h[nb + 3])
+                  for lb, h in rows]
+        out.append(Metric(name=name, description=help_, unit=unit,
                           data=Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)))
     return MetricsData(resource_metrics=[ResourceMetrics(
         resource=resource, scope_metrics=[ScopeMetrics(scope=SCOPE, metrics=out, schema_url="")], schema_url="")])

@@ -1,7 +1,8 @@
 """The path from the data plane to the sinks; it never blocks traffic.
 
-``submit`` (trio thread) updates the metrics and appends to a bounded queue — when
-full the record is dropped and counted. ``run`` flushes the queue in batches (size or
+``opened`` / ``flow`` move the TCP counters while a connection lives (agent.telemetry.
+account); ``submit`` (trio thread) closes its account or counts an HTTP exchange, and
+appends the record to a bounded queue — when full the record is dropped and counted. ``run`` flushes the queue in batches (size or
 age, ``batcher``) to the access log and, when configured, to Kafka and OTLP, which run
 behind their own bounded hand-offs. Delivered and dropped counts are exact per sink.
 """
@@ -15,31 +16,60 @@ import sys
 
 import trio
 
-from agent.telemetry.metrics import Metrics, tcp_labels
+from agent import __version__
+from agent.telemetry import account
+from agent.telemetry.istio import LabelContext, TcpAccount
+from agent.telemetry.metrics import Metrics
 
 logger = logging.getLogger("hostmesh.telemetry")
 
 
+def label_context(config) -> LabelContext:
+    """The cluster's name and every node's locality, from the agent's configuration."""
+    nodes = [config.node, *config.cluster.nodes]
+    return LabelContext(cluster=config.cluster.name, local_node=config.node.name,
+                        localities={n.name: loc for n in nodes if (loc := _locality(n))})
+
+
+def _locality(node) -> tuple[str, str] | None:
+    """(region, zone) of a node: its region/zone settings, else its Kubernetes topology
+    labels (the ones locality load balancing reads, docs/traffic.md)."""
+    labels = getattr(node, "labels", None) or {}
+    region = node.region or labels.get("topology.kubernetes.io/region")
+    zone = node.zone or labels.get("topology.kubernetes.io/zone")
+    return (region or "unknown", zone or "unknown") if region or zone else None
+
+
 class Telemetry:
-    def __init__(self, config, node: str) -> None:
+    def __init__(self, config, node: str, ctx: LabelContext | None = None) -> None:
         self.config = config
         self.node = node
+        self.ctx = ctx or LabelContext(local_node=node)
         self.metrics = Metrics(config.max_series)
+        # istio_build: the dashboards' version panels; hostmesh stands in ztunnel's place
+        self.metrics.set_gauge("istio_build", (config.build_component, __version__), 1)
+        self.tick_hooks: list = []  # called every flush (live connections' bytes)
         self.queue: collections.deque = collections.deque()
         self.counts = {"submitted": 0, "dropped_queue_full": 0, "access_log": 0}
         self.sinks: list = []
         self._wake = trio.Event()
         self._log = None
 
-    def submit(self, rec) -> bool:
+    def opened(self, rec) -> TcpAccount:
+        """A connection got through to its upstream: counted as opened now."""
+        return account.opened(self.metrics, rec, self.ctx)
+
+    def flow(self, acct: TcpAccount, to_server: int, to_client: int) -> None:
+        account.flow(self.metrics, acct, to_server, to_client)
+
+    def submit(self, rec, acct: TcpAccount | None = None) -> bool:
+        """A finished connection (with the account ``opened`` gave, if it was opened) or
+        one HTTP exchange."""
         self.counts["submitted"] += 1
         if getattr(rec, "bytes_sent", None) is not None:
-            lb = tcp_labels(rec)
-            m = self.metrics
-            m.inc("istio_tcp_connections_opened_total", lb)
-            m.inc("istio_tcp_connections_closed_total", lb)
-            m.inc("istio_tcp_sent_bytes_total", lb, rec.bytes_sent)
-            m.inc("istio_tcp_received_bytes_total", lb, rec.bytes_received)
+            account.closed(self.metrics, acct, rec, self.ctx)
+        else:
+            account.request(self.metrics, rec, self.ctx)
         if len(self.queue) >= self.config.queue_size:
             self.counts["dropped_queue_full"] += 1
             self.metrics.inc("hostmesh_telemetry_dropped_total", ("queue", "full"))
@@ -76,11 +106,16 @@ class Telemetry:
         for s in self.sinks:
             s.start()
         task_status.started()
+        last_tick = trio.current_time()
         try:
             while True:
                 with trio.move_on_after(self.config.flush_interval_s):
                     await self._wake.wait()
                 self._wake = trio.Event()
+                if trio.current_time() - last_tick >= self.config.flush_interval_s:
+                    last_tick = trio.current_time()
+                    for hook in self.tick_hooks:
+                        hook()
                 self.flush()
                 for s in self.sinks:
                     tick = getattr(s, "tick", None)

@@ -1,9 +1,14 @@
-"""One record per finished connection (and per HTTP request), in SPEC.md's schema."""
+"""One record per finished connection (and per HTTP request), in SPEC.md's schema.
+
+Records are what every data path reports (the trio relay, the HTTP inspector, a native
+engine's finished-connection events); ``agent.telemetry.istio`` derives the metric
+labels from them. Fields marked "not in the JSON record" feed the labels only."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 def rfc3339(t: float) -> str:
@@ -17,6 +22,10 @@ class Endpoint:
     workload: str | None = None
     namespace: str | None = None
     principal: str | None = None
+    # not in the JSON record: the workload's labels (canonical service / revision) and
+    # its node (locality); the workload's own read-only mapping, never a copy
+    labels: Mapping[str, str] | None = field(default=None, compare=False)
+    node: str | None = None
 
     def to_json(self) -> dict:
         return {"ip": self.ip, "port": self.port, "workload": self.workload, "namespace": self.namespace,
@@ -43,6 +52,7 @@ class ConnRecord:
     span_id: str | None = None
     parent_span_id: str | None = None
     response_flags: str | None = None  # Envoy's: UO, UF, URX, NR, UH (traffic rules, docs/traffic.md)
+    service: object | None = None  # istio.ServiceRef: the service dialled (labels only)
 
     def to_json(self) -> dict:
         out = {
@@ -76,14 +86,20 @@ class RequestRecord:
     verdict: str
     policy: str | None
     trace_id: str | None = None
+    direction: str = "inbound"  # inbound: reported by the destination; outbound: by the source
+    mode: str = "tunnel"  # the connection's: tunnel | local | plaintext (labels only)
+    request_bytes: int = 0  # head and body as received (Istio's request.total_size)
+    response_bytes: int = 0  # head and body as sent back (response.total_size)
+    flags: str = "-"  # Envoy response flags (labels only)
+    service: object | None = None  # istio.ServiceRef (labels only)
 
     def to_json(self) -> dict:
         return {
             "type": "request", "start": rfc3339(self.start), "end": rfc3339(self.end),
-            "duration_ms": round((self.end - self.start) * 1000, 3), "node": self.node, "direction": "inbound",
+            "duration_ms": round((self.end - self.start) * 1000, 3), "node": self.node, "direction": self.direction,
             "src": self.src.to_json(), "dst": self.dst.to_json(), "method": self.method, "path": self.path,
             "host": self.host, "status": self.status, "verdict": self.verdict, "policy": self.policy,
-            "trace_id": self.trace_id,
+            "request_bytes": self.request_bytes, "response_bytes": self.response_bytes, "trace_id": self.trace_id,
         }
 
     @property

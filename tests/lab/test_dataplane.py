@@ -60,7 +60,8 @@ print(ok)
     r = ns_py(dp.pod("client")["netns"], code.format(n=30), timeout=120)
     assert r.stdout.strip().splitlines()[-1] == "30", r.stdout + r.stderr
     time.sleep(1.3)
-    recs = [x for n in (0, 1) for x in dp.access_log(n) if x["direction"] == "outbound" and x["dst"]["port"] == 8080]
+    recs = [x for n in (0, 1) for x in dp.access_log(n)
+            if x["type"] == "connection" and x["direction"] == "outbound" and x["dst"]["port"] == 8080]
     counts = {}
     for x in recs:
         counts[x["dst"]["workload"]] = counts.get(x["dst"]["workload"], 0) + 1

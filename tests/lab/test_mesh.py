@@ -52,8 +52,10 @@ def test_cross_node_http_keeps_source_ip_and_both_agents_record_it(mesh):
     seen = json.loads(r.stdout)
     assert seen["client"].split(":")[0] == client["ip"]
     time.sleep(1.3)  # access log flush interval
-    out = [x for x in mesh.access_log(1) if x["dst"]["ip"] == web["ip"] and x["direction"] == "outbound"]
-    inn = [x for x in mesh.access_log(0) if x["src"]["ip"] == client["ip"] and x["direction"] == "inbound"]
+    out = [x for x in mesh.access_log(1) if x["type"] == "connection" and x["dst"]["ip"] == web["ip"]
+           and x["direction"] == "outbound"]
+    inn = [x for x in mesh.access_log(0) if x["type"] == "connection" and x["src"]["ip"] == client["ip"]
+           and x["direction"] == "inbound"]
     assert out and inn
     assert out[-1]["mode"] == inn[-1]["mode"] == "tunnel"
     assert inn[-1]["src"]["principal"] == "spiffe://cluster.local/ns/front/sa/client-sa"
@@ -111,7 +113,7 @@ def test_same_node_takes_the_local_path(mesh):
     assert r.returncode == 0
     assert json.loads(r.stdout)["client"].split(":")[0] == mesh.pod("db")["ip"]
     time.sleep(1.3)
-    recs = [x for x in mesh.access_log(0) if x["src"]["ip"] == mesh.pod("db")["ip"]]
+    recs = [x for x in mesh.access_log(0) if x["type"] == "connection" and x["src"]["ip"] == mesh.pod("db")["ip"]]
     assert {x["direction"] for x in recs} == {"outbound", "inbound"} and {x["mode"] for x in recs} == {"local"}
 
 

@@ -111,7 +111,7 @@ def test_sink_sends_spans_logs_and_metrics(receiver, protocol):
     grpc_url, http_url, out = receiver()
     m = Metrics()
     m.inc("istio_tcp_sent_bytes_total", ("source",) * 9, 10)
-    m.observe_ms(("x",) * 10, 3.0)
+    m.observe("istio_request_duration_milliseconds", ("x",) * 28, 3.0)
     sink = OtlpSink(OtlpConfig(endpoint=grpc_url if protocol == "grpc" else http_url, protocol=protocol,
                                export_interval_s=0.1), "node-0", m)
     sink.start()
@@ -166,7 +166,9 @@ def test_two_agents_spans_share_a_trace_in_the_lab():
             return lab.admin(i, "GET", "/v1/stats")[1]["telemetry"]["otlp"]
 
         wait_for(lambda: all(otlp_stats(i)["delivered"] >= n for i in (0, 1)), timeout=30)
-        wait_for(lambda: len(spans(received(otlp["received"]))) >= 2 * n and metric_names(received(otlp["received"])))
+        # istio_build is exported from the start: wait for the traffic's series
+        wait_for(lambda: len(spans(received(otlp["received"]))) >= 2 * n
+                 and "istio_tcp_sent_bytes" in metric_names(received(otlp["received"])))
         lines = received(otlp["received"])
         sp = spans(lines)
         client = {s["trace"]: s for s in sp if s["node"] == "node-0" and s["kind"] == "SPAN_KIND_CLIENT"}

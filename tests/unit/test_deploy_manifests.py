@@ -284,6 +284,17 @@ def test_configmap_config_parses_with_the_agents_schema():
     assert cfg.ports.readiness_bind == "0.0.0.0", "kubelet probes the node IP, not loopback"
 
 
+def test_prometheus_scrapes_the_metrics_port_the_agent_listens_on():
+    """Istio's Prometheus addon keeps pods annotated prometheus.io/scrape and scrapes
+    prometheus.io/port and /path on the pod IP (the node's, under hostNetwork)."""
+    ann = one("DaemonSet", "hostmesh")["spec"]["template"]["metadata"]["annotations"]
+    cfg = agent_config()
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == str(cfg.ports.metrics) == "15020"
+    assert ann["prometheus.io/path"] == "/metrics"
+    assert cfg.ports.metrics_bind == "0.0.0.0", "a Prometheus pod reaches the node IP, not loopback"
+
+
 # --- the image ------------------------------------------------------------------------
 
 

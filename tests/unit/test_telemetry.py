@@ -2,14 +2,15 @@
 
 import json
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.telemetry.batcher import Batcher
-from agent.telemetry.metrics import Metrics, tcp_labels
+from agent.telemetry.istio import LabelContext, tcp_labels
+from agent.telemetry.metrics import Metrics
 from agent.telemetry.record import ConnRecord, Endpoint, RequestRecord
 
+CTX = LabelContext(local_node="node-0")
 SRC = Endpoint("198.19.1.2", 40000, "client", "front", "spiffe://cluster.local/ns/front/sa/client")
 DST = Endpoint("198.19.0.2", 8080, "web", "shop", "spiffe://cluster.local/ns/shop/sa/web")
 
@@ -69,17 +70,18 @@ def test_batcher_never_loses_or_reorders(ops):
     assert taken == added
 
 
-def test_metrics_istio_names_labels_and_render():
+def test_metrics_render_counters_with_their_labels():
     m = Metrics()
-    lb = tcp_labels(rec())
+    lb = tcp_labels(rec(), CTX)
     m.inc("istio_tcp_connections_opened_total", lb)
-    m.inc("istio_tcp_sent_bytes_total", lb, 79)
     text = m.render()
     assert "# TYPE istio_tcp_connections_opened_total counter" in text
-    assert ('istio_tcp_sent_bytes_total{reporter="source",source_workload="client",source_workload_namespace="front",'
-            'source_principal="spiffe://cluster.local/ns/front/sa/client",destination_workload="web",'
-            'destination_workload_namespace="shop",destination_principal="spiffe://cluster.local/ns/shop/sa/web",'
-            'connection_security_policy="mutual_tls",response_flags="-"} 79') in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("istio_tcp_connections_opened_total{"))
+    assert line.startswith('istio_tcp_connections_opened_total{reporter="source",source_workload="client",'
+                           'source_canonical_service="client",source_canonical_revision="latest",'
+                           'source_workload_namespace="front",source_principal="spiffe://cluster.local/ns/front/sa/client"')
+    assert 'connection_security_policy="mutual_tls"' in line and 'request_protocol="tcp"' in line
+    assert line.endswith(" 1")
 
 
 def test_metrics_cardinality_is_bounded_and_counted():
@@ -91,20 +93,28 @@ def test_metrics_cardinality_is_bounded_and_counted():
     assert m.counters["hostmesh_metrics_series_overflow_total"][("hostmesh_policy_decisions_total",)] == 7
 
 
+def test_histogram_cardinality_is_bounded_too():
+    m = Metrics(max_series=2)
+    for i in range(5):
+        m.observe("istio_request_bytes", (str(i),), 10)
+    assert len(m.hist["istio_request_bytes"]) == 3
+    assert m.counters["hostmesh_metrics_series_overflow_total"][("istio_request_bytes",)] == 3
+
+
 def test_metrics_merge_sums_worker_snapshots():
     a, b, total = Metrics(), Metrics(), Metrics()
     a.inc("istio_tcp_connections_closed_total", ("x",) * 9, 2)
     b.inc("istio_tcp_connections_closed_total", ("x",) * 9, 3)
-    b.observe_ms(("y",) * 9, 7.0)
+    a.observe("istio_request_duration_milliseconds", ("y",), 7.0)
+    b.observe("istio_request_duration_milliseconds", ("y",), 70000.0)
+    a.add_gauge("istio_tcp_sockets_open", ("source",), 2)
+    b.add_gauge("istio_tcp_sockets_open", ("source",), 1)
     total.merge(json.loads(json.dumps(a.snapshot())))
     total.merge(json.loads(json.dumps(b.snapshot())))
     assert total.counters["istio_tcp_connections_closed_total"][("x",) * 9] == 5
-    assert "istio_request_duration_milliseconds_count" in total.render()
-
-
-@pytest.mark.parametrize("verdict, flags", [("allow", "-"), ("deny", "UAEX")])
-def test_response_flags(verdict, flags):
-    assert tcp_labels(rec(verdict=verdict))[-1] == flags
+    assert total.gauges["istio_tcp_sockets_open"][("source",)] == 3
+    h = total.hist["istio_request_duration_milliseconds"][("y",)]
+    assert h[-4:] == [70007.0, 2, 7.0, 70000.0]  # sum, count, min, max
 
 
 def test_sink_totals_reach_the_registry_once():
@@ -117,3 +127,27 @@ def test_sink_totals_reach_the_registry_once():
     assert seen == (8, 1)
     assert m.counters["hostmesh_telemetry_exported_total"] == {("kafka",): 8}
     assert m.counters["hostmesh_telemetry_export_failures_total"] == {("kafka",): 1}
+
+
+def test_otlp_metrics_carry_counters_gauges_and_every_histogram():
+    from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.resources import Resource
+
+    from agent.telemetry.otlp import metrics_data
+
+    m = Metrics()
+    m.set_gauge("istio_build", ("ztunnel", "1.0"), 1)
+    m.inc("istio_tcp_sent_bytes_total", tcp_labels(rec(), CTX), 1073)
+    for name in ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"):
+        m.observe(name, ("x",) * 28, 3.0)
+        m.observe(name, ("x",) * 28, 5000.0)
+    data = metrics_data(json.loads(json.dumps(m.snapshot())), Resource.create({}), 1, 2)
+    metrics = {x.name: x for x in data.resource_metrics[0].scope_metrics[0].metrics}
+    assert set(metrics) == {"istio_build", "istio_tcp_sent_bytes", "istio_request_duration_milliseconds",
+                            "istio_request_bytes", "istio_response_bytes"}
+    point = metrics["istio_request_bytes"].data.data_points[0]
+    assert (point.count, point.sum, point.min, point.max) == (2, 5003.0, 3.0, 5000.0)
+    assert sum(point.bucket_counts) == 2 and len(point.bucket_counts) == len(point.explicit_bounds) + 1
+    assert point.bucket_counts[2] == 1 and point.bucket_counts[11] == 1  # le 5 and le 5000 (inclusive)
+    assert metrics["istio_tcp_sent_bytes"].data.data_points[0].value == 1073
+    assert encode_metrics(data).SerializeToString()
