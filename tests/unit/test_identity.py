@@ -100,6 +100,42 @@ def test_trust_domain_check_is_exact():
 # A second implementation (the native core) is added here, with the same signature:
 # (chain DER list, roots DER list, trust domain, now, expected id) -> .ok/.reason/.spiffe_id
 VALIDATORS = {"python": validate.validate_der}
+
+
+def _native_validate_der(chain_der, roots_der, trust_domain, now, expected_id=None):
+    """The Rust core's checks (agent.dataplane.verify) behind the same signature."""
+    import ssl as _ssl
+    from types import SimpleNamespace
+
+    from agent import dataplane
+
+    pem = lambda ders: "".join(_ssl.DER_cert_to_PEM_cert(d) for d in ders).encode()  # noqa: E731
+    v = dataplane.verify(pem(chain_der), pem(roots_der), trust_domain, now, expected_id)
+    return SimpleNamespace(ok=v.ok, reason="" if v.ok else v.reason, spiffe_id=v.spiffe_id)
+
+
+# the native core runs the same table (SPEC: one set of rules, wherever they run); the
+# extension is built by make setup, so a missing build fails here rather than skipping
+VALIDATORS["native"] = _native_validate_der
+# Rows the Rust core does not yet refuse as validate.py does (the leaf key-usage, chain,
+# validity and critical-extension rules of issue 15 landed in Python first). Strict: a
+# row that starts passing must leave this set, so it can only shrink.
+NATIVE_GAPS = {
+    "leaf keyCertSign", "leaf cRLSign", "leaf without digitalSignature", "leaf without key usage",
+    "leaf key usage not critical", "leaf EKU without clientAuth",
+    "bad leaf of an untrusted chain: the chain's reason first (the handshake's order)",
+    "intermediate without keyCertSign", "root pathLen 1 above two intermediates",
+    "unused expired extra certificate ignored", "expired root", "malformed validity field",
+    "unknown critical extension on the leaf", "unknown critical extension on an intermediate",
+    "critical name constraints (not processed)", "more certificates than MAX_CHAIN",
+    "wrong-leaf-cert-sign.pem", "wrong-leaf-crl-sign.pem", "wrong-leaf-no-digital-signature.pem",
+    "wrong-intermediate-no-key-cert-sign.pem",
+}
+
+
+def _known_gap(request, name: str) -> None:
+    if request.node.callspec.params.get("validator") == "native" and name in NATIVE_GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the Rust core lacks this rule (issue 16)"))
 # ... and its profile check (go-spiffe's x509svid.Parse): (chain DER list) -> verdict
 PROFILES = {"python": validate.svid_profile_der}
 SPEC_CASES = vectors.spec_cases()
@@ -124,12 +160,14 @@ def _check(validator, case: vectors.Case):
 
 
 @pytest.mark.parametrize("case", SPEC_CASES, ids=[c.name for c in SPEC_CASES])
-def test_spec_rule(validator, case):
+def test_spec_rule(validator, case, request):
+    _known_gap(request, case.name)
     _check(validator, case)
 
 
 @pytest.mark.parametrize("f", vectors.GO_SPIFFE_FILES, ids=[f.cert for f in vectors.GO_SPIFFE_FILES])
-def test_go_spiffe_profile_reminted(validator, f):
+def test_go_spiffe_profile_reminted(validator, f, request):
+    _known_gap(request, f.cert)
     _check(validator, vectors.reminted(f))
 
 
