@@ -58,7 +58,7 @@ lint: setup
 rust: setup
 	cd dataplane && $(CARGO) fmt --check
 	cd dataplane && PYO3_PYTHON=$(PYO3_PYTHON) $(CARGO) clippy --all-targets -q -- -D warnings
-	cd dataplane && PYO3_PYTHON=$(PYO3_PYTHON) LD_LIBRARY_PATH=$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') $(CARGO) test -q
+	cd dataplane && PYO3_PYTHON=$(PYO3_PYTHON) LD_LIBRARY_PATH=$$($(PYO3_PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') $(CARGO) test -q
 
 # The extension the agent loads, rebuilt when the crate changed (a warm release build
 # takes seconds; a clean one ~1 minute on 2 cores).
