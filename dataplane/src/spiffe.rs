@@ -31,6 +31,9 @@ pub const MAX_CHAIN: usize = 8;
 /// bounds the work a chain of cross-signed certificates can cause.
 const PATH_BUDGET: usize = 64;
 
+/// The longest SPIFFE ID accepted (agent/identity/spiffe.py's MAX_ID_BYTES).
+pub const MAX_ID_BYTES: usize = 2048;
+
 /// Why a chain was rejected; `as_str` gives the name docs/identity.md uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -82,6 +85,10 @@ impl std::error::Error for Reason {}
 /// A parsed SPIFFE workload ID: `spiffe://<td>/ns/<ns>/sa/<sa>`, strict per the spec
 /// (agent/identity/spiffe.py's rules).
 pub fn trust_domain_of(uri: &str) -> Option<&str> {
+    // SPIFFE-ID.md 2.3: implementations must support 2048 bytes; hostmesh refuses longer
+    if uri.len() > MAX_ID_BYTES {
+        return None;
+    }
     let rest = uri.strip_prefix("spiffe://")?;
     let (td, path) = rest.split_once('/')?;
     let td_ok = !td.is_empty()
