@@ -398,7 +398,8 @@ impl Core {
 
 /// The SPIFFE X.509-SVID checks on a PEM chain (leaf first) against a PEM bundle at
 /// `now` (Unix seconds): (ok, SPIFFE ID or None, reason or ""). `role`: whose chain it
-/// is ("client" or "server": the key usage it must allow).
+/// is ("client" or "server"); X509-SVID 4.4 asks both usages of every SVID, so the
+/// verdict is the same for either.
 #[pyfunction]
 #[pyo3(signature = (chain_pem, bundle_pem, trust_domain, now, expected=None, role="client"))]
 fn verify(
@@ -413,15 +414,13 @@ fn verify(
         Ok(c) => c,
         Err(_) => return Ok((false, None, "no_certificate".into())),
     };
-    let roots = tls::parse_roots(bundle_pem).map_err(PyValueError::new_err)?;
-    let role = match role {
-        "client" => spiffe::Role::Client,
-        "server" => spiffe::Role::Server,
-        _ => return Err(PyValueError::new_err("role is \"client\" or \"server\"")),
-    };
+    let roots = tls::parse_certs(bundle_pem).map_err(PyValueError::new_err)?;
+    if !matches!(role, "client" | "server") {
+        return Err(PyValueError::new_err("role is \"client\" or \"server\""));
+    }
     let now = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs_f64(now.max(0.0)));
     Ok(
-        match spiffe::verify(&chain, &roots, trust_domain, now, expected, role) {
+        match spiffe::verify(&chain, &roots, trust_domain, now, expected) {
             Ok(id) => (true, Some(id), String::new()),
             Err(r) => (false, None, r.as_str().to_string()),
         },

@@ -9,10 +9,9 @@
 //! connections keep their sessions. Must never: fall back to TLS 1.2, accept a peer
 //! without a certificate, or verify a name instead of the SPIFFE identity.
 
-use crate::spiffe::{self, Reason, Role};
+use crate::spiffe::{self, Reason};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring as provider, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::TrustAnchor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -35,9 +34,11 @@ pub fn crypto() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// The trust bundle: roots and the trust domain peers must belong to.
+/// The trust bundle: roots (whole certificates: their validity, key usage and
+/// pathLenConstraint are checked like any other on the path) and the trust domain peers
+/// must belong to.
 pub struct Trust {
-    pub roots: Vec<TrustAnchor<'static>>,
+    pub roots: Vec<CertificateDer<'static>>,
     pub trust_domain: String,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -63,15 +64,13 @@ pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-pub fn parse_roots(pem: &[u8]) -> Result<Vec<TrustAnchor<'static>>, String> {
-    parse_certs(pem)?
-        .iter()
-        .map(|c| {
-            webpki::anchor_from_trusted_cert(c)
-                .map(|a| a.to_owned())
-                .map_err(|e| format!("bad root: {e:?}"))
-        })
-        .collect()
+/// The bundle's roots, each one a certificate that parses.
+pub fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let roots = parse_certs(pem)?;
+    for r in &roots {
+        spiffe::parses(r).map_err(|e| format!("bad root: {e}"))?;
+    }
+    Ok(roots)
 }
 
 impl Trust {
@@ -134,8 +133,7 @@ impl ClientCertVerifier for ClientVerifier {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let t = &self.0;
-        spiffe::verify(&chain, &t.roots, &t.trust_domain, now, None, Role::Client)
-            .map_err(reject)?;
+        spiffe::verify(&chain, &t.roots, &t.trust_domain, now, None).map_err(reject)?;
         Ok(ClientCertVerified::assertion())
     }
     signatures!(0);
@@ -160,15 +158,8 @@ impl ServerCertVerifier for ServerVerifier {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let t = &self.trust;
-        spiffe::verify(
-            &chain,
-            &t.roots,
-            &t.trust_domain,
-            now,
-            Some(&self.expected),
-            Role::Server,
-        )
-        .map_err(reject)?;
+        spiffe::verify(&chain, &t.roots, &t.trust_domain, now, Some(&self.expected))
+            .map_err(reject)?;
         Ok(ServerCertVerified::assertion())
     }
     signatures!(trust);
