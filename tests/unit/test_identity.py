@@ -117,15 +117,8 @@ def _native_validate_der(chain_der, roots_der, trust_domain, now, expected_id=No
 # the native core runs the same table (SPEC: one set of rules, wherever they run); the
 # extension is built by make setup, so a missing build fails here rather than skipping
 VALIDATORS["native"] = _native_validate_der
-# Rows the Rust core does not refuse as validate.py does (none since issue 16 brought
-# dataplane/src/spiffe.rs to parity). Strict: a row listed here that passes fails the
-# suite, so the set can only shrink.
-NATIVE_GAPS: set[str] = set()
 
 
-def _known_gap(request, name: str) -> None:
-    if request.node.callspec.params.get("validator") == "native" and name in NATIVE_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the Rust core lacks this rule (issue 16)"))
 # ... and its profile check (go-spiffe's x509svid.Parse): (chain DER list) -> verdict
 PROFILES = {"python": validate.svid_profile_der}
 SPEC_CASES = vectors.spec_cases()
@@ -150,14 +143,12 @@ def _check(validator, case: vectors.Case):
 
 
 @pytest.mark.parametrize("case", SPEC_CASES, ids=[c.name for c in SPEC_CASES])
-def test_spec_rule(validator, case, request):
-    _known_gap(request, case.name)
+def test_spec_rule(validator, case):
     _check(validator, case)
 
 
 @pytest.mark.parametrize("f", vectors.GO_SPIFFE_FILES, ids=[f.cert for f in vectors.GO_SPIFFE_FILES])
-def test_go_spiffe_profile_reminted(validator, f, request):
-    _known_gap(request, f.cert)
+def test_go_spiffe_profile_reminted(validator, f):
     _check(validator, vectors.reminted(f))
 
 
