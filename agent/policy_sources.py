@@ -172,7 +172,8 @@ class PolicySources:
         from agent.rbac.loader import to_document
 
         snapshot, names, path = self.store.snapshot(), sorted(self.api_sources), self._path()
-        traffic = self.agent.traffic.sources()  # DestinationRules/VirtualServices, as written
+        store = getattr(self.agent, "traffic", None)  # DestinationRules/VirtualServices, as written
+        traffic = store.sources() if store is not None else {}
 
         def write():
             by_source: dict[str, list] = {n: [] for n in names}
@@ -246,8 +247,9 @@ class PolicySources:
             return (files, saved, {**problems, **saved_problems}), self.store.prepare_sources({**files, **saved})
 
         files, saved, problems = await self.change(prepare)
-        for source, loaded in traffic.items():
-            self.agent.traffic.replace_source(source, loaded)
+        store = getattr(self.agent, "traffic", None)
+        for source, loaded in traffic.items() if store is not None else ():
+            store.replace_source(source, loaded)
         self.api_sources |= set(saved)
         self.problems.update(problems)
         if saved:

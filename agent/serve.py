@@ -20,6 +20,9 @@ from agent.config import Config
 from agent.state.workloads import WorkloadError, workload_from_json
 
 logger = logging.getLogger("hostmesh.serve")
+# How long start-up waits for the CA service's first SVIDs before listening anyway (the
+# lab's CA answers in ~20 ms; a drain's accept grace is longer than this).
+FIRST_SVIDS_BEFORE_LISTEN_S = 5.0
 
 
 async def run_agent(config: Config, config_path: str | None = None, worker: int | None = None) -> int:
@@ -39,6 +42,14 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
         await _start_identities(agent, root)
         await _load_state(agent, root, discovery)
         from agent.proxy.listeners import serve_dataplane
+
+        if agent.identities is not None and agent.identities.ca_client is not None:
+            # listen once the local identities have their SVIDs: a replacement's listener
+            # shares the ports with the draining agent (SO_REUSEPORT), and a connection
+            # the kernel gives it before the CA answered could not be tunnelled. Bounded:
+            # with the CA down the agent still listens (local traffic needs no SVID).
+            with trio.move_on_after(FIRST_SVIDS_BEFORE_LISTEN_S):
+                await agent.identities.wait_first_certificates()
 
         listeners = trio.CancelScope()
         await root.start(serve_dataplane, agent, listeners)
