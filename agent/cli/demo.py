@@ -42,7 +42,9 @@ spec:
   selector: {matchLabels: {app: web}}
   action: DENY
   rules:
-    - to: [{operation: {paths: ["/admin*"]}}]
+    # ports: without it, a DENY with HTTP-only fields also denies web's TCP ports (Istio's
+    # rule, docs/policy.md), and the iperf3 step below would be refused
+    - to: [{operation: {ports: ["8080"], paths: ["/admin*"]}}]
 """
 
 GREEN, RED, DIM, BOLD, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
@@ -180,7 +182,17 @@ def run_steps(d: Demo, work: Path, servers: list) -> None:
     d.detail(json.dumps({k: v for k, v in counters.items() if "connection" in k or "policy" in k or "tunnel" in k}, indent=1)[:1200])
     d.mark(counters.get("connections_closed", 0) >= 1, "node-0's agent counted the tunnelled connections")
     log = Path(node0["admin_socket"]).parent / "agent.log"
-    records = [ln for ln in log.read_text(errors="replace").splitlines() if '"type": "connection"' in ln or '"type":"connection"' in ln] if log.exists() else []
+
+    def connection_records() -> list[str]:
+        if not log.exists():
+            return []
+        return [ln for ln in log.read_text(errors="replace").splitlines()
+                if '"type": "connection"' in ln or '"type":"connection"' in ln]
+
+    records, deadline = connection_records(), time.monotonic() + 5
+    while not records and time.monotonic() < deadline:  # records are written on the telemetry tick (1 s)
+        time.sleep(0.2)
+        records = connection_records()
     for ln in records[-3:]:
         d.detail(ln[:400])
     d.mark(len(records) >= 1, f"{len(records)} connection record(s) in node-0's access log")
