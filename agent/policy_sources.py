@@ -146,24 +146,6 @@ class PolicySources:
         """Documents already loaded (reload, a worker's sync) put in force, per source."""
         await self.change(lambda: (None, self.store.prepare_sources(sources, only)))
 
-    async def replace_raw(self, source: str, raw_docs: list[dict], where: Callable[[dict], str]) -> int:
-        """Kubernetes objects -> one source; an invalid object is skipped and counted
-        (the API server validated it already; one bad object must not drop the rest).
-        Returns how many were skipped."""
-        from agent.rbac.loader import PolicyError, load_documents
-
-        def prepare():
-            loaded, skipped = [], 0
-            for doc in raw_docs:
-                try:
-                    loaded += load_documents(json.dumps(doc), where(doc), self.root)
-                except PolicyError as e:
-                    skipped += 1
-                    logger.warning("policy skipped: %s", e)
-            return skipped, self.store.prepare_sources({source: loaded})
-
-        return await self.change(prepare)
-
     # ---- persistence of API-applied sources ----------------------------------------
     def _path(self) -> Path:
         return Path(self.agent.config.state_dir) / API_POLICIES_FILE
