@@ -37,7 +37,7 @@ class Applier:
         self.nodes: list = []  # validated PeerNode entries
         self.policies: dict[tuple[str, str], list] = {}  # (kind, key) -> loaded documents
         self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
-        self.policies_dirty = False  # loaded but not yet in force
+        self.policies_dirty = 0  # objects loaded but not yet in force (0: none)
         cluster = agent.config.cluster
         self.static = (list(cluster.nodes), list(cluster.services))  # the config's own
         self._logged: set[str] = set()
@@ -170,7 +170,7 @@ class Applier:
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
-        self.policies_dirty = True
+        self.policies_dirty += len(keys)
 
     def policy_docs(self) -> list:
         return [d for k in sorted(self.policies) for d in self.policies[k]]
@@ -180,7 +180,7 @@ class Applier:
 
     def commit_policies(self) -> None:
         """Put the Kubernetes policies and traffic rules in force at once (tests, reload)."""
-        self.policies_dirty = False
+        self.policies_dirty = 0
         self.agent.policies.replace_source("kubernetes", self.policy_docs())
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()

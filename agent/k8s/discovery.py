@@ -28,7 +28,6 @@ Counters: ``k8s_*`` in ``/v1/stats``.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import random
@@ -39,19 +38,26 @@ from pathlib import Path
 import trio
 
 from agent.k8s.apply import Applier
+from agent.k8s.decode import decode_event, decode_list
 from agent.k8s.index import Index
-from agent.k8s.listing import scan_list
+from agent.k8s.listing import watch_lines
 from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, key_of, slim
 from agent.k8s.reconcile import Backoff
 
 logger = logging.getLogger("hostmesh.k8s")
 
-# Changes within this window are applied together (a burst of events); short, because
-# applying is proportional to the change (event to state p99 target: 50 ms).
+# Changes that come within this window of the last apply are applied together (a burst
+# of events); short, because applying is proportional to the change (event to state p99
+# target: 50 ms). The first change after a quiet spell is applied at once.
 COALESCE_S = 0.01
 LIST_PAGE = 100  # objects per list request (limit/continue): a page of 7 KB pods parses to ~7 MB
 PUT_BATCH = 200  # listed objects put into the state per hand-over to the event loop
 DRAIN_MAX = 500  # watch events handled per hand-over
+# A policy change this small, in a policy set this large at most, is put in force on the
+# event loop (measured: 0.06 ms at 200 policies, 0.7 ms at 2,000); larger ones are
+# prepared in a thread (agent.policy_sources).
+INLINE_POLICIES_CHANGED = 16
+INLINE_POLICY_SET_MAX = 2000
 YIELD_AFTER_S = 0.002  # an apply lets the event loop run once it has held it this long
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
@@ -103,8 +109,13 @@ class _Inbox:
         self.closed = False
 
     def put(self, item) -> None:
+        self.put_many([item])
+
+    def put_many(self, items: list) -> None:
+        if not items:
+            return
         with self.lock:
-            self.items.append(item)
+            self.items += items
             if self.scheduled:
                 return
             self.scheduled = True
@@ -171,13 +182,13 @@ class Discovery:
                 kw["_continue"] = token
             resp = self._call(kind, **kw)
             try:
-                text = resp.data.decode()
+                data = resp.data
             finally:
                 resp.release_conn()
             items: list = []
             # item by item: only the slims outlive their object
-            rest = scan_list(text, lambda o, out=items: out.append((key_of(o), slim(kind, o, self.node))))
-            del text
+            rest = decode_list(kind, data, lambda o, out=items: out.append((key_of(o), slim(kind, o, self.node))))
+            del data
             meta = rest.get("metadata") or {}
             for i in range(0, len(items), PUT_BATCH):
                 trio.from_thread.run_sync(self._put, kind, items[i:i + PUT_BATCH])
@@ -192,23 +203,22 @@ class Discovery:
     def _stream(self, kind: str, version: str | None, inbox: _Inbox) -> dict | None:
         """One watch; events slimmed here and handed over in batches. The ``ERROR``
         status that ended it, or None when the server ended it."""
-        from kubernetes.watch.watch import iter_resp_lines
-
         kw = dict(watch=True, allow_watch_bookmarks=True, timeout_seconds=self.cfg.watch_timeout_s,
                   _request_timeout=(5, self.cfg.watch_timeout_s + 30))
         if version:
             kw["resource_version"] = version
         resp = self._call(kind, **kw)
         try:
-            for line in iter_resp_lines(resp):
-                if not line.strip():
-                    continue
-                ev = json.loads(line)
-                etype, obj = ev.get("type"), ev.get("object") or {}
-                if etype == "ERROR":
-                    return obj
-                value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
-                inbox.put((etype, key_of(obj), value, (obj.get("metadata") or {}).get("resourceVersion")))
+            for lines in watch_lines(resp.stream(amt=None, decode_content=False)):
+                batch = []
+                for line in lines:  # every complete line of what arrived: one hand-over
+                    etype, obj = decode_event(kind, line)
+                    if etype == "ERROR":
+                        inbox.put_many(batch)
+                        return obj
+                    value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
+                    batch.append((etype, key_of(obj), value, (obj.get("metadata") or {}).get("resourceVersion")))
+                inbox.put_many(batch)
             return None
         finally:
             resp.release_conn()
@@ -299,12 +309,19 @@ class Discovery:
 
     # ---- applying to the agent --------------------------------------------------------------
     async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Apply at once after a quiet spell (an isolated event costs no timer wake-up and
+        no wait); within ``COALESCE_S`` of the last apply, wait out the window and apply
+        what came meanwhile together (a burst)."""
         task_status.started()
+        last = -COALESCE_S
         while True:
             await self._changed.wait()
-            await trio.sleep(COALESCE_S)
+            wait = last + COALESCE_S - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
             self._changed = trio.Event()
             await self.flush()
+            last = trio.current_time()
 
     async def flush(self, remerge: bool = False) -> None:
         """Apply what changed, letting the event loop run between batches."""
@@ -314,9 +331,17 @@ class Discovery:
             if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
                 await trio.sleep(0)
                 last = time.perf_counter()
-        if self.applier.policies_dirty:  # parsed and compiled beside the deciding thread, swapped in
-            self.applier.policies_dirty = False
-            await self.agent.policy_sources.replace({"kubernetes": self.applier.policy_docs()})
+        if self.applier.policies_dirty:
+            changed, self.applier.policies_dirty = self.applier.policies_dirty, 0
+            docs, store = self.applier.policy_docs(), self.agent.policies
+            if changed <= INLINE_POLICIES_CHANGED and len(store.snapshot().docs) <= INLINE_POLICY_SET_MAX:
+                # a few objects in a set of this size: the set is rebuilt (matchers of the
+                # unchanged policies reused) in well under a millisecond, so here, without
+                # two thread hand-overs; the store's generation check keeps a concurrent
+                # change (a reload, the admin API) from being lost (it prepares again)
+                store.swap(store.prepare_sources({"kubernetes": docs}))
+            else:  # parsed and compiled beside the deciding thread, swapped in
+                await self.agent.policy_sources.replace({"kubernetes": docs})
             self.agent.traffic.replace_source("kubernetes", self.applier.traffic_docs())
             self.agent.recheck_connections()
 
