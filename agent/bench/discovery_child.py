@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import sys
 import time
 import urllib.request
@@ -25,20 +24,6 @@ def _status(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _threads_cpu() -> dict[str, int]:
-    """CPU ns per thread of this process (schedstat), keyed by tid and name."""
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                out[f"{tid}:{f.read().strip()}"] = ns
-        except OSError:
-            continue
-    return out
 
 
 def _reset_peak() -> None:
@@ -160,22 +145,15 @@ def child(api: str, pods: int, port: int) -> dict:
             await trio.sleep(2.0)
             idle = (time.process_time() - c) / (time.monotonic() - w)
             idle_loop = (time.thread_time() - lt) / (time.monotonic() - w)
-            per, loop, by_what, threads_acc = [], [], {}, {}
+            per, loop, by_what = [], [], {}
             for what in ["pod", "slice", "pod", "policy", "pod"] * 4:
                 res = await trio.to_thread.run_sync(call, "POST", f"/bench/send?what={what}&count=1&delay=0.05")
-                th0 = _threads_cpu()
                 c, w, lt = time.process_time(), time.monotonic(), time.thread_time()
                 await applied(int(res["rv"]))
                 per.append((time.process_time() - c) - idle * (time.monotonic() - w))
                 loop.append((time.thread_time() - lt) - idle_loop * (time.monotonic() - w))
-                for k, v in _threads_cpu().items():  # which thread spent it (diagnostics, stderr)
-                    if v - th0.get(k, 0):
-                        threads_acc.setdefault(k.split(":", 1)[1], []).append((v - th0.get(k, 0)) / 1e6)
                 by_what.setdefault(what, []).append(per[-1] * 1000)
             _phase("isolated done", d)
-            print("discovery bench: cpu ms per event per thread: " + ", ".join(
-                f"{k} {sum(v) / len(per):.3f}" for k, v in sorted(threads_acc.items())),
-                  file=sys.stderr, flush=True)
             print("discovery bench: cpu ms per event by kind: " + ", ".join(
                 f"{k} {sum(v) / len(v):.3f}" for k, v in by_what.items()), file=sys.stderr, flush=True)
             out["cpu_ms_per_event"] = sum(per) / len(per) * 1000

@@ -331,18 +331,23 @@ class Discovery:
             if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
                 await trio.sleep(0)
                 last = time.perf_counter()
-        if self.applier.policies_dirty:
-            changed, self.applier.policies_dirty = self.applier.policies_dirty, 0
-            docs, store = self.applier.policy_docs(), self.agent.policies
-            if changed <= INLINE_POLICIES_CHANGED and len(store.snapshot().docs) <= INLINE_POLICY_SET_MAX:
+        a = self.applier
+        if a.policies_dirty or a.traffic_dirty:
+            changed, traffic = a.policies_dirty, a.traffic_dirty
+            a.policies_dirty, a.traffic_dirty = 0, False
+            store = self.agent.policies
+            if not changed:
+                pass  # only traffic rules changed: the policy set stays
+            elif changed <= INLINE_POLICIES_CHANGED and len(store.snapshot().docs) <= INLINE_POLICY_SET_MAX:
                 # a few objects in a set of this size: the set is rebuilt (matchers of the
                 # unchanged policies reused) in well under a millisecond, so here, without
                 # two thread hand-overs; the store's generation check keeps a concurrent
                 # change (a reload, the admin API) from being lost (it prepares again)
-                store.swap(store.prepare_sources({"kubernetes": docs}))
+                store.swap(store.prepare_sources({"kubernetes": a.policy_docs()}))
             else:  # parsed and compiled beside the deciding thread, swapped in
-                await self.agent.policy_sources.replace({"kubernetes": docs})
-            self.agent.traffic.replace_source("kubernetes", self.applier.traffic_docs())
+                await self.agent.policy_sources.replace({"kubernetes": a.policy_docs()})
+            if traffic:
+                self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
             self.agent.recheck_connections()
 
     def apply(self, remerge: bool = False) -> None:
@@ -350,7 +355,7 @@ class Discovery:
         self.counts["applies"] += 1
         for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
             pass
-        if self.applier.policies_dirty:
+        if self.applier.policies_dirty or self.applier.traffic_dirty:
             self.applier.commit_policies()
 
     def set_static(self, nodes: list, services: list) -> None:
