@@ -99,14 +99,22 @@ def api_client(cfg):
 
 class _Inbox:
     """Watch events from a reader thread to trio in batches: the thread never waits for
-    the event loop, and each callback handles at most ``DRAIN_MAX`` events."""
+    the event loop, and each callback handles at most ``DRAIN_MAX`` events.
 
-    def __init__(self, token, deliver) -> None:
-        self.token, self.deliver = token, deliver
+    While nothing is waiting for the loop or being applied (so the index holds every
+    event handed over so far), the reader asks ``unchanged`` about each event first: one
+    that changes nothing but the version (a slim equal to the stored one, a bookmark)
+    is settled there, without waking the loop. Once one event is queued, every later
+    one queues behind it (order is kept)."""
+
+    def __init__(self, token, deliver, unchanged) -> None:
+        self.token, self.deliver, self.unchanged = token, deliver, unchanged
         self.items: list = []
         self.lock = threading.Lock()
         self.scheduled = False
+        self.busy = False  # a batch is being applied on the loop
         self.closed = False
+        self.settled = 0  # events settled by the reader (under the lock)
 
     def put(self, item) -> None:
         self.put_many([item])
@@ -115,6 +123,16 @@ class _Inbox:
         if not items:
             return
         with self.lock:
+            if self.closed:  # an abandoned reader changes nothing more
+                return
+            if not self.items and not self.busy:
+                i = 0
+                while i < len(items) and self.unchanged(items[i]):
+                    i += 1
+                self.settled += i
+                items = items[i:]
+                if not items:
+                    return
             self.items += items
             if self.scheduled:
                 return
@@ -125,10 +143,19 @@ class _Inbox:
         with self.lock:
             batch, self.items = self.items[:DRAIN_MAX], self.items[DRAIN_MAX:]
             self.scheduled = bool(self.items)
+            self.busy = bool(batch) and not self.closed
         if self.scheduled:
             self.token.run_sync_soon(self.drain)
-        if batch and not self.closed:
-            self.deliver(batch)
+        try:
+            if self.busy:
+                self.deliver(batch)
+        finally:
+            with self.lock:
+                self.busy = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
 
 
 class Discovery:
@@ -142,6 +169,7 @@ class Discovery:
                        "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
         self.applier = Applier(agent, node_name, self.count)
         self._changed = trio.Event()
+        self._events_lock = threading.Lock()  # counts["events"]: the reader threads count too
         self._api = None
 
     @property
@@ -290,22 +318,30 @@ class Discovery:
             for etype, key, value, rv in batch:
                 changed |= self.index.apply_event(kind, etype, key, value, rv)
             seen[0] += len(batch)
-            self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
+            with self._events_lock:
+                self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
             if changed:
                 self._changed.set()
 
-        inbox = _Inbox(trio.lowlevel.current_trio_token(), deliver)
+        def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see _Inbox)
+            if not self.index.unchanged(kind, *item):
+                return False
+            with self._events_lock:
+                self.counts["events"] += 1
+            return True
+
+        inbox = _Inbox(trio.lowlevel.current_trio_token(), deliver, unchanged)
         try:
             err = await trio.to_thread.run_sync(self._stream, kind, self.index.versions[kind], inbox,
                                                 abandon_on_cancel=True)
             inbox.drain()  # what the thread handed over last
         finally:
-            inbox.closed = True  # an abandoned reader delivers nothing more
+            inbox.close()  # an abandoned reader delivers nothing more
         if err is not None:
             if err.get("code") == 410:
                 raise Gone()
             raise RuntimeError(f"watch error: {err.get('message') or err}")
-        return seen[0]
+        return seen[0] + inbox.settled
 
     # ---- applying to the agent --------------------------------------------------------------
     async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
