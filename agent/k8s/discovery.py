@@ -39,6 +39,7 @@ import trio
 
 from agent.k8s.apply import Applier
 from agent.k8s.decode import decode_event, decode_list
+from agent.k8s.inbox import Inbox
 from agent.k8s.index import Index
 from agent.k8s.listing import watch_lines
 from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, key_of, slim
@@ -52,7 +53,6 @@ logger = logging.getLogger("hostmesh.k8s")
 COALESCE_S = 0.01
 LIST_PAGE = 100  # objects per list request (limit/continue): a page of 7 KB pods parses to ~7 MB
 PUT_BATCH = 200  # listed objects put into the state per hand-over to the event loop
-DRAIN_MAX = 500  # watch events handled per hand-over
 # A policy change this small, in a policy set this large at most, is put in force on the
 # event loop (measured: 0.06 ms at 200 policies, 0.7 ms at 2,000); larger ones are
 # prepared in a thread (agent.policy_sources).
@@ -95,67 +95,6 @@ def api_client(cfg):
     c.refresh_api_key_hook = token
     token(c)
     return client.ApiClient(c)
-
-
-class _Inbox:
-    """Watch events from a reader thread to trio in batches: the thread never waits for
-    the event loop, and each callback handles at most ``DRAIN_MAX`` events.
-
-    While nothing is waiting for the loop or being applied (so the index holds every
-    event handed over so far), the reader asks ``unchanged`` about each event first: one
-    that changes nothing but the version (a slim equal to the stored one, a bookmark)
-    is settled there, without waking the loop. Once one event is queued, every later
-    one queues behind it (order is kept)."""
-
-    def __init__(self, token, deliver, unchanged) -> None:
-        self.token, self.deliver, self.unchanged = token, deliver, unchanged
-        self.items: list = []
-        self.lock = threading.Lock()
-        self.scheduled = False
-        self.busy = False  # a batch is being applied on the loop
-        self.closed = False
-        self.settled = 0  # events settled by the reader (under the lock)
-
-    def put(self, item) -> None:
-        self.put_many([item])
-
-    def put_many(self, items: list) -> None:
-        if not items:
-            return
-        with self.lock:
-            if self.closed:  # an abandoned reader changes nothing more
-                return
-            if not self.items and not self.busy:
-                i = 0
-                while i < len(items) and self.unchanged(items[i]):
-                    i += 1
-                self.settled += i
-                items = items[i:]
-                if not items:
-                    return
-            self.items += items
-            if self.scheduled:
-                return
-            self.scheduled = True
-        self.token.run_sync_soon(self.drain)
-
-    def drain(self) -> None:
-        with self.lock:
-            batch, self.items = self.items[:DRAIN_MAX], self.items[DRAIN_MAX:]
-            self.scheduled = bool(self.items)
-            self.busy = bool(batch) and not self.closed
-        if self.scheduled:
-            self.token.run_sync_soon(self.drain)
-        try:
-            if self.busy:
-                self.deliver(batch)
-        finally:
-            with self.lock:
-                self.busy = False
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
 
 
 class Discovery:
@@ -228,7 +167,7 @@ class Discovery:
         if any([self.index.put(kind, key, value) for key, value in items]):
             self._changed.set()
 
-    def _stream(self, kind: str, version: str | None, inbox: _Inbox) -> dict | None:
+    def _stream(self, kind: str, version: str | None, inbox: Inbox) -> dict | None:
         """One watch; events slimmed here and handed over in batches. The ``ERROR``
         status that ended it, or None when the server ended it."""
         kw = dict(watch=True, allow_watch_bookmarks=True, timeout_seconds=self.cfg.watch_timeout_s,
@@ -323,14 +262,14 @@ class Discovery:
             if changed:
                 self._changed.set()
 
-        def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see _Inbox)
+        def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see agent.k8s.inbox)
             if not self.index.unchanged(kind, *item):
                 return False
             with self._events_lock:
                 self.counts["events"] += 1
             return True
 
-        inbox = _Inbox(trio.lowlevel.current_trio_token(), deliver, unchanged)
+        inbox = Inbox(trio.lowlevel.current_trio_token(), deliver, unchanged)
         try:
             err = await trio.to_thread.run_sync(self._stream, kind, self.index.versions[kind], inbox,
                                                 abandon_on_cancel=True)

@@ -15,6 +15,7 @@ from agent.app import Agent
 from agent.bench.fakeapi import FakeApi as Replay
 from agent.config import Config
 from agent.k8s import discovery as disc
+from agent.k8s.inbox import Inbox
 from tests.unit.k8s_objects import NODE, authz, endpointslice, lst, node, pod, service
 
 # ---- the shell against a replay server ------------------------------------------------------
@@ -204,7 +205,7 @@ def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp
     assert {w.uid for w in agent.registry} == {"uid-far"}  # the config's (empty) workloads do not touch it
 
 
-# ---- the reader's hand-over (_Inbox): events that change nothing stay off the loop ----------
+# ---- the reader's hand-over (agent.k8s.inbox): events that change nothing stay off the loop ----------
 
 
 class _Token:
@@ -225,7 +226,7 @@ def _inbox(index):
             applied.append(item[3])
             index.apply_event("pods", *item)
 
-    inbox = disc._Inbox(token, deliver, lambda item: index.unchanged("pods", *item))
+    inbox = Inbox(token, deliver, lambda item: index.unchanged("pods", *item))
 
     def event(obj, etype="MODIFIED"):
         return (etype, key_of(obj), slim("pods", obj, NODE), obj["metadata"]["resourceVersion"])
