@@ -131,6 +131,9 @@ def run_size(pods: int, progress=print) -> dict:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=360 + pods / 40)
         if r.returncode != 0:
             raise RuntimeError(f"discovery child failed ({r.returncode}): {r.stderr[-2000:]}")
+        for line in r.stderr.splitlines():
+            if "cpu ms per event" in line:  # the CPU breakdown (by kind, by thread), for whoever reads the run
+                progress(f"  {pods} pods: {line}")
         return json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         srv.api.close()

@@ -145,14 +145,17 @@ def child(api: str, pods: int, port: int) -> dict:
             await trio.sleep(2.0)
             idle = (time.process_time() - c) / (time.monotonic() - w)
             idle_loop = (time.thread_time() - lt) / (time.monotonic() - w)
-            per, loop = [], []
+            per, loop, by_what = [], [], {}
             for what in ["pod", "slice", "pod", "policy", "pod"] * 4:
                 res = await trio.to_thread.run_sync(call, "POST", f"/bench/send?what={what}&count=1&delay=0.05")
                 c, w, lt = time.process_time(), time.monotonic(), time.thread_time()
                 await applied(int(res["rv"]))
                 per.append((time.process_time() - c) - idle * (time.monotonic() - w))
                 loop.append((time.thread_time() - lt) - idle_loop * (time.monotonic() - w))
+                by_what.setdefault(what, []).append(per[-1] * 1000)
             _phase("isolated done", d)
+            print("discovery bench: cpu ms per event by kind: " + ", ".join(
+                f"{k} {sum(v) / len(v):.3f}" for k, v in by_what.items()), file=sys.stderr, flush=True)
             out["cpu_ms_per_event"] = sum(per) / len(per) * 1000
             out["loop_cpu_ms_per_event"] = sum(loop) / len(loop) * 1000  # the trio thread's share
             e0 = d.counts["events"]

@@ -34,10 +34,12 @@ class Applier:
         self.owned: set[str] = set()  # workload uids discovery registered
         self.retry: dict[str, dict] = {}  # uid -> body an address held elsewhere kept out: tried again
         self.services: dict[str, list] = {}  # service key -> its validated ServiceConfig entries
+        self._flat: dict[tuple[str, int], object] = {}  # the same entries, flat: (key, i) -> ServiceConfig
         self.nodes: list = []  # validated PeerNode entries
         self.policies: dict[tuple[str, str], list] = {}  # (kind, key) -> loaded documents
         self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
-        self.policies_dirty = False  # loaded but not yet in force
+        self.policies_dirty = 0  # security.istio.io objects loaded but not yet in force (0: none)
+        self.traffic_dirty = False  # a DestinationRule/VirtualService loaded but not yet in force
         cluster = agent.config.cluster
         self.static = (list(cluster.nodes), list(cluster.services))  # the config's own
         self._logged: set[str] = set()
@@ -125,8 +127,11 @@ class Applier:
                 except ValueError as err:
                     logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
             old = self.services.pop(key, [])
+            for i in range(len(old)):
+                del self._flat[(key, i)]
             if new:
                 self.services[key] = new
+                self._flat.update(((key, i), s) for i, s in enumerate(new))
             if new == old:
                 continue
             for s in old:
@@ -139,7 +144,7 @@ class Applier:
         cluster = self.agent.config.cluster
         if full:
             cluster.nodes = merge_nodes(self.static[0], self.nodes)
-        cluster.services = merge_services(self.static[1], [s for v in self.services.values() for s in v])
+        cluster.services = merge_services(self.static[1], list(self._flat.values()))
         if full:
             self.agent.cluster_changed()
             return
@@ -170,7 +175,9 @@ class Applier:
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
-        self.policies_dirty = True
+        traffic = sum(1 for kind, _ in keys if kind in TRAFFIC_KINDS)
+        self.policies_dirty += len(keys) - traffic
+        self.traffic_dirty |= traffic > 0
 
     def policy_docs(self) -> list:
         return [d for k in sorted(self.policies) for d in self.policies[k]]
@@ -180,7 +187,7 @@ class Applier:
 
     def commit_policies(self) -> None:
         """Put the Kubernetes policies and traffic rules in force at once (tests, reload)."""
-        self.policies_dirty = False
+        self.policies_dirty, self.traffic_dirty = 0, False
         self.agent.policies.replace_source("kubernetes", self.policy_docs())
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()

@@ -1,17 +1,19 @@
-"""A Kubernetes list response read one item at a time.
+"""A Kubernetes list response read one item at a time; a watch stream cut into lines.
 
 Pure: text in, items out. ``scan_list`` walks the outer object and its ``items``
 array and hands each item, decoded by the standard library's JSON decoder, to a
 callback before decoding the next, so a page of 7 KB pods never exists as one tree of
 Python objects (the slims kept from it then fill memory the page left, instead of
 pinning a page's worth of allocator arenas each). It decides nothing about the items;
-malformed JSON raises ``ValueError`` like ``json.loads``.
+malformed JSON raises ``ValueError`` like ``json.loads``. ``watch_lines`` turns the
+chunks of a watch response into its lines (one event each), every complete line of a
+chunk at once, so the reader decodes and hands over a chunk's events together.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from json.decoder import WHITESPACE
 
 _DECODER = json.JSONDecoder()
@@ -60,3 +62,25 @@ def scan_list(text: str, on_item: Callable[[dict], None]) -> dict:
             continue
         _expect(text, i, "}")
         return rest
+
+
+def watch_lines(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """Per chunk read, the complete lines it finished (blank lines dropped; a line cut
+    across chunks is joined first). What follows the last newline when the stream ends
+    is no event (a cut connection): dropped."""
+    parts: list[bytes] = []  # a line begun in earlier chunks
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            if chunk:
+                parts.append(chunk)
+            continue
+        if parts:
+            parts.append(chunk)
+            chunk, parts = b"".join(parts), []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            parts.append(tail)
+        out = [line for line in lines if line.strip()]
+        if out:
+            yield out
