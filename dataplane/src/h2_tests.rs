@@ -295,5 +295,63 @@ async fn refusals_carry_status_and_policy() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_goaway_the_open_stream_goes_on_and_new_ones_take_a_new_connection() {
+    let pki = pki();
+    let (srv, addr, _) = server(&pki, 0).await;
+    let up = reverser().await;
+    let cli = core(&pki, &[CLIENT]);
+    let (mut a, _la) = open(&cli, &plan(addr, up)).await.unwrap();
+    a.write_all(b"before").await.unwrap();
+    srv.draining.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    srv.draining.send_replace(false); // the next connection is not drained
+    let (mut b, _lb) = open(&cli, &plan(addr, up)).await.unwrap();
+    a.write_all(b" after").await.unwrap();
+    a.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"retfa erofeb");
+    b.write_all(b"new").await.unwrap();
+    b.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    b.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"wen");
+    let c = srv.counters();
+    assert_eq!(c.get("hbone_connections_opened"), Some(&2), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_ends_the_stream_and_is_recorded() {
+    let pki = pki();
+    let (_srv, addr, seen) = server(&pki, 0).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        crate::sockopt::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(&s));
+    });
+    let cli = core(&pki, &[CLIENT]);
+    let (mut s, _l) = open(&cli, &plan(addr, up)).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut sink = Vec::new();
+    // RST_STREAM(CANCEL) reaches us: the end of the stream (ztunnel's reading)
+    let end = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
+    assert!(end.is_ok(), "the stream did not end");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reasons: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Finished { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["reset (destination)"]);
+}
+
 #[path = "h2_raw_tests.rs"]
 mod raw;
