@@ -140,6 +140,9 @@ async fn server(pki: &Pki, hold: u16) -> (Arc<Shared>, SocketAddr, Seen) {
                     assert_eq!((t.peer_identity.as_str(), t.protocol), (CLIENT, "hbone"));
                     let cmd = match t.target.port() {
                         p if p == hold => continue,
+                        8 => Command::Pipe {
+                            fd: flow::echo_pipe(),
+                        },
                         7 => Command::Refuse {
                             reason: "denied".into(),
                             status: 401,
@@ -355,3 +358,6 @@ async fn an_upstream_reset_ends_the_stream_and_is_recorded() {
 
 #[path = "h2_raw_tests.rs"]
 mod raw;
+
+#[path = "h2_flow_tests.rs"]
+mod flow;
