@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
-use tokio_rustls::TlsConnector;
 
 /// A stream to `plan.authority` through the peer, after its 200; the lease keeps its
 /// slot on the pooled connection until dropped.
@@ -138,20 +137,7 @@ async fn connect(shared: &Arc<Shared>, plan: &TunnelPlan, key: &Key) -> Result<A
             fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
         })?;
     let name = ServerName::IpAddress(plan.peer.ip().into());
-    let hs = TlsConnector::from(cfg).connect(name, tcp);
-    let tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let r = tls::handshake_reason(&e);
-            shared.count(&format!("tunnel_handshake_failed_{r}"), 1);
-            return Err(fail(502, format!("tls: {r}")));
-        }
-        Err(_) => {
-            shared.count("tunnel_handshake_failed_handshake_timeout", 1);
-            return Err(fail(504, "tls: handshake_timeout"));
-        }
-    };
-    shared.count("client_handshakes", 1);
+    let tls = crate::outbound::handshake(shared, cfg, name, tcp, 502).await?;
     if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
         shared.count("tunnel_handshake_failed_no_h2", 1);
         return Err(fail(502, "tls: peer did not select ALPN h2"));

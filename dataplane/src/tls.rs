@@ -234,11 +234,18 @@ impl ResolvesServerCert for BySni {
 
 /// The tunnel listener's configuration (rebuilt when the trust bundle changes).
 pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<Arc<ServerConfig>, String> {
+    build_server(Arc::new(BySni(ids)), trust)
+}
+
+fn build_server(
+    certs: Arc<dyn ResolvesServerCert>,
+    trust: Arc<Trust>,
+) -> Result<Arc<ServerConfig>, String> {
     let mut cfg = ServerConfig::builder_with_provider(crypto())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(BySni(ids)));
+        .with_cert_resolver(certs);
     // session tickets for resumption (SPEC.md): a resumed handshake skips the
     // certificate exchange and signatures
     cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
@@ -261,15 +268,7 @@ pub fn fixed_server_config(
     key: Arc<CertifiedKey>,
     trust: Arc<Trust>,
 ) -> Result<Arc<ServerConfig>, String> {
-    let mut cfg = ServerConfig::builder_with_provider(crypto())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(FixedServer(key)));
-    cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
-    cfg.send_tls13_tickets = 2;
-    cfg.alpn_protocols = alpn_offered();
-    Ok(Arc::new(cfg))
+    build_server(Arc::new(FixedServer(key)), trust)
 }
 
 #[derive(Debug)]
