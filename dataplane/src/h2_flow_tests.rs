@@ -175,3 +175,36 @@ async fn a_pod_address_without_a_pushed_svid_fails_the_handshake() {
     let c = srv.counters();
     assert_eq!(c.get("peer_rejected_no_server_identity"), Some(&1), "{c:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_a_connection_that_fails_fail_with_it() {
+    let pki = pki();
+    // a peer that accepts TCP and never answers the ClientHello
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let cli = core(&pki, &[CLIENT]);
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (cli, p) = (cli.clone(), plan(silent, up));
+        tasks.push(tokio::spawn(async move { open(&cli, &p).await.err() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().map(|e| e.0), Some(504));
+    }
+    // one handshake timed out (2 s), not twenty in turn
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let c = cli.counters();
+    assert_eq!(c.get("tunnel_handshake_failed_handshake_timeout"), Some(&1));
+}

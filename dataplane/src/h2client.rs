@@ -7,7 +7,8 @@
 //! with ztunnel's client settings, PING keepalive — and what a failure is: connect or
 //! handshake failure 502, timeout 504, no SVID 503, the peer's status as it answered
 //! (401 with `x-hostmesh-policy` as the policy). A stream refused because its connection
-//! was going away (GOAWAY, REFUSED_STREAM) is tried once more on a fresh connection.
+//! was going away (GOAWAY, REFUSED_STREAM) is tried once more on a fresh connection;
+//! streams that waited for a connection attempt that failed fail with it.
 //! Must never: present another identity than the source's, accept a server that is not
 //! the expected identity, or send a byte before the 200.
 
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A stream to `plan.authority` through the peer, after its 200; the lease keeps its
 /// slot on the pooled connection until dropped.
@@ -39,10 +41,26 @@ pub async fn open(shared: &Arc<Shared>, plan: &TunnelPlan) -> Result<(H2Stream, 
         let lease = match (!fresh_only).then(|| shared.pool.take(&key)).flatten() {
             Some(l) => l,
             None => {
-                let _opening = shared.pool.opener(&key).await;
+                let asked = Instant::now();
+                let mut opening = shared.pool.opener(&key).await;
                 match (!fresh_only).then(|| shared.pool.take(&key)).flatten() {
                     Some(l) => l,
-                    None => shared.pool.insert(&key, connect(shared, plan, &key).await?),
+                    None => match &*opening {
+                        // the attempt this stream waited for failed: so does this one
+                        Some((at, status, reason)) if *at >= asked => {
+                            return Err(fail(*status, reason.clone()))
+                        }
+                        _ => match connect(shared, plan, &key).await {
+                            Ok(c) => {
+                                *opening = None;
+                                shared.pool.insert(&key, c)
+                            }
+                            Err(f) => {
+                                *opening = Some((Instant::now(), f.status, f.reason.clone()));
+                                return Err(f);
+                            }
+                        },
+                    },
                 }
             }
         };
