@@ -125,3 +125,30 @@ async fn a_header_block_over_64_kib_is_refused_and_the_connection_kept() {
     let ok = req(Method::CONNECT, &up.to_string());
     assert_eq!(status(&mut sr, ok).await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_other_alpn_gets_the_http1_path_as_before() {
+    let pki = pki();
+    let (_srv, addr, _) = server(&pki, 0).await;
+    let cli = core(&pki, &[CLIENT]);
+    let mut cfg = (*cli.client_config(CLIENT, SERVER, true).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"hostmesh-streams/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut tls = TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    // HTTP/1.1 CONNECT is what this connection speaks
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tls.read_to_end(&mut head).await.ok();
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+}
