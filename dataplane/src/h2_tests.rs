@@ -287,6 +287,10 @@ async fn refusals_carry_status_and_policy() {
     assert_eq!(c.get("hbone_status_503"), Some(&1));
     // all three rode one connection
     assert_eq!(c.get("hbone_connections_opened"), Some(&1));
+    // headers HTTP/2 cannot carry are refused before anything is sent
+    let mut p = plan(addr, denied);
+    p.headers.push(("connection".into(), "close".into()));
+    assert_eq!(open(&cli, &p).await.err(), Some((400, None)));
     // the wrong server identity is refused by the client
     let mut p = plan(addr, denied);
     p.expected_identity = "spiffe://cluster.local/ns/x/sa/y".into();

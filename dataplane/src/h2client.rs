@@ -98,6 +98,19 @@ fn request(plan: &TunnelPlan) -> Result<Request<()>, Failure> {
         ) else {
             return Err(fail(400, "bad CONNECT header"));
         };
+        // HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2)
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "host",
+        ];
+        if hop.contains(&k.as_str()) {
+            return Err(fail(400, format!("header {k} is not allowed in HTTP/2")));
+        }
         b = b.header(k, v);
     }
     b.body(()).map_err(|_| fail(400, "bad CONNECT request"))
