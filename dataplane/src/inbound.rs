@@ -72,14 +72,20 @@ async fn handshake(
     raw: TcpStream,
     pod: Option<&str>,
 ) -> Option<TlsStream<TcpStream>> {
-    let fd = raw.as_raw_fd();
     let hs = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), raw)
             .await
             .map_err(|e| tls::handshake_reason(&e))?;
         let cfgs = match pod {
-            Some(id) => shared.pod_server_config(id).ok_or("no_server_identity")?,
-            None => shared.server_config().ok_or("no_server_identity")?,
+            Some(id) => shared.pod_server_config(id),
+            None => shared.server_config(),
+        };
+        let Some(cfgs) = cfgs else {
+            // nothing to present: a reset, while the socket is still ours
+            if let Some(io) = start.get_ref() {
+                sockopt::reset_on_close(io.as_raw_fd());
+            }
+            return Err("no_server_identity");
         };
         let cfg = cfgs.pick(tls::offers_h2(&start.client_hello()));
         start
@@ -90,9 +96,6 @@ async fn handshake(
     match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
         Ok(Ok(t)) => Some(t),
         Ok(Err(r)) => {
-            if r == "no_server_identity" {
-                sockopt::reset_on_close(fd);
-            }
             shared.count(&format!("peer_rejected_{r}"), 1);
             None
         }
