@@ -72,6 +72,7 @@ async fn handshake(
     raw: TcpStream,
     pod: Option<&str>,
 ) -> Option<TlsStream<TcpStream>> {
+    let fd = raw.as_raw_fd();
     let hs = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), raw)
             .await
@@ -81,10 +82,9 @@ async fn handshake(
             None => shared.server_config(),
         };
         let Some(cfgs) = cfgs else {
-            // nothing to present: a reset, while the socket is still ours
-            if let Some(io) = start.get_ref() {
-                sockopt::reset_on_close(io.as_raw_fd());
-            }
+            // nothing to present: a reset, set while `start` still owns the socket
+            sockopt::reset_on_close(fd);
+            drop(start);
             return Err("no_server_identity");
         };
         let cfg = cfgs.pick(tls::offers_h2(&start.client_hello()));
