@@ -267,7 +267,7 @@ class NativeEngine:
         from agent.proxy.connect import traceparent_ids
 
         agent = self.agent
-        identity, target, forwarded, traceparent = tunnel
+        identity, target, forwarded, traceparent = tunnel[:4]
         src_ip, src_port = forwarded if forwarded else (peer[0], 0)
         conn = Conn("inbound", "tunnel", src_ip, src_port, target[0], target[1], time.time(), trio.current_time())
         conn.enforced_here = True

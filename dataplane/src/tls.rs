@@ -2,7 +2,8 @@
 //! rustls configurations built from them, with the SPIFFE verifier on both ends.
 //!
 //! Decides: TLS 1.3 only, mutual, AES-GCM first (ring provider); the server picks the
-//! destination identity's SVID by SNI and accepts a client whose chain passes
+//! destination identity's SVID by SNI (or, on a pod's address, that pod's: HBONE sends
+//! no SNI), selects ALPN `h2` when offered (else configures none, as before), and accepts a client whose chain passes
 //! `spiffe::verify` for the trust domain; the client presents the source identity's
 //! SVID and accepts only the expected destination identity. New material (an SVID
 //! issued or renewed, a bundle reloaded) applies to new handshakes; established
@@ -232,36 +233,97 @@ impl ResolvesServerCert for BySni {
 }
 
 /// The tunnel listener's configuration (rebuilt when the trust bundle changes).
-pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<ServerConfigs, String> {
+    build_server(Arc::new(BySni(ids)), trust)
+}
+
+/// A server configuration in two forms: for a ClientHello that offers ALPN `h2`
+/// (selects it: HBONE) and for any other (no ALPN configured, so whatever else a client
+/// offers is ignored, as before HBONE). Both share the ticketer and session cache.
+#[derive(Clone)]
+pub struct ServerConfigs {
+    plain: Arc<ServerConfig>,
+    h2: Arc<ServerConfig>,
+}
+
+impl ServerConfigs {
+    pub fn pick(&self, offers_h2: bool) -> Arc<ServerConfig> {
+        if offers_h2 {
+            self.h2.clone()
+        } else {
+            self.plain.clone()
+        }
+    }
+}
+
+/// Whether a ClientHello offers ALPN `h2`.
+pub fn offers_h2(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut a| a.any(|p| p == ALPN_H2))
+}
+
+fn build_server(
+    certs: Arc<dyn ResolvesServerCert>,
+    trust: Arc<Trust>,
+) -> Result<ServerConfigs, String> {
     let mut cfg = ServerConfig::builder_with_provider(crypto())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(BySni(ids)));
+        .with_cert_resolver(certs);
     // session tickets for resumption (SPEC.md): a resumed handshake skips the
     // certificate exchange and signatures
     cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
     cfg.send_tls13_tickets = 2;
-    Ok(Arc::new(cfg))
+    let mut h2 = cfg.clone();
+    h2.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(ServerConfigs {
+        plain: Arc::new(cfg),
+        h2: Arc::new(h2),
+    })
+}
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A server configuration that presents one SVID whatever the SNI: a pod's, on a
+/// connection to that pod's address (HBONE: no SNI).
+pub fn fixed_server_config(
+    key: Arc<CertifiedKey>,
+    trust: Arc<Trust>,
+) -> Result<ServerConfigs, String> {
+    build_server(Arc::new(FixedServer(key)), trust)
+}
+
+#[derive(Debug)]
+struct FixedServer(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedServer {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 /// A client configuration for one (source identity, expected destination identity);
-/// it keeps its own session cache, so its handshakes resume.
+/// it keeps its own session cache, so its handshakes resume. `hbone`: ALPN `h2`, no SNI.
 pub fn client_config(
     key: Arc<CertifiedKey>,
     trust: Arc<Trust>,
     expected: &str,
+    hbone: bool,
 ) -> Result<Arc<ClientConfig>, String> {
     let verifier = Arc::new(ServerVerifier {
         trust,
         expected: expected.to_string(),
     });
-    let cfg = ClientConfig::builder_with_provider(crypto())
+    let mut cfg = ClientConfig::builder_with_provider(crypto())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(Fixed(key)));
+    if hbone {
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        cfg.enable_sni = false;
+    }
     Ok(Arc::new(cfg))
 }
 
