@@ -346,9 +346,10 @@ async fn an_upstream_reset_ends_the_stream_and_is_recorded() {
     let (mut s, _l) = open(&cli, &plan(addr, up)).await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut sink = Vec::new();
-    // RST_STREAM(CANCEL) reaches us: the end of the stream (ztunnel's reading)
+    // RST_STREAM(CANCEL) reaches our side as a reset of the captured connection
     let end = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
-    assert!(end.is_ok(), "the stream did not end");
+    let err = end.expect("the stream did not end").expect_err("a reset, not an EOF");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let reasons: Vec<String> = seen
         .lock()

@@ -7,7 +7,9 @@
 //! to the socket, so a slow reader holds at most one window plus one copy buffer; we
 //! send only what the peer's window allows), the ends (END_STREAM is read as EOF and a
 //! write shutdown sends an empty DATA frame with END_STREAM; a received RST_STREAM
-//! NO_ERROR/CANCEL is an EOF as ztunnel reads it, any other reason a reset; a stream
+//! NO_ERROR is an EOF (RFC 9113 8.1: the peer needs no more), CANCEL or any other reason
+//! a reset of the TCP leg, so a pod's reset reaches the far pod as a reset; ztunnel
+//! reads CANCEL as an EOF, so the two stay compatible either way; a stream
 //! dropped before both directions ended sends RST_STREAM(CANCEL), which is how a TCP
 //! reset on the other leg reaches the peer). Must never: buffer more than the peer's
 //! window for sending, release window for bytes not yet taken, or parse HTTP/2 itself.
@@ -28,11 +30,12 @@ pub struct H2Stream {
     write_done: bool,
 }
 
-/// A received RST_STREAM (or connection error) as an I/O error: NO_ERROR/CANCEL end
-/// the stream (ztunnel's reading, None), anything else is a reset.
+/// A received RST_STREAM (or connection error) as an I/O error: NO_ERROR ends the
+/// stream (None), CANCEL and anything else is a reset (issue 17: a TCP reset travels
+/// as RST_STREAM(CANCEL) and comes out as a reset).
 fn as_io(e: h2::Error) -> Option<io::Error> {
     match e.reason() {
-        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) if e.is_reset() => None,
+        Some(Reason::NO_ERROR) if e.is_reset() => None,
         _ if e.is_io() => Some(e.into_io().unwrap_or_else(|| io::ErrorKind::Other.into())),
         _ => Some(io::Error::new(io::ErrorKind::ConnectionReset, e)),
     }
