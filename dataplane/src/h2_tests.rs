@@ -348,7 +348,9 @@ async fn an_upstream_reset_ends_the_stream_and_is_recorded() {
     let mut sink = Vec::new();
     // RST_STREAM(CANCEL) reaches our side as a reset of the captured connection
     let end = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
-    let err = end.expect("the stream did not end").expect_err("a reset, not an EOF");
+    let err = end
+        .expect("the stream did not end")
+        .expect_err("a reset, not an EOF");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let reasons: Vec<String> = seen
