@@ -234,6 +234,10 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     state["reason"] = "closed"
                     state["first_end"] = state["first_end"] or "upstream"
                     raise _Done()
+                if src.our_state not in (h11.IDLE, h11.SEND_RESPONSE, h11.SEND_BODY, h11.DONE):
+                    # the client already got this proxy's own answer (a refusal racing the
+                    # workload's response): nothing of the workload's may follow it
+                    raise _Done()
                 if isinstance(ev, (h11.Response, h11.InformationalResponse)):
                     if isinstance(ev, h11.Response):
                         ex.status = ev.status_code
