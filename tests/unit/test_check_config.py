@@ -3,9 +3,9 @@ start on the same problems, in one line each naming the setting and the fix, bef
 changes anything (issue 21). Real commands; exact messages and exit codes."""
 
 import socket
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
