@@ -38,6 +38,9 @@ pub struct TunnelInfo {
     pub target: SocketAddr,
     pub forwarded_for: Option<SocketAddr>,
     pub traceparent: Option<String>,
+    /// "hbone" (an HTTP/2 stream) or "connect" (HTTP/1.1 CONNECT).
+    pub protocol: &'static str,
+    pub baggage: Option<String>,
 }
 
 #[derive(Debug, Clone)]

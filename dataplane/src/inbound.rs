@@ -1,9 +1,11 @@
-//! The tunnel listener (:15008 on the node address): mutual TLS, the CONNECT request,
+//! The tunnel listeners (:15008 on the node address and on local pods' addresses):
+//! mutual TLS, then HBONE (ALPN h2: h2server.rs) or the HTTP/1.1 CONNECT request,
 //! Python's decision, the upstream connect, the answer.
 //!
-//! Decides: the order of a tunnelled connection's life — handshake within the
-//! handshake timeout (the peer's chain checked by the SPIFFE verifier, failures counted
-//! by named reason), one CONNECT head of at most 16 KiB read within the same timeout
+//! Decides: the order of a tunnelled connection's life — the ClientHello read first and
+//! the certificate chosen by the local address (a pod's, from the pod-identity map) or
+//! else by SNI, the handshake within the handshake timeout (the peer's chain checked by
+//! the SPIFFE verifier, failures counted by named reason), then by ALPN; one CONNECT head of at most 16 KiB read within the same timeout
 //! (400/431 answered here), then Python decides; `200` is sent only after the upstream
 //! connect succeeded (502 refused, 504 timed out). Must never: answer 200 before the
 //! upstream exists, pass a byte to a pod before Python allowed it, or hold anything for
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 async fn answer(tls: &mut TlsStream<TcpStream>, status: u16, policy: Option<&str>) {
     let bytes = connect::response(status, policy);
@@ -63,6 +65,43 @@ async fn open_and_bridge<B>(
         .await;
 }
 
+/// Read the ClientHello, pick the certificate (a pod's on its address, else by SNI),
+/// finish the handshake within the handshake timeout; None (counted) when it fails.
+async fn handshake(
+    shared: &Shared,
+    raw: TcpStream,
+    pod: Option<&str>,
+) -> Option<TlsStream<TcpStream>> {
+    let fd = raw.as_raw_fd();
+    let hs = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), raw)
+            .await
+            .map_err(|e| tls::handshake_reason(&e))?;
+        let cfg = match pod {
+            Some(id) => shared.pod_server_config(id).ok_or("no_server_identity")?,
+            None => shared.server_config().ok_or("no_server_identity")?,
+        };
+        start
+            .into_stream(cfg)
+            .await
+            .map_err(|e| tls::handshake_reason(&e))
+    };
+    match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(r)) => {
+            if r == "no_server_identity" {
+                sockopt::reset_on_close(fd);
+            }
+            shared.count(&format!("peer_rejected_{r}"), 1);
+            None
+        }
+        Err(_) => {
+            shared.count("peer_rejected_handshake_timeout", 1);
+            None
+        }
+    }
+}
+
 pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
     let Ok(peer) = raw.peer_addr() else {
         return;
@@ -70,23 +109,14 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
     let Ok(local) = raw.local_addr() else {
         return;
     };
-    let Some(cfg) = shared.server_config() else {
+    if shared.server_config().is_none() {
         shared.count("tunnel_refused_no_identity", 1);
         sockopt::reset_on_close(raw.as_raw_fd());
         return;
-    };
-    let timeout = shared.settings.handshake_timeout;
-    let mut tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(raw)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let r = tls::handshake_reason(&e);
-            shared.count(&format!("peer_rejected_{r}"), 1);
-            return;
-        }
-        Err(_) => {
-            shared.count("peer_rejected_handshake_timeout", 1);
-            return;
-        }
+    }
+    let pod = shared.pod_identity(local.ip());
+    let Some(mut tls) = handshake(&shared, raw, pod.as_deref()).await else {
+        return;
     };
     shared.count("server_handshakes", 1);
     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -96,6 +126,12 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
         shared.count("peer_rejected_no_certificate", 1);
         return;
     };
+    if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+        let pod_address = pod.map(|_| local.ip());
+        crate::h2server::serve(shared, tls, (peer, local), identity, pod_address).await;
+        return;
+    }
+    let timeout = shared.settings.handshake_timeout;
     // the CONNECT head, bounded in size and time
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let read = async {
@@ -138,6 +174,8 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
         target: req.target,
         forwarded_for: req.forwarded_for,
         traceparent: req.traceparent.clone(),
+        protocol: "connect",
+        baggage: None,
     };
     let ev = Event::Conn {
         id,

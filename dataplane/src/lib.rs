@@ -9,11 +9,16 @@
 mod connect;
 mod copy;
 mod events;
+mod h2client;
+mod h2server;
+mod h2stream;
+mod hbone;
 mod inbound;
 mod limits;
 mod listen;
 mod live;
 mod outbound;
+mod pool;
 mod runtime;
 mod sockopt;
 mod spiffe;
@@ -181,7 +186,8 @@ impl Core {
 
     /// Up to one batch of events, as tuples:
     /// ("conn", id, kind, (src ip, port), (dst ip, port), tunnel | None) where tunnel is
-    /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None);
+    /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None,
+    /// protocol ("hbone" | "connect"), baggage | None);
     /// ("failed", id, status, reason, policy | None);
     /// ("finished", id, sent, received, start, end, reason);
     /// ("progress", id, sent, received).
@@ -203,6 +209,8 @@ impl Core {
                             addr(t.target),
                             t.forwarded_for.map(addr),
                             t.traceparent,
+                            t.protocol,
+                            t.baggage,
                         )
                     });
                     ("conn", id, kind.as_str(), addr(src), addr(dst), t)
@@ -249,7 +257,11 @@ impl Core {
     }
 
     /// Open an mTLS tunnel to the peer's ip:port and CONNECT to `authority`.
+    /// protocol "connect": one TLS connection (SNI `sni`) and an HTTP/1.1 CONNECT;
+    /// "hbone": a stream on a pooled HTTP/2 connection (ALPN h2, no SNI), the outer
+    /// socket bound to `bind` (the source pod's address).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (id, peer_ip, peer_port, source_identity, expected_identity, sni, authority, headers, protocol="connect", bind=None))]
     fn tunnel(
         &self,
         id: u64,
@@ -260,8 +272,21 @@ impl Core {
         sni: String,
         authority: String,
         headers: Vec<(String, String)>,
+        protocol: &str,
+        bind: Option<&str>,
     ) -> PyResult<bool> {
+        let hbone = match protocol {
+            "hbone" => true,
+            "connect" => false,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "protocol is \"hbone\" or \"connect\", not {protocol:?}"
+                )))
+            }
+        };
         let plan = TunnelPlan {
+            hbone,
+            bind: bind.map(ip).transpose()?,
             peer: SocketAddr::new(ip(peer_ip)?, peer_port),
             source_identity,
             expected_identity,
@@ -306,9 +331,22 @@ impl Core {
         self.shared.close(id, reason)
     }
 
-    /// Drain: take what is already in the backlogs, then stop accepting.
+    /// Drain: take what is already in the backlogs, then stop accepting; HBONE server
+    /// connections get GOAWAY (their streams go on until shutdown or close).
     fn stop_accepting(&self) {
         self.shared.stop_accepting.notify_one();
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Replace the map local pod address -> SPIFFE ID: a tunnel connection to one of
+    /// these addresses presents that identity's SVID (pushed with set_identity).
+    fn set_pod_identities(&self, pairs: Vec<(String, String)>) -> PyResult<()> {
+        let mut m = HashMap::with_capacity(pairs.len());
+        for (a, id) in pairs {
+            m.insert(ip(&a)?.to_canonical(), id);
+        }
+        self.shared.set_pod_identities(m);
+        Ok(())
     }
 
     fn set_trust(&self, bundle_pem: &[u8], trust_domain: &str) -> PyResult<()> {
@@ -351,6 +389,10 @@ impl Core {
             self.shared.events.dropped.load(Ordering::Relaxed),
         )?;
         d.set_item("identities", self.shared.ids.len())?;
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        d.set_item("hbone_connections", g(&self.shared.hbone_connections))?;
+        d.set_item("hbone_streams", g(&self.shared.hbone_streams))?;
+        d.set_item("hbone_pooled", self.shared.pool.len())?;
         Ok(d)
     }
 

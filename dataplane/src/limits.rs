@@ -41,3 +41,44 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Events handed to Python per `events()` call: keeps one trio turn short (a few ms).
 pub const EVENT_BATCH: usize = 512;
+
+// ---- HBONE (HTTP/2 CONNECT tunnels), ztunnel's settings (NOTES.md) ------------------
+
+/// Per-stream receive window: 4 MiB, ztunnel's. A stream whose reader is slow holds at
+/// most this much (plus one copy buffer) before the peer must wait: flow control is the
+/// memory bound of a stream.
+pub const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Connection receive window: 16 MiB, ztunnel's (four busy streams at full speed).
+pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Largest DATA frame: 1 MiB, ztunnel's (fewer frames per bulk transfer).
+pub const H2_MAX_FRAME: u32 = 1024 * 1024;
+
+/// Streams a peer may open on one server connection: 200, ztunnel's; h2 refuses the
+/// 201st with RST_STREAM(REFUSED_STREAM).
+pub const H2_SERVER_MAX_STREAMS: u32 = 200;
+
+/// Streams the client assumes before the server's SETTINGS arrive: 100, ztunnel's.
+pub const H2_CLIENT_INITIAL_STREAMS: usize = 100;
+
+/// Header list the server accepts: 64 KiB; the client's: 16 KiB (ztunnel's). A larger
+/// header block is refused by h2 (the stream reset, the connection kept).
+pub const H2_SERVER_HEADER_LIST: u32 = 64 * 1024;
+pub const H2_CLIENT_HEADER_LIST: u32 = 16 * 1024;
+
+/// Bytes h2 buffers per stream for sending beyond what flow control allows: one copy
+/// buffer's worth, so a peer that does not read holds our memory to this per stream.
+pub const H2_SEND_BUFFER: usize = 256 * 1024;
+
+/// PING after this long without one, and the connection is dead when no PONG came
+/// within H2_PING_TIMEOUT (ztunnel: 10 s / 20 s).
+pub const H2_PING_EVERY: Duration = Duration::from_secs(10);
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A pooled client connection with no stream for this long is closed (ztunnel: 5 min).
+pub const POOL_IDLE: Duration = Duration::from_secs(300);
+
+/// Header values the server reads from a CONNECT (baggage, traceparent): longer ones are
+/// dropped, not refused (telemetry only; the header list bound protects memory).
+pub const MAX_TELEMETRY_HEADER: usize = 4096;

@@ -3,8 +3,9 @@
 //!
 //! Decides: nothing about where a connection goes — it reports the connection (source,
 //! original destination) and carries out Python's command: connect (local or
-//! passthrough, the pod's source address kept), tunnel (TLS to the peer node's :15008
-//! with the source SVID, the expected destination identity checked, one CONNECT), pipe
+//! passthrough, the pod's source address kept), tunnel (HBONE: a stream on a pooled
+//! HTTP/2 connection, h2client.rs; or TLS to the peer node's :15008 with the source
+//! SVID, the expected destination identity checked, one HTTP/1.1 CONNECT), pipe
 //! to Python, or refuse with a reset. A failed attempt is reported and the next
 //! command awaited (Python's plan may hold other endpoints). Must never: send a byte of
 //! the client's to anyone before Python said where, or keep a refused connection open.
@@ -12,7 +13,7 @@
 use crate::connect;
 use crate::events::{Event, Kind};
 use crate::limits::MAX_CONNECT_HEAD;
-use crate::runtime::{Command, Shared, TunnelPlan};
+use crate::runtime::{Command, Gauge, Shared, TunnelPlan};
 use crate::sockopt;
 use crate::tls;
 use rustls::pki_types::ServerName;
@@ -24,13 +25,13 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// Why an attempt failed: the status a tunnel peer would answer, a reason, the policy.
-struct Failure {
-    status: u16,
-    reason: String,
-    policy: Option<String>,
+pub(crate) struct Failure {
+    pub status: u16,
+    pub reason: String,
+    pub policy: Option<String>,
 }
 
-fn fail(status: u16, reason: impl Into<String>) -> Failure {
+pub(crate) fn fail(status: u16, reason: impl Into<String>) -> Failure {
     Failure {
         status,
         reason: reason.into(),
@@ -79,6 +80,30 @@ pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) 
                         };
                         fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
                     }
+                }
+            }
+            Some(Command::Tunnel(plan)) if kind == Kind::Outbound && plan.hbone => {
+                match crate::h2client::open(&shared, &plan).await {
+                    Ok((stream, _lease)) => {
+                        shared.count("hbone_streams_opened", 1);
+                        let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
+                        let fds = (client.as_raw_fd(), -1);
+                        shared
+                            .bridge(
+                                id,
+                                kind,
+                                "hbone",
+                                src,
+                                plan.peer,
+                                client,
+                                stream,
+                                fds,
+                                (0, 0),
+                            )
+                            .await;
+                        return;
+                    }
+                    Err(f) => f,
                 }
             }
             Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
@@ -135,7 +160,7 @@ async fn open_tunnel(
     plan: &TunnelPlan,
 ) -> Result<(TlsStream<TcpStream>, Vec<u8>), Failure> {
     let cfg = shared
-        .client_config(&plan.source_identity, &plan.expected_identity)
+        .client_config(&plan.source_identity, &plan.expected_identity, false)
         .map_err(|e| fail(503, format!("no_certificate: {e}")))?;
     let tcp = sockopt::connect(plan.peer, None, shared.settings.connect_timeout)
         .await

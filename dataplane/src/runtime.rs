@@ -42,6 +42,11 @@ pub enum Command {
 
 #[derive(Debug, Clone)]
 pub struct TunnelPlan {
+    /// HBONE (HTTP/2 CONNECT on a pooled connection) or one HTTP/1.1 CONNECT per TLS
+    /// connection.
+    pub hbone: bool,
+    /// The outer socket's source address (HBONE: the source pod's, IP_TRANSPARENT).
+    pub bind: Option<IpAddr>,
     pub peer: SocketAddr,
     pub source_identity: String,
     pub expected_identity: String,
@@ -63,6 +68,22 @@ pub struct Settings {
 
 pub struct Admitted(Arc<Shared>);
 
+/// A gauge counted up while this guard lives (HBONE connections and streams).
+pub struct Gauge(Arc<Shared>, fn(&Shared) -> &AtomicU64);
+
+impl Gauge {
+    pub fn new(s: &Arc<Shared>, f: fn(&Shared) -> &AtomicU64) -> Self {
+        f(s).fetch_add(1, Ordering::Relaxed);
+        Gauge(s.clone(), f)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
@@ -77,7 +98,17 @@ pub struct Shared {
     pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
     trust: RwLock<Option<Arc<Trust>>>,
     server: RwLock<Option<Arc<ServerConfig>>>,
-    clients: Mutex<HashMap<(String, String), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<(String, String, bool), Arc<ClientConfig>>>,
+    /// Server configurations presenting one pod identity (HBONE on a pod's address).
+    pod_servers: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Local pod address -> SPIFFE ID (Core.set_pod_identities).
+    pod_ids: RwLock<HashMap<IpAddr, String>>,
+    /// Pooled HBONE client connections.
+    pub pool: crate::pool::Pool,
+    /// Set on drain: HBONE server connections send GOAWAY.
+    pub draining: tokio::sync::watch::Sender<bool>,
+    pub hbone_connections: AtomicU64,
+    pub hbone_streams: AtomicU64,
     counters: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     open: AtomicU64,
@@ -102,6 +133,12 @@ impl Shared {
             trust: RwLock::new(None),
             server: RwLock::new(None),
             clients: Mutex::new(HashMap::new()),
+            pod_servers: Mutex::new(HashMap::new()),
+            pod_ids: RwLock::new(HashMap::new()),
+            pool: crate::pool::Pool::default(),
+            draining: tokio::sync::watch::channel(false).0,
+            hbone_connections: AtomicU64::new(0),
+            hbone_streams: AtomicU64::new(0),
             counters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open: AtomicU64::new(0),
@@ -160,7 +197,44 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.pod_servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.pool.retire(|_| true);
         Ok(())
+    }
+
+    /// Replace the whole map local pod address -> SPIFFE ID.
+    pub fn set_pod_identities(&self, pairs: HashMap<IpAddr, String>) {
+        *self.pod_ids.write().unwrap_or_else(|e| e.into_inner()) = pairs;
+    }
+
+    /// The pod identity a connection to `local` presents, if `local` is a pod's.
+    pub fn pod_identity(&self, local: IpAddr) -> Option<String> {
+        self.pod_ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&local.to_canonical())
+            .cloned()
+    }
+
+    /// The server configuration presenting `spiffe_id`'s SVID; None when no SVID (or no
+    /// trust bundle) was pushed for it.
+    pub fn pod_server_config(&self, spiffe_id: &str) -> Option<Arc<ServerConfig>> {
+        let mut m = self.pod_servers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(spiffe_id) {
+            return Some(c.clone());
+        }
+        let trust = self
+            .trust
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let ck = self.ids.get(spiffe_id)?;
+        let cfg = tls::fixed_server_config(ck, trust).ok()?;
+        m.insert(spiffe_id.to_string(), cfg.clone());
+        Some(cfg)
     }
 
     /// A new or renewed SVID: client configurations of that identity are rebuilt on
@@ -169,7 +243,12 @@ impl Shared {
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(src, _), _| src != spiffe_id);
+            .retain(|(src, _, _), _| src != spiffe_id);
+        self.pod_servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(spiffe_id);
+        self.pool.retire(|k| k.source == spiffe_id);
     }
 
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
@@ -179,8 +258,14 @@ impl Shared {
             .clone()
     }
 
-    pub fn client_config(&self, src: &str, expected: &str) -> Result<Arc<ClientConfig>, String> {
-        let key = (src.to_string(), expected.to_string());
+    /// `hbone`: ALPN h2 and no SNI.
+    pub fn client_config(
+        &self,
+        src: &str,
+        expected: &str,
+        hbone: bool,
+    ) -> Result<Arc<ClientConfig>, String> {
+        let key = (src.to_string(), expected.to_string(), hbone);
         if let Some(c) = self
             .clients
             .lock()
@@ -199,7 +284,7 @@ impl Shared {
             .ids
             .get(src)
             .ok_or_else(|| format!("no SVID for {src}"))?;
-        let cfg = tls::client_config(ck, trust, expected)?;
+        let cfg = tls::client_config(ck, trust, expected, hbone)?;
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())

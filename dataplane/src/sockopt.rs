@@ -76,8 +76,12 @@ fn set_ipv6_transparent(s: &Socket) -> io::Result<()> {
 }
 
 /// SO_LINGER 0: the close that follows sends an RST, so a reset on one side reaches
-/// the other.
+/// the other. A negative fd (a leg that is an HTTP/2 stream, which resets with
+/// RST_STREAM instead) is left alone.
 pub fn reset_on_close(fd: RawFd) {
+    if fd < 0 {
+        return;
+    }
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,

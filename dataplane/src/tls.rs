@@ -2,7 +2,8 @@
 //! rustls configurations built from them, with the SPIFFE verifier on both ends.
 //!
 //! Decides: TLS 1.3 only, mutual, AES-GCM first (ring provider); the server picks the
-//! destination identity's SVID by SNI and accepts a client whose chain passes
+//! destination identity's SVID by SNI (or, on a pod's address, that pod's: HBONE sends
+//! no SNI), offers ALPN `h2` and `http/1.1`, and accepts a client whose chain passes
 //! `spiffe::verify` for the trust domain; the client presents the source identity's
 //! SVID and accepts only the expected destination identity. New material (an SVID
 //! issued or renewed, a bundle reloaded) applies to new handshakes; established
@@ -242,26 +243,66 @@ pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<Arc<Serv
     // certificate exchange and signatures
     cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
     cfg.send_tls13_tickets = 2;
+    cfg.alpn_protocols = alpn_offered();
     Ok(Arc::new(cfg))
 }
 
+/// ALPN: `h2` selects HBONE; a client offering nothing (or `http/1.1`) gets the HTTP/1.1
+/// CONNECT tunnel.
+fn alpn_offered() -> Vec<Vec<u8>> {
+    vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()]
+}
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A server configuration that presents one SVID whatever the SNI: a pod's, on a
+/// connection to that pod's address (HBONE: no SNI).
+pub fn fixed_server_config(
+    key: Arc<CertifiedKey>,
+    trust: Arc<Trust>,
+) -> Result<Arc<ServerConfig>, String> {
+    let mut cfg = ServerConfig::builder_with_provider(crypto())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
+        .with_cert_resolver(Arc::new(FixedServer(key)));
+    cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
+    cfg.send_tls13_tickets = 2;
+    cfg.alpn_protocols = alpn_offered();
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct FixedServer(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedServer {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
 /// A client configuration for one (source identity, expected destination identity);
-/// it keeps its own session cache, so its handshakes resume.
+/// it keeps its own session cache, so its handshakes resume. `hbone`: ALPN `h2`, no SNI.
 pub fn client_config(
     key: Arc<CertifiedKey>,
     trust: Arc<Trust>,
     expected: &str,
+    hbone: bool,
 ) -> Result<Arc<ClientConfig>, String> {
     let verifier = Arc::new(ServerVerifier {
         trust,
         expected: expected.to_string(),
     });
-    let cfg = ClientConfig::builder_with_provider(crypto())
+    let mut cfg = ClientConfig::builder_with_provider(crypto())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(Fixed(key)));
+    if hbone {
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        cfg.enable_sni = false;
+    }
     Ok(Arc::new(cfg))
 }
 

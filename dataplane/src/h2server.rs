@@ -1,0 +1,240 @@
+//! The HBONE server: one HTTP/2 connection on an accepted tunnel TLS session (ALPN h2),
+//! each CONNECT stream decided by Python and bridged to its upstream.
+//!
+//! Decides: the connection's life (ztunnel's settings, PING keepalive, GOAWAY on drain,
+//! every stream ended when the connection dies) and a stream's: 400 answered here for a
+//! request hbone.rs refuses (counted `hbone_refused_<reason>`, no event), then one
+//! "conn" event; `200` only after the upstream connect succeeded (503 when it failed,
+//! reported as a failed attempt), Python's refusal answered with its status (and
+//! `x-hostmesh-policy`), the stream ended. Must never: answer 200 before the upstream
+//! exists, pass a byte to a pod before Python allowed it, or let one stream's failure
+//! end the connection or another stream.
+
+use crate::events::{Event, Kind, TunnelInfo};
+use crate::h2stream::H2Stream;
+use crate::hbone;
+use crate::outbound;
+use crate::runtime::{Command, Gauge, Shared};
+use crate::sockopt;
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Request, Response};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// What a stream shares with its connection: the TLS peer and where it arrived.
+#[derive(Clone)]
+struct Origin {
+    peer: SocketAddr,
+    local: SocketAddr,
+    identity: String,
+    pod_address: Option<IpAddr>,
+}
+
+/// Serve HTTP/2 on `tls` until the peer closes, the keepalive fails, or the connection
+/// errs; `pod_address`: the local address when it is a pod's (authority must match).
+pub async fn serve(
+    shared: Arc<Shared>,
+    tls: TlsStream<TcpStream>,
+    ends: (SocketAddr, SocketAddr),
+    identity: String,
+    pod_address: Option<IpAddr>,
+) {
+    let hs = hbone::server_builder().handshake::<_, Bytes>(tls);
+    let mut conn = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) | Err(_) => {
+            shared.count("hbone_refused_h2_handshake", 1);
+            return;
+        }
+    };
+    shared.count("hbone_connections_opened", 1);
+    let _gauge = Gauge::new(&shared, |s| &s.hbone_connections);
+    let origin = Origin {
+        peer: ends.0,
+        local: ends.1,
+        identity,
+        pod_address,
+    };
+    let keepalive = conn.ping_pong().map(hbone::keepalive);
+    let keepalive = async move {
+        match keepalive {
+            Some(k) => k.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(keepalive);
+    let mut draining = shared.draining.subscribe();
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            r = conn.accept() => match r {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(stream(shared.clone(), origin.clone(), req, respond));
+                }
+                Some(Err(e)) => {
+                    if !e.is_go_away() || e.reason() != Some(h2::Reason::NO_ERROR) {
+                        shared.count("hbone_connection_errors", 1);
+                    }
+                    break;
+                }
+                None => break,
+            },
+            _ = draining.wait_for(|d| *d), if !drained => {
+                drained = true;
+                conn.graceful_shutdown();
+            }
+            r = &mut keepalive => {
+                shared.count(&format!("hbone_connection_{r}"), 1);
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                break;
+            }
+        }
+    }
+    // the connection's task owns the TLS session: streams still bridged end with it
+    drop(conn);
+}
+
+fn respond_status(respond: &mut SendResponse<Bytes>, status: u16, policy: Option<&str>) {
+    let mut b = Response::builder().status(status);
+    if let Some(p) = policy {
+        // a header value must be visible text: control characters are dropped
+        let clean: String = p.chars().filter(|c| !c.is_control()).collect();
+        if let Ok(v) = http::HeaderValue::from_str(&clean) {
+            b = b.header("x-hostmesh-policy", v);
+        }
+    }
+    if let Ok(r) = b.body(()) {
+        let _ = respond.send_response(r, true);
+    }
+}
+
+async fn stream(
+    shared: Arc<Shared>,
+    o: Origin,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let Some(_admitted) = shared.admit() else {
+        shared.count("hbone_refused_max_connections", 1);
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
+    };
+    let parsed = hbone::parse_request(
+        req.method(),
+        req.uri().authority().map(|a| a.as_str()),
+        req.extensions().get::<h2::ext::Protocol>().is_some(),
+        req.headers(),
+        o.pod_address,
+    );
+    let r = match parsed {
+        Ok(r) => r,
+        Err(refusal) => {
+            shared.count(&format!("hbone_refused_{}", refusal.as_str()), 1);
+            shared.count("hbone_status_400", 1);
+            respond_status(&mut respond, 400, None);
+            return;
+        }
+    };
+    shared.count("hbone_streams_opened", 1);
+    let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
+    let body = req.into_body();
+    let id = shared.next_id();
+    let ev = Event::Conn {
+        id,
+        kind: Kind::Tunnel,
+        src: o.peer,
+        dst: o.local,
+        tunnel: Some(TunnelInfo {
+            peer_identity: o.identity.clone(),
+            target: r.target,
+            forwarded_for: r.forwarded_for,
+            traceparent: r.traceparent,
+            protocol: "hbone",
+            baggage: r.baggage,
+        }),
+    };
+    let (code, policy, reason) = match shared.decide(id, ev).await {
+        None => (503, None, "decision_unavailable".to_string()),
+        Some(Command::Refuse {
+            reason,
+            status,
+            policy,
+        }) => (status, policy, reason),
+        Some(Command::Connect { upstream, bind }) => {
+            match sockopt::connect(upstream, bind, shared.settings.connect_timeout).await {
+                Ok(up) => {
+                    let fd = up.as_raw_fd();
+                    let Some(s) = open(&shared, &mut respond, body) else {
+                        return;
+                    };
+                    shared
+                        .bridge(
+                            id,
+                            Kind::Tunnel,
+                            "hbone",
+                            o.peer,
+                            upstream,
+                            s,
+                            up,
+                            (-1, fd),
+                            (0, 0),
+                        )
+                        .await;
+                    return;
+                }
+                Err(e) => (
+                    503,
+                    None,
+                    format!("upstream_failed: {}", sockopt::reason(&e)),
+                ),
+            }
+        }
+        Some(Command::Pipe { fd }) => {
+            let Some(pipe) = outbound::pipe(fd) else {
+                return;
+            };
+            let pfd = pipe.as_raw_fd();
+            let Some(s) = open(&shared, &mut respond, body) else {
+                return;
+            };
+            shared
+                .bridge(
+                    id,
+                    Kind::Tunnel,
+                    "pipe",
+                    o.peer,
+                    o.local,
+                    s,
+                    pipe,
+                    (-1, pfd),
+                    (0, 0),
+                )
+                .await;
+            return;
+        }
+        Some(Command::Tunnel(_)) => (503, None, "tunnel_not_allowed_here".into()),
+    };
+    shared.count(&format!("hbone_status_{code}"), 1);
+    respond_status(&mut respond, code, policy.as_deref());
+    if reason.starts_with("upstream") {
+        shared.events.push(Event::Failed {
+            id,
+            status: code,
+            reason,
+            policy: None,
+        });
+    }
+}
+
+/// The upstream exists: answer 200 and give the stream as a byte stream.
+fn open(shared: &Shared, respond: &mut SendResponse<Bytes>, body: RecvStream) -> Option<H2Stream> {
+    let ok = Response::builder().status(200).body(()).ok()?;
+    let send = respond.send_response(ok, false).ok()?;
+    shared.count("hbone_status_200", 1);
+    Some(H2Stream::new(send, body))
+}
