@@ -42,7 +42,7 @@ logger = logging.getLogger("hostmesh.native")
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
 _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities",
-                     "hbone_connections", "hbone_streams"})
+                     "hbone_connections", "hbone_streams", "hbone_pooled"})
 # The answer to a stream denied by policy: HBONE's (ztunnel's) and SPEC.md's CONNECT's.
 DENIED_STATUS = {"hbone": 401, "connect": 403}
 

@@ -48,7 +48,7 @@ def mint(labdir: str, node: str, spiffe_id: str) -> tuple[str, str]:
     inter = f"{labdir}/ca/nodes/{node}/"
     icert = ca.load_certs(open(inter + "cert.pem", "rb").read())[0]
     ikey = ca.load_key(open(inter + "key.pem", "rb").read())
-    leaf, key = ca.make_svid(spiffe_id, icert, ikey, dt.datetime.now(dt.timezone.utc))
+    leaf, key = ca.make_svid(spiffe_id, icert, ikey, dt.datetime.now(dt.UTC))
     d = tempfile.mkdtemp()
     open(d + "/c.pem", "wb").write(ca.cert_pem(leaf, icert))
     open(d + "/k.pem", "wb").write(ca.key_pem(key))
