@@ -238,3 +238,7 @@ fn open(shared: &Shared, respond: &mut SendResponse<Bytes>, body: RecvStream) ->
     shared.count("hbone_status_200", 1);
     Some(H2Stream::new(send, body))
 }
+
+#[cfg(test)]
+#[path = "h2_tests.rs"]
+mod tests;

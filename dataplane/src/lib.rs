@@ -22,6 +22,7 @@ mod pool;
 mod runtime;
 mod sockopt;
 mod spiffe;
+mod threads;
 mod tls;
 
 use events::{Event, Kind};
@@ -35,6 +36,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use threads::Threads;
 
 fn addr(a: SocketAddr) -> (String, u16) {
     (a.ip().to_string(), a.port())
@@ -50,65 +52,6 @@ fn ip(s: &str) -> PyResult<IpAddr> {
 struct Core {
     shared: Arc<Shared>,
     rt: Mutex<Option<Threads>>,
-}
-
-/// The core's threads: one I/O thread runs a current-thread runtime (no work-stealing
-/// hand-offs between threads on the latency path); more run tokio's multi-thread one.
-enum Threads {
-    One {
-        handle: tokio::runtime::Handle,
-        stop: tokio::sync::oneshot::Sender<()>,
-        thread: std::thread::JoinHandle<()>,
-    },
-    Many(tokio::runtime::Runtime),
-}
-
-impl Threads {
-    fn start(n: usize) -> std::io::Result<Self> {
-        if n > 1 {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
-                .thread_name("hostmesh-dataplane")
-                .enable_all()
-                .build()?;
-            return Ok(Threads::Many(rt));
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("hostmesh-dataplane".into())
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
-                rt.shutdown_timeout(Duration::from_secs(2));
-            })?;
-        Ok(Threads::One {
-            handle,
-            stop,
-            thread,
-        })
-    }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        match self {
-            Threads::One { handle, .. } => handle,
-            Threads::Many(rt) => rt.handle(),
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            Threads::One { stop, thread, .. } => {
-                let _ = stop.send(());
-                let _ = thread.join();
-            }
-            Threads::Many(rt) => rt.shutdown_timeout(Duration::from_secs(2)),
-        }
-    }
 }
 
 impl Core {

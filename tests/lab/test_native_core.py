@@ -167,8 +167,9 @@ def test_connect_through_the_core_byte_exact_with_identity_and_leftover(pki):
         assert got == hashlib.sha256(b"first" + payload).hexdigest().encode() + BACK
         ev = node.events[0]
         assert ev[0] == "conn" and ev[2] == "tunnel"
-        identity, target, forwarded, _tp = ev[5]
+        identity, target, forwarded, _tp, protocol, baggage = ev[5]
         assert (identity, target, forwarded) == (CLIENT, ("127.0.0.1", port), ("10.9.9.9", 1234))
+        assert (protocol, baggage) == ("connect", None)  # HTTP/1.1 CONNECT, no ALPN h2
         tls.close()
         assert wait(lambda: any(e[0] == "finished" for e in node.events))
         fin = next(e for e in node.events if e[0] == "finished")
