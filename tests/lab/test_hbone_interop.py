@@ -129,7 +129,13 @@ def test_refusals_are_ztunnels_answers_on_the_same_connection(lab):
 
 def test_hbone_stream_records_are_mutual_tls_with_the_outer_source(lab):
     web = lab.pod("web")["ip"]
-    peer_client(lab, [{"authority": f"{web}:{APP}", "mode": "a", "n": 1000, "seed": 77}])
+    before = lab.stats(0).get("tunnel_source_mismatch", 0)
+    # forwarded claims the client pod's address: ztunnel's rule, the outer peer wins
+    forged = [["forwarded", f'for="{lab.pod("client")["ip"]}:5555"'],
+              ["baggage", "k8s.namespace.name=front,k8s.deployment.name=peer2,service.name=peersvc,service.version=v9"]]
+    out = peer_client(lab, [{"authority": f"{web}:{APP}", "mode": "a", "n": 1000, "seed": 77, "headers": forged}])
+    assert out["streams"][0]["status"] == 200
+    assert lab.stats(0).get("tunnel_source_mismatch", 0) == before + 1
 
     def recs():
         return [r for r in lab.access_log(0) if r.get("type") == "connection" and r.get("direction") == "inbound"
@@ -137,10 +143,14 @@ def test_hbone_stream_records_are_mutual_tls_with_the_outer_source(lab):
     wait_for(lambda: recs(), 10)
     # the source is the outer TCP peer (node-1's address here), never a forwarded claim
     assert {r["src"]["ip"] for r in recs()} == {lab.node(1)["address"]}
+    assert all(r["src"].get("workload") != "client" for r in recs())
     metrics = ns_run(lab.node(0)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout
     opened = [line for line in metrics.splitlines() if line.startswith("istio_tcp_connections_opened_total{")
               and 'destination_workload="web"' in line and "source_principal=\"spiffe://cluster.local/ns/front" in line]
     assert opened and all('connection_security_policy="mutual_tls"' in line for line in opened), opened
+    # a source this node does not know is labelled from its baggage, as ztunnel does
+    assert any('source_workload="peer2"' in line and 'source_canonical_service="peersvc"' in line
+               and 'source_canonical_revision="v9"' in line for line in opened), opened
 
 
 def test_between_agents_hbone_is_the_default(lab):
