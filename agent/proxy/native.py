@@ -12,8 +12,9 @@ the h11 inspector (l7.relay_http). Identities, the trust bundle and the map loca
 address -> identity (the certificate the core presents on a pod's :15008) are pushed
 into the core when they change. Tunnels speak ``dataplane.tunnel_protocol`` (HBONE by
 default: the destination pod's :15008, the outer socket bound to the source pod;
-decisions in hbone.py; docs/wire.md). Nothing here blocks: every handler runs in well under a
-millisecond on the trio thread, except the L7 path's upstream connect (its own task).
+decisions in hbone.py; docs/wire.md). Nothing here blocks: every handler runs in well
+under a millisecond on the trio thread, except the L7 path's upstream connect (its own
+task).
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ class NativeEngine:
 
         ip, port, w = claimed_source(agent, identity, peer[0], forwarded)
         # the pod sees the original source address; without a believed one the peer is a node
-        return ip, port, w, (ip if port else None)
+        return ip, port, w, (ip if ip != peer[0] else None)
 
     def _on_finished(self, cid: int, sent: int, received: int, start: float, end: float, reason: str) -> None:
         self._pending.pop(cid, None)
