@@ -78,3 +78,133 @@ async fn an_upstream_that_stops_reading_stops_the_sender_within_the_window() {
     assert_eq!(c.get("hbone_status_200"), Some(&1));
     drop(hold_tx);
 }
+
+/// A TCP relay between client and server whose connections can all be killed at once
+/// (dropped with SO_LINGER 0: resets both ways).
+async fn killable(to: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let (kill, _) = tokio::sync::watch::channel(false);
+    let k = kill.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let mut killed = k.subscribe();
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
+                    _ = killed.wait_for(|k| *k) => {
+                        crate::sockopt::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(&c));
+                        crate::sockopt::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(&s));
+                    }
+                }
+            });
+        }
+    });
+    (a, kill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_end_every_stream_and_leak_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pki = pki();
+    let (srv, addr, seen) = server(&pki, 0).await;
+    let (relay, kill) = killable(addr).await;
+    let up = reverser().await;
+    let cli = core(&pki, &[CLIENT]);
+    let n = 300;
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let (mut s, lease) = open(&cli, &plan(relay, up)).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        streams.push((s, lease));
+    }
+    // 199 streams per connection (one short of the server's 200), then a second one
+    assert_eq!(srv.counters().get("hbone_connections_opened"), Some(&2));
+    assert_eq!(srv.hbone_streams.load(Relaxed), n);
+    kill.send_replace(true);
+    for (mut s, _lease) in streams {
+        let mut sink = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert!(end.is_ok(), "a stream outlived its connection");
+    }
+    let settled = || {
+        srv.hbone_streams.load(Relaxed) == 0
+            && srv.hbone_connections.load(Relaxed) == 0
+            && srv.open_connections() == 0
+            && cli.hbone_connections.load(Relaxed) == 0
+            && cli.pool.len() == 0
+    };
+    for _ in 0..100 {
+        if settled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        settled(),
+        "left: streams {} conns {} open {} client conns {} pooled {}",
+        srv.hbone_streams.load(Relaxed),
+        srv.hbone_connections.load(Relaxed),
+        srv.open_connections(),
+        cli.hbone_connections.load(Relaxed),
+        cli.pool.len()
+    );
+    let finished = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Finished { .. }))
+        .count();
+    assert_eq!(finished, n as usize);
+    assert!(srv.live().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_address_without_a_pushed_svid_fails_the_handshake() {
+    let pki = pki();
+    let (srv, addr, _) = server(&pki, 0).await;
+    let gone = "spiffe://cluster.local/ns/dst/sa/gone";
+    srv.set_pod_identities([("127.0.0.1".parse().unwrap(), gone.to_string())].into());
+    let cli = core(&pki, &[CLIENT]);
+    let up = reverser().await;
+    assert_eq!(
+        open(&cli, &plan(addr, up)).await.err().map(|e| e.0),
+        Some(502)
+    );
+    let c = srv.counters();
+    assert_eq!(c.get("peer_rejected_no_server_identity"), Some(&1), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_for_a_connection_that_fails_fail_with_it() {
+    let pki = pki();
+    // a peer that accepts TCP and never answers the ClientHello
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let cli = core(&pki, &[CLIENT]);
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (cli, p) = (cli.clone(), plan(silent, up));
+        tasks.push(tokio::spawn(async move { open(&cli, &p).await.err() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().map(|e| e.0), Some(504));
+    }
+    // one handshake timed out (2 s), not twenty in turn
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let c = cli.counters();
+    assert_eq!(c.get("tunnel_handshake_failed_handshake_timeout"), Some(&1));
+}

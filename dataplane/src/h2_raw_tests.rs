@@ -35,6 +35,10 @@ async fn raw(cli: &Arc<Shared>, addr: SocketAddr, initial_streams: usize) -> Sen
     sr
 }
 
+fn req(method: Method, uri: &str) -> Request<()> {
+    Request::builder().method(method).uri(uri).body(()).unwrap()
+}
+
 async fn status(sr: &mut SendRequest<Bytes>, req: Request<()>) -> Result<u16, h2::Error> {
     let (resp, _send) = sr.send_request(req, false)?;
     Ok(resp.await?.status().as_u16())
@@ -46,17 +50,9 @@ async fn requests_that_are_not_connect_to_an_ip_get_400() {
     let (srv, addr, _) = server(&pki, 0).await;
     let cli = core(&pki, &[CLIENT]);
     let mut sr = raw(&cli, addr, 100).await;
-    let get = Request::builder()
-        .method(Method::GET)
-        .uri("https://127.0.0.1:80/")
-        .body(())
-        .unwrap();
+    let get = req(Method::GET, "https://127.0.0.1:80/");
     assert_eq!(status(&mut sr, get).await.unwrap(), 400);
-    let named = Request::builder()
-        .method(Method::CONNECT)
-        .uri("example.com:80")
-        .body(())
-        .unwrap();
+    let named = req(Method::CONNECT, "example.com:80");
     assert_eq!(status(&mut sr, named).await.unwrap(), 400);
     let c = srv.counters();
     assert_eq!(c.get("hbone_refused_not_connect"), Some(&1), "{c:?}");
@@ -64,11 +60,7 @@ async fn requests_that_are_not_connect_to_an_ip_get_400() {
     assert_eq!(c.get("hbone_status_400"), Some(&2));
     // the connection survives its refused streams
     let up = reverser().await;
-    let ok = Request::builder()
-        .method(Method::CONNECT)
-        .uri(up.to_string())
-        .body(())
-        .unwrap();
+    let ok = req(Method::CONNECT, &up.to_string());
     assert_eq!(status(&mut sr, ok).await.unwrap(), 200);
 }
 
@@ -83,13 +75,9 @@ async fn streams_past_the_limit_are_refused_by_h2() {
     let target = format!("127.0.0.1:{hold}");
     let mut waits = Vec::new();
     for _ in 0..250 {
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.as_str())
-            .body(())
-            .unwrap();
+        let r = req(Method::CONNECT, &target);
         let mut sr = sr.clone();
-        let (resp, send) = sr.send_request(req, false).unwrap();
+        let (resp, send) = sr.send_request(r, false).unwrap();
         waits.push(tokio::spawn(async move {
             let _keep = send;
             tokio::time::timeout(Duration::from_secs(3), resp).await
@@ -134,10 +122,33 @@ async fn a_header_block_over_64_kib_is_refused_and_the_connection_kept() {
         Err(e) => assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e:?}"),
     }
     assert_eq!(srv.counters().get("hbone_streams_opened"), None);
-    let ok = Request::builder()
-        .method(Method::CONNECT)
-        .uri(up.to_string())
-        .body(())
-        .unwrap();
+    let ok = req(Method::CONNECT, &up.to_string());
     assert_eq!(status(&mut sr, ok).await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_other_alpn_gets_the_http1_path_as_before() {
+    let pki = pki();
+    let (_srv, addr, _) = server(&pki, 0).await;
+    let cli = core(&pki, &[CLIENT]);
+    let mut cfg = (*cli.client_config(CLIENT, SERVER, true).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"hostmesh-streams/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut tls = TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    // HTTP/1.1 CONNECT is what this connection speaks
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tls.read_to_end(&mut head).await.ok();
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
 }

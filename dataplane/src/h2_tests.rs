@@ -86,11 +86,13 @@ async fn reverser() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
+                // a killed stream resets us: nothing to answer then
                 let mut got = Vec::new();
-                s.read_to_end(&mut got).await.unwrap();
-                got.reverse();
-                s.write_all(&got).await.unwrap();
-                s.shutdown().await.unwrap();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    got.reverse();
+                    let _ = s.write_all(&got).await;
+                    let _ = s.shutdown().await;
+                }
             });
         }
     });
@@ -287,6 +289,10 @@ async fn refusals_carry_status_and_policy() {
     assert_eq!(c.get("hbone_status_503"), Some(&1));
     // all three rode one connection
     assert_eq!(c.get("hbone_connections_opened"), Some(&1));
+    // headers HTTP/2 cannot carry are refused before anything is sent
+    let mut p = plan(addr, denied);
+    p.headers.push(("connection".into(), "close".into()));
+    assert_eq!(open(&cli, &p).await.err(), Some((400, None)));
     // the wrong server identity is refused by the client
     let mut p = plan(addr, denied);
     p.expected_identity = "spiffe://cluster.local/ns/x/sa/y".into();

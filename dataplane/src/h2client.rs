@@ -7,7 +7,8 @@
 //! with ztunnel's client settings, PING keepalive — and what a failure is: connect or
 //! handshake failure 502, timeout 504, no SVID 503, the peer's status as it answered
 //! (401 with `x-hostmesh-policy` as the policy). A stream refused because its connection
-//! was going away (GOAWAY, REFUSED_STREAM) is tried once more on a fresh connection.
+//! was going away (GOAWAY, REFUSED_STREAM) is tried once more on a fresh connection;
+//! streams that waited for a connection attempt that failed fail with it.
 //! Must never: present another identity than the source's, accept a server that is not
 //! the expected identity, or send a byte before the 200.
 
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
-use tokio_rustls::TlsConnector;
+use std::time::Instant;
 
 /// A stream to `plan.authority` through the peer, after its 200; the lease keeps its
 /// slot on the pooled connection until dropped.
@@ -40,10 +41,26 @@ pub async fn open(shared: &Arc<Shared>, plan: &TunnelPlan) -> Result<(H2Stream, 
         let lease = match (!fresh_only).then(|| shared.pool.take(&key)).flatten() {
             Some(l) => l,
             None => {
-                let _opening = shared.pool.opener(&key).await;
+                let asked = Instant::now();
+                let mut opening = shared.pool.opener(&key).await;
                 match (!fresh_only).then(|| shared.pool.take(&key)).flatten() {
                     Some(l) => l,
-                    None => shared.pool.insert(&key, connect(shared, plan, &key).await?),
+                    None => match &*opening {
+                        // the attempt this stream waited for failed: so does this one
+                        Some((at, status, reason)) if *at >= asked => {
+                            return Err(fail(*status, reason.clone()))
+                        }
+                        _ => match connect(shared, plan, &key).await {
+                            Ok(c) => {
+                                *opening = None;
+                                shared.pool.insert(&key, c)
+                            }
+                            Err(f) => {
+                                *opening = Some((Instant::now(), f.status, f.reason.clone()));
+                                return Err(f);
+                            }
+                        },
+                    },
                 }
             }
         };
@@ -81,6 +98,19 @@ fn request(plan: &TunnelPlan) -> Result<Request<()>, Failure> {
         ) else {
             return Err(fail(400, "bad CONNECT header"));
         };
+        // HTTP/2 forbids connection-specific headers (RFC 9113 8.2.2)
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "host",
+        ];
+        if hop.contains(&k.as_str()) {
+            return Err(fail(400, format!("header {k} is not allowed in HTTP/2")));
+        }
         b = b.header(k, v);
     }
     b.body(()).map_err(|_| fail(400, "bad CONNECT request"))
@@ -138,20 +168,7 @@ async fn connect(shared: &Arc<Shared>, plan: &TunnelPlan, key: &Key) -> Result<A
             fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
         })?;
     let name = ServerName::IpAddress(plan.peer.ip().into());
-    let hs = TlsConnector::from(cfg).connect(name, tcp);
-    let tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let r = tls::handshake_reason(&e);
-            shared.count(&format!("tunnel_handshake_failed_{r}"), 1);
-            return Err(fail(502, format!("tls: {r}")));
-        }
-        Err(_) => {
-            shared.count("tunnel_handshake_failed_handshake_timeout", 1);
-            return Err(fail(504, "tls: handshake_timeout"));
-        }
-    };
-    shared.count("client_handshakes", 1);
+    let tls = crate::outbound::handshake(shared, cfg, name, tcp, 502).await?;
     if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
         shared.count("tunnel_handshake_failed_no_h2", 1);
         return Err(fail(502, "tls: peer did not select ALPN h2"));

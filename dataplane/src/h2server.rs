@@ -168,24 +168,8 @@ async fn stream(
         Some(Command::Connect { upstream, bind }) => {
             match sockopt::connect(upstream, bind, shared.settings.connect_timeout).await {
                 Ok(up) => {
-                    let fd = up.as_raw_fd();
-                    let Some(s) = open(&shared, &mut respond, body) else {
-                        return;
-                    };
-                    shared
-                        .bridge(
-                            id,
-                            Kind::Tunnel,
-                            "hbone",
-                            o.peer,
-                            upstream,
-                            s,
-                            up,
-                            (-1, fd),
-                            (0, 0),
-                        )
-                        .await;
-                    return;
+                    let ends = (o.peer, upstream);
+                    return open_and_bridge(&shared, id, "hbone", ends, respond, body, up).await;
                 }
                 Err(e) => (
                     503,
@@ -198,24 +182,8 @@ async fn stream(
             let Some(pipe) = outbound::pipe(fd) else {
                 return;
             };
-            let pfd = pipe.as_raw_fd();
-            let Some(s) = open(&shared, &mut respond, body) else {
-                return;
-            };
-            shared
-                .bridge(
-                    id,
-                    Kind::Tunnel,
-                    "pipe",
-                    o.peer,
-                    o.local,
-                    s,
-                    pipe,
-                    (-1, pfd),
-                    (0, 0),
-                )
-                .await;
-            return;
+            let ends = (o.peer, o.local);
+            return open_and_bridge(&shared, id, "pipe", ends, respond, body, pipe).await;
         }
         Some(Command::Tunnel(_)) => (503, None, "tunnel_not_allowed_here".into()),
     };
@@ -231,12 +199,32 @@ async fn stream(
     }
 }
 
-/// The upstream exists: answer 200 and give the stream as a byte stream.
-fn open(shared: &Shared, respond: &mut SendResponse<Bytes>, body: RecvStream) -> Option<H2Stream> {
-    let ok = Response::builder().status(200).body(()).ok()?;
-    let send = respond.send_response(ok, false).ok()?;
+/// The upstream (or Python's pipe) exists: answer 200, then bridge the stream to it
+/// until both ends are done.
+async fn open_and_bridge<U>(
+    shared: &Shared,
+    id: u64,
+    mode: &'static str,
+    ends: (SocketAddr, SocketAddr),
+    mut respond: SendResponse<Bytes>,
+    body: RecvStream,
+    up: U,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + AsRawFd,
+{
+    let Some(ok) = Response::builder().status(200).body(()).ok() else {
+        return;
+    };
+    let Ok(send) = respond.send_response(ok, false) else {
+        return;
+    };
     shared.count("hbone_status_200", 1);
-    Some(H2Stream::new(send, body))
+    let s = H2Stream::new(send, body);
+    let fd = up.as_raw_fd();
+    let (src, dst) = ends;
+    shared
+        .bridge(id, Kind::Tunnel, mode, src, dst, s, up, (-1, fd), (0, 0))
+        .await;
 }
 
 #[cfg(test)]

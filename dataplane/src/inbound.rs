@@ -77,10 +77,11 @@ async fn handshake(
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), raw)
             .await
             .map_err(|e| tls::handshake_reason(&e))?;
-        let cfg = match pod {
+        let cfgs = match pod {
             Some(id) => shared.pod_server_config(id).ok_or("no_server_identity")?,
             None => shared.server_config().ok_or("no_server_identity")?,
         };
+        let cfg = cfgs.pick(tls::offers_h2(&start.client_hello()));
         start
             .into_stream(cfg)
             .await

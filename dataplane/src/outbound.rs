@@ -153,6 +153,32 @@ pub fn pipe(fd: OwnedFd) -> Option<UnixStream> {
     UnixStream::from_std(std).ok()
 }
 
+/// The client handshake within the handshake timeout, failures counted by reason
+/// (`status` for a refused handshake, 504 for a timeout).
+pub(crate) async fn handshake(
+    shared: &Shared,
+    cfg: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+    status: u16,
+) -> Result<TlsStream<TcpStream>, Failure> {
+    let hs = TlsConnector::from(cfg).connect(name, tcp);
+    let tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let r = tls::handshake_reason(&e);
+            shared.count(&format!("tunnel_handshake_failed_{r}"), 1);
+            return Err(fail(status, format!("tls: {r}")));
+        }
+        Err(_) => {
+            shared.count("tunnel_handshake_failed_handshake_timeout", 1);
+            return Err(fail(504, "tls: handshake_timeout"));
+        }
+    };
+    shared.count("client_handshakes", 1);
+    Ok(tls)
+}
+
 /// TLS to the peer node with the source SVID, then CONNECT; the TLS stream and the
 /// bytes that followed the `200` (the stream's first bytes back).
 async fn open_tunnel(
@@ -167,20 +193,7 @@ async fn open_tunnel(
         .map_err(|e| fail(502, format!("connect_failed: {}", sockopt::reason(&e))))?;
     let name = ServerName::try_from(plan.sni.clone())
         .map_err(|_| fail(503, format!("bad SNI {}", plan.sni)))?;
-    let hs = TlsConnector::from(cfg).connect(name, tcp);
-    let mut tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            let r = tls::handshake_reason(&e);
-            shared.count(&format!("tunnel_handshake_failed_{r}"), 1);
-            return Err(fail(503, format!("tls: {r}")));
-        }
-        Err(_) => {
-            shared.count("tunnel_handshake_failed_handshake_timeout", 1);
-            return Err(fail(504, "tls: handshake_timeout"));
-        }
-    };
-    shared.count("client_handshakes", 1);
+    let mut tls = handshake(shared, cfg, name, tcp, 503).await?;
     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         shared.count("client_resumptions", 1);
     }

@@ -91,10 +91,16 @@ impl Drop for Lease {
     }
 }
 
+/// The last failed attempt to open a connection for a key: streams that waited for
+/// that attempt fail with it instead of each trying again in turn.
+pub type LastFailure = Option<(Instant, u16, String)>;
+
+type Opener = Arc<tokio::sync::Mutex<LastFailure>>;
+
 #[derive(Default)]
 pub struct Pool {
     conns: Mutex<HashMap<Key, Vec<Arc<Conn>>>>,
-    opening: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    opening: Mutex<HashMap<Key, Opener>>,
 }
 
 impl Pool {
@@ -120,8 +126,9 @@ impl Pool {
     }
 
     /// The right to open a connection for `key`: one opener at a time; the others
-    /// wait here and then look again (`take`).
-    pub async fn opener(&self, key: &Key) -> OwnedMutexGuard<()> {
+    /// wait here and then look again (`take`), or fail with the failure of the attempt
+    /// they waited for (the guard holds it).
+    pub async fn opener(&self, key: &Key) -> OwnedMutexGuard<LastFailure> {
         let m = self
             .opening
             .lock()

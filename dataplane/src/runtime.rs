@@ -10,7 +10,7 @@ use crate::events::{Event, Queue};
 use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
 use crate::live::Live;
 use crate::tls::{self, Identities, Trust};
-use rustls::{ClientConfig, ServerConfig};
+use rustls::ClientConfig;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -97,10 +97,10 @@ pub struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
     pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
     trust: RwLock<Option<Arc<Trust>>>,
-    server: RwLock<Option<Arc<ServerConfig>>>,
+    server: RwLock<Option<tls::ServerConfigs>>,
     clients: Mutex<HashMap<(String, String, bool), Arc<ClientConfig>>>,
     /// Server configurations presenting one pod identity (HBONE on a pod's address).
-    pod_servers: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    pod_servers: Mutex<HashMap<String, tls::ServerConfigs>>,
     /// Local pod address -> SPIFFE ID (Core.set_pod_identities).
     pod_ids: RwLock<HashMap<IpAddr, String>>,
     /// Pooled HBONE client connections.
@@ -221,7 +221,7 @@ impl Shared {
 
     /// The server configuration presenting `spiffe_id`'s SVID; None when no SVID (or no
     /// trust bundle) was pushed for it.
-    pub fn pod_server_config(&self, spiffe_id: &str) -> Option<Arc<ServerConfig>> {
+    pub fn pod_server_config(&self, spiffe_id: &str) -> Option<tls::ServerConfigs> {
         let mut m = self.pod_servers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = m.get(spiffe_id) {
             return Some(c.clone());
@@ -251,7 +251,7 @@ impl Shared {
         self.pool.retire(|k| k.source == spiffe_id);
     }
 
-    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+    pub fn server_config(&self) -> Option<tls::ServerConfigs> {
         self.server
             .read()
             .unwrap_or_else(|e| e.into_inner())

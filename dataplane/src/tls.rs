@@ -3,7 +3,7 @@
 //!
 //! Decides: TLS 1.3 only, mutual, AES-GCM first (ring provider); the server picks the
 //! destination identity's SVID by SNI (or, on a pod's address, that pod's: HBONE sends
-//! no SNI), offers ALPN `h2` and `http/1.1`, and accepts a client whose chain passes
+//! no SNI), selects ALPN `h2` when offered (else configures none, as before), and accepts a client whose chain passes
 //! `spiffe::verify` for the trust domain; the client presents the source identity's
 //! SVID and accepts only the expected destination identity. New material (an SVID
 //! issued or renewed, a bundle reloaded) applies to new handshakes; established
@@ -233,24 +233,53 @@ impl ResolvesServerCert for BySni {
 }
 
 /// The tunnel listener's configuration (rebuilt when the trust bundle changes).
-pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(ids: Arc<Identities>, trust: Arc<Trust>) -> Result<ServerConfigs, String> {
+    build_server(Arc::new(BySni(ids)), trust)
+}
+
+/// A server configuration in two forms: for a ClientHello that offers ALPN `h2`
+/// (selects it: HBONE) and for any other (no ALPN configured, so whatever else a client
+/// offers is ignored, as before HBONE). Both share the ticketer and session cache.
+#[derive(Clone)]
+pub struct ServerConfigs {
+    plain: Arc<ServerConfig>,
+    h2: Arc<ServerConfig>,
+}
+
+impl ServerConfigs {
+    pub fn pick(&self, offers_h2: bool) -> Arc<ServerConfig> {
+        if offers_h2 {
+            self.h2.clone()
+        } else {
+            self.plain.clone()
+        }
+    }
+}
+
+/// Whether a ClientHello offers ALPN `h2`.
+pub fn offers_h2(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut a| a.any(|p| p == ALPN_H2))
+}
+
+fn build_server(
+    certs: Arc<dyn ResolvesServerCert>,
+    trust: Arc<Trust>,
+) -> Result<ServerConfigs, String> {
     let mut cfg = ServerConfig::builder_with_provider(crypto())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(BySni(ids)));
+        .with_cert_resolver(certs);
     // session tickets for resumption (SPEC.md): a resumed handshake skips the
     // certificate exchange and signatures
     cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
     cfg.send_tls13_tickets = 2;
-    cfg.alpn_protocols = alpn_offered();
-    Ok(Arc::new(cfg))
-}
-
-/// ALPN: `h2` selects HBONE; a client offering nothing (or `http/1.1`) gets the HTTP/1.1
-/// CONNECT tunnel.
-fn alpn_offered() -> Vec<Vec<u8>> {
-    vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()]
+    let mut h2 = cfg.clone();
+    h2.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(ServerConfigs {
+        plain: Arc::new(cfg),
+        h2: Arc::new(h2),
+    })
 }
 
 pub const ALPN_H2: &[u8] = b"h2";
@@ -260,16 +289,8 @@ pub const ALPN_H2: &[u8] = b"h2";
 pub fn fixed_server_config(
     key: Arc<CertifiedKey>,
     trust: Arc<Trust>,
-) -> Result<Arc<ServerConfig>, String> {
-    let mut cfg = ServerConfig::builder_with_provider(crypto())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(ClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(FixedServer(key)));
-    cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
-    cfg.send_tls13_tickets = 2;
-    cfg.alpn_protocols = alpn_offered();
-    Ok(Arc::new(cfg))
+) -> Result<ServerConfigs, String> {
+    build_server(Arc::new(FixedServer(key)), trust)
 }
 
 #[derive(Debug)]

@@ -13,12 +13,14 @@ import h2.config
 import h2.connection
 import h2.events
 
+from agent import dataplane
 from tests.lab.test_native_core import (
     BACK,
     CLIENT,
     SID,
     Node,
     client_ctx,
+    next_event,
     pki,  # noqa: F401  (the module's fixture)
     pytestmark,  # noqa: F401  (root: SO_MARK)
     sink_server,
@@ -125,3 +127,59 @@ def test_a_denied_stream_gets_401_with_the_policy_and_the_connection_goes_on(pki
         tls.close()
     finally:
         node.close()
+
+
+def test_core_to_core_streams_share_one_pooled_connection_and_a_denial_is_401(pki):  # noqa: F811
+    """Two cores: captured connections on one ride HBONE streams to the other (tunnel
+    with protocol="hbone"); four at once share one TLS connection; a denied one comes
+    back as a failed attempt with the peer's 401 and its policy."""
+    ls, port = sink_server(5)
+
+    def decide(ev):
+        if ev[0] != "conn":
+            return None
+        if ev[5][1][1] == 7:
+            return ("refuse", ("denied", 401, "shop/deny"))
+        return ("connect", (*ev[5][1],))
+
+    dst = Node(pki, decide)
+    dst.core.set_pod_identities([("127.0.0.1", SID)])
+    src = dataplane.Core(connect_timeout_s=2.0, handshake_timeout_s=2.0)
+    src.set_trust(pki.bundle_pem, "cluster.local")
+    chain, key = pki.svid(CLIENT)
+    src.set_identity(CLIENT, "client.front.hostmesh.internal", chain, key)
+    out = socket.create_server(("127.0.0.1", 0))
+    src.listen(out.fileno(), "outbound")
+    hs = [("forwarded", 'for="127.0.0.1:1"'), ("baggage", "k8s.namespace.name=front")]
+    try:
+        clients = []
+        for _ in range(4):
+            c = socket.create_connection(out.getsockname(), 5)
+            ev = next_event(src, "conn")
+            assert src.tunnel(ev[1], "127.0.0.1", dst.port, CLIENT, SID, "", f"127.0.0.1:{port}", hs,
+                              protocol="hbone", bind=None)
+            clients.append(c)
+        assert wait(lambda: len(src.connections()) == 4)
+        assert {c[2] for c in src.connections()} == {"hbone"}
+        for c in clients:
+            c.sendall(b"hello")
+            got = b""
+            while d := c.recv(65536):
+                got += d
+            assert got == hashlib.sha256(b"hello").hexdigest().encode() + BACK
+            c.close()
+        assert (src.stats()["hbone_connections_opened"], dst.stats()["hbone_connections_opened"]) == (1, 1)
+        assert dst.stats()["hbone_streams_opened"] == 4
+        c = socket.create_connection(out.getsockname(), 5)
+        ev = next_event(src, "conn")
+        src.tunnel(ev[1], "127.0.0.1", dst.port, CLIENT, SID, "", "127.0.0.1:7", hs, protocol="hbone")
+        failed = next_event(src, "failed")
+        assert failed[1:] == (ev[1], 401, "tunnel_status_401", "shop/deny")
+        src.refuse(ev[1], "denied")
+        c.close()
+        assert src.stats()["hbone_pooled"] == 1
+    finally:
+        src.shutdown()
+        dst.close()
+        out.close()
+        ls.close()
