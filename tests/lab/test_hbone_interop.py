@@ -106,6 +106,17 @@ def test_a_ztunnel_like_client_multiplexes_streams_on_one_connection(lab):
     assert after["hbone_connections_opened"] - before.get("hbone_connections_opened", 0) == 1, after
 
 
+def test_ipv6_reaches_the_pod_address_listener_with_the_pods_svid(lab):
+    web6 = lab.pod("web")["ip6"]
+    out = peer_client(lab, [{"authority": f"[{web6}]:{APP}", "mode": "a", "n": 70_000, "seed": 6}], to=[web6, 15008])
+    assert (out["peer_uri"], out["alpn"]) == (WEB_ID, "h2")
+    s = out["streams"][0]
+    assert (s["status"], s["received_head"]) == (200, f"70000 {hp.sha(hp.pattern(70_000, 6))}\n"), s
+    # the v4 address in the authority of a connection made to the v6 address: another address, 400
+    out = peer_client(lab, [{"authority": f"{lab.pod('web')['ip']}:{APP}", "mode": "a", "n": 1}], to=[web6, 15008])
+    assert out["streams"][0]["status"] == 400
+
+
 def test_refusals_are_ztunnels_answers_on_the_same_connection(lab):
     web, db = lab.pod("web")["ip"], lab.pod("db")["ip"]
     lab.apply(DENY_FRONT)
