@@ -34,6 +34,7 @@ from agent.proxy import enforce, hbone, plan
 from agent.proxy.conns import Conn
 from agent.proxy.engine_conn import LiveConn
 from agent.proxy.finish import emit, finish
+from agent.proxy.native_identity import CoreIdentities
 
 logger = logging.getLogger("hostmesh.native")
 
@@ -69,9 +70,7 @@ class NativeEngine:
         self._core_id: dict[int, int] = {}  # Conn.id -> core id
         self._routes: dict[int, Any] = {}  # core id -> the route it took (endpoint health)
         self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
-        self._pushed: dict[str, object] = {}  # spiffe id -> the Svid object the core holds
-        self._bundle: bytes | None = None
-        self._pod_ids: tuple[int, list] | None = None  # (registry generation, pairs pushed)
+        self.ids = CoreIdentities(agent, core)
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -93,41 +92,7 @@ class NativeEngine:
 
     # ---- identities --------------------------------------------------------------
     def sync_identities(self) -> None:
-        ids = self.agent.identities
-        if ids is None:
-            return
-        if ids.bundle_pem and ids.bundle_pem != self._bundle:
-            self.core.set_trust(ids.bundle_pem, self.agent.config.identity.trust_domain)
-            self._bundle = ids.bundle_pem
-        from agent.identity.spiffe import sni_for
-
-        td = self.agent.config.identity.trust_domain
-        seen = set()
-        for (ns, sa), entry in list(ids._entries.items()):
-            svid = entry.svid
-            if svid is None:
-                continue
-            seen.add(svid.spiffe_id)
-            if self._pushed.get(svid.spiffe_id) is not svid:
-                self.core.set_identity(svid.spiffe_id, sni_for(ns, sa, td), svid.chain_pem, svid.key_pem)
-                self._pushed[svid.spiffe_id] = svid
-        for sid in [s for s in self._pushed if s not in seen]:
-            _, _, rest = sid.partition("/ns/")
-            ns, _, sa = rest.partition("/sa/")
-            self.core.remove_identity(sid, sni_for(ns, sa, td))
-            del self._pushed[sid]
-        self._sync_pod_identities(td)
-
-    def _sync_pod_identities(self, td: str) -> None:
-        """Local pod address -> SPIFFE ID (v4 and v6), pushed whole when the registry
-        changed: the certificate the core presents on that pod's :15008."""
-        reg = self.agent.registry
-        if self._pod_ids is not None and self._pod_ids[0] == reg.generation:
-            return
-        pairs = hbone.pod_identities(reg.local(), td)
-        if self._pod_ids is None or self._pod_ids[1] != pairs:
-            self.core.set_pod_identities(pairs)
-        self._pod_ids = (reg.generation, pairs)
+        self.ids.sync()
 
     def sync_counters(self) -> None:
         """The core's counters as ``native_<name>`` in the agent's (/v1/stats counters,
@@ -224,7 +189,7 @@ class NativeEngine:
         if svid is None:
             conn.reason = "no_identity"
             return False
-        if self._pushed.get(src_id) is not svid:
+        if self.ids.pushed(src_id) is not svid:
             self.sync_identities()
         traceparent, trace_id = new_traceparent()
         conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]

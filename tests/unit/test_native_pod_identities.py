@@ -1,4 +1,4 @@
-"""native.py pushes the map local pod address -> SPIFFE ID (the certificate the core
+"""native_identity.py (the native engine) pushes the map local pod address -> SPIFFE ID (the certificate the core
 presents on a pod's :15008) whole, and only when the registry's content changed."""
 
 from types import SimpleNamespace
@@ -28,18 +28,18 @@ def pod(uid, ip, ns="shop", sa="web-sa", node=None, ip6=None):
 def test_pushed_whole_on_change_only():
     reg, core = Registry(), Core()
     eng = NativeEngine(SimpleNamespace(registry=reg, config=parse_config("{}")), core, None)
-    eng._sync_pod_identities("cluster.local")
+    eng.ids.sync_pod_identities("cluster.local")
     assert core.pushed == [[]]
     reg.register(pod("web", "198.19.0.2", ip6="fd00:686d::2"))
     reg.register(pod("far", "198.19.1.2", node="node-1"))  # another node's pod: not ours to present
-    eng._sync_pod_identities("cluster.local")
+    eng.ids.sync_pod_identities("cluster.local")
     web = "spiffe://cluster.local/ns/shop/sa/web-sa"
     assert core.pushed[-1] == [("198.19.0.2", web), ("fd00:686d::2", web)]
-    eng._sync_pod_identities("cluster.local")  # nothing changed: nothing pushed
+    eng.ids.sync_pod_identities("cluster.local")  # nothing changed: nothing pushed
     reg.register(pod("web", "198.19.0.2", ip6="fd00:686d::2"))  # re-registered, same content
-    eng._sync_pod_identities("cluster.local")
+    eng.ids.sync_pod_identities("cluster.local")
     assert len(core.pushed) == 2
     reg.register(pod("db", "198.19.0.3", ns="data", sa="db-sa"))
     reg.remove("web")
-    eng._sync_pod_identities("cluster.local")
+    eng.ids.sync_pod_identities("cluster.local")
     assert core.pushed[-1] == [("198.19.0.3", "spiffe://cluster.local/ns/data/sa/db-sa")]
