@@ -28,6 +28,22 @@ WORKLOAD_KEYS = ("k8s.deployment.name", "k8s.pod.name", "k8s.job.name", "k8s.cro
 BAGGAGE_MAX = 4096
 
 
+# After an HBONE attempt that got no HTTP/2 answer from a pod's :15008, that pod's node is
+# dialled with HTTP/1.1 CONNECT on its node address for this long: a node whose agent does
+# not speak HBONE (an epoll/trio engine, or capture from before HBONE) stays reachable
+# during a rollout, and only one connection per interval pays for finding out.
+FALLBACK_S = 60.0
+# The core's reasons for a failure before any HTTP/2 answer (connect, TLS, h2 handshake);
+# a reset of a working connection or a peer's status is not one.
+_NO_ANSWER = ("connect_failed", "tls", "h2 handshake")
+
+
+def falls_back(status: int, reason: str) -> bool:
+    """Whether a failed HBONE attempt means the pod's :15008 is no HBONE endpoint, so the
+    same route is tried again over CONNECT (mutual TLS with the same expected identity)."""
+    return status in (502, 504) and reason.startswith(_NO_ANSWER)
+
+
 def baggage(namespace: str, name: str, labels, cluster: str | None = None) -> str:
     """The ``baggage`` header of a stream from this workload (W3C, values escaped)."""
     service, revision = canonical(labels, name)

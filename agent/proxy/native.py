@@ -55,6 +55,7 @@ class _Pending:
     plans: list = field(default_factory=list)
     next: int = 0
     route: Any = None
+    protocol: str = ""  # the tunnel protocol of the current attempt
 
 
 class NativeEngine:
@@ -71,6 +72,7 @@ class NativeEngine:
         self._routes: dict[int, Any] = {}  # core id -> the route it took (endpoint health)
         self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
         self.ids = CoreIdentities(agent, core)
+        self._connect_only: dict[str, float] = {}  # node address -> until (trio clock): no HBONE there
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -195,8 +197,9 @@ class NativeEngine:
         conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
         headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
         sni = sni_for(p.dst.namespace, p.dst.service_account, td)
+        protocol = self._pending[cid].protocol = self._protocol_for(p.node_address)
         self._established(cid, conn)
-        if agent.config.dataplane.effective_tunnel_protocol == "hbone":
+        if protocol == "hbone":
             # to the destination pod's :15008, from the source pod's address (ztunnel's
             # source of truth for the client address); the SNI is not sent
             headers.append(("baggage", hbone.baggage(conn.src.namespace, conn.src.name, conn.src.labels,
@@ -207,6 +210,15 @@ class NativeEngine:
             self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td), sni,
                              authority(p.dst_ip, p.dst_port), headers)
         return True
+
+    def _protocol_for(self, node_address: str) -> str:
+        protocol = self.agent.config.dataplane.effective_tunnel_protocol
+        until = self._connect_only.get(node_address)
+        if protocol == "hbone" and until is not None:
+            if trio.current_time() < until:
+                return "connect"
+            del self._connect_only[node_address]
+        return protocol
 
     def _on_failed(self, cid: int, status: int, reason: str, policy) -> None:
         st = self._retry.pop(cid, None) or self._pending.get(cid)
@@ -227,6 +239,16 @@ class NativeEngine:
         if status in (401, 403):  # the peer's policy denied it (HBONE / CONNECT): no retry
             conn.verdict, conn.policy = "deny", policy
         route = st.route
+        if st.protocol == "hbone" and route is not None and hbone.falls_back(status, reason):
+            # no HBONE answer from the pod's :15008: its node gets CONNECT for a while
+            self._connect_only[route.node_address] = trio.current_time() + hbone.FALLBACK_S
+            self.agent.count("tunnel_hbone_fallback")
+            logger.warning("no HBONE at %s:%s (%s); CONNECT to node %s for %.0f s", route.dst_ip,
+                           self.agent.config.ports.tunnel, reason, route.node_address, hbone.FALLBACK_S)
+            conn.reason = ""
+            st.next -= 1  # the same route again
+            self._try_next(cid)
+            return
         if route is not None and route.service:
             self.agent.health.mark_failed(route.dst_ip, trio.current_time())
         if conn.verdict == "deny":

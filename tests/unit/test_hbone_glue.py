@@ -90,3 +90,18 @@ def test_stream_source_is_the_outer_peer():
     # an address nobody registered (a ztunnel peer's pod): no workload, nothing to doubt
     s = hbone.stream_source(by_ip, TD, CLIENT, ("10.9.0.5", 5), None)
     assert (s.ip, s.workload, s.mismatch) == ("10.9.0.5", None, None)
+
+
+def test_falls_back_only_when_the_pods_15008_gave_no_hbone_answer():
+    table = [
+        (502, "connect_failed: connection refused", True),   # nothing there (fail-closed capture: a reset)
+        (504, "connect_failed: timed out", True),            # xt_TPROXY dropped it (iptables, no listener)
+        (502, "tls: peer did not select ALPN h2", True),     # a TLS server that is not HBONE
+        (502, "tls: unexpected_identity", True),             # CONNECT checks the same identity again
+        (504, "h2 handshake: timeout", True),
+        (502, "tunnel_reset: stream reset", False),          # a working connection's trouble
+        (503, "connect_failed: connection refused", False),  # the peer answered 503
+        (401, "denied", False),
+        (503, "no_certificate: none", False),
+    ]
+    assert [hbone.falls_back(s, r) for s, r, _ in table] == [want for _, _, want in table]
