@@ -11,13 +11,7 @@ import pytest
 import yaml
 
 from tests.lab.conftest import hm, lab_up, ns_run
-
-TOPOLOGY = """\
-nodes: 2
-pods:
-  - {name: web, namespace: shop, service_account: web-sa, labels: {app: web}, node: 0}
-  - {name: client, namespace: front, service_account: client-sa, labels: {app: client}, node: 1}
-"""
+from tests.lab.test_hbone_iptables import TOPOLOGY  # web on node-0, client on node-1
 
 
 @pytest.fixture(scope="module")
