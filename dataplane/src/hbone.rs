@@ -130,10 +130,18 @@ pub fn client_builder() -> h2::client::Builder {
 
 /// PING every H2_PING_EVERY; returns when a PONG did not come within H2_PING_TIMEOUT
 /// (the connection is dead: the caller drops it) or the connection is gone.
-pub async fn keepalive(mut pp: h2::PingPong) -> &'static str {
+pub async fn keepalive(pp: h2::PingPong) -> &'static str {
+    keepalive_with(pp, H2_PING_EVERY, H2_PING_TIMEOUT).await
+}
+
+pub async fn keepalive_with(
+    mut pp: h2::PingPong,
+    every: std::time::Duration,
+    timeout: std::time::Duration,
+) -> &'static str {
     loop {
-        tokio::time::sleep(H2_PING_EVERY).await;
-        match tokio::time::timeout(H2_PING_TIMEOUT, pp.ping(h2::Ping::opaque())).await {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(timeout, pp.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return "closed",
             Err(_) => return "ping_timeout",

@@ -187,3 +187,39 @@ proptest! {
         }
     }
 }
+
+/// A client connection whose peer answers PINGs (`serve`) or never reads again.
+async fn ping_pair(serve: bool) -> h2::PingPong {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(b).await.unwrap();
+        if serve {
+            while conn.accept().await.is_some() {}
+        } else {
+            std::future::pending::<()>().await; // holds the connection, never polls it
+        }
+    });
+    let (_sr, mut conn) = h2::client::handshake(a).await.unwrap();
+    let pp = conn.ping_pong().unwrap();
+    tokio::spawn(async move {
+        let _sr = _sr;
+        let _ = conn.await;
+    });
+    pp
+}
+
+#[tokio::test]
+async fn keepalive_declares_a_silent_peer_dead_and_keeps_a_live_one() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let dead = keepalive_with(ping_pair(false).await, ms(20), ms(100));
+    assert_eq!(
+        tokio::time::timeout(ms(2000), dead).await,
+        Ok("ping_timeout")
+    );
+    let live = keepalive_with(ping_pair(true).await, ms(20), ms(100));
+    assert!(
+        tokio::time::timeout(ms(500), live).await.is_err(),
+        "a live peer was declared dead"
+    );
+}

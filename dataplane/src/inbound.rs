@@ -78,8 +78,14 @@ async fn handshake(
             .await
             .map_err(|e| tls::handshake_reason(&e))?;
         let cfgs = match pod {
-            Some(id) => shared.pod_server_config(id).ok_or("no_server_identity")?,
-            None => shared.server_config().ok_or("no_server_identity")?,
+            Some(id) => shared.pod_server_config(id),
+            None => shared.server_config(),
+        };
+        let Some(cfgs) = cfgs else {
+            // nothing to present: a reset, set while `start` still owns the socket
+            sockopt::reset_on_close(fd);
+            drop(start);
+            return Err("no_server_identity");
         };
         let cfg = cfgs.pick(tls::offers_h2(&start.client_hello()));
         start
@@ -90,9 +96,6 @@ async fn handshake(
     match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
         Ok(Ok(t)) => Some(t),
         Ok(Err(r)) => {
-            if r == "no_server_identity" {
-                sockopt::reset_on_close(fd);
-            }
             shared.count(&format!("peer_rejected_{r}"), 1);
             None
         }

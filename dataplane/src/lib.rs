@@ -316,7 +316,8 @@ impl Core {
         self.shared.identity_changed(spiffe_id);
     }
 
-    /// Counters (connections, handshakes, resumptions, refusals by reason, bytes).
+    /// Counters (connections, handshakes, resumptions, refusals by reason, bytes) and
+    /// gauges (live connections, HBONE connections, streams and pooled connections).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         let c: HashMap<String, u64> = self.shared.counters();

@@ -197,3 +197,7 @@ impl Pool {
         m.values().map(Vec::len).sum()
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

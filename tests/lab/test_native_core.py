@@ -274,18 +274,24 @@ def next_event(core, kind: str, timeout: float = 5.0):
     raise AssertionError(f"no {kind} event")
 
 
-def test_core_to_core_tunnel_and_a_server_with_the_wrong_identity(pki):
-    """Two cores: a captured connection on one is tunnelled to the other's :15008. With
-    the right expected identity the bytes arrive; with another the source core refuses
-    the server (unexpected_identity) and Python hears of it as a failed attempt."""
-    ls, port = sink_server(5)
-    dst = Node(pki, lambda ev: ("connect", ("127.0.0.1", port, None)))
+def source_core(pki):
+    """A core with CLIENT's SVID and an outbound listener on 127.0.0.1 (its socket)."""
     src = dataplane.Core(connect_timeout_s=2.0, handshake_timeout_s=2.0)
     src.set_trust(pki.bundle_pem, "cluster.local")
     chain, key = pki.svid(CLIENT)
     src.set_identity(CLIENT, "client.front.hostmesh.internal", chain, key)
     out = socket.create_server(("127.0.0.1", 0))
     src.listen(out.fileno(), "outbound")
+    return src, out
+
+
+def test_core_to_core_tunnel_and_a_server_with_the_wrong_identity(pki):
+    """Two cores: a captured connection on one is tunnelled to the other's :15008. With
+    the right expected identity the bytes arrive; with another the source core refuses
+    the server (unexpected_identity) and Python hears of it as a failed attempt."""
+    ls, port = sink_server(5)
+    dst = Node(pki, lambda ev: ("connect", ("127.0.0.1", port, None)))
+    src, out = source_core(pki)
     try:
         for expected, want in ((SID, "ok"), ("spiffe://cluster.local/ns/shop/sa/other", "unexpected_identity")):
             c = socket.create_connection(out.getsockname(), 5)

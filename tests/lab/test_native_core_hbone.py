@@ -13,7 +13,6 @@ import h2.config
 import h2.connection
 import h2.events
 
-from agent import dataplane
 from tests.lab.test_native_core import (
     BACK,
     CLIENT,
@@ -24,6 +23,7 @@ from tests.lab.test_native_core import (
     pki,  # noqa: F401  (the module's fixture)
     pytestmark,  # noqa: F401  (root: SO_MARK)
     sink_server,
+    source_core,
     wait,
 )
 
@@ -144,12 +144,7 @@ def test_core_to_core_streams_share_one_pooled_connection_and_a_denial_is_401(pk
 
     dst = Node(pki, decide)
     dst.core.set_pod_identities([("127.0.0.1", SID)])
-    src = dataplane.Core(connect_timeout_s=2.0, handshake_timeout_s=2.0)
-    src.set_trust(pki.bundle_pem, "cluster.local")
-    chain, key = pki.svid(CLIENT)
-    src.set_identity(CLIENT, "client.front.hostmesh.internal", chain, key)
-    out = socket.create_server(("127.0.0.1", 0))
-    src.listen(out.fileno(), "outbound")
+    src, out = source_core(pki)
     hs = [("forwarded", 'for="127.0.0.1:1"'), ("baggage", "k8s.namespace.name=front")]
     try:
         clients = []
@@ -161,8 +156,9 @@ def test_core_to_core_streams_share_one_pooled_connection_and_a_denial_is_401(pk
             clients.append(c)
         assert wait(lambda: len(src.connections()) == 4)
         assert {c[2] for c in src.connections()} == {"hbone"}
-        for c in clients:
+        for c in clients:  # all first: the sink serves its connections one at a time
             c.sendall(b"hello")
+        for c in clients:
             got = b""
             while d := c.recv(65536):
                 got += d
