@@ -1,6 +1,9 @@
 """HBONE through the iptables capture backend: HOSTMESH_IN's first rule TPROXYs a pod's
 :15008 to the pod-address tunnel listener, so curl between pods on two nodes rides
-HBONE there too (two connections, two streams, one TLS connection)."""
+HBONE there too (two connections, two streams, one TLS connection); the HBONE gauges
+stay in /v1/stats "engine" and the counters are copied as native_<name>."""
+
+import time
 
 import pytest
 
@@ -33,3 +36,9 @@ def test_hbone_rides_the_iptables_capture(lab):
     src = lab.admin(1, "GET", "/v1/stats")[1]["engine"]
     assert (dst["hbone_streams_opened"], dst["hbone_connections_opened"]) == (2, 1), dst
     assert (src["hbone_streams_opened"], src["hbone_connections_opened"]) == (2, 1), src
+    # gauges stay in /v1/stats "engine"; the core's counters are copied as native_<name>
+    assert dst["hbone_connections"] == 1 and dst["hbone_streams"] == 0
+    time.sleep(0.5)  # the agent copies the core's counters four times a second
+    counters = lab.stats(0)
+    assert counters["native_hbone_streams_opened"] == 2
+    assert not {"native_hbone_connections", "native_hbone_streams", "native_hbone_pooled"} & set(counters)
