@@ -161,6 +161,29 @@ class DataplaneConfig(_Model):
         if v == "native" and info.data.get("workers", 1) != 1:
             raise ValueError("engine native runs in one process: set dataplane.threads, not dataplane.workers")
         return v
+    # The tunnel between agents (docs/wire.md): `hbone`, HTTP/2 CONNECT streams to the
+    # destination pod's :15008 (ztunnel's HBONE, many connections on one TLS connection),
+    # or `connect`, one HTTP/1.1 CONNECT per TLS connection to the node's :15008. Unset:
+    # hbone with engine native, connect with epoll and trio (they speak only connect, so
+    # setting hbone with them is an error). `effective_tunnel_protocol` is the outcome.
+    # Either way the node address :15008 keeps answering HTTP/1.1 CONNECT.
+    tunnel_protocol: Literal["hbone", "connect"] | None = None
+
+    @field_validator("tunnel_protocol")
+    @classmethod
+    def _hbone_needs_native(cls, v, info):
+        engine = info.data.get("engine")  # None: engine itself was invalid (its own error)
+        if v == "hbone" and engine not in (None, "native"):
+            raise ValueError(f"tunnel_protocol hbone needs dataplane.engine native (engine {engine} speaks "
+                             "only connect): set engine: native, or tunnel_protocol: connect")
+        return v
+
+    @property
+    def effective_tunnel_protocol(self) -> str:
+        if self.tunnel_protocol is not None:
+            return self.tunnel_protocol
+        return "hbone" if self.engine == "native" else "connect"
+
     # Offer and accept reusable tunnel streams (ALPN hostmesh-streams/1; a TLS connection
     # carries one stream after another instead of one CONNECT; docs/decisions/0001).
     # Needs the epoll engine; off: one TLS connection per tunnelled connection, CONNECT only.

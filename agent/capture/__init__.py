@@ -164,7 +164,7 @@ class Capture:
                 live = ""
             if live:
                 want = rules.render_nft(self.spec, ())
-                for chain in ("prerouting", "pod_out", "pod_in"):
+                for chain in ("prerouting", "pod_out", "pod_in", "tunnel_fail"):
                     if f"chain {chain} " not in live:
                         d.problems.append(f"chain {chain} missing")
                 live_rules, want_rules = _chain_rules(live), _chain_rules(want)

@@ -4,7 +4,9 @@ nftables (default): table ``inet hostmesh`` hooked at mangle priority in prerout
   1. packets of the agent's own transparent sockets (replies to connections it made
      with a pod's source address) are marked 0x1 and delivered locally;
   2. TCP from an enrolled pod goes to :15001, TCP from outside the node to an enrolled
-     pod goes to :15006 (TPROXY, mark 0x1, policy routing table delivers locally);
+     pod goes to :15006 (TPROXY, mark 0x1, policy routing table delivers locally),
+     except to the pod's :15008 (HBONE): that goes to the agent's pod-address tunnel
+     listener on 127.0.0.1/[::1]:15008, before any exclusion, and never to :15006;
   3. exclusions (destination ports, CIDRs) return before the TPROXY;
   4. fail closed: nft's ``tproxy`` does not match when nothing listens (NOTES.md), so a
      SYN that reaches the end of the chain is answered with a reset (``capture.fail:
@@ -106,7 +108,7 @@ def render_iptables(spec: CaptureSpec, enrolled=(), family: int = 4) -> str:
     text = (TEMPLATES / "iptables.rules.tmpl").read_text()
     return text.format(
         agent_mark=hex(AGENT_MARK), mark=hex(TPROXY_MARK), loop=loop,
-        outbound=spec.outbound_port, inbound=spec.inbound_port,
+        outbound=spec.outbound_port, inbound=spec.inbound_port, tunnel=spec.tunnel_port,
         pods="\n".join(out_rules + in_rules), skips="\n".join(skips), in_skips="\n".join(in_skips),
         fail=fail, reject="tcp-reset",
     )

@@ -45,7 +45,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(p, file=sys.stderr)
     if problems:
         return preflight.exit_code(problems)
-    print(f"{args.file}: ok")
+    dp = cfg.dataplane  # the effective choice, as an unset tunnel_protocol resolves
+    print(f"{args.file}: ok (engine {dp.engine}, tunnel {dp.effective_tunnel_protocol})")
     return 0
 
 

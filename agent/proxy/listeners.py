@@ -1,9 +1,10 @@
 """The three data-plane listeners and their accept loops (SPEC.md ports table).
 
 :15001 outbound capture and :15006 inbound plaintext capture listen on loopback (TPROXY
-delivers there), :15008 on the node address — the only port other hosts reach. All
-are IP_TRANSPARENT with SO_REUSEPORT so a replacement agent can listen beside a
-draining one. Accepting stops when the ``listeners`` scope is cancelled (drain); the
+delivers there), :15008 on the node address — the only port other hosts reach — and,
+with the native engine, on loopback too: capture delivers HBONE to a local pod's :15008
+there (docs/capture.md). All are IP_TRANSPARENT with SO_REUSEPORT so a replacement
+agent can listen beside a draining one. Accepting stops when the ``listeners`` scope is cancelled (drain); the
 handlers' connections live on in the socket layer.
 """
 
@@ -43,6 +44,13 @@ def _addresses(agent) -> list[tuple[str, int, object]]:
         out += [("::1", p.outbound, handle_outbound), ("::1", p.inbound_plain, handle_plaintext)]
     if cfg.node.address6:
         out.append((cfg.node.address6, p.tunnel, handle_tunnel))
+    if cfg.dataplane.engine == "native" and cfg.capture.enabled:
+        # the pod-address tunnel listener: capture TPROXYs a local pod's :15008 (HBONE)
+        # here; the core presents that pod's certificate. The Python engines have none
+        # (they speak only HTTP/1.1 CONNECT on the node address): with them the capture
+        # rule finds no listener and the fail mode answers.
+        loops = ["127.0.0.1"] + (["::1"] if socket.has_ipv6 else [])
+        out += [(a, p.tunnel, handle_tunnel) for a in loops if a not in (cfg.node.address, cfg.node.address6)]
     return out
 
 

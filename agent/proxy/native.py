@@ -8,9 +8,13 @@ exactly as in outbound.py and inbound.py; a failed attempt comes back as an even
 the next route of the plan is tried. Finished connections become the same records
 (finish.finish), so telemetry, /v1/connections and policy re-checks work unchanged.
 Connections whose requests must be checked one by one (L7 rules) are piped back into
-the h11 inspector (l7.relay_http). Identities and the trust bundle are pushed into the
-core when they change. Nothing here blocks: every handler runs in well under a
-millisecond on the trio thread, except the L7 path's upstream connect (its own task).
+the h11 inspector (l7.relay_http). Identities, the trust bundle and the map local pod
+address -> identity (the certificate the core presents on a pod's :15008) are pushed
+into the core when they change. Tunnels speak ``dataplane.tunnel_protocol`` (HBONE by
+default: the destination pod's :15008, the outer socket bound to the source pod;
+decisions in hbone.py; docs/wire.md). Nothing here blocks: every handler runs in well
+under a millisecond on the trio thread, except the L7 path's upstream connect (its own
+task).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 import trio
 
 from agent import dataplane
-from agent.proxy import enforce, plan
+from agent.proxy import enforce, hbone, plan
 from agent.proxy.conns import Conn
 from agent.proxy.engine_conn import LiveConn
 from agent.proxy.finish import emit, finish
+from agent.proxy.native_identity import CoreIdentities
 
 logger = logging.getLogger("hostmesh.native")
 
@@ -38,7 +43,10 @@ logger = logging.getLogger("hostmesh.native")
 # connection never waits for this), and the core's counters copied into the agent's.
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
-_GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities"})
+_GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities",
+                     "hbone_connections", "hbone_streams", "hbone_pooled"})
+# The answer to a stream denied by policy: HBONE's (ztunnel's) and SPEC.md's CONNECT's.
+DENIED_STATUS = {"hbone": 401, "connect": 403}
 
 
 @dataclass
@@ -47,6 +55,7 @@ class _Pending:
     plans: list = field(default_factory=list)
     next: int = 0
     route: Any = None
+    protocol: str = ""  # the tunnel protocol of the current attempt
 
 
 class NativeEngine:
@@ -62,8 +71,8 @@ class NativeEngine:
         self._core_id: dict[int, int] = {}  # Conn.id -> core id
         self._routes: dict[int, Any] = {}  # core id -> the route it took (endpoint health)
         self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
-        self._pushed: dict[str, object] = {}  # spiffe id -> the Svid object the core holds
-        self._bundle: bytes | None = None
+        self.ids = CoreIdentities(agent, core)
+        self._connect_only: dict[str, float] = {}  # node address -> until (trio clock): no HBONE there
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -85,29 +94,7 @@ class NativeEngine:
 
     # ---- identities --------------------------------------------------------------
     def sync_identities(self) -> None:
-        ids = self.agent.identities
-        if ids is None:
-            return
-        if ids.bundle_pem and ids.bundle_pem != self._bundle:
-            self.core.set_trust(ids.bundle_pem, self.agent.config.identity.trust_domain)
-            self._bundle = ids.bundle_pem
-        from agent.identity.spiffe import sni_for
-
-        td = self.agent.config.identity.trust_domain
-        seen = set()
-        for (ns, sa), entry in list(ids._entries.items()):
-            svid = entry.svid
-            if svid is None:
-                continue
-            seen.add(svid.spiffe_id)
-            if self._pushed.get(svid.spiffe_id) is not svid:
-                self.core.set_identity(svid.spiffe_id, sni_for(ns, sa, td), svid.chain_pem, svid.key_pem)
-                self._pushed[svid.spiffe_id] = svid
-        for sid in [s for s in self._pushed if s not in seen]:
-            _, _, rest = sid.partition("/ns/")
-            ns, _, sa = rest.partition("/sa/")
-            self.core.remove_identity(sid, sni_for(ns, sa, td))
-            del self._pushed[sid]
+        self.ids.sync()
 
     def sync_counters(self) -> None:
         """The core's counters as ``native_<name>`` in the agent's (/v1/stats counters,
@@ -204,16 +191,34 @@ class NativeEngine:
         if svid is None:
             conn.reason = "no_identity"
             return False
-        if self._pushed.get(src_id) is not svid:
+        if self.ids.pushed(src_id) is not svid:
             self.sync_identities()
         traceparent, trace_id = new_traceparent()
         conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
         headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
+        sni = sni_for(p.dst.namespace, p.dst.service_account, td)
+        protocol = self._pending[cid].protocol = self._protocol_for(p.node_address)
         self._established(cid, conn)
-        self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td),
-                         sni_for(p.dst.namespace, p.dst.service_account, td), authority(p.dst_ip, p.dst_port),
-                         headers)
+        if protocol == "hbone":
+            # to the destination pod's :15008, from the source pod's address (ztunnel's
+            # source of truth for the client address); the SNI is not sent
+            headers.append(("baggage", hbone.baggage(conn.src.namespace, conn.src.name, conn.src.labels,
+                                                     agent.config.cluster.name)))
+            self.core.tunnel(cid, p.dst_ip, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td), sni,
+                             authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip)
+        else:
+            self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td), sni,
+                             authority(p.dst_ip, p.dst_port), headers)
         return True
+
+    def _protocol_for(self, node_address: str) -> str:
+        protocol = self.agent.config.dataplane.effective_tunnel_protocol
+        until = self._connect_only.get(node_address)
+        if protocol == "hbone" and until is not None:
+            if trio.current_time() < until:
+                return "connect"
+            del self._connect_only[node_address]
+        return protocol
 
     def _on_failed(self, cid: int, status: int, reason: str, policy) -> None:
         st = self._retry.pop(cid, None) or self._pending.get(cid)
@@ -231,9 +236,19 @@ class NativeEngine:
             return
         conn = st.conn
         conn.reason = reason
-        if status == 403:
+        if status in (401, 403):  # the peer's policy denied it (HBONE / CONNECT): no retry
             conn.verdict, conn.policy = "deny", policy
         route = st.route
+        if st.protocol == "hbone" and route is not None and hbone.falls_back(status, reason):
+            # no HBONE answer from the pod's :15008: its node gets CONNECT for a while
+            self._connect_only[route.node_address] = trio.current_time() + hbone.FALLBACK_S
+            self.agent.count("tunnel_hbone_fallback")
+            logger.warning("no HBONE at %s:%s (%s); CONNECT to node %s for %.0f s", route.dst_ip,
+                           self.agent.config.ports.tunnel, reason, route.node_address, hbone.FALLBACK_S)
+            conn.reason = ""
+            st.next -= 1  # the same route again
+            self._try_next(cid)
+            return
         if route is not None and route.service:
             self.agent.health.mark_failed(route.dst_ip, trio.current_time())
         if conn.verdict == "deny":
@@ -267,12 +282,16 @@ class NativeEngine:
         from agent.proxy.connect import traceparent_ids
 
         agent = self.agent
-        identity, target, forwarded, traceparent = tunnel[:4]
-        src_ip, src_port = forwarded if forwarded else (peer[0], 0)
+        identity, target, forwarded, traceparent, protocol, bag = tunnel
+        src_ip, src_port, src, bind = self._tunnel_source(identity, peer, forwarded, protocol)
         conn = Conn("inbound", "tunnel", src_ip, src_port, target[0], target[1], time.time(), trio.current_time())
         conn.enforced_here = True
         conn.src_principal = identity
-        conn.src = agent.registry.by_ip(src_ip)
+        conn.src = src
+        if protocol == "hbone":
+            agent.count("tunnel_streams_hbone")
+            if src is None:  # a peer this registry does not know: its baggage names it
+                conn.src = hbone.baggage_workload(hbone.parse_baggage(bag), identity, src_ip)
         ids = traceparent_ids(traceparent) if traceparent else None
         if ids:
             conn.trace_id, conn.parent_span_id = ids
@@ -284,19 +303,38 @@ class NativeEngine:
             return
         conn.dst = p.dst
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
-        # the pod sees the original source address; without one the peer is a node
-        bind = src_ip if forwarded else None
         if enforce.inspect_http(agent, conn):
             self._pending[cid] = _Pending(conn)
-            return self._to_inspector(cid, conn, target, bind, answer=True)
+            return self._to_inspector(cid, conn, target, bind, answer=protocol)
         d = enforce.decide(agent, conn)
         if d.verdict == "deny":
-            agent.count("tunnel_status_403")
-            self.core.refuse(cid, d.reason or "denied", 403, d.policy)
+            status = DENIED_STATUS.get(protocol, 403)
+            agent.count(f"tunnel_status_{status}")
+            self.core.refuse(cid, d.reason or "denied", status, d.policy)
             emit(agent, conn, time.time())
             return
         self._established(cid, conn)
         self.core.connect(cid, target[0], target[1], bind)
+
+    def _tunnel_source(self, identity, peer, forwarded, protocol):
+        """(source ip, port, workload, address the upstream leg binds). HBONE: the outer
+        peer (the source pod's own address), ``forwarded`` only cross-checked; CONNECT
+        on the node address: the ``forwarded`` claim when consistent with the peer node
+        (inbound.claimed_source, the same rules as the Python engines)."""
+        agent = self.agent
+        td = agent.config.identity.trust_domain
+        if protocol == "hbone":
+            s = hbone.stream_source(agent.registry.by_ip, td, identity, peer, forwarded)
+            if s.mismatch:
+                agent.count("tunnel_source_mismatch")
+                logger.warning(f"HBONE stream: {s.mismatch}; not believed",
+                               extra={"peer": peer[0], "principal": identity, "claimed": forwarded})
+            return s.ip, s.port, s.workload, s.ip
+        from agent.proxy.inbound import claimed_source
+
+        ip, port, w = claimed_source(agent, identity, peer[0], forwarded)
+        # the pod sees the original source address; without a believed one the peer is a node
+        return ip, port, w, (ip if ip != peer[0] else None)
 
     def _on_finished(self, cid: int, sent: int, received: int, start: float, end: float, reason: str) -> None:
         self._pending.pop(cid, None)
@@ -336,13 +374,14 @@ class NativeEngine:
         self.agent.count(f"refused_{conn.reason.split(':')[0] or 'unknown'}")
         emit(self.agent, conn, time.time())
 
-    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
+    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | None) -> None:
         """Per-request rules: connect the upstream here, then have the core pipe the
-        client's bytes (TLS already off) to the h11 inspector."""
+        client's bytes (TLS already off) to the h11 inspector. ``answer``: the tunnel
+        protocol whose failure status to answer with (None: a captured connection)."""
         self._pending.setdefault(cid, _Pending(conn))
         self._nursery.start_soon(self._inspect, cid, conn, tuple(upstream), bind, answer)
 
-    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
+    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: str | None) -> None:
         from agent.proxy.l7 import relay_http
         from agent.proxy.sockets import connect
 
@@ -352,7 +391,9 @@ class NativeEngine:
             b = await connect(upstream, bind_src=bind, timeout=agent.config.dataplane.connect_timeout_s)
         except (OSError, trio.TooSlowError) as e:
             conn.reason = f"upstream_failed: {e}"
-            if answer:
+            if answer == "hbone":  # HBONE: an upstream that refused is 503 (ztunnel's)
+                self.core.refuse(cid, conn.reason, 503)
+            elif answer:
                 self.core.refuse(cid, conn.reason, 504 if isinstance(e, trio.TooSlowError) else 502)
             else:
                 self._refuse(cid, conn)

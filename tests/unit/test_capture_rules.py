@@ -26,8 +26,18 @@ def test_nft_has_tproxy_to_both_listeners_and_fail_closed():
     assert "tproxy ip to 127.0.0.1:15001 meta mark set 0x1 accept" in text
     assert "tproxy ip6 to [::1]:15006 meta mark set 0x1 accept" in text
     assert "socket transparent 1 meta mark set 0x1 accept" in text
-    assert text.count("reject with tcp reset") == 2
-    assert "tcp dport 15008 return" in text
+    assert text.count("reject with tcp reset") == 3
+    # a pod's :15008 (HBONE) reaches the pod-address tunnel listener, never :15006, and
+    # before the exclusions; with no listener it meets the fail rule, not the plaintext port
+    pod_in = text.split("chain pod_in {", 1)[1].split("}", 1)[0].strip().splitlines()
+    assert [s.strip() for s in pod_in[0:3]] == [
+        "meta nfproto ipv4 tcp dport 15008 tproxy ip to 127.0.0.1:15008 meta mark set 0x1 accept",
+        "meta nfproto ipv6 tcp dport 15008 tproxy ip6 to [::1]:15008 meta mark set 0x1 accept",
+        "tcp dport 15008 jump tunnel_fail"]
+    assert pod_in[3].strip() == "tcp dport @skip_ports return"
+    fail = text.split("chain tunnel_fail {", 1)[1].split("}", 1)[0]
+    assert [s.strip() for s in fail.strip().splitlines()] == [
+        "tcp flags & (syn | ack) == syn reject with tcp reset", "accept"]
 
 
 def test_fail_open_has_no_reject_and_exclusions_render():
@@ -51,3 +61,9 @@ def test_iptables_render_per_family():
     assert "-A HOSTMESH_PODS -s 198.19.0.2 -j HOSTMESH_OUT" in v4 and "fd00::2" not in v4
     assert "--on-ip ::1 --on-port 15001" in v6 and "-A HOSTMESH_PODS -d fd00::2 -j HOSTMESH_IN" in v6
     assert "REJECT --reject-with tcp-reset" in v4
+    # HBONE to a pod's :15008: the pod-address tunnel listener, before the exclusions
+    assert "-A HOSTMESH_IN -p tcp --dport 15008 -j TPROXY --on-ip 127.0.0.1 --on-port 15008 --tproxy-mark 0x1" in v4
+    assert "-A HOSTMESH_IN -p tcp --dport 15008 -j TPROXY --on-ip ::1 --on-port 15008 --tproxy-mark 0x1" in v6
+    skipped = rules.render_iptables(spec(exclude_ports=[15008, 22]), [], 4).splitlines()
+    assert skipped.index("-A HOSTMESH_IN -p tcp --dport 15008 -j TPROXY --on-ip 127.0.0.1 --on-port 15008 "
+                         "--tproxy-mark 0x1") < skipped.index("-A HOSTMESH_IN -p tcp --dport 22 -j RETURN")

@@ -21,6 +21,7 @@ PURE = [
     "agent.traffic.http",
     "agent.proxy.conns",
     "agent.proxy.connect",
+    "agent.proxy.hbone",
     "agent.rbac.model",
     "agent.rbac.loader",
     "agent.rbac.store",
