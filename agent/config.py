@@ -149,18 +149,17 @@ class DataplaneConfig(_Model):
     workers: int = Field(default=1, ge=0, le=64)
     # native: the Rust core (dataplane/, agent/proxy/native.py) accepts, terminates the
     # tunnel TLS and moves the bytes; Python decides (docs/dataplane.md).
-    engine: Literal["epoll", "trio", "native"] = "epoll"
+    engine: Literal["epoll", "trio", "native"] = "native"
     # I/O threads of the native core (engine: native).
     threads: int = Field(default=1, ge=1, le=64)
 
-    @field_validator("engine")
-    @classmethod
-    def _native_in_one_process(cls, v, info):
+    @model_validator(mode="after")
+    def _native_in_one_process(self) -> DataplaneConfig:
         # the native core's threads replace worker processes (decisions/0003); running
-        # it under the supervisor is not supported yet
-        if v == "native" and info.data.get("workers", 1) != 1:
+        # it under the supervisor is not supported
+        if self.engine == "native" and self.workers != 1:
             raise ValueError("engine native runs in one process: set dataplane.threads, not dataplane.workers")
-        return v
+        return self
     # Offer and accept reusable tunnel streams (ALPN hostmesh-streams/1; a TLS connection
     # carries one stream after another instead of one CONNECT; docs/decisions/0001).
     # Needs the epoll engine; off: one TLS connection per tunnelled connection, CONNECT only.

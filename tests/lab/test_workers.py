@@ -58,7 +58,7 @@ def test_two_workers_share_the_load_survive_a_crash_and_follow_policies():
         node0 = Path("/run/hostmesh/lab/twrk/node-0")
         assert hm("lab", "agent", "--name", "twrk", "node-0", "stop").returncode == 0
         cfg = yaml.safe_load((node0 / "config.yaml").read_text())
-        cfg["dataplane"] = {"workers": 2}
+        cfg["dataplane"] = {"workers": 2, "engine": "epoll"}
         (node0 / "config.yaml").write_text(yaml.safe_dump(cfg))
         assert hm("lab", "agent", "--name", "twrk", "node-0", "start").returncode == 0
         status = lab.admin(0, "GET", "/v1/status")[1]

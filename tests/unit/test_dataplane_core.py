@@ -47,7 +47,9 @@ def test_garbage_is_no_certificate_and_a_bad_bundle_is_an_error():
 
 def test_native_engine_refuses_worker_processes():
     text = "node: {name: n, address: 10.0.0.1}\ndataplane:\n  workers: 2\n  engine: native\n"
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: dataplane\.engine: .*dataplane\.threads"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: dataplane: .*dataplane\.threads"):
         parse_config(text, "c.yaml")
+    with pytest.raises(ConfigError, match=r"engine native runs in one process"):  # the default engine too
+        parse_config("node: {name: n, address: 10.0.0.1}\ndataplane: {workers: 2}\n", "c.yaml")
     cfg = parse_config("node: {name: n, address: 10.0.0.1}\ndataplane: {engine: native, threads: 2}\n", "c.yaml")
     assert (cfg.dataplane.engine, cfg.dataplane.threads) == ("native", 2)

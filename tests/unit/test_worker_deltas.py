@@ -15,7 +15,7 @@ POLICY = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
 
 def cfg(tmp_path, name) -> Config:
     return Config.model_validate({"node": {"name": "n1", "address": "192.0.2.1"}, "state_dir": str(tmp_path / name),
-                                  "dataplane": {"workers": 2}})
+                                  "dataplane": {"workers": 2, "engine": "epoll"}})
 
 
 def wl(uid, ip, app="web"):
