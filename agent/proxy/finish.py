@@ -124,3 +124,10 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         parent_span_id=conn.parent_span_id if direction == "inbound" else None,
         service=service_of(agent, conn, direction),
     )
+
+
+def reason_token(reason: str) -> str:
+    """A counter-name part from a reason: ``"no ALLOW policy matched"`` -> ``no_allow_policy_matched``,
+    ``"connect_failed: Connection refused"`` -> ``connect_failed`` (no spaces in /metrics labels)."""
+    head = reason.split(":")[0].lower()
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in head).split()) or "unknown"

@@ -16,6 +16,7 @@ millisecond on the trio thread, except the L7 path's upstream connect (its own t
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -26,10 +27,11 @@ from typing import Any
 import trio
 
 from agent import dataplane
-from agent.proxy import enforce, plan
-from agent.proxy.conns import Conn
-from agent.proxy.engine_conn import LiveConn
-from agent.proxy.finish import emit, finish
+from agent.proxy import enforce, plan, traffic_path
+from agent.proxy.conns import Conn, LiveConn
+from agent.proxy.finish import emit, finish, reason_token
+from agent.proxy.forwarded import claimed_source
+from agent.proxy.sockets import make_listener
 
 logger = logging.getLogger("hostmesh.native")
 
@@ -64,6 +66,8 @@ class NativeEngine:
         self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
         self._pushed: dict[str, object] = {}  # spiffe id -> the Svid object the core holds
         self._bundle: bytes | None = None
+        self._leg_addr: tuple[str, int] | None = None  # the loopback listener of open_leg
+        self._legs: dict[int, tuple[Conn, Any]] = {}  # leg's local port -> (its Conn, its route)
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -147,6 +151,8 @@ class NativeEngine:
             self._tunnel(cid, src, tunnel)
 
     def _outbound(self, cid: int, src, dst) -> None:
+        if tuple(dst) == self._leg_addr:
+            return self._leg(cid, src)
         agent = self.agent
         agent.count("connections_opened_outbound")
         plans = plan.plan_outbound(src[0], dst[0], dst[1], agent.view, agent.health, trio.current_time())
@@ -161,20 +167,30 @@ class NativeEngine:
         """Carry out the next route of the plan, or refuse when none is left."""
         agent, st = self.agent, self._pending[cid]
         conn = st.conn
+        refused = False
         while st.next < len(st.plans):
             p = st.plans[st.next]
             st.next += 1
+            if isinstance(p, plan.HttpRouted):
+                return self._http_routed(cid, conn, p)
             if isinstance(p, plan.Refuse):
-                conn.verdict, conn.reason = "deny", p.reason
+                if p.flag is not None:
+                    traffic_path.refused(agent, conn, p)
+                else:
+                    conn.verdict, conn.reason = "deny", p.reason
+                refused = True
                 break
             st.route = p
             conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
+            conn.service = p.service  # the VIP's service, for the metrics' destination_service
             td = agent.config.identity.trust_domain
             if p.dst is not None:
                 conn.dst_principal = p.dst.spiffe_id(td)
+            traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
                 if self._tunnel_command(cid, conn, p):
                     return
+                traffic_path.failed(agent, conn, p, denied=False)
                 continue
             if p.kind == "local":
                 conn.enforced_here = True
@@ -182,13 +198,64 @@ class NativeEngine:
                     self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, answer=False)
                     return
                 if enforce.decide(agent, conn).verdict == "deny":
+                    traffic_path.failed(agent, conn, p, denied=True)
                     break
             self._established(cid, conn)
             self.core.connect(cid, p.dst_ip, p.dst_port, conn.src_ip)
             return
         if conn.verdict != "deny":
             conn.verdict, conn.reason = "allow", conn.reason or "upstream_failed"
+            if not refused:
+                traffic_path.exhausted(conn, attempts=st.next)
         self._refuse(cid, conn)
+
+    def _http_routed(self, cid: int, conn: Conn, p: plan.HttpRouted) -> None:
+        """A service with HTTP routes: the core pipes the pod's bytes to the request
+        router (http_route), whose upstream attempts come back as legs (open_leg)."""
+        from agent.proxy.contain import contained
+        from agent.proxy.http_route import serve_http_routes
+
+        self._pending.pop(cid, None)
+        fd = self.core.pipe(cid)
+        if fd is None:
+            return
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._nursery.start_soon(contained, self.agent, sock, serve_http_routes, self.agent, conn, sock, p)
+
+    async def open_leg(self, sub: Conn, route) -> socket.socket:
+        """A loopback connection into the core that it carries out as ``route`` says, as a
+        captured connection of ``sub``'s pod (tunnel, local or passthrough; policy and
+        traffic counting apply). Refused, it is reset; ``sub.reason`` says why."""
+        if self._leg_addr is None:
+            raise OSError("the core's leg listener is not running")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            self._legs[port] = (sub, route)
+            try:
+                s.connect(self._leg_addr)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(s)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err)) from None
+        except BaseException:
+            self._legs.pop(s.getsockname()[1] if s.fileno() >= 0 else 0, None)
+            s.close()
+            raise
+        return s
+
+    def _leg(self, cid: int, src) -> None:
+        entry = self._legs.pop(src[1], None) if src[0] == "127.0.0.1" else None
+        if entry is None:
+            self.core.refuse(cid, "unknown_leg", 503)
+            return
+        sub, route = entry
+        self._pending[cid] = _Pending(sub, [route])
+        self._try_next(cid)
 
     def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
         from agent.identity.spiffe import sni_for
@@ -236,6 +303,8 @@ class NativeEngine:
         route = st.route
         if route is not None and route.service:
             self.agent.health.mark_failed(route.dst_ip, trio.current_time())
+        if route is not None:
+            traffic_path.failed(self.agent, conn, route, denied=conn.verdict == "deny")
         if conn.verdict == "deny":
             self._refuse(cid, conn)
             return
@@ -268,11 +337,13 @@ class NativeEngine:
 
         agent = self.agent
         identity, target, forwarded, traceparent = tunnel
-        src_ip, src_port = forwarded if forwarded else (peer[0], 0)
+        # who the source is comes from the handshake only; the claimed address is believed
+        # only when consistent with the verified peer (forwarded.claimed_source)
+        src_ip, src_port, src = claimed_source(agent, identity, peer[0], forwarded)
         conn = Conn("inbound", "tunnel", src_ip, src_port, target[0], target[1], time.time(), trio.current_time())
         conn.enforced_here = True
         conn.src_principal = identity
-        conn.src = agent.registry.by_ip(src_ip)
+        conn.src = src
         ids = traceparent_ids(traceparent) if traceparent else None
         if ids:
             conn.trace_id, conn.parent_span_id = ids
@@ -285,7 +356,7 @@ class NativeEngine:
         conn.dst = p.dst
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         # the pod sees the original source address; without one the peer is a node
-        bind = src_ip if forwarded else None
+        bind = src_ip if src_ip != peer[0] else None
         if enforce.inspect_http(agent, conn):
             self._pending[cid] = _Pending(conn)
             return self._to_inspector(cid, conn, target, bind, answer=True)
@@ -308,6 +379,8 @@ class NativeEngine:
         route = self._routes.pop(cid, None)
         if route is not None and route.service:
             self.agent.health.mark_ok(route.dst_ip)
+        if route is not None:
+            traffic_path.connected(self.agent, conn, route)
         if self.agent.conns.get(conn.id) is not None:
             finish(self.agent, conn, sent, received, reason, end)
 
@@ -333,7 +406,7 @@ class NativeEngine:
         self._pending.pop(cid, None)
         self.core.refuse(cid, conn.reason or "refused", 503)
         self.agent.count("connections_refused")
-        self.agent.count(f"refused_{conn.reason.split(':')[0] or 'unknown'}")
+        self.agent.count(f"refused_{reason_token(conn.reason)}")
         emit(self.agent, conn, time.time())
 
     def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
@@ -386,6 +459,13 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
             eng.sync_identities()
             for s, kind in socks:
                 core.listen(s.fileno(), kind)
+            # the loopback listener of open_leg (HTTP routes' upstream attempts)
+            leg = make_listener("127.0.0.1", 0, transparent=False, reuseport=False)
+            try:
+                core.listen(leg.fileno(), "outbound")
+                eng._leg_addr = leg.getsockname()
+            finally:
+                leg.close()
             nursery.start_soon(eng.run)
             nursery.start_soon(eng._sync_loop)
             try:
