@@ -22,6 +22,7 @@ import trio
 
 from agent.proxy import aio, plan, traffic_path
 from agent.proxy.conns import Conn
+from agent.proxy.contain import publish
 
 logger = logging.getLogger("hostmesh.http_route")
 MAX_HEAD = 16 * 1024  # SPEC.md: request heads beyond 16 KiB are refused (431)
@@ -43,6 +44,7 @@ def _reply(c: h11.Connection, status: int, text: str, flag: str | None = None) -
 
 
 async def serve_http_routes(agent, conn: Conn, sock: socket.socket, p: plan.HttpRouted) -> None:
+    publish(conn)  # for contain's failure log
     conn.mode = "local" if conn.mode == "passthrough" else conn.mode
     agent.conns.add(conn)
     agent.count("traffic_http_connections")

@@ -38,7 +38,6 @@ from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
 from agent.proxy.contain import count_failure
 from agent.proxy.h1rules import check_head
-from agent.proxy.tlsclose import shutdown_write
 from agent.rbac.evaluate import Decision, HttpAttrs
 from agent.rbac.pathnorm import BadTarget, normalize_target
 
@@ -179,14 +178,14 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     next_cycle()
             elif isinstance(ev, h11.ConnectionClosed):
                 state["first_end"] = state["first_end"] or "client"
-                shutdown_write(b)
+                aio.shutdown_write(b)
                 return
         # switched to raw bytes: what the client sent after the upgrade request first
         await to_b_send(src.trailing_data[0])
         while data := await aio.recv_some(a):
             await to_b_send(data)
         state["first_end"] = state["first_end"] or "client"
-        shutdown_write(b)
+        aio.shutdown_write(b)
 
     async def on_request(ev: h11.Request, raw: bytes) -> bool:
         """Decide one request head; True when it goes to the workload."""
@@ -251,14 +250,14 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"])
                     if src.our_state is h11.MUST_CLOSE:
                         state["reason"] = "closed"
-                        shutdown_write(a)
+                        aio.shutdown_write(a)
                         raise _Done()
                     next_cycle()
         await to_a_send(dst.trailing_data[0])
         while data := await aio.recv_some(b):
             await to_a_send(data)
         state["first_end"] = state["first_end"] or "upstream"
-        shutdown_write(a)
+        aio.shutdown_write(a)
 
     try:
         with conn.cancel_scope:

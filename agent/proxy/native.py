@@ -1,11 +1,12 @@
 """The native engine's glue (``dataplane.engine: native``): the Rust core accepts,
 terminates tunnel TLS and moves the bytes; this module answers its questions with the
-same decisions the Python listeners make.
+agent's decisions. It is the one data plane (decisions/0003).
 
 Per connection the core sends one event and waits (non-blocking for us) for one command:
-``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide
-exactly as in outbound.py and inbound.py; a failed attempt comes back as an event and
-the next route of the plan is tried. Finished connections become the same records
+``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide,
+``traffic_path`` counts attempts for the traffic rules; a failed attempt comes back as
+an event and the next route of the plan is tried. HTTP-routed services are piped to
+``http_route``, whose upstream attempts come back as loopback legs (``open_leg``). Finished connections become the same records
 (finish.finish), so telemetry, /v1/connections and policy re-checks work unchanged.
 Connections whose requests must be checked one by one (L7 rules) are piped back into
 the h11 inspector (l7.relay_http). Identities and the trust bundle are pushed into the
@@ -52,8 +53,8 @@ class _Pending:
 
 
 class NativeEngine:
-    """``agent.engine`` for the native core: close, snapshot and statistics as the
-    other engines, plus the event loop that answers the core."""
+    """``agent.engine``: close, snapshot and statistics for the admin API and policy
+    re-checks, plus the event loop that answers the core."""
 
     in_engine = True
 
@@ -413,7 +414,10 @@ class NativeEngine:
         """Per-request rules: connect the upstream here, then have the core pipe the
         client's bytes (TLS already off) to the h11 inspector."""
         self._pending.setdefault(cid, _Pending(conn))
-        self._nursery.start_soon(self._inspect, cid, conn, tuple(upstream), bind, answer)
+        from agent.proxy.contain import contained
+
+        # contained: an error of this connection ends it, never the core's event loop
+        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer)
 
     async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
         from agent.proxy.l7 import relay_http

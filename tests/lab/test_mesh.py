@@ -124,14 +124,20 @@ def test_ten_mib_each_way_at_once_byte_exact_and_counted_by_both_agents(mesh):
     assert out_rec[-1]["bytes_received"] == in_rec[-1]["bytes_received"] == mib << 20
 
 
-def test_live_connections_are_listed_with_their_bytes(mesh):
+def held_connection(mesh, port: int, server: str, client: str):
+    """A one-connection server on the db pod (``server`` runs on its accepted socket
+    ``c``, which it then holds 30 s) and a client pod's connection to it (``client``
+    runs on ``c``): (server, client) processes."""
     db = mesh.pod("db")
-    holder = mesh.spawn(db["netns"], PY, "-c", "import socket,time\nls=socket.create_server(('0.0.0.0',9500))\n"
-                        "c,_=ls.accept()\nc.sendall(b'x'*1000)\ntime.sleep(30)")
+    holder = mesh.spawn(db["netns"], PY, "-c", f"import socket,time\nls=socket.create_server(('0.0.0.0',{port}))\n"
+                        f"c,_=ls.accept()\n{server}time.sleep(30)")
     time.sleep(0.4)
-    client = mesh.spawn(mesh.pod("client")["netns"], PY, "-c", f"""
-import socket, time
-c = socket.create_connection(("{db['ip']}", 9500))
+    return holder, mesh.spawn(mesh.pod("client")["netns"], PY, "-c",
+                              f"import socket, time\nc = socket.create_connection(('{db['ip']}', {port}))\n{client}")
+
+
+def test_live_connections_are_listed_with_their_bytes(mesh):
+    holder, client = held_connection(mesh, 9500, "c.sendall(b'x'*1000)\n", """
 c.sendall(b'y' * 300)
 print(len(c.recv(2000)), flush=True)
 time.sleep(30)
@@ -307,13 +313,7 @@ def test_strict_refuses_plaintext_from_outside_permissive_lets_it_in(mesh):
 
 
 def test_live_connection_closed_within_1s_when_a_policy_now_denies_it(mesh):
-    db = mesh.pod("db")
-    holder = mesh.spawn(db["netns"], PY, "-c", "import socket,time\nls=socket.create_server(('0.0.0.0',9300))\n"
-                        "c,_=ls.accept()\ntime.sleep(30)")
-    time.sleep(0.4)
-    client = mesh.spawn(mesh.pod("client")["netns"], PY, "-c", f"""
-import socket, time
-c = socket.create_connection(("{db['ip']}", 9300))
+    holder, client = held_connection(mesh, 9300, "", """
 c.settimeout(20)
 time.sleep(0.5)
 print("open", flush=True)
