@@ -62,7 +62,11 @@ def flow(agent) -> None:
     live = {s.conn_id: s for s in agent.engine.snapshot()} if agent.engine is not None else {}
     for c in agent.conns:
         if not c.accounts:
-            continue
+            if c.id not in live:
+                continue
+            # the native core lists only bridged connections: this one got through (its
+            # tunnel or connect succeeded), so istio_tcp_connections_opened_total moves now
+            opened(agent, c)
         if c.live is not None:
             up, down = c.live
         elif (s := live.get(c.id)) is not None:

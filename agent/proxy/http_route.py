@@ -177,7 +177,7 @@ async def _attempt(agent, conn: Conn, p: plan.HttpRouted, req: h11.Request, body
         try:
             # the core carries the leg out as a captured connection of the pod (the
             # engine counts the attempt for its cluster and endpoint, traffic_path)
-            outer = await agent.engine.open_leg(sub, route)
+            outer = await agent.engine.open_leg(sub, [route])
             up = h11.Connection(h11.CLIENT)
             hs = list(req.headers) if any(k.lower() == b"host" for k, _ in req.headers) else \
                 [(b"host", p.service.vip.encode()), *req.headers]

@@ -91,6 +91,22 @@ class _Done(Exception):
 _ALLOW = Decision("allow")
 
 
+def http_reporters(agent, conn: Conn) -> list[str]:
+    """Who reports this connection's HTTP requests (``telemetry.http_metrics``): on a
+    workload's HTTP port, the destination's agent and, with "both", the source's."""
+    dst = conn.dst
+    if agent.telemetry is None or dst is None or conn.dst_port not in dst.http_ports:
+        return []
+    setting = agent.config.telemetry.http_metrics
+    if setting == "off":
+        return []
+    if not conn.enforced_here:  # the source's side of a tunnel
+        return ["outbound"] if setting == "both" else []
+    if conn.mode == "local" and conn.direction == "outbound" and setting == "both":
+        return ["outbound", "inbound"]
+    return ["inbound"]
+
+
 async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_a: bytes = b"",
                      to_b: bytes = b"", police: bool = True, reporters=("inbound",)) -> tuple[int, int, str]:
     """Relay ``a`` (source) <-> ``b`` (workload), checking every request when ``police``

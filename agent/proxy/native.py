@@ -17,7 +17,6 @@ millisecond on the trio thread, except the L7 path's upstream connect (its own t
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -30,8 +29,10 @@ import trio
 from agent import dataplane
 from agent.proxy import enforce, plan, traffic_path
 from agent.proxy.conns import Conn, LiveConn
-from agent.proxy.finish import emit, finish, reason_token
+from agent.proxy.finish import emit, finish, opened, reason_token
 from agent.proxy.forwarded import claimed_source
+from agent.proxy.l7 import http_reporters
+from agent.proxy.native_http import HttpPaths
 from agent.proxy.sockets import make_listener
 
 logger = logging.getLogger("hostmesh.native")
@@ -50,9 +51,10 @@ class _Pending:
     plans: list = field(default_factory=list)
     next: int = 0
     route: Any = None
+    leg: bool = False  # a loopback leg of Python's (open_leg): carried out, never diverted again
 
 
-class NativeEngine:
+class NativeEngine(HttpPaths):
     """``agent.engine``: close, snapshot and statistics for the admin API and policy
     re-checks, plus the event loop that answers the core."""
 
@@ -68,7 +70,7 @@ class NativeEngine:
         self._pushed: dict[str, object] = {}  # spiffe id -> the Svid object the core holds
         self._bundle: bytes | None = None
         self._leg_addr: tuple[str, int] | None = None  # the loopback listener of open_leg
-        self._legs: dict[int, tuple[Conn, Any]] = {}  # leg's local port -> (its Conn, its route)
+        self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -187,6 +189,8 @@ class NativeEngine:
             td = agent.config.identity.trust_domain
             if p.dst is not None:
                 conn.dst_principal = p.dst.spiffe_id(td)
+            if p.kind == "tunnel" and not st.leg and http_reporters(agent, conn):
+                return self._report_source(cid, st)
             traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
                 if self._tunnel_command(cid, conn, p):
@@ -195,12 +199,14 @@ class NativeEngine:
                 continue
             if p.kind == "local":
                 conn.enforced_here = True
-                if enforce.inspect_http(agent, conn):
-                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, answer=False)
-                    return
-                if enforce.decide(agent, conn).verdict == "deny":
+                police = enforce.inspect_http(agent, conn)
+                if not police and enforce.decide(agent, conn).verdict == "deny":
                     traffic_path.failed(agent, conn, p, denied=True)
                     break
+                reporters = http_reporters(agent, conn)
+                if police or reporters:
+                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, False, police, reporters)
+                    return
             self._established(cid, conn)
             self.core.connect(cid, p.dst_ip, p.dst_port, conn.src_ip)
             return
@@ -209,54 +215,6 @@ class NativeEngine:
             if not refused:
                 traffic_path.exhausted(conn, attempts=st.next)
         self._refuse(cid, conn)
-
-    def _http_routed(self, cid: int, conn: Conn, p: plan.HttpRouted) -> None:
-        """A service with HTTP routes: the core pipes the pod's bytes to the request
-        router (http_route), whose upstream attempts come back as legs (open_leg)."""
-        from agent.proxy.contain import contained
-        from agent.proxy.http_route import serve_http_routes
-
-        self._pending.pop(cid, None)
-        fd = self.core.pipe(cid)
-        if fd is None:
-            return
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        self._nursery.start_soon(contained, self.agent, sock, serve_http_routes, self.agent, conn, sock, p)
-
-    async def open_leg(self, sub: Conn, route) -> socket.socket:
-        """A loopback connection into the core that it carries out as ``route`` says, as a
-        captured connection of ``sub``'s pod (tunnel, local or passthrough; policy and
-        traffic counting apply). Refused, it is reset; ``sub.reason`` says why."""
-        if self._leg_addr is None:
-            raise OSError("the core's leg listener is not running")
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setblocking(False)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            self._legs[port] = (sub, route)
-            try:
-                s.connect(self._leg_addr)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(s)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, os.strerror(err)) from None
-        except BaseException:
-            self._legs.pop(s.getsockname()[1] if s.fileno() >= 0 else 0, None)
-            s.close()
-            raise
-        return s
-
-    def _leg(self, cid: int, src) -> None:
-        entry = self._legs.pop(src[1], None) if src[0] == "127.0.0.1" else None
-        if entry is None:
-            self.core.refuse(cid, "unknown_leg", 503)
-            return
-        sub, route = entry
-        self._pending[cid] = _Pending(sub, [route])
-        self._try_next(cid)
 
     def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
         from agent.identity.spiffe import sni_for
@@ -326,10 +284,12 @@ class NativeEngine:
         if enforce.strict_mtls(agent, conn):
             conn.verdict, conn.reason = "deny", "mtls_strict"
             return self._refuse(cid, conn)
-        if enforce.inspect_http(agent, conn):
-            return self._to_inspector(cid, conn, dst, src[0], answer=False)
-        if enforce.decide(agent, conn).verdict == "deny":
+        police = enforce.inspect_http(agent, conn)
+        if not police and enforce.decide(agent, conn).verdict == "deny":
             return self._refuse(cid, conn)
+        reporters = http_reporters(agent, conn)
+        if police or reporters:
+            return self._to_inspector(cid, conn, dst, src[0], False, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, dst[0], dst[1], src[0])
 
@@ -358,15 +318,18 @@ class NativeEngine:
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         # the pod sees the original source address; without one the peer is a node
         bind = src_ip if src_ip != peer[0] else None
-        if enforce.inspect_http(agent, conn):
+        police = enforce.inspect_http(agent, conn)
+        if not police:
+            d = enforce.decide(agent, conn)
+            if d.verdict == "deny":
+                agent.count("tunnel_status_403")
+                self.core.refuse(cid, d.reason or "denied", 403, d.policy)
+                emit(agent, conn, time.time())
+                return
+        reporters = http_reporters(agent, conn)
+        if police or reporters:
             self._pending[cid] = _Pending(conn)
-            return self._to_inspector(cid, conn, target, bind, answer=True)
-        d = enforce.decide(agent, conn)
-        if d.verdict == "deny":
-            agent.count("tunnel_status_403")
-            self.core.refuse(cid, d.reason or "denied", 403, d.policy)
-            emit(agent, conn, time.time())
-            return
+            return self._to_inspector(cid, conn, target, bind, True, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, target[0], target[1], bind)
 
@@ -383,6 +346,8 @@ class NativeEngine:
         if route is not None:
             traffic_path.connected(self.agent, conn, route)
         if self.agent.conns.get(conn.id) is not None:
+            if not conn.accounts:  # finished: it was established (opened is counted when the
+                opened(self.agent, conn)  # core lists it, finish.flow, or here if it ended first)
             finish(self.agent, conn, sent, received, reason, end)
 
     def _on_progress(self, cid: int, sent: int, received: int) -> None:
@@ -410,16 +375,20 @@ class NativeEngine:
         self.agent.count(f"refused_{reason_token(conn.reason)}")
         emit(self.agent, conn, time.time())
 
-    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
-        """Per-request rules: connect the upstream here, then have the core pipe the
-        client's bytes (TLS already off) to the h11 inspector."""
+    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: bool, police: bool,
+                      reporters: list[str]) -> None:
+        """Per-request rules (``police``) or HTTP metrics (``reporters``): connect the
+        upstream here, then have the core pipe the client's bytes (TLS already off) to
+        the h11 inspector."""
         self._pending.setdefault(cid, _Pending(conn))
         from agent.proxy.contain import contained
 
         # contained: an error of this connection ends it, never the core's event loop
-        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer)
+        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer,
+                                 police, reporters)
 
-    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: bool) -> None:
+    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: bool, police: bool,
+                       reporters: list[str]) -> None:
         from agent.proxy.l7 import relay_http
         from agent.proxy.sockets import connect
 
@@ -442,8 +411,9 @@ class NativeEngine:
         a.setblocking(False)
         agent.conns.add(conn)
         agent.count("connections_established")
+        opened(agent, conn)
         try:
-            sent, received, reason = await relay_http(agent, conn, a, b)
+            sent, received, reason = await relay_http(agent, conn, a, b, police=police, reporters=reporters)
         finally:
             a.close()
             b.close()
