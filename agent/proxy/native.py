@@ -6,8 +6,9 @@ Per connection the core sends one event and waits (non-blocking for us) for one 
 ``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide,
 ``traffic_path`` counts attempts for the traffic rules; a failed attempt comes back as
 an event and the next route of the plan is tried. HTTP-routed services are piped to
-``http_route``, whose upstream attempts come back as loopback legs (``open_leg``). Finished connections become the same records
-(finish.finish), so telemetry, /v1/connections and policy re-checks work unchanged.
+``http_route``, whose upstream attempts come back as loopback legs (native_http.py).
+Finished connections become the same records (finish.finish), so telemetry,
+/v1/connections and policy re-checks work unchanged.
 Connections whose requests must be checked one by one (L7 rules) are piped back into
 the h11 inspector (l7.relay_http). Identities and the trust bundle are pushed into the
 core when they change. Nothing here blocks: every handler runs in well under a
