@@ -32,13 +32,9 @@ class HttpPaths:
         from agent.proxy.contain import contained
         from agent.proxy.http_route import serve_http_routes
 
-        self._pending.pop(cid, None)
-        fd = self.core.pipe(cid)
-        if fd is None:
-            return
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        self._nursery.start_soon(contained, self.agent, sock, serve_http_routes, self.agent, conn, sock, p)
+        sock = self._piped(cid)
+        if sock is not None:  # contained: an error ends this connection, never the event loop
+            self._nursery.start_soon(contained, self.agent, sock, serve_http_routes, self.agent, conn, sock, p)
 
     def _report_source(self, cid: int, st) -> None:
         """The source's view of HTTP requests to a workload's HTTP port (``http_metrics:
@@ -47,14 +43,20 @@ class HttpPaths:
         routes); the leg's record is the connection's."""
         from agent.proxy.contain import contained
 
+        a = self._piped(cid)
+        if a is not None:
+            self._nursery.start_soon(contained, self.agent, a, self._source_inspect, st.conn, a, st.plans[st.next - 1:])
+
+    def _piped(self, cid: int) -> socket.socket | None:
+        """The core bridges the pod's connection to a socket pair: Python's end, or None
+        when the client gave up meanwhile."""
         self._pending.pop(cid, None)
         fd = self.core.pipe(cid)
         if fd is None:
-            return
-        a = socket.socket(fileno=fd)
-        a.setblocking(False)
-        plans = st.plans[st.next - 1:]
-        self._nursery.start_soon(contained, self.agent, a, self._source_inspect, st.conn, a, plans)
+            return None
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return sock
 
     async def _source_inspect(self, conn: Conn, a: socket.socket, plans: list) -> None:
         from agent.proxy.l7 import relay_http
