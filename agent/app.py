@@ -92,10 +92,7 @@ class Agent:
         self.identities = None
         self.telemetry = None
         self.capture = None
-        self.engine = None  # set by serve once the socket layer runs
-        # conn id -> where the socket layer hands a stream's TLS leg once the stream ended
-        # cleanly (reusable tunnel streams: the client's pool, the server's next request)
-        self.reuse_callbacks: dict[int, Any] = {}
+        self.engine = None  # the native core's glue (proxy/native.py), set once it runs
         self.listen_ports: list[int] = []  # data-plane ports, set by serve_dataplane (drain hand-over)
         self.drain_requested = None  # a trio.Event set by serve
         self.reload_requested = None
@@ -145,52 +142,6 @@ class Agent:
                 self.identities.release(*w.identity_key)
         return w
 
-    # ---- worker side of agent/workers.py ---------------------------------------------
-    async def sync_state(self, body: dict) -> dict[str, Any]:
-        """Make the supervisor's whole state this agent's: workloads registered, changed
-        or removed to match, every policy source replaced, sources it lacks dropped. The
-        same call brings a fresh worker up to date; with ``"delta": true`` it applies
-        only what changed (the workloads listed, the uids in ``removed``, policies, traffic
-        rules and cluster only when present)."""
-        from agent.rbac.loader import load_documents
-        from agent.traffic.loader import load_traffic
-
-        root = self.config.policies.root_namespace
-        delta = body.get("delta") is True if isinstance(body, dict) else False
-        try:
-            wanted = self._workloads(body["workloads"])
-            gone = {str(u) for u in body.get("removed") or []} if delta else set()
-            raw = None if delta and "policies" not in body else body["policies"]
-            traffic = None if delta and "traffic" not in body else {
-                src: load_traffic(json.dumps(docs), src, self.config.policies.cluster_domain)
-                for src, docs in body.get("traffic", {}).items()}
-
-            def prepare():
-                sources = {src: load_documents(json.dumps(docs), src, root) for src, docs in raw.items()}
-                return sources, self.policies.prepare_sources(sources, only=True)
-
-            sources = await self.policy_sources.change(prepare) if raw is not None else None
-        except (KeyError, TypeError, AttributeError, WorkloadError, ValueError) as e:  # PolicyError, TrafficError
-            raise ApiError(400, "invalid_state", str(e)) from None
-        # a delta (agent.workers): only the uids it names change; otherwise the whole state
-        added, removed = self._converge(gone | set(wanted) if delta else {w.uid for w in self.registry}, wanted)
-        if traffic is not None:
-            for src in set(self.traffic.sources()) - set(traffic):
-                self.traffic.replace_source(src, [])
-            for src, loaded in traffic.items():
-                self.traffic.replace_source(src, loaded)
-        if "cluster" in body:  # peers and services the supervisor discovered
-            from agent.config import ClusterConfig
-
-            try:
-                self.config.cluster = ClusterConfig.model_validate(body["cluster"])
-            except ValueError as e:
-                raise ApiError(400, "invalid_state", str(e)) from None
-            self.cluster_changed()
-        closed = self.recheck_connections()
-        held = sources if sources is not None else self.policies.sources()
-        return {"registered": added, "removed": removed, "policy_sources": len(held), "connections_closed": closed}
-
     def cluster_changed(self, services: dict | None = None) -> None:
         """Peers or services changed (Kubernetes discovery): rebuild the routing view; with
         ``services`` ({(vip, port): ServiceConfig, None: gone}) only those entries change
@@ -211,7 +162,7 @@ class Agent:
         self.view = replace(self.view, services=table)
 
     def metrics_registry(self):
-        """The Istio/hostmesh series :15020 renders (a supervisor's: its workers' merged)."""
+        """The Istio/hostmesh series :15020 renders."""
         if self.telemetry is None:
             return None
         from agent.proxy.traffic_path import gauges
@@ -223,16 +174,9 @@ class Agent:
         return len(self.conns)
 
     def event_counters(self) -> dict[str, int]:
-        """Counters for /metrics (``hostmesh_events_total``), the tunnel pool's included
-        as ``tunnel_pool_<name>`` (handshakes, resumed, streams, reused, ...)."""
-        tunnels = getattr(self, "tunnels", None)
-        if tunnels is None:
-            return self.counters
-        return {**self.counters, **{f"tunnel_pool_{k}": v for k, v in tunnels.stats.items()}}
-
-    def metrics_snapshot(self) -> dict[str, Any]:
-        return {"metrics": self.telemetry.metrics.snapshot() if self.telemetry is not None else {},
-                "counters": dict(self.event_counters()), "connections": len(self.conns)}
+        """Counters for /metrics (``hostmesh_events_total``), the core's included as
+        ``native_<name>`` (proxy/native.py copies them)."""
+        return self.counters
 
     def close_connection(self, conn_id: int, reason: str) -> None:
         c = self.conns.get(conn_id)
@@ -443,8 +387,6 @@ class Agent:
             out["telemetry"] = self.telemetry.stats()
         if self.engine is not None:
             out["engine"] = self.engine.statistics()
-        if getattr(self, "tunnels", None) is not None:
-            out["tunnels"] = dict(self.tunnels.stats)
         if self.discovery is not None:
             out["kubernetes"] = self.discovery.stats()
         return out
@@ -490,8 +432,6 @@ class Agent:
                 result.update(self.identities.reload_ca(identity))
             except ValueError as e:
                 raise ApiError(400, "invalid_ca", str(e)) from None
-            if result.get("ca_changed") and getattr(self, "tunnels", None) is not None:
-                self.tunnels.close()  # idle tunnels were authenticated under the old trust
         self.config.identity, self.config.policies = identity, policies_cfg
         if new is not None:
             self.reconcile_config_workloads(bodies)

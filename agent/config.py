@@ -143,53 +143,58 @@ class CaptureConfig(_Model):
     _v_cidrs = field_validator("exclude_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
 
 
-class DataplaneConfig(_Model):
-    # Data-plane processes sharing the listeners (SO_REUSEPORT) under one supervisor;
-    # 1 runs everything in one process; 0 means one per core (agent/workers.py).
-    workers: int = Field(default=1, ge=0, le=64)
-    # native: the Rust core (dataplane/, agent/proxy/native.py) accepts, terminates the
-    # tunnel TLS and moves the bytes; Python decides (docs/dataplane.md).
-    engine: Literal["epoll", "trio", "native"] = "epoll"
-    # I/O threads of the native core (engine: native).
-    threads: int = Field(default=1, ge=1, le=64)
+# Data-plane settings of the Python data plane the native core replaced: naming one is an
+# error that says what replaced it (an unknown key would only be "extra inputs").
+_REMOVED_DATAPLANE = {
+    "tunnel_streams": "hostmesh-streams/1 (reusable tunnel streams) went with the Python data plane: "
+                      "HBONE (dataplane.tunnel_protocol: hbone, the default) carries many connections "
+                      "on one TLS connection (docs/wire.md); remove the key",
+    "buffer_bytes": "the Python socket layer's buffer went with it: the native core's buffers grow "
+                    "1 -> 16 -> 256 KiB with use and are released when drained (dataplane/src/limits.rs); "
+                    "remove the key",
+}
 
-    @field_validator("engine")
+
+class DataplaneConfig(_Model):
+    # The Rust core (dataplane/, agent/proxy/native.py) accepts, terminates the tunnel TLS
+    # and moves the bytes; Python decides (docs/dataplane.md). The only engine.
+    engine: Literal["native"] = "native"
+    # I/O threads of the native core; they replace the worker processes of decisions/0002
+    # (decisions/0003). 1 runs one thread of its own; more run tokio's multi-thread runtime.
+    threads: int = Field(default=1, ge=1, le=64)
+    # One process; kept only so that configs written for decisions/0002 with 1 still load.
+    workers: int = Field(default=1, exclude=True)
+    # Removed (_REMOVED_DATAPLANE): present only to name what replaced them.
+    tunnel_streams: None = Field(default=None, exclude=True)
+    buffer_bytes: None = Field(default=None, exclude=True)
+
+    @field_validator("tunnel_streams", "buffer_bytes", mode="before")
     @classmethod
-    def _native_in_one_process(cls, v, info):
-        # the native core's threads replace worker processes (decisions/0003); running
-        # it under the supervisor is not supported yet
-        if v == "native" and info.data.get("workers", 1) != 1:
-            raise ValueError("engine native runs in one process: set dataplane.threads, not dataplane.workers")
+    def _removed(cls, v, info):
+        raise ValueError(f"{info.field_name} is no longer a setting: {_REMOVED_DATAPLANE[info.field_name]}")
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _one_engine(cls, v):
+        if v in ("epoll", "trio"):
+            raise ValueError(f"engine {v} was removed with the Python data plane: the native core "
+                             "(engine: native, the default) is the one data plane (docs/dataplane.md)")
         return v
+
     # The tunnel between agents (docs/wire.md): `hbone`, HTTP/2 CONNECT streams to the
     # destination pod's :15008 (ztunnel's HBONE, many connections on one TLS connection),
-    # or `connect`, one HTTP/1.1 CONNECT per TLS connection to the node's :15008. Unset:
-    # hbone with engine native, connect with epoll and trio (they speak only connect, so
-    # setting hbone with them is an error). `effective_tunnel_protocol` is the outcome.
+    # or `connect`, one HTTP/1.1 CONNECT per TLS connection to the node's :15008.
     # Either way the node address :15008 keeps answering HTTP/1.1 CONNECT.
-    tunnel_protocol: Literal["hbone", "connect"] | None = None
+    tunnel_protocol: Literal["hbone", "connect"] = "hbone"
 
-    @field_validator("tunnel_protocol")
+    @field_validator("workers", mode="before")
     @classmethod
-    def _hbone_needs_native(cls, v, info):
-        engine = info.data.get("engine")  # None: engine itself was invalid (its own error)
-        if v == "hbone" and engine not in (None, "native"):
-            raise ValueError(f"tunnel_protocol hbone needs dataplane.engine native (engine {engine} speaks "
-                             "only connect): set engine: native, or tunnel_protocol: connect")
+    def _one_process(cls, v):
+        if v != 1:
+            raise ValueError("worker processes were removed: the native core's dataplane.threads use the "
+                             "host's cores in one process (docs/decisions/0003); set threads instead")
         return v
 
-    @property
-    def effective_tunnel_protocol(self) -> str:
-        if self.tunnel_protocol is not None:
-            return self.tunnel_protocol
-        return "hbone" if self.engine == "native" else "connect"
-
-    # Offer and accept reusable tunnel streams (ALPN hostmesh-streams/1; a TLS connection
-    # carries one stream after another instead of one CONNECT; docs/decisions/0001).
-    # Needs the epoll engine; off: one TLS connection per tunnelled connection, CONNECT only.
-    tunnel_streams: bool = True
-    # 256 KiB: NOTES.md measured 64 KiB halving throughput; larger buys nothing.
-    buffer_bytes: int = 256 * 1024
     connect_timeout_s: float = 5.0
     idle_timeout_s: float = 3600.0
     # Passthrough of traffic to addresses outside the mesh.

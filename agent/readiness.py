@@ -42,8 +42,7 @@ def metrics_text(agent) -> bytes:
     parts.append(_workload_gauges(agent))
     from agent.telemetry.process import render
 
-    pids = [os.getpid()] + [w.process.pid for w in getattr(agent, "workers", ()) if getattr(w, "process", None)]
-    parts.append(render(pids))
+    parts.append(render([os.getpid()]))
     return "".join(parts).encode()
 
 

@@ -25,20 +25,15 @@ logger = logging.getLogger("hostmesh.serve")
 FIRST_SVIDS_BEFORE_LISTEN_S = 5.0
 
 
-async def run_agent(config: Config, config_path: str | None = None, worker: int | None = None) -> int:
-    """The agent; with ``dataplane.workers`` > 1 the supervisor of that many workers
-    (agent/workers.py). ``worker``: this process is one of them — no capture, no
-    :15020/:15021 (the supervisor's), the registry pushed by the supervisor."""
-    from agent.workers import run_supervisor, worker_count
-
-    if worker is None and worker_count(config.dataplane.workers) > 1:
-        return await run_supervisor(config, config_path)
+async def run_agent(config: Config, config_path: str | None = None) -> int:
+    """The agent: one process; the native core's ``dataplane.threads`` use the cores
+    (decisions/0003)."""
     agent = Agent(config, config_path)
     agent.drain_requested = trio.Event()
     async with trio.open_nursery() as root:
         await root.start(_signals, agent)
         await _start_telemetry(agent, root)
-        discovery = await _start_node(agent, root) if worker is None else None
+        discovery = await _start_node(agent, root)
         await _start_identities(agent, root)
         await _load_state(agent, root, discovery)
         from agent.proxy.listeners import serve_dataplane
@@ -54,8 +49,7 @@ async def run_agent(config: Config, config_path: str | None = None, worker: int 
         listeners = trio.CancelScope()
         await root.start(serve_dataplane, agent, listeners)
         await _start_admin(agent, root)
-        if worker is None:
-            await _start_http(agent, root)
+        await _start_http(agent, root)
         if agent.identities is not None and agent.identities.ca_client is not None:  # ready once the CA answered
             await agent.identities.wait_first_certificates()
         agent.ready = True
@@ -123,8 +117,8 @@ async def _start_telemetry(agent: Agent, nursery: trio.Nursery) -> None:
 
 
 async def _start_node(agent: Agent, nursery: trio.Nursery):
-    """The node-wide part (not a worker's): Kubernetes discovery's first list, the
-    capture rules, the link watcher. Returns the discovery to run once state is in."""
+    """The node-wide part: Kubernetes discovery's first list, the capture rules, the
+    link watcher. Returns the discovery to run once state is in."""
     discovery = await _start_discovery(agent, nursery)
     await trio.to_thread.run_sync(_start_capture, agent)
     if agent.capture is not None and agent.config.capture.watch_links:
@@ -194,12 +188,8 @@ async def _start_identities(agent: Agent, nursery: trio.Nursery) -> None:
         logger.warning("no CA and no certificate directory configured: tunnels are unavailable")
         return
     from agent.identity.manager import IdentityManager
-    from agent.proxy.connect import ALPN_STREAMS
 
-    dp = agent.config.dataplane
-    # reusable streams need the framing of the epoll socket layer (agent/proxy/engine.py)
-    alpn = (ALPN_STREAMS,) if dp.tunnel_streams and dp.engine == "epoll" else ()
-    agent.identities = IdentityManager(cfg, agent.config.node.name, alpn)
+    agent.identities = IdentityManager(cfg, agent.config.node.name)
     await nursery.start(agent.identities.run)
 
 

@@ -23,10 +23,6 @@ ROUTES: list[tuple[str, re.Pattern, str]] = [
     ("GET", re.compile(r"^/v1/config_dump$"), "config_dump"),
     # traffic rules in force, clusters and ejected endpoints (docs/traffic.md)
     ("GET", re.compile(r"^/v1/traffic$"), "traffic_dump"),
-    # between the supervisor and its worker processes (agent/workers.py); root-only like
-    # everything on this socket, and not part of the operator API
-    ("PUT", re.compile(r"^/v1/internal/state$"), "sync_state"),
-    ("GET", re.compile(r"^/v1/internal/metrics$"), "metrics_snapshot"),
 ]
 
 

@@ -49,7 +49,7 @@ def make_handler(api):
 
 
 # Changes an operator must be able to trace (who registered, applied, reloaded, drained);
-# reads and the supervisor's internal sync are not audited.
+# reads are not audited.
 AUDITED = {"add_workload", "remove_workload", "apply_policies", "delete_policy", "set_log_level", "reload", "drain"}
 
 
@@ -98,11 +98,6 @@ def _call(api, name: str, params: dict, req: Request):
         return api.apply_policies(text, source)
     if name == "delete_policy":
         return api.delete_policy(unquote(params["namespace"]), unquote(params["name"]))
-    if name == "sync_state":
-        try:
-            return api.sync_state(json.loads(req.body.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, "invalid_json", f"body is not JSON: {e}") from None
     if name == "set_log_level":
         level = (req.query.get("level") or [""])[0]
         return api.set_log_level(level)

@@ -39,8 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="each node mints its SVIDs with a node intermediate instead of asking the lab's CA service")
     c.add_argument("--capture-backend", choices=["nftables", "iptables"], default="nftables")
     c.add_argument("--capture-fail", choices=["closed", "open"], default="closed")
-    c.add_argument("--engine", choices=["epoll", "trio", "native"], default=None,
-                   help="the agents' data plane (dataplane.engine; default: the config default)")
     c = cmd("down", cmd_down, "remove everything a lab made")
     c.add_argument("--all", action="store_true", help="every lab")
     c = cmd("status", cmd_status, "what a lab is made of; without --name, which labs exist", default=None)
@@ -106,7 +104,7 @@ def cmd_up(args) -> int:
         st = cluster.up(args.name, topo, agents=not args.no_agent, kafka=args.kafka, otlp=args.otlp,
                         prometheus=args.prometheus,
                         capture={"backend": args.capture_backend, "fail": args.capture_fail},
-                        engine=args.engine, progress=lambda s: print(s, flush=True), node_ca=args.node_ca)
+                        progress=lambda s: print(s, flush=True), node_ca=args.node_ca)
     except _errors() as e:
         raise CliError(str(e)) from None
     _print_status(st)

@@ -12,8 +12,6 @@ from agent.cli.main import CliError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the agent in the foreground (SIGTERM drains, SIGHUP reloads)")
     p.add_argument("--config", "-c", required=True, help="agent configuration (YAML)")
-    # started by the supervisor of dataplane.workers > 1 (agent/workers.py), not by hand
-    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
     c = sub.add_parser("check-config", help="check everything `hostmesh run` needs: the file, the files it names "
                                             "(CA key and chain, bundle, policies), addresses and ports")
@@ -46,7 +44,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         return preflight.exit_code(problems)
     dp = cfg.dataplane  # the effective choice, as an unset tunnel_protocol resolves
-    print(f"{args.file}: ok (engine {dp.engine}, tunnel {dp.effective_tunnel_protocol})")
+    print(f"{args.file}: ok (engine {dp.engine}, tunnel {dp.tunnel_protocol})")
     return 0
 
 
@@ -54,18 +52,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent import preflight
 
     cfg, text = _load(args.config)
-    if args.worker is None:  # a worker's supervisor checked (and holds the ports)
-        problems = preflight.check(cfg, args.config, text)
-        for p in problems:
-            print(f"hostmesh: {p}", file=sys.stderr)
-        if any(p.kind == "policy" for p in problems):
-            print("hostmesh: starting with the valid policy files; not ready until the rejected ones are fixed",
-                  file=sys.stderr)
-        problems = [p for p in problems if p.kind != "policy"]
-        if problems:
-            print(f"hostmesh: not started; nothing was changed ({_capture_note(cfg, installed=False)})",
-                  file=sys.stderr)
-            return preflight.exit_code(problems)
+    problems = preflight.check(cfg, args.config, text)
+    for p in problems:
+        print(f"hostmesh: {p}", file=sys.stderr)
+    if any(p.kind == "policy" for p in problems):
+        print("hostmesh: starting with the valid policy files; not ready until the rejected ones are fixed",
+              file=sys.stderr)
+    problems = [p for p in problems if p.kind != "policy"]
+    if problems:
+        print(f"hostmesh: not started; nothing was changed ({_capture_note(cfg, installed=False)})",
+              file=sys.stderr)
+        return preflight.exit_code(problems)
     from agent import log
 
     if args.log_level is None:
@@ -76,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.serve import run_agent
 
     try:
-        return trio.run(run_agent, cfg, args.config, args.worker)
+        return trio.run(run_agent, cfg, args.config)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - one line for the operator, never a traceback

@@ -11,8 +11,8 @@ expires.
 
 States: ``initializing`` (no certificate yet), ``available``, ``unavailable`` (renewal
 failing and the old certificate expired). The old certificate is used until the new
-one is in. TLS contexts are rebuilt when a certificate changes and handed out by
-``client_context`` / ``server_context``.
+one is in. The native core terminates the tunnel TLS: agent/proxy/native.py pushes each
+SVID's chain and key, and the bundle, into it when they change.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from agent.identity import ca, pem, schedule, spiffe, tls, validate
+from agent.identity import ca, pem, schedule, spiffe, validate
 
 logger = logging.getLogger("hostmesh.identity")
 _SHA256 = hashes.SHA256()
@@ -45,8 +44,6 @@ class Svid:
     cert: x509.Certificate
     chain_pem: bytes
     key_pem: bytes
-    client_ctx: ssl.SSLContext
-    server_ctx: ssl.SSLContext
 
     @property
     def not_before(self) -> dt.datetime:
@@ -70,19 +67,16 @@ class _Entry:
 
 
 class IdentityManager:
-    def __init__(self, cfg, node_name: str, alpn: tuple[str, ...] = ()) -> None:
+    def __init__(self, cfg, node_name: str) -> None:
         self.cfg = cfg
         self.node = node_name
-        self.alpn = alpn  # offered and accepted on the tunnel (reusable streams, connect.py)
         self.td = cfg.trust_domain
         self._entries: dict[tuple[str, str], _Entry] = {}
-        self._sni: dict[str, tuple[str, str]] = {}
         self._wake = trio.Event()
         self.counters: dict[str, int] = {}
         self._dir_seen: dict[tuple[str, str], tuple] = {}  # cert_dir: (mtime_ns, size) per file
         self.bundle_pem, self.issuer, self.issuer_key = self._read_ca(cfg)
         self.ca_client = self._ca_client(cfg)
-        self._server_ctx = self._dispatcher()
 
     @staticmethod
     def _ca_client(c):
@@ -94,15 +88,6 @@ class IdentityManager:
             return CaClient(CaTarget.from_config(c))
         except OSError as e:
             raise ValueError(f"CA service credentials: {e}") from None
-
-    def _dispatcher(self) -> ssl.SSLContext:
-        """The listener's context: its SNI callback swaps in the chosen identity's own."""
-        ctx = tls._base("server")
-        ctx.load_verify_locations(cadata=self.bundle_pem.decode())
-        ctx.sni_callback = self._pick
-        if self.alpn:
-            ctx.set_alpn_protocols(list(self.alpn))
-        return ctx
 
     @staticmethod
     def _read_ca(c) -> tuple[bytes, x509.Certificate | None, object]:
@@ -156,7 +141,6 @@ class IdentityManager:
             self.ca_client.close()
         self.ca_client = client
         self.bundle_pem, self.issuer, self.issuer_key = bundle, issuer, key
-        self._server_ctx = self._dispatcher()
         now = trio.current_time() if _in_trio() else 0.0
         for e in list(self._entries.values()):
             self._renew(e, now)
@@ -169,7 +153,6 @@ class IdentityManager:
     def ensure(self, ns: str, sa: str) -> None:
         e = self._entries.setdefault((ns, sa), _Entry((ns, sa)))
         e.refs += 1
-        self._sni[spiffe.sni_for(ns, sa, self.td)] = (ns, sa)
         if e.svid is None:
             self._renew(e, trio.current_time() if _in_trio() else 0.0)
 
@@ -192,30 +175,10 @@ class IdentityManager:
         e.refs -= 1
         if e.refs <= 0:
             del self._entries[(ns, sa)]
-            self._sni.pop(spiffe.sni_for(ns, sa, self.td), None)
 
     def get(self, ns: str, sa: str) -> Svid | None:
         e = self._entries.get((ns, sa))
         return e.svid if e else None
-
-    # ---- TLS ------------------------------------------------------------------------
-    def client_context(self, ns: str, sa: str) -> ssl.SSLContext:
-        svid = self.get(ns, sa)
-        if svid is None:
-            raise tls.HandshakeError("no_certificate", f"no SVID for {ns}/{sa} on this node")
-        return svid.client_ctx
-
-    def server_context(self) -> ssl.SSLContext:
-        return self._server_ctx
-
-    def _pick(self, sslobj, server_name, _ctx) -> int | None:
-        key = self._sni.get(server_name or "")
-        svid = self.get(*key) if key else None
-        if svid is None:
-            self.count("sni_unknown")
-            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-        sslobj.context = svid.server_ctx
-        return None
 
     # ---- minting and renewal ----------------------------------------------------------
     def count(self, name: str) -> None:
@@ -236,9 +199,7 @@ class IdentityManager:
             now = dt.datetime.now(dt.UTC)
             cert, key = ca.make_svid(sid, self.issuer, self.issuer_key, now, dt.timedelta(seconds=self.cfg.ttl_s))
             chain_pem, key_pem = ca.cert_pem(cert, self.issuer), ca.key_pem(key)
-        return Svid(sid, cert, chain_pem, key_pem,
-                    tls.make_context("client", chain_pem, key_pem, self.bundle_pem, self.alpn),
-                    tls.make_context("server", chain_pem, key_pem, self.bundle_pem, self.alpn))
+        return Svid(sid, cert, chain_pem, key_pem)
 
     def _renew(self, e: _Entry, now: float) -> None:
         if self.ca_client is not None:  # a network call: the run loop makes it in a thread

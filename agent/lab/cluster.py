@@ -52,7 +52,7 @@ def labs() -> list[str]:
 
 
 def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, otlp: bool = False,
-       prometheus: bool = False, capture: dict | None = None, engine: str | None = None, progress=print,
+       prometheus: bool = False, capture: dict | None = None, progress=print,
        node_ca: bool = False) -> dict:
     """``node_ca``: every node mints its own SVIDs with a node intermediate (the
     single-host mode) instead of asking the lab's CA service (the default)."""
@@ -63,8 +63,7 @@ def up(name: str, topo: Topology, *, agents: bool = True, kafka: bool = False, o
     Path(lp.dir).mkdir(parents=True, mode=0o700)
     state = {"name": name, "netns": lp.netns, "topology": topo.model_dump(), "agents": {}, "complete": False,
              "capture": capture or {"backend": "nftables", "fail": "closed"},
-             "kafka": None, "otlp": None, "ca": None, "prometheus": None, "created": time.time(),
-             "engine": engine}
+             "kafka": None, "otlp": None, "ca": None, "prometheus": None, "created": time.time()}
     save_state(name, state)
     try:
         t0 = time.monotonic()
@@ -208,8 +207,6 @@ def write_config(lp: LabPlan, n, state: dict) -> Path:
         "workloads": [p.workload(None if p.node == n.index else f"node-{p.node}") for p in lp.pods],
         "telemetry": {"access_log": "stderr"},
     }
-    if state.get("engine"):
-        cfg["dataplane"] = {"engine": state["engine"]}
     if state.get("kafka"):
         cfg["telemetry"]["kafka"] = {"bootstrap": state["kafka"]["bootstrap"], "linger_ms": 20}
     if state.get("otlp"):

@@ -1,8 +1,9 @@
-"""Awaitable send/receive on non-blocking stdlib sockets, plain or ``ssl.SSLSocket``.
+"""Awaitable send/receive on non-blocking stdlib sockets (plain; ``ssl.SSLSocket``'s
+want-read/want-write map to the matching wait too).
 
-Used only while a connection is being set up (CONNECT exchange, HTTP inspection) —
-established byte streams move to the socket layer (``engine``). trio waits on the raw
-file descriptor; OpenSSL's want-read/want-write map to the matching wait.
+Used by the Python parts that read bytes themselves — the HTTP inspector and the HTTP
+request router, on the ends of socket pairs the native core bridges; every other byte
+moves in the core. trio waits on the raw file descriptor.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
             await trio.lowlevel.wait_writable(sock)
         except ssl.SSLWantReadError:
             await trio.lowlevel.wait_readable(sock)
+
+
+def shutdown_write(sock: socket.socket) -> None:
+    """Half-close ``sock``'s sending side (TCP FIN; the core turns it into close_notify
+    on a TLS leg)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def reset(sock: socket.socket) -> None:

@@ -18,6 +18,17 @@ def next_id() -> int:
     return next(_ids)
 
 
+@dataclass(slots=True)
+class LiveConn:
+    """A live connection as the engine lists it (``snapshot()``): bytes each way so far."""
+
+    conn_id: int
+    tag: str
+    bytes_a_to_b: int
+    bytes_b_to_a: int
+    age_s: float
+
+
 @dataclass(eq=False)
 class Conn:
     direction: str  # "outbound" | "inbound"

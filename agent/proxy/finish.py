@@ -62,7 +62,11 @@ def flow(agent) -> None:
     live = {s.conn_id: s for s in agent.engine.snapshot()} if agent.engine is not None else {}
     for c in agent.conns:
         if not c.accounts:
-            continue
+            if c.id not in live:
+                continue
+            # the native core lists only bridged connections: this one got through (its
+            # tunnel or connect succeeded), so istio_tcp_connections_opened_total moves now
+            opened(agent, c)
         if c.live is not None:
             up, down = c.live
         elif (s := live.get(c.id)) is not None:
@@ -124,3 +128,10 @@ def record(agent, conn: Conn, direction: str, end: float) -> Any:
         parent_span_id=conn.parent_span_id if direction == "inbound" else None,
         service=service_of(agent, conn, direction),
     )
+
+
+def reason_token(reason: str) -> str:
+    """A counter-name part from a reason: ``"no ALLOW policy matched"`` -> ``no_allow_policy_matched``,
+    ``"connect_failed: Connection refused"`` -> ``connect_failed`` (no spaces in /metrics labels)."""
+    head = reason.split(":")[0].lower()
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in head).split()) or "unknown"

@@ -2,8 +2,9 @@
 
 A connection to a service whose VirtualService has ``http`` routes for the port is read
 request by request with h11 (server role). Each request is matched to a route, sent to
-an endpoint the planner picks (one upstream connection per attempt, made by the normal
-outbound path over a socket pair, so tunnels, policy and telemetry apply to it), and
+an endpoint the planner picks (one upstream connection per attempt, a loopback leg into
+the native core that carries it out as the planner's route says, so tunnels, policy and
+telemetry apply to it: ``NativeEngine.open_leg``), and
 its response streamed back. A response or failure ``retryOn`` names is retried on
 another endpoint when ``retries.attempts`` and the retry budget allow; ``perTryTimeout``
 and ``timeout`` bound the attempts. Request bodies are kept (up to ``MAX_RETRY_BODY``)
@@ -21,6 +22,7 @@ import trio
 
 from agent.proxy import aio, plan, traffic_path
 from agent.proxy.conns import Conn
+from agent.proxy.contain import publish
 
 logger = logging.getLogger("hostmesh.http_route")
 MAX_HEAD = 16 * 1024  # SPEC.md: request heads beyond 16 KiB are refused (431)
@@ -42,25 +44,24 @@ def _reply(c: h11.Connection, status: int, text: str, flag: str | None = None) -
 
 
 async def serve_http_routes(agent, conn: Conn, sock: socket.socket, p: plan.HttpRouted) -> None:
+    publish(conn)  # for contain's failure log
     conn.mode = "local" if conn.mode == "passthrough" else conn.mode
     agent.conns.add(conn)
     agent.count("traffic_http_connections")
     client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     try:
-        # upstream legs whose destination inspects HTTP (local path) live in this nursery
-        async with trio.open_nursery() as legs:
-            try:
-                while True:
-                    req, body = await _read_request(client, sock)
-                    if req is None:
-                        break
-                    await _one_request(agent, conn, sock, client, p, req, body, legs)
-                    if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
-                        break
-                    client.start_next_cycle()
-            finally:
-                aio.close(sock)
-    except* (_Close, OSError, h11.ProtocolError, trio.TooSlowError):
+        try:
+            while True:
+                req, body = await _read_request(client, sock)
+                if req is None:
+                    break
+                await _one_request(agent, conn, sock, client, p, req, body)
+                if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
+                    break
+                client.start_next_cycle()
+        finally:
+            aio.close(sock)
+    except (_Close, OSError, h11.ProtocolError, trio.TooSlowError):
         pass
     finally:
         agent.conns.pop(conn.id)
@@ -92,7 +93,7 @@ async def _read_request(client: h11.Connection, sock) -> tuple[h11.Request | Non
 
 
 async def _one_request(agent, conn: Conn, sock, client: h11.Connection, p: plan.HttpRouted, req: h11.Request,
-                       body: bytes, legs: trio.Nursery) -> None:
+                       body: bytes) -> None:
     from agent.traffic.http import match_route, retriable
     from agent.traffic.model import Retries
     from agent.traffic.planner import weighted
@@ -122,7 +123,7 @@ async def _one_request(agent, conn: Conn, sock, client: h11.Connection, p: plan.
                         break
                     retrying = True
                     agent.count("traffic_retries")
-                outcome, up = await _attempt(agent, conn, p, req, body, dest, tried, retries.per_try_timeout_s, legs)
+                outcome, up = await _attempt(agent, conn, p, req, body, dest, tried, retries.per_try_timeout_s)
                 if retrying:
                     budget.done_retry()
                     retrying = False
@@ -151,7 +152,7 @@ async def _one_request(agent, conn: Conn, sock, client: h11.Connection, p: plan.
 
 
 async def _attempt(agent, conn: Conn, p: plan.HttpRouted, req: h11.Request, body: bytes, dest, tried: set[str],
-                   per_try_s: float | None, legs: trio.Nursery):
+                   per_try_s: float | None):
     """One try: (h11.Response, (socket, h11 client)) or (failure name, None)."""
     from agent.traffic.planner import NoPick, plan_destination
 
@@ -167,70 +168,48 @@ async def _attempt(agent, conn: Conn, p: plan.HttpRouted, req: h11.Request, body
     if isinstance(route, plan.Refuse):
         return route.reason, None
     tried.add(route.dst_ip)
-    outer, inner = socket.socketpair()
-    outer.setblocking(False)
-    inner.setblocking(False)
     sub = Conn("outbound", route.kind, conn.src_ip, conn.src_port, route.dst_ip, route.dst_port, time.time(),
                trio.current_time(), src=conn.src, src_principal=conn.src_principal, dst=route.dst)
     if route.dst is not None:
         sub.dst_principal = route.dst.spiffe_id(agent.config.identity.trust_domain)
-    traffic_path.attempt(agent, sub, route)
+    outer = None
     with trio.move_on_after(per_try_s or float("inf")) as scope:
-        if not await _open(agent, sub, inner, route, legs):
-            traffic_path.failed(agent, sub, route, denied=sub.verdict == "deny")
-            aio.close(inner)
-            aio.close(outer)
-            return ("denied" if sub.verdict == "deny" else "connect-failure"), None
-        traffic_path.outcome(agent, route, "connect_success")
-        up = h11.Connection(h11.CLIENT)
-        hs = list(req.headers) if any(k.lower() == b"host" for k, _ in req.headers) else \
-            [(b"host", p.service.vip.encode()), *req.headers]
-        out = up.send(h11.Request(method=req.method, target=req.target, headers=hs))
-        if body:
-            out += up.send(h11.Data(data=body))
-        await aio.send_all(outer, out + up.send(h11.EndOfMessage()))
-        while True:
-            ev = up.next_event()
-            if ev is h11.NEED_DATA:
-                data = await aio.recv_some(outer)
-                if not data:
+        try:
+            # the core carries the leg out as a captured connection of the pod (the
+            # engine counts the attempt for its cluster and endpoint, traffic_path)
+            outer = await agent.engine.open_leg(sub, [route])
+            up = h11.Connection(h11.CLIENT)
+            hs = list(req.headers) if any(k.lower() == b"host" for k, _ in req.headers) else \
+                [(b"host", p.service.vip.encode()), *req.headers]
+            out = up.send(h11.Request(method=req.method, target=req.target, headers=hs))
+            if body:
+                out += up.send(h11.Data(data=body))
+            await aio.send_all(outer, out + up.send(h11.EndOfMessage()))
+            while True:
+                ev = up.next_event()
+                if ev is h11.NEED_DATA:
+                    data = await aio.recv_some(outer)
+                    if not data:
+                        break
+                    up.receive_data(data)
+                    continue
+                if isinstance(ev, h11.Response):
+                    traffic_path.outcome(agent, route, ev.status_code)
+                    return ev, (outer, up)
+                if not isinstance(ev, h11.InformationalResponse):
                     break
-                up.receive_data(data)
-                continue
-            if isinstance(ev, h11.Response):
-                traffic_path.outcome(agent, route, ev.status_code)
-                return ev, (outer, up)
-            if not isinstance(ev, h11.InformationalResponse):
-                break
+        except (OSError, h11.ProtocolError):
+            pass  # the leg was reset: why is on ``sub`` (refused by the engine) or it is a reset
     aio.close(outer)
     if scope.cancelled_caught:
         traffic_path.outcome(agent, route, "timeout")
         return "timeout", None
+    if sub.verdict == "deny":  # the engine refused the leg: a policy, or every connect failed
+        return "denied", None
+    if sub.reason:
+        return "connect-failure", None
     traffic_path.outcome(agent, route, "reset")
     return "reset", None
-
-
-async def _open(agent, sub: Conn, inner, route, legs: trio.Nursery) -> bool:
-    """The normal outbound path for one upstream leg. It returns once the leg is with the
-    socket layer, except where the destination inspects HTTP on this node (it relays
-    until the leg ends): there the leg being in the table of live connections says it
-    connected."""
-    from agent.proxy.outbound import carry
-
-    done = trio.Event()
-    ok = [False]
-
-    async def run() -> None:
-        ok[0] = await carry(agent, sub, inner, route)
-        done.set()
-
-    legs.start_soon(run)
-    while not done.is_set():
-        if agent.conns.get(sub.id) is not None:
-            return True
-        with trio.move_on_after(0.002):
-            await done.wait()
-    return ok[0]
 
 
 async def _stream_response(client: h11.Connection, sock, resp: h11.Response, up) -> None:

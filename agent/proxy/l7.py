@@ -38,7 +38,6 @@ from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
 from agent.proxy.contain import count_failure
 from agent.proxy.h1rules import check_head
-from agent.proxy.tlsclose import shutdown_write
 from agent.rbac.evaluate import Decision, HttpAttrs
 from agent.rbac.pathnorm import BadTarget, normalize_target
 
@@ -90,6 +89,22 @@ class _Done(Exception):
 
 
 _ALLOW = Decision("allow")
+
+
+def http_reporters(agent, conn: Conn) -> list[str]:
+    """Who reports this connection's HTTP requests (``telemetry.http_metrics``): on a
+    workload's HTTP port, the destination's agent and, with "both", the source's."""
+    dst = conn.dst
+    if agent.telemetry is None or dst is None or conn.dst_port not in dst.http_ports:
+        return []
+    setting = agent.config.telemetry.http_metrics
+    if setting == "off":
+        return []
+    if not conn.enforced_here:  # the source's side of a tunnel
+        return ["outbound"] if setting == "both" else []
+    if conn.mode == "local" and conn.direction == "outbound" and setting == "both":
+        return ["outbound", "inbound"]
+    return ["inbound"]
 
 
 async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, to_a: bytes = b"",
@@ -179,14 +194,14 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     next_cycle()
             elif isinstance(ev, h11.ConnectionClosed):
                 state["first_end"] = state["first_end"] or "client"
-                shutdown_write(b)
+                aio.shutdown_write(b)
                 return
         # switched to raw bytes: what the client sent after the upgrade request first
         await to_b_send(src.trailing_data[0])
         while data := await aio.recv_some(a):
             await to_b_send(data)
         state["first_end"] = state["first_end"] or "client"
-        shutdown_write(b)
+        aio.shutdown_write(b)
 
     async def on_request(ev: h11.Request, raw: bytes) -> bool:
         """Decide one request head; True when it goes to the workload."""
@@ -255,14 +270,14 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
                     ex.end(ex.status or 0, counts[1] - ex.resp_mark, state["consumed"])
                     if src.our_state is h11.MUST_CLOSE:
                         state["reason"] = "closed"
-                        shutdown_write(a)
+                        aio.shutdown_write(a)
                         raise _Done()
                     next_cycle()
         await to_a_send(dst.trailing_data[0])
         while data := await aio.recv_some(b):
             await to_a_send(data)
         state["first_end"] = state["first_end"] or "upstream"
-        shutdown_write(a)
+        aio.shutdown_write(a)
 
     try:
         with conn.cancel_scope:

@@ -1,20 +1,22 @@
 """The native engine's glue (``dataplane.engine: native``): the Rust core accepts,
 terminates tunnel TLS and moves the bytes; this module answers its questions with the
-same decisions the Python listeners make.
+agent's decisions. It is the one data plane (decisions/0003).
 
 Per connection the core sends one event and waits (non-blocking for us) for one command:
-``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide
-exactly as in outbound.py and inbound.py; a failed attempt comes back as an event and
-the next route of the plan is tried. Finished connections become the same records
-(finish.finish), so telemetry, /v1/connections and policy re-checks work unchanged.
+``plan.plan_outbound`` / ``plan.plan_inbound``, PeerAuthentication and ``rbac`` decide,
+``traffic_path`` counts attempts for the traffic rules; a failed attempt comes back as
+an event and the next route of the plan is tried. HTTP-routed services are piped to
+``http_route``, whose upstream attempts come back as loopback legs (native_http.py).
+Finished connections become the same records (finish.finish), so telemetry,
+/v1/connections and policy re-checks work unchanged.
 Connections whose requests must be checked one by one (L7 rules) are piped back into
 the h11 inspector (l7.relay_http). Identities, the trust bundle and the map local pod
 address -> identity (the certificate the core presents on a pod's :15008) are pushed
-into the core when they change. Tunnels speak ``dataplane.tunnel_protocol`` (HBONE by
-default: the destination pod's :15008, the outer socket bound to the source pod;
-decisions in hbone.py; docs/wire.md). Nothing here blocks: every handler runs in well
-under a millisecond on the trio thread, except the L7 path's upstream connect (its own
-task).
+into the core when they change (native_identity.py). Tunnels speak
+``dataplane.tunnel_protocol`` (HBONE by default: the destination pod's :15008, the outer
+socket bound to the source pod; decisions in hbone.py; docs/wire.md). Nothing here
+blocks: every handler runs in well under a millisecond on the trio thread, except the L7
+path's upstream connect (its own task).
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from typing import Any
 import trio
 
 from agent import dataplane
-from agent.proxy import enforce, hbone, plan
-from agent.proxy.conns import Conn
-from agent.proxy.engine_conn import LiveConn
-from agent.proxy.finish import emit, finish
+from agent.proxy import enforce, hbone, plan, traffic_path
+from agent.proxy.conns import Conn, LiveConn
+from agent.proxy.finish import emit, finish, opened, reason_token
+from agent.proxy.forwarded import claimed_source
+from agent.proxy.l7 import http_reporters
+from agent.proxy.native_http import HttpPaths
 from agent.proxy.native_identity import CoreIdentities
+from agent.proxy.sockets import make_listener
 
 logger = logging.getLogger("hostmesh.native")
 
@@ -56,11 +61,12 @@ class _Pending:
     next: int = 0
     route: Any = None
     protocol: str = ""  # the tunnel protocol of the current attempt
+    leg: bool = False  # a loopback leg of Python's (open_leg): carried out, never diverted again
 
 
-class NativeEngine:
-    """``agent.engine`` for the native core: close, snapshot and statistics as the
-    other engines, plus the event loop that answers the core."""
+class NativeEngine(HttpPaths):
+    """``agent.engine``: close, snapshot and statistics for the admin API and policy
+    re-checks, plus the event loop that answers the core."""
 
     in_engine = True
 
@@ -73,6 +79,8 @@ class NativeEngine:
         self._retry: dict[int, _Pending] = {}  # core id -> its plan, until the attempt is known
         self.ids = CoreIdentities(agent, core)
         self._connect_only: dict[str, float] = {}  # node address -> until (trio clock): no HBONE there
+        self._leg_addr: tuple[str, int] | None = None  # the loopback listener of open_leg
+        self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -134,6 +142,8 @@ class NativeEngine:
             self._tunnel(cid, src, tunnel)
 
     def _outbound(self, cid: int, src, dst) -> None:
+        if tuple(dst) == self._leg_addr:
+            return self._leg(cid, src)
         agent = self.agent
         agent.count("connections_opened_outbound")
         plans = plan.plan_outbound(src[0], dst[0], dst[1], agent.view, agent.health, trio.current_time())
@@ -148,33 +158,50 @@ class NativeEngine:
         """Carry out the next route of the plan, or refuse when none is left."""
         agent, st = self.agent, self._pending[cid]
         conn = st.conn
+        refused = False
         while st.next < len(st.plans):
             p = st.plans[st.next]
             st.next += 1
+            if isinstance(p, plan.HttpRouted):
+                return self._http_routed(cid, conn, p)
             if isinstance(p, plan.Refuse):
-                conn.verdict, conn.reason = "deny", p.reason
+                if p.flag is not None:
+                    traffic_path.refused(agent, conn, p)
+                else:
+                    conn.verdict, conn.reason = "deny", p.reason
+                refused = True
                 break
             st.route = p
             conn.mode, conn.dst_ip, conn.dst_port, conn.dst = p.kind, p.dst_ip, p.dst_port, p.dst
+            conn.service = p.service  # the VIP's service, for the metrics' destination_service
             td = agent.config.identity.trust_domain
             if p.dst is not None:
                 conn.dst_principal = p.dst.spiffe_id(td)
+            if p.kind == "tunnel" and not st.leg and http_reporters(agent, conn):
+                return self._report_source(cid, st)
+            traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
                 if self._tunnel_command(cid, conn, p):
                     return
+                traffic_path.failed(agent, conn, p, denied=False)
                 continue
             if p.kind == "local":
                 conn.enforced_here = True
-                if enforce.inspect_http(agent, conn):
-                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, answer=False)
-                    return
-                if enforce.decide(agent, conn).verdict == "deny":
+                police = enforce.inspect_http(agent, conn)
+                if not police and enforce.decide(agent, conn).verdict == "deny":
+                    traffic_path.failed(agent, conn, p, denied=True)
                     break
+                reporters = http_reporters(agent, conn)
+                if police or reporters:
+                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, False, police, reporters)
+                    return
             self._established(cid, conn)
             self.core.connect(cid, p.dst_ip, p.dst_port, conn.src_ip)
             return
         if conn.verdict != "deny":
             conn.verdict, conn.reason = "allow", conn.reason or "upstream_failed"
+            if not refused:
+                traffic_path.exhausted(conn, attempts=st.next)
         self._refuse(cid, conn)
 
     def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
@@ -212,7 +239,7 @@ class NativeEngine:
         return True
 
     def _protocol_for(self, node_address: str) -> str:
-        protocol = self.agent.config.dataplane.effective_tunnel_protocol
+        protocol = self.agent.config.dataplane.tunnel_protocol
         until = self._connect_only.get(node_address)
         if protocol == "hbone" and until is not None:
             if trio.current_time() < until:
@@ -251,6 +278,8 @@ class NativeEngine:
             return
         if route is not None and route.service:
             self.agent.health.mark_failed(route.dst_ip, trio.current_time())
+        if route is not None:
+            traffic_path.failed(self.agent, conn, route, denied=conn.verdict == "deny")
         if conn.verdict == "deny":
             self._refuse(cid, conn)
             return
@@ -271,10 +300,12 @@ class NativeEngine:
         if enforce.strict_mtls(agent, conn):
             conn.verdict, conn.reason = "deny", "mtls_strict"
             return self._refuse(cid, conn)
-        if enforce.inspect_http(agent, conn):
-            return self._to_inspector(cid, conn, dst, src[0], answer=False)
-        if enforce.decide(agent, conn).verdict == "deny":
+        police = enforce.inspect_http(agent, conn)
+        if not police and enforce.decide(agent, conn).verdict == "deny":
             return self._refuse(cid, conn)
+        reporters = http_reporters(agent, conn)
+        if police or reporters:
+            return self._to_inspector(cid, conn, dst, src[0], False, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, dst[0], dst[1], src[0])
 
@@ -283,6 +314,8 @@ class NativeEngine:
 
         agent = self.agent
         identity, target, forwarded, traceparent, protocol, bag = tunnel
+        # who the source is comes from the handshake only; the claimed address is believed
+        # only when consistent with the verified peer (_tunnel_source)
         src_ip, src_port, src, bind = self._tunnel_source(identity, peer, forwarded, protocol)
         conn = Conn("inbound", "tunnel", src_ip, src_port, target[0], target[1], time.time(), trio.current_time())
         conn.enforced_here = True
@@ -303,16 +336,19 @@ class NativeEngine:
             return
         conn.dst = p.dst
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
-        if enforce.inspect_http(agent, conn):
+        police = enforce.inspect_http(agent, conn)
+        if not police:
+            d = enforce.decide(agent, conn)
+            if d.verdict == "deny":
+                status = DENIED_STATUS.get(protocol, 403)
+                agent.count(f"tunnel_status_{status}")
+                self.core.refuse(cid, d.reason or "denied", status, d.policy)
+                emit(agent, conn, time.time())
+                return
+        reporters = http_reporters(agent, conn)
+        if police or reporters:
             self._pending[cid] = _Pending(conn)
-            return self._to_inspector(cid, conn, target, bind, answer=protocol)
-        d = enforce.decide(agent, conn)
-        if d.verdict == "deny":
-            status = DENIED_STATUS.get(protocol, 403)
-            agent.count(f"tunnel_status_{status}")
-            self.core.refuse(cid, d.reason or "denied", status, d.policy)
-            emit(agent, conn, time.time())
-            return
+            return self._to_inspector(cid, conn, target, bind, protocol, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, target[0], target[1], bind)
 
@@ -320,7 +356,7 @@ class NativeEngine:
         """(source ip, port, workload, address the upstream leg binds). HBONE: the outer
         peer (the source pod's own address), ``forwarded`` only cross-checked; CONNECT
         on the node address: the ``forwarded`` claim when consistent with the peer node
-        (inbound.claimed_source, the same rules as the Python engines)."""
+        (forwarded.claimed_source)."""
         agent = self.agent
         td = agent.config.identity.trust_domain
         if protocol == "hbone":
@@ -330,8 +366,6 @@ class NativeEngine:
                 logger.warning(f"HBONE stream: {s.mismatch}; not believed",
                                extra={"peer": peer[0], "principal": identity, "claimed": forwarded})
             return s.ip, s.port, s.workload, s.ip
-        from agent.proxy.inbound import claimed_source
-
         ip, port, w = claimed_source(agent, identity, peer[0], forwarded)
         # the pod sees the original source address; without a believed one the peer is a node
         return ip, port, w, (ip if ip != peer[0] else None)
@@ -346,7 +380,11 @@ class NativeEngine:
         route = self._routes.pop(cid, None)
         if route is not None and route.service:
             self.agent.health.mark_ok(route.dst_ip)
+        if route is not None:
+            traffic_path.connected(self.agent, conn, route)
         if self.agent.conns.get(conn.id) is not None:
+            if not conn.accounts:  # finished: it was established (opened is counted when the
+                opened(self.agent, conn)  # core lists it, finish.flow, or here if it ended first)
             finish(self.agent, conn, sent, received, reason, end)
 
     def _on_progress(self, cid: int, sent: int, received: int) -> None:
@@ -371,17 +409,24 @@ class NativeEngine:
         self._pending.pop(cid, None)
         self.core.refuse(cid, conn.reason or "refused", 503)
         self.agent.count("connections_refused")
-        self.agent.count(f"refused_{conn.reason.split(':')[0] or 'unknown'}")
+        self.agent.count(f"refused_{reason_token(conn.reason)}")
         emit(self.agent, conn, time.time())
 
-    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | None) -> None:
-        """Per-request rules: connect the upstream here, then have the core pipe the
-        client's bytes (TLS already off) to the h11 inspector. ``answer``: the tunnel
-        protocol whose failure status to answer with (None: a captured connection)."""
+    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
+                      reporters: list[str]) -> None:
+        """Per-request rules (``police``) or HTTP metrics (``reporters``): connect the
+        upstream here, then have the core pipe the client's bytes (TLS already off) to
+        the h11 inspector. ``answer``: the tunnel protocol whose failure status to answer
+        with (False: a captured connection)."""
         self._pending.setdefault(cid, _Pending(conn))
-        self._nursery.start_soon(self._inspect, cid, conn, tuple(upstream), bind, answer)
+        from agent.proxy.contain import contained
 
-    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: str | None) -> None:
+        # contained: an error of this connection ends it, never the core's event loop
+        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer,
+                                 police, reporters)
+
+    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
+                       reporters: list[str]) -> None:
         from agent.proxy.l7 import relay_http
         from agent.proxy.sockets import connect
 
@@ -406,8 +451,9 @@ class NativeEngine:
         a.setblocking(False)
         agent.conns.add(conn)
         agent.count("connections_established")
+        opened(agent, conn)
         try:
-            sent, received, reason = await relay_http(agent, conn, a, b)
+            sent, received, reason = await relay_http(agent, conn, a, b, police=police, reporters=reporters)
         finally:
             a.close()
             b.close()
@@ -427,6 +473,13 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
             eng.sync_identities()
             for s, kind in socks:
                 core.listen(s.fileno(), kind)
+            # the loopback listener of open_leg (HTTP routes' upstream attempts)
+            leg = make_listener("127.0.0.1", 0, transparent=False, reuseport=False)
+            try:
+                core.listen(leg.fileno(), "outbound")
+                eng._leg_addr = leg.getsockname()
+            finally:
+                leg.close()
             nursery.start_soon(eng.run)
             nursery.start_soon(eng._sync_loop)
             try:

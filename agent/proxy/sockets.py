@@ -1,5 +1,6 @@
-"""Socket helpers for the data plane: transparent listeners, original destination,
-connects that preserve the source address. Every socket here carries SO_MARK 0x539 (the
+"""Socket helpers for the data plane: the transparent listeners Python creates and hands
+to the native core, and the connects that preserve the source address (the L7
+inspector's upstream legs). Every socket here carries SO_MARK 0x539 (the
 capture rules skip it) and TCP_NODELAY (NOTES.md: Nagle + delayed ACK cost ~88 ms per
 request/response through a relay)."""
 
@@ -14,7 +15,6 @@ import trio
 from agent import AGENT_MARK
 
 # Constants Python lacks (linux/in.h, linux/netfilter_ipv4.h).
-SO_ORIGINAL_DST = 80
 IP_RECVORIGDSTADDR = 20
 IP_FREEBIND = 15
 IPV6_TRANSPARENT = 75
@@ -61,21 +61,6 @@ def make_listener(host: str, port: int, *, transparent: bool = True, reuseport: 
     return s
 
 
-def original_dst(sock: socket.socket, *, redirected: bool = False) -> tuple[str, int]:
-    """For a TPROXY-accepted socket the local address is the original destination.
-    ``redirected=True`` is for a socket captured by REDIRECT/DNAT instead (IPv4): the
-    address comes from conntrack through SO_ORIGINAL_DST; if that fails (no NAT entry),
-    the local address is the answer."""
-    if redirected and sock.family == socket.AF_INET:
-        try:
-            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
-            return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
-        except OSError:
-            pass
-    addr = sock.getsockname()
-    return addr[0], addr[1]
-
-
 def connect_socket(dst: tuple[str, int], *, bind_src: str | None = None,
                    transparent: bool | None = None) -> socket.socket:
     """A non-blocking, marked socket whose connect is in progress; bound to ``bind_src``
@@ -116,23 +101,3 @@ async def connect(dst: tuple[str, int], *, bind_src: str | None = None, timeout:
         s.close()
         raise
     return s
-
-
-def set_reset_on_close(sock: socket.socket) -> None:
-    """SO_LINGER 0: close() sends an RST, so a reset on one leg reaches the other."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-
-
-def captured_ends(sock: socket.socket) -> tuple[str, int, str, int] | None:
-    """(source ip, port, original destination ip, port) of a captured connection, or None
-    (and the socket closed) when the peer is already gone."""
-    try:
-        src = sock.getpeername()
-        dst = original_dst(sock)
-    except OSError:
-        sock.close()
-        return None
-    return src[0], src[1], dst[0], dst[1]

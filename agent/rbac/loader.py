@@ -317,9 +317,8 @@ def _fix_names(line: str) -> str:
 
 def to_document(doc) -> dict:
     """The Istio document of a loaded policy, as a mapping: ``load_documents`` of its JSON
-    gives back an equal value. Worker processes receive the supervisor's policies this
-    way (agent/workers.py); ``remoteIpBlocks`` come back as ``ipBlocks``, their meaning
-    here being the same (docs/policy.md)."""
+    gives back an equal value (``remoteIpBlocks`` come back as ``ipBlocks``, their
+    meaning here being the same, docs/policy.md)."""
     meta: dict[str, Any] = {"name": doc.name, "namespace": doc.namespace}
     spec: dict[str, Any] = {}
     if doc.selector is not None:

@@ -2,8 +2,8 @@
 Standard Metrics" reference and ztunnel give them) and hostmesh's own, rendered in
 Prometheus' text format. Label sets are bounded: beyond ``max_series`` per metric new
 ones fold into one ``other`` series, counted in ``hostmesh_metrics_series_overflow_total``.
-Snapshots are plain dicts, so a supervisor can merge several worker processes'
-(``merge``). Pure: no clock, no I/O; label values come from ``agent.telemetry.istio``.
+Snapshots are plain dicts (the OTLP exporter reads them). Pure: no clock, no I/O;
+label values come from ``agent.telemetry.istio``.
 """
 
 from __future__ import annotations
@@ -88,28 +88,6 @@ class Metrics:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
                 "gauges": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.gauges.items()},
                 "hist": {k: [[list(lb), h] for lb, h in s.items()] for k, s in self.hist.items()}}
-
-    def merge(self, snap: dict) -> None:
-        for k, rows in snap.get("counters", {}).items():
-            for lb, v in rows:
-                self.inc(k, tuple(lb), v)
-        for k, rows in snap.get("gauges", {}).items():
-            for lb, v in rows:
-                if k == "istio_build":  # one build per agent, not a sum of workers
-                    self.set_gauge(k, tuple(lb), v)
-                else:
-                    self.add_gauge(k, tuple(lb), v)
-        for k, rows in snap.get("hist", {}).items():
-            series = self.hist[k]
-            for lb, h in rows:
-                lb = self._bounded(k, series, tuple(lb))
-                mine = series.get(lb)
-                if mine is None:
-                    series[lb] = list(h)
-                    continue
-                for i in range(_NB + 2):
-                    mine[i] += h[i]
-                mine[_NB + 2], mine[_NB + 3] = min(mine[_NB + 2], h[_NB + 2]), max(mine[_NB + 3], h[_NB + 3])
 
     def render(self) -> str:
         out = []

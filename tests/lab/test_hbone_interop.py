@@ -48,7 +48,7 @@ WEB_ID = "spiffe://cluster.local/ns/shop/sa/web-sa"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("khbone")
-    with lab_up("khbone", "--engine", "native", topology=TOPOLOGY, tmp=tmp) as lab:
+    with lab_up("khbone", topology=TOPOLOGY, tmp=tmp) as lab:
         lab.tmp = tmp
         lab.app_log = f"/run/hostmesh/lab/{lab.name}/app.log"
         Path(lab.app_log).write_text("")

@@ -19,7 +19,7 @@ pods:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with lab_up("khbipt", "--engine", "native", "--capture-backend", "iptables", topology=TOPOLOGY,
+    with lab_up("khbipt", "--capture-backend", "iptables", topology=TOPOLOGY,
                 tmp=tmp_path_factory.mktemp("khbipt")) as lab:
         lab.serve_http("web", 8080)
         yield lab

@@ -50,7 +50,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("khbsrv")
-    with lab_up("khbsrv", "--engine", "native", "--capture-fail", "open", topology=TOPOLOGY, tmp=tmp) as lab:
+    with lab_up("khbsrv", "--capture-fail", "open", topology=TOPOLOGY, tmp=tmp) as lab:
         hm("lab", "agent", "--name", lab.name, "node-1", "stop", check=True)
         labdir = f"/run/hostmesh/lab/{lab.name}"
         chain, key = hp.mint(labdir, "node-1", WEB_ID)

@@ -7,7 +7,7 @@ import pytest
 
 from agent.proxy import enforce
 from agent.proxy.conns import Conn
-from agent.proxy.handoff import reason_token
+from agent.proxy.finish import reason_token
 from agent.rbac.loader import load_documents
 from agent.rbac.store import PolicyStore
 from agent.state.workloads import workload_from_json

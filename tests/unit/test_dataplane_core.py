@@ -1,6 +1,6 @@
 """The native core's pure surface without root: its SPIFFE checks agree with the Python
 rules (identity/validate.py) on every invalid SVID of identity/testing.py, and the
-config refuses the native engine under worker processes."""
+config names what replaced the Python data plane's settings."""
 
 from __future__ import annotations
 
@@ -45,9 +45,23 @@ def test_garbage_is_no_certificate_and_a_bad_bundle_is_an_error():
         dataplane.verify(pki.svid(SID)[0], b"junk", "cluster.local", now)
 
 
-def test_native_engine_refuses_worker_processes():
-    text = "node: {name: n, address: 10.0.0.1}\ndataplane:\n  workers: 2\n  engine: native\n"
-    with pytest.raises(ConfigError, match=r"c\.yaml:4: dataplane\.engine: .*dataplane\.threads"):
-        parse_config(text, "c.yaml")
-    cfg = parse_config("node: {name: n, address: 10.0.0.1}\ndataplane: {engine: native, threads: 2}\n", "c.yaml")
+@pytest.mark.parametrize("body, line, message", [
+    ("  workers: 2\n", 3, "dataplane.workers: worker processes were removed: the native core's dataplane.threads"),
+    ("  threads: 2\n  engine: epoll\n", 4, "dataplane.engine: engine epoll was removed with the Python data plane"),
+    ("  engine: trio\n", 3, "dataplane.engine: engine trio was removed with the Python data plane"),
+    ("  tunnel_streams: false\n", 3, "dataplane.tunnel_streams: tunnel_streams is no longer a setting: "
+                                     "hostmesh-streams/1"),
+    ("  buffer_bytes: 65536\n", 3, "dataplane.buffer_bytes: buffer_bytes is no longer a setting"),
+])
+def test_the_python_data_planes_settings_name_what_replaced_them(body, line, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config("node: {name: n, address: 10.0.0.1}\ndataplane:\n" + body, "c.yaml")
+    assert str(e.value).startswith(f"c.yaml:{line}: {message}"), str(e.value)
+
+
+def test_native_is_the_default_and_threads_are_its_cores():
+    assert parse_config("node: {name: n, address: 10.0.0.1}\n", "c.yaml").dataplane.engine == "native"
+    cfg = parse_config("node: {name: n, address: 10.0.0.1}\ndataplane: {engine: native, threads: 2, workers: 1}\n",
+                       "c.yaml")
     assert (cfg.dataplane.engine, cfg.dataplane.threads) == ("native", 2)
+    assert "workers" not in cfg.dataplane.model_dump()  # accepted only as 1, for old configs

@@ -48,7 +48,7 @@ async def test_svids_come_from_the_ca_service_and_refusals_back_off(ca_service):
         web = {c["identity"]: c for c in m.status()}[WEB]
         assert web["state"] == "available" and web["issuer"] == f"ca-service 127.0.0.1:{port}"
         assert svc.counters["issued"] == 1
-        assert m.client_context("shop", "web") is not None
+        assert m.get("shop", "web").spiffe_id == WEB
 
         m.ensure("data", "db")  # no workload of it on node-0 in the CA's view
         with trio.fail_after(10):

@@ -8,7 +8,7 @@ import pytest
 
 from agent.proxy.conns import Conn
 from agent.proxy.enforce import attrs
-from agent.proxy.inbound import claimed_source
+from agent.proxy.forwarded import claimed_source
 from agent.state.workloads import Registry, Workload
 
 TD = "cluster.local"

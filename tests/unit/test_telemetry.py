@@ -101,22 +101,6 @@ def test_histogram_cardinality_is_bounded_too():
     assert m.counters["hostmesh_metrics_series_overflow_total"][("istio_request_bytes",)] == 3
 
 
-def test_metrics_merge_sums_worker_snapshots():
-    a, b, total = Metrics(), Metrics(), Metrics()
-    a.inc("istio_tcp_connections_closed_total", ("x",) * 9, 2)
-    b.inc("istio_tcp_connections_closed_total", ("x",) * 9, 3)
-    a.observe("istio_request_duration_milliseconds", ("y",), 7.0)
-    b.observe("istio_request_duration_milliseconds", ("y",), 70000.0)
-    a.add_gauge("istio_tcp_sockets_open", ("source",), 2)
-    b.add_gauge("istio_tcp_sockets_open", ("source",), 1)
-    total.merge(json.loads(json.dumps(a.snapshot())))
-    total.merge(json.loads(json.dumps(b.snapshot())))
-    assert total.counters["istio_tcp_connections_closed_total"][("x",) * 9] == 5
-    assert total.gauges["istio_tcp_sockets_open"][("source",)] == 3
-    h = total.hist["istio_request_duration_milliseconds"][("y",)]
-    assert h[-4:] == [70007.0, 2, 7.0, 70000.0]  # sum, count, min, max
-
-
 def test_sink_totals_reach_the_registry_once():
     from agent.telemetry.metrics import Metrics, count_exports
 

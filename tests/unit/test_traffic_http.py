@@ -147,20 +147,6 @@ async def test_a_bad_traffic_document_rejects_the_whole_file_and_keeps_what_was_
     assert agent.traffic_dump()["rules"] == []
 
 
-async def test_a_worker_gets_the_supervisors_traffic_rules_and_drops_a_source_it_lacks(agent):
-    import json
-
-    docs = [json.loads(json.dumps(x.source)) for x in load_traffic(DR, "dr.yaml")]
-    await agent.apply_policies(VS, "old.yaml")
-    out = await agent.sync_state({"workloads": [w.to_json() for w in agent.registry], "policies": {},
-                            "traffic": {"dr.yaml": docs}})
-    assert out["policy_sources"] == 0
-    assert [(r["kind"], r["source"]) for r in agent.traffic_dump()["rules"]] == [("DestinationRule", "dr.yaml")]
-    with pytest.raises(ApiError):
-        await agent.sync_state({"workloads": [], "policies": {}, "traffic": {"x": [{"apiVersion": "networking.istio.io/v1",
-                                                                             "kind": "Gateway"}]}})
-
-
 async def test_ctl_traffic_table_and_the_admin_route(agent, autojump_clock):
     from agent.admin.routes import route
     from agent.cli.ctl_views import traffic as _traffic_table

@@ -1,0 +1,108 @@
+"""The native engine's paths through Python's HTTP code: connections the core pipes
+to the HTTP request router (VirtualService ``http`` routes) or to the inspector on the
+source side (HTTP metrics reported by the source), and the loopback **legs** by which
+that code sends a request on through the core.
+
+A leg is a TCP connection from the agent to a private listener of the core (127.0.0.1,
+an ephemeral port), registered by its source port with the routes to carry out before
+it connects; the core reports it as an outbound connection and ``NativeEngine`` carries
+it out as a captured connection of the pod would be (tunnel, local with policy, or
+passthrough; traffic accounting and the record apply). This module decides nothing: the
+planner chose the routes; it never blocks the trio thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import trio
+
+from agent.proxy import plan
+from agent.proxy.conns import Conn
+
+
+class HttpPaths:
+    """Mixed into ``NativeEngine`` (its ``core``, ``agent``, ``_nursery``, ``_pending``,
+    ``_legs``, ``_leg_addr`` and ``_try_next``)."""
+
+    def _http_routed(self, cid: int, conn: Conn, p: plan.HttpRouted) -> None:
+        """A service with HTTP routes: the core pipes the pod's bytes to the request
+        router (http_route), whose upstream attempts come back as legs (open_leg)."""
+        from agent.proxy.contain import contained
+        from agent.proxy.http_route import serve_http_routes
+
+        sock = self._piped(cid)
+        if sock is not None:  # contained: an error ends this connection, never the event loop
+            self._nursery.start_soon(contained, self.agent, sock, serve_http_routes, self.agent, conn, sock, p)
+
+    def _report_source(self, cid: int, st) -> None:
+        """The source's view of HTTP requests to a workload's HTTP port (``http_metrics:
+        both``): the core pipes the pod's bytes to the inspector, which sends them on
+        through a leg carrying out the rest of the plan (the tunnel, then the next
+        routes); the leg's record is the connection's."""
+        from agent.proxy.contain import contained
+
+        a = self._piped(cid)
+        if a is not None:
+            self._nursery.start_soon(contained, self.agent, a, self._source_inspect, st.conn, a, st.plans[st.next - 1:])
+
+    def _piped(self, cid: int) -> socket.socket | None:
+        """The core bridges the pod's connection to a socket pair: Python's end, or None
+        when the client gave up meanwhile."""
+        self._pending.pop(cid, None)
+        fd = self.core.pipe(cid)
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return sock
+
+    async def _source_inspect(self, conn: Conn, a: socket.socket, plans: list) -> None:
+        from agent.proxy.l7 import relay_http
+
+        try:
+            b = await self.open_leg(conn, plans)
+            try:
+                await relay_http(self.agent, conn, a, b, police=False, reporters=["outbound"])
+            finally:
+                b.close()
+        finally:
+            a.close()
+
+    async def open_leg(self, sub: Conn, plans: list) -> socket.socket:
+        """A loopback connection into the core that it carries out as ``plans`` say (the
+        routes in order), as a captured connection of ``sub``'s pod (tunnel, local or
+        passthrough; policy and traffic counting apply). Refused, it is reset;
+        ``sub.reason`` says why."""
+        if self._leg_addr is None:
+            raise OSError("the core's leg listener is not running")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            self._legs[port] = (sub, list(plans))
+            try:
+                s.connect(self._leg_addr)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(s)
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err)) from None
+        except BaseException:
+            self._legs.pop(s.getsockname()[1] if s.fileno() >= 0 else 0, None)
+            s.close()
+            raise
+        return s
+
+    def _leg(self, cid: int, src) -> None:
+        entry = self._legs.pop(src[1], None) if src[0] == "127.0.0.1" else None
+        if entry is None:
+            self.core.refuse(cid, "unknown_leg", 503)
+            return
+        from agent.proxy.native import _Pending
+
+        sub, plans = entry
+        self._pending[cid] = _Pending(sub, plans, leg=True)
+        self._try_next(cid)
