@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PATH_ORDER = ["direct", "haproxy", "hostmesh", "hostmesh-native", "hostmesh-same-node", "hostmesh-one-shot", "hostmesh-trio-relay",
-              "hostmesh-telemetry-off", "hostmesh-2-workers"]
+from agent.bench.runner import PATHS
+
+PATH_ORDER = list(PATHS)
 
 
 def table(doc: dict) -> str:
@@ -51,6 +52,8 @@ def plots(doc: dict, out: Path) -> list[Path]:
               ("pingpong", "p50_us", "sockperf ping-pong p50 (us, lower is better)"),
               ("pingpong", "p99_us", "sockperf ping-pong p99 (us, lower is better)"),
               ("http-1000rps", "p90_ms", "HTTP at 1,000 rps, p90 (ms, lower is better)"),
+              ("http-l7-1000rps", "p90_ms", "HTTP at 1,000 rps with an L7 path rule, p90 (ms, lower is better)"),
+              ("idle-10k", "kib_per_conn", "memory per idle connection per proxy (KiB, lower is better)"),
               ("connect-rate", "conn_per_s", "new connection per request (conn/s, higher is better)")]
     for scenario, metric, title in charts:
         vals = [(r["path"], r["value"]) for r in doc["results"] if (r["scenario"], r["metric"]) == (scenario, metric)]
@@ -58,7 +61,7 @@ def plots(doc: dict, out: Path) -> list[Path]:
             continue
         vals.sort(key=lambda pv: PATH_ORDER.index(pv[0]) if pv[0] in PATH_ORDER else 99)
         fig, ax = plt.subplots(figsize=(7, 3.2))
-        colors = ["#888888" if p == "direct" else "#d98b2b" if p == "haproxy" else "#2b6cd9" for p, _ in vals]
+        colors = [{"direct": "#888888", "haproxy": "#d98b2b", "ztunnel": "#3c9a5f"}.get(p, "#2b6cd9") for p, _ in vals]
         ax.barh([p for p, _ in vals], [v for _, v in vals], color=colors)
         for i, (_, v) in enumerate(vals):
             ax.text(v, i, f" {v:g}", va="center", fontsize=8)
