@@ -1,5 +1,5 @@
 """`hostmesh bench [--quick] [--only SCENARIO[,..]] [--paths PATH[,..]] [--ztunnel BIN]
-[--merge FILE] [--json FILE] [--plots DIR] [--report FILE]`."""
+[--merge FILE] [--note TEXT] [--json FILE] [--plots DIR] [--report FILE]`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a ztunnel binary (built with --features testing, for its fake CA) run as the extra path 'ztunnel'")
     p.add_argument("--merge", metavar="FILE", type=Path,
                    help="an earlier run's JSON: this run's figures replace its figures for the same scenario and path")
+    p.add_argument("--note", help="a sentence on the run's conditions, kept in the JSON and the report")
     p.add_argument("--json", type=Path, help="write results as JSON here")
     p.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     p.add_argument("--report", type=Path, help="write the Markdown report here (e.g. docs/benchmarks.md)")
@@ -43,6 +44,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench.runner import run_bench
 
     doc = run_bench(args.quick, progress=lambda s: print(s, flush=True), sel=sel, ztunnel=ztunnel)
+    if args.note:
+        doc["note"] = args.note
     if old is not None:
         doc = merge(old, doc)
     print()
