@@ -201,7 +201,10 @@ def merge(old: dict, new: dict) -> dict:
     results = [r for r in old["results"] if (r["scenario"], r["path"]) not in again] + new["results"]
     errors = [e for e in old.get("errors", []) if e["step"] not in steps] + new["errors"]
     reruns = old.get("reruns", []) + [sorted(f"{p} {s}" for s, p in again)]
-    return {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns}
+    out = {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns}
+    if new.get("note"):
+        out["note"] = new["note"]
+    return out
 
 
 def apply_l7_policy(lab: Lab, work: Path, run: Run) -> None:

@@ -95,7 +95,7 @@ def capture_rules(client_ip: str, server_ip: str) -> dict[str, list[list[str]]]:
     removal is a flush and a delete."""
     def chain(match: list[str], port: int) -> list[list[str]]:
         return [["iptables", "-t", "nat", "-N", CHAIN],
-                ["iptables", "-t", "nat", "-A", CHAIN, *match, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(port)],
+                ["iptables", "-t", "nat", "-A", CHAIN, "-p", "tcp", *match, "-j", "REDIRECT", "--to-ports", str(port)],
                 ["iptables", "-t", "nat", "-I", "PREROUTING", "-j", CHAIN]]
     return {"client": chain(["-s", client_ip], OUTBOUND),
             "server": chain(["-d", server_ip, "--dport", str(HBONE)], HBONE)}

@@ -178,9 +178,10 @@ def test_ztunnel_environment_is_dedicated_mode_without_istiod():
 
 def test_ztunnel_capture_is_redirect_in_its_own_chain():
     rules = ztunnel.capture_rules("10.10.1.2", "10.10.0.2")
-    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-s", "10.10.1.2", "-p", "tcp", "-j", "REDIRECT",
+    # -p tcp before --dport: iptables loads the tcp match only after it
+    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-p", "tcp", "-s", "10.10.1.2", "-j", "REDIRECT",
             "--to-ports", "15001"] in rules["client"]
-    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-d", "10.10.0.2", "--dport", "15008", "-p", "tcp", "-j",
+    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-p", "tcp", "-d", "10.10.0.2", "--dport", "15008", "-j",
             "REDIRECT", "--to-ports", "15008"] in rules["server"]
     for side in rules.values():
         assert side[0] == ["iptables", "-t", "nat", "-N", ztunnel.CHAIN]
