@@ -13,10 +13,12 @@ from pathlib import Path
 
 from agent.bench.parse import proc_cpu_seconds, proc_rss_kib
 
+# Only the L7 port is declared HTTP: an HTTP rule on a workload has every declared HTTP
+# port of it inspected (rbac.needs_http is per workload), and http-1000rps measures L4.
 TOPOLOGY = """\
 nodes: 2
 pods:
-  - {name: srv, namespace: bench, service_account: srv, labels: {app: srv}, node: 0, http_ports: [8080, 8081]}
+  - {name: srv, namespace: bench, service_account: srv, labels: {app: srv}, node: 0, http_ports: [8081]}
   - {name: cli, namespace: bench, service_account: cli, labels: {app: cli}, node: 1}
   - {name: cli0, namespace: bench, service_account: cli0, labels: {app: cli0}, node: 0}
 """

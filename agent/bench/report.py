@@ -101,8 +101,9 @@ SCENARIO_NOTES = [
     ("bulk-1, bulk-4", "iperf3, 1 and 4 streams, 8 s"),
     ("pingpong", "sockperf ping-pong, 8 s: latency of one small message and its answer"),
     ("http-1000rps", "hey at 1,000 requests/s over 16 keep-alive connections to nginx (1 KiB answers), 10 s, on a "
-                     "port without HTTP rules; `cpu_per_1k_req` is CPU seconds per 1,000 requests per proxy "
-                     "process, i.e. cores per 1,000 rps per agent"),
+                     "port not declared HTTP (L4: an HTTP rule on a workload has every declared HTTP port of it "
+                     "inspected, so only the L7 port is declared); `cpu_per_1k_req` is CPU seconds per 1,000 "
+                     "requests per proxy process, i.e. cores per 1,000 rps per agent"),
     ("http-l7-1000rps", "the same load on a port with an L7 path rule (an AuthorizationPolicy DENY of `/admin*` on "
                         "that port, which the load's `/1k` passes; applied on every hostmesh path), beside HAProxy in "
                         "`mode http` with the equivalent `http-request deny`; before the load a `/admin/x` request "
