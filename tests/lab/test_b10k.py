@@ -71,6 +71,14 @@ def settled():
     if state["done"] >= n:
         all_open.set()
 
+async def echoed(r, w, data, what):
+    w.write(data)
+    await w.drain()
+    if await asyncio.wait_for(r.readexactly(len(data)), 60) == data:
+        return True
+    fail[what] += 1
+    return False
+
 async def one(i, sem):
     # a payload no other connection sends: its index and a digest of it
     payload = b"%05d:" % i + hashlib.sha256(b"%d" % i).digest() * 3
@@ -78,24 +86,15 @@ async def one(i, sem):
     try:
         async with sem:
             r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 60)
-            w.write(payload)
-            await w.drain()
-            got = await asyncio.wait_for(r.readexactly(len(payload)), 60)
-        if got != payload:
-            fail["mismatch"] += 1
-            return
+            if not await echoed(r, w, payload, "mismatch"):
+                return
         state["open"] += 1
         counted = True
         settled()
         await asyncio.wait_for(all_open.wait(), 180)
         while not os.path.exists(go):
             await asyncio.sleep(0.2)
-        second = payload[::-1] * 2
-        w.write(second)
-        await w.drain()
-        got = await asyncio.wait_for(r.readexactly(len(second)), 60)
-        if got != second:
-            fail["mismatch_second"] += 1
+        if not await echoed(r, w, payload[::-1] * 2, "mismatch_second"):
             return
         w.write_eof()
         if await asyncio.wait_for(r.read(), 60) != b"":
