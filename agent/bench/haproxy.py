@@ -1,7 +1,13 @@
 """HAProxy at both ends doing the same mTLS hop as hostmesh (NOTES.md's configuration):
 node-1 takes the client pod's traffic on a transparent :15001 (the same capture rules
 hostmesh uses), picks a TLS backend by the original destination port, and node-0
-terminates TLS on its underlay address and connects to the server pod."""
+terminates TLS on its underlay address and connects to the server pod.
+
+The ports in ``l7_ports`` (http-l7-1000rps) are terminated in ``mode http`` at node-0 with
+``http-request deny`` for the denied path prefix: the equivalent of hostmesh's L7 rule,
+enforced where hostmesh enforces it (the destination's node; the source side stays TCP,
+as hostmesh's source agent does not parse requests). ``client_config`` and
+``server_config`` are pure."""
 
 from __future__ import annotations
 
@@ -28,16 +34,22 @@ def client_config(ports: list[int], node0: str, certs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def server_config(ports: list[int], node0: str, pod: str, certs: Path) -> str:
+def server_config(ports: list[int], node0: str, pod: str, certs: Path, l7_ports: dict[int, str] | None = None) -> str:
+    """``l7_ports``: port -> the path prefix its ``mode http`` frontend denies."""
     lines = [
         "global", "  maxconn 9000", "  nbthread 1",
         "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
+        "  timeout http-keep-alive 1h",
     ]
     for p in ports:
-        lines += [f"frontend f{p}",
+        deny = (l7_ports or {}).get(p)
+        lines += [f"frontend f{p}"] + (["  mode http"] if deny else []) + [
                   f"  bind {node0}:{TLS_PORT_BASE + p % 1000} ssl crt {certs}/server.pem ca-file {certs}/bundle.pem "
-                  "verify required ssl-min-ver TLSv1.3",
-                  f"  default_backend b{p}", f"backend b{p}", f"  server pod {pod}:{p}"]
+                  "verify required ssl-min-ver TLSv1.3"]
+        if deny:
+            lines.append(f"  http-request deny if {{ path_beg {deny} }}")
+        lines += [f"  default_backend b{p}", f"backend b{p}"] + (["  mode http"] if deny else []) + [
+                  f"  server pod {pod}:{p}"]
     return "\n".join(lines) + "\n"
 
 
@@ -58,8 +70,8 @@ def make_certs(work: Path) -> Path:
 
 
 class HAProxyPath:
-    def __init__(self, lab: Lab, work: Path, ports: list[int]) -> None:
-        self.lab, self.work, self.ports = lab, work, ports
+    def __init__(self, lab: Lab, work: Path, ports: list[int], l7_ports: dict[int, str] | None = None) -> None:
+        self.lab, self.work, self.ports, self.l7_ports = lab, work, ports, l7_ports
         self.pids: list[int] = []
 
     def __enter__(self) -> HAProxyPath:
@@ -68,7 +80,8 @@ class HAProxyPath:
         cli = self.lab.pod("cli")
         srv = self.lab.pod("srv")
         (self.work / "hap-client.cfg").write_text(client_config(self.ports, n0["address"], certs))
-        (self.work / "hap-server.cfg").write_text(server_config(self.ports, n0["address"], srv["ip"], certs))
+        (self.work / "hap-server.cfg").write_text(server_config(self.ports, n0["address"], srv["ip"], certs,
+                                                                         self.l7_ports))
         hm("capture", "install", "--netns", n1["netns"], "--pod", cli["ip"])
         a = self.lab.spawn(n0["netns"], "haproxy", "-db", "-f", str(self.work / "hap-server.cfg"),
                            log=self.work / "hap-server.log")

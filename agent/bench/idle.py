@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import selectors
 import socket
@@ -36,7 +37,9 @@ def serve(port: int) -> None:
                     pass
 
 
-def hold(host: str, port: int, count: int, seconds: float) -> None:
+def hold(host: str, port: int, count: int, seconds: float, report: str | None = None) -> None:
+    """Open ``count`` connections one after another, write how many opened to ``report``
+    (written to a temporary name and renamed, so a reader sees the whole count), hold."""
     _nofile()
     socks = []
     for _ in range(count):
@@ -44,6 +47,10 @@ def hold(host: str, port: int, count: int, seconds: float) -> None:
             socks.append(socket.create_connection((host, port), timeout=10))
         except OSError:
             time.sleep(0.01)
+    if report:
+        with open(report + ".tmp", "w") as f:
+            f.write(f"{len(socks)}\n")
+        os.replace(report + ".tmp", report)
     time.sleep(seconds)
 
 
@@ -57,11 +64,12 @@ def main() -> None:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--count", type=int, required=True)
     h.add_argument("--hold", type=float, default=600)
+    h.add_argument("--report", help="write the number of connections opened here")
     a = p.parse_args()
     if a.cmd == "serve":
         serve(a.port)
     else:
-        hold(a.host, a.port, a.count, a.hold)
+        hold(a.host, a.port, a.count, a.hold, a.report)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from agent.bench.parse import proc_cpu_seconds, proc_rss_kib
 
+# Only the L7 port is declared HTTP: an HTTP rule on a workload has every declared HTTP
+# port of it inspected (rbac.needs_http is per workload), and http-1000rps measures L4.
 TOPOLOGY = """\
 nodes: 2
 pods:
-  - {name: srv, namespace: bench, service_account: srv, labels: {app: srv}, node: 0, http_ports: [8080]}
+  - {name: srv, namespace: bench, service_account: srv, labels: {app: srv}, node: 0, http_ports: [8081]}
   - {name: cli, namespace: bench, service_account: cli, labels: {app: cli}, node: 1}
   - {name: cli0, namespace: bench, service_account: cli0, labels: {app: cli0}, node: 0}
 """
@@ -30,8 +32,8 @@ def hm(*args: str, timeout: float = 300, check: bool = True) -> subprocess.Compl
 
 
 class Lab:
-    def __init__(self, name: str, work: Path, agents: bool) -> None:
-        self.name, self.work, self.agents = name, work, agents
+    def __init__(self, name: str, work: Path, agents: bool, engine: str | None = None) -> None:
+        self.name, self.work, self.agents, self.engine = name, work, agents, engine
         self.status: dict = {}
         self.procs: list[subprocess.Popen] = []
 
@@ -43,6 +45,8 @@ class Lab:
         args = ["lab", "up", "--name", self.name, "--topology", str(topo)]
         if not self.agents:
             args.append("--no-agent")
+        if self.engine:
+            args += ["--engine", self.engine]
         hm(*args)
         self.refresh()
         return self

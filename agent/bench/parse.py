@@ -88,3 +88,38 @@ def proc_rss_kib(status_text: str) -> int:
     if not m:
         raise ToolOutputError("no VmRSS in /proc status")
     return int(m.group(1))
+
+
+def ss_peer_port_count(text: str, ports: range | set[int] | list[int]) -> int:
+    """Established TCP connections in `ss -Htn state established` output whose peer
+    port is in ``ports`` (the columns: Recv-Q, Send-Q, local address:port, peer address:port)."""
+    want = set(ports)
+    n = 0
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) < 4:
+            continue
+        try:
+            port = int(cols[3].rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        n += port in want
+    return n
+
+
+def find_key(doc: object, key: str) -> float | None:
+    """The first number stored under ``key`` anywhere in a JSON document (the agent's
+    /v1/stats nests the core's counters by section)."""
+    if isinstance(doc, dict):
+        v = doc.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+        children = doc.values()
+    elif isinstance(doc, list):
+        children = doc
+    else:
+        return None
+    for c in children:
+        if (found := find_key(c, key)) is not None:
+            return found
+    return None

@@ -16,7 +16,22 @@ from pathlib import Path
 from agent.bench import parse
 from agent.bench.lab import Lab, cpu_seconds, rss_mib, wait_port
 
-PORTS = {"iperf": 5201, "sockperf": 11111, "http": 8080, "idle": 9000}
+# http_l7: the same nginx on a port an L7 path rule covers (http-l7-1000rps); idle: the
+# idle-connection holder's server (agent/bench/idle.py)
+PORTS = {"iperf": 5201, "sockperf": 11111, "http": 8080, "http_l7": 8081, "idle": 9000}
+# The L7 rule of http-l7-1000rps: requests under /admin are denied, the load's /1k passes.
+# hostmesh applies L7_POLICY; HAProxy's node-0 frontend has the equivalent http-request deny.
+L7_DENIED = "/admin"
+L7_POLICY = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: bench-l7, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: srv}}}}
+  action: DENY
+  rules:
+    - to: [{{operation: {{ports: ["{PORTS['http_l7']}"], paths: ["{L7_DENIED}*"]}}}}]
+"""
 NGINX_CONF = """\
 user root;
 worker_processes 1;
@@ -29,7 +44,7 @@ http {{
   client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
   uwsgi_temp_path {dir}; scgi_temp_path {dir};
   keepalive_requests 1000000;
-  server {{ listen {port} reuseport; root {dir}/www; }}
+  server {{ listen {port} reuseport; listen {port_l7} reuseport; root {dir}/www; }}
 }}
 """
 
@@ -60,7 +75,7 @@ def start_servers(lab: Lab, work: Path) -> None:
     www.mkdir(parents=True, exist_ok=True)
     (www / "1k").write_bytes(b"x" * 1024)
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=work, port=PORTS["http"]))
+    conf.write_text(NGINX_CONF.format(dir=work, port=PORTS["http"], port_l7=PORTS["http_l7"]))
     lab.spawn(ns, "iperf3", "-s", "-p", str(PORTS["iperf"]))
     lab.spawn(ns, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(PORTS["sockperf"]))
     lab.spawn(ns, "nginx", "-c", str(conf), log=work / "nginx.log")
@@ -89,19 +104,31 @@ def pingpong(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:
     return [row("pingpong", path, k, v) for k, v in pct.items()]
 
 
-def http_fixed_rate(lab: Lab, path: str, client: str, d: Durations, pids: list[int], n_agents: int) -> list[dict]:
-    """1,000 requests/s over 16 keep-alive connections, 1 KiB answers (hey -q per worker)."""
+def http_fixed_rate(lab: Lab, path: str, client: str, d: Durations, pids: list[int], n_agents: int,
+                    l7: bool = False) -> list[dict]:
+    """1,000 requests/s over 16 keep-alive connections, 1 KiB answers (hey -q per worker).
+    ``l7``: to the port the L7 path rule covers (http-l7-1000rps); a request the rule
+    denies is sent first and must be refused with 403, so the rule is proven in force."""
     srv = lab.pod("srv")["ip"]
+    scenario, port = ("http-l7-1000rps", PORTS["http_l7"]) if l7 else ("http-1000rps", PORTS["http"])
+    netns = lab.pod(client)["netns"]
+    if l7 and path != "direct":
+        code = lab.run(netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                       f"http://{srv}:{port}{L7_DENIED}/x", timeout=20).stdout.strip()
+        if code != "403":
+            raise RuntimeError(f"the L7 rule is not in force on {path}: GET {L7_DENIED}/x answered {code or 'nothing'}")
     cpu0 = cpu_seconds(pids)
-    r = lab.run(lab.pod(client)["netns"], "hey", "-z", f"{d.http_s}s", "-c", "16", "-q", "62.5", "-o", "csv",
-                f"http://{srv}:{PORTS['http']}/1k", timeout=d.http_s + 60)
+    r = lab.run(netns, "hey", "-z", f"{d.http_s}s", "-c", "16", "-q", "62.5", "-o", "csv",
+                f"http://{srv}:{port}/1k", timeout=d.http_s + 60)
     cpu = cpu_seconds(pids) - cpu0
     h = parse.hey_csv(r.stdout)
-    out = [row("http-1000rps", path, m, h[m]) for m in ("p50_ms", "p90_ms", "p99_ms")]
+    out = [row(scenario, path, m, h[m]) for m in ("p50_ms", "p90_ms", "p99_ms")]
+    if h["errors"]:
+        out.append(row(scenario, path, "errors", h["errors"]))
     if pids and n_agents:
         # CPU seconds per 1,000 requests per proxy process = cores used per agent at 1,000 rps
-        out.append(row("http-1000rps", path, "cpu_per_1k_req", cpu / h["requests"] * 1000 / n_agents))
-        out.append(row("http-1000rps", path, "rss_mib", rss_mib(pids) / n_agents))
+        out.append(row(scenario, path, "cpu_per_1k_req", cpu / h["requests"] * 1000 / n_agents))
+        out.append(row(scenario, path, "rss_mib", rss_mib(pids) / n_agents))
     return out
 
 
@@ -114,15 +141,22 @@ def connect_rate(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:
     return [row("connect-rate", path, "conn_per_s", h["rps"]), row("connect-rate", path, "ttfb_p50_ms", h["p50_ms"])]
 
 
-def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int]) -> list[dict]:
-    """Hold N idle connections through the path; memory per connection on the agents."""
+def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int], work: Path,
+         tls_ports: range = range(15008, 15009)) -> list[dict]:
+    """Hold N idle connections through the path: memory per connection on the agents, and
+    how many TLS connections the source node holds to carry them (``ss`` in node-1's
+    namespace, peer port in ``tls_ports``; the core's ``hbone_connections`` when it counts them)."""
     srv = lab.pod("srv")["ip"]
     time.sleep(0.5)
     base = rss_mib(pids)
+    report = work / f"idle-{path}.count"
+    report.unlink(missing_ok=True)
     p = lab.spawn(lab.pod(client)["netns"], sys.executable, "-m", "agent.bench.idle", "hold", "--host", srv,
-                  "--port", str(PORTS["idle"]), "--count", str(d.idle_conns), "--hold", "600")
-    # the holder prints nothing; poll the agents until their RSS settles after the ramp
+                  "--port", str(PORTS["idle"]), "--count", str(d.idle_conns), "--hold", "600", "--report", str(report))
+    # the holder writes its count once every connection is open; then the agents' RSS settles
     deadline = time.monotonic() + 60 + d.idle_conns / 100
+    while time.monotonic() < deadline and not report.exists():
+        time.sleep(0.5)
     last, stable = -1.0, 0
     while time.monotonic() < deadline and stable < 3:
         time.sleep(1.0)
@@ -130,14 +164,41 @@ def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int]) -> lis
         stable = stable + 1 if abs(now - last) < 0.5 else 0
         last = now
     held = rss_mib(pids)
+    ss = lab.run(lab.node(1)["netns"], "ss", "-Htn", "state", "established", timeout=30)
+    tls = parse.ss_peer_port_count(ss.stdout, tls_ports)
+    hbone = core_stat(lab, "node-1", "hbone_connections")
     p.kill()
     p.wait()
+    try:
+        conns = int(report.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        raise RuntimeError(f"the idle holder did not open its {d.idle_conns} connections in time") from None
+    if conns == 0:
+        raise RuntimeError("the idle holder opened no connection")
     agents = 2
-    return [
+    out = [
         row("idle-10k", path, "idle_agent_rss_mib", base / agents),
         row("idle-10k", path, "rss_mib", held),
-        row("idle-10k", path, "kib_per_conn", (held - base) * 1024 / d.idle_conns / agents),
+        row("idle-10k", path, "connections", conns),
+        row("idle-10k", path, "kib_per_conn", (held - base) * 1024 / conns / agents),
+        row("idle-10k", path, "tls_connections", tls),
     ]
+    if hbone is not None:  # the core's own count, beside what the kernel shows
+        out.append(row("idle-10k", path, "hbone_connections", hbone))
+    return out
+
+
+def core_stat(lab: Lab, node: str, key: str) -> float | None:
+    """One number from a node agent's /v1/stats (None when the agent does not count it)."""
+    import json
+
+    from agent.bench.lab import hm
+
+    r = hm("lab", "ctl", "--name", lab.name, node, "stats", "--json", check=False, timeout=30)
+    try:
+        return parse.find_key(json.loads(r.stdout), key)
+    except ValueError:
+        return None
 
 
 def policy(quick: bool) -> list[dict]:

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from agent.bench import parse
-from agent.bench.targets import compute
 
 SOCKPERF = """sockperf: ---> <MAX> observation =  368.515
 sockperf: ---> percentile 99.999 =  368.515
@@ -49,18 +48,16 @@ def test_proc_parsers():
     assert parse.proc_rss_kib("Name: x\nVmRSS:\t  2048 kB\n") == 2048
 
 
-def r(s, p, m, v):
-    return {"scenario": s, "path": p, "metric": m, "value": v}
+def test_ss_peer_port_count():
+    text = ("0 0 10.0.1.1:40000 10.0.0.1:15008\n0 0 10.0.1.1:40002 10.10.0.5:15008\n"
+            "0 0 10.0.1.1:40004 10.0.0.1:25080\n0 0 [fd00::1]:4000 [fd00::2]:15008\ngarbage\n")
+    assert parse.ss_peer_port_count(text, range(15008, 15009)) == 3
+    assert parse.ss_peer_port_count(text, range(25000, 26000)) == 1
+    assert parse.ss_peer_port_count("", [15008]) == 0
 
 
-def test_targets_ratios_and_missing_inputs():
-    results = [
-        r("bulk-1", "haproxy", "gbit_s", 5.0), r("bulk-1", "hostmesh", "gbit_s", 4.0),
-        r("pingpong", "direct", "p50_us", 80), r("pingpong", "haproxy", "p50_us", 130),
-        r("pingpong", "hostmesh", "p50_us", 140),
-    ]
-    t = {x["name"]: x for x in compute(results)}
-    assert t["bulk-1 vs haproxy"]["value"] == 0.8 and not t["bulk-1 vs haproxy"]["met"]
-    assert t["pingpong added p50 vs haproxy's"]["value"] == 1.2 and t["pingpong added p50 vs haproxy's"]["met"]
-    assert t["connect-rate vs haproxy"]["value"] is None and not t["connect-rate vs haproxy"]["met"]
-    assert t["connect-rate vs haproxy"]["note"]
+def test_find_key_nested_numbers_only():
+    doc = {"engine": {"name": "native", "hbone_connections": 81}, "counters": {"x": 1}}
+    assert parse.find_key(doc, "hbone_connections") == 81.0
+    assert parse.find_key({"a": [{"k": True}, {"k": 3}]}, "k") == 3.0
+    assert parse.find_key({"engine": {"name": "native"}}, "hbone_connections") is None

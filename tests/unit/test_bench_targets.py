@@ -1,0 +1,203 @@
+"""The benchmark's targets (issues 16 and 17) as arithmetic over one run's rows, the path
+and scenario selection, the merge of a re-run, and the HAProxy / ztunnel configurations
+the bench generates (agent.bench: targets, runner, haproxy, ztunnel)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.bench import haproxy, ztunnel
+from agent.bench.runner import PATHS, SCENARIOS, Selection, merge
+from agent.bench.targets import compute
+
+
+def r(s, p, m, v):
+    return {"scenario": s, "path": p, "metric": m, "value": v}
+
+
+def by_name(results):
+    return {x["name"]: x for x in compute(results)}
+
+
+BASE = [
+    r("bulk-1", "haproxy", "gbit_s", 4.0), r("bulk-1", "hostmesh", "gbit_s", 6.0),
+    r("bulk-4", "haproxy", "gbit_s", 4.0), r("bulk-4", "hostmesh", "gbit_s", 5.9),
+    r("pingpong", "direct", "p50_us", 40), r("pingpong", "haproxy", "p50_us", 80), r("pingpong", "hostmesh", "p50_us", 80),
+    r("pingpong", "direct", "p99_us", 60), r("pingpong", "haproxy", "p99_us", 120), r("pingpong", "hostmesh", "p99_us", 136),
+    r("http-1000rps", "direct", "p90_ms", 0.9), r("http-1000rps", "haproxy", "p90_ms", 1.7),
+    r("http-1000rps", "hostmesh", "p90_ms", 1.8),
+    r("http-1000rps", "haproxy", "cpu_per_1k_req", 0.04), r("http-1000rps", "hostmesh", "cpu_per_1k_req", 0.04),
+    r("http-l7-1000rps", "direct", "p90_ms", 1.0), r("http-l7-1000rps", "haproxy", "p90_ms", 2.0),
+    r("http-l7-1000rps", "hostmesh", "p90_ms", 2.25),
+    r("http-l7-1000rps", "haproxy", "cpu_per_1k_req", 0.05), r("http-l7-1000rps", "hostmesh", "cpu_per_1k_req", 0.08),
+    r("connect-rate", "haproxy", "conn_per_s", 900), r("connect-rate", "hostmesh", "conn_per_s", 2000),
+    r("idle-10k", "hostmesh", "kib_per_conn", 6.0), r("idle-10k", "hostmesh", "idle_agent_rss_mib", 30),
+    r("idle-10k", "hostmesh", "connections", 8000), r("idle-10k", "hostmesh", "tls_connections", 8000),
+]
+
+
+def test_every_issue_16_and_17_target_is_there_with_its_goal():
+    t = by_name(BASE)
+    want = {
+        "bulk-1 vs haproxy": ">= 1.5", "bulk-4 vs haproxy": ">= 1.5",
+        "pingpong added p50 vs haproxy's": "<= 1.0", "pingpong added p99 vs haproxy's": "<= 1.25",
+        "http-1000rps added p90 vs haproxy's": "<= 1.0", "http-1000rps cores per 1k rps vs haproxy's": "<= 1.0",
+        "http-l7-1000rps added p90 vs haproxy's (mode http)": "<= 1.25",
+        "http-l7-1000rps cores per 1k rps vs haproxy's (mode http)": "<= 1.5",
+        "connect-rate vs haproxy, one handshake per connection": ">= 2.0",
+        "connect-rate vs haproxy, default tunnel": ">= 3.0",
+        "KiB per idle connection per agent (issue 16)": "<= 8", "KiB per idle connection per agent (issue 17)": "<= 4",
+        "idle agent RSS MiB": "<= 60", "TLS connections per 10,000 idle connections": "<= 100",
+    }
+    assert {k: t[k]["goal"] for k in want} == want
+    # the obsolete targets of the Python data plane are gone
+    for gone in ("2 workers vs 1 (bulk-4)", "socket layer vs plain trio relay (bulk-1)",
+                 "http-1000rps cores per 1k rps per agent", "KiB per idle connection"):
+        assert gone not in t
+
+
+def test_values_and_verdicts():
+    t = by_name(BASE)
+    assert (t["bulk-1 vs haproxy"]["value"], t["bulk-1 vs haproxy"]["met"]) == (1.5, True)
+    assert (t["bulk-4 vs haproxy"]["value"], t["bulk-4 vs haproxy"]["met"]) == (1.475, False)
+    assert (t["pingpong added p50 vs haproxy's"]["value"], t["pingpong added p50 vs haproxy's"]["met"]) == (1.0, True)
+    assert t["pingpong added p99 vs haproxy's"]["value"] == pytest.approx(1.267)
+    assert not t["pingpong added p99 vs haproxy's"]["met"]
+    assert t["http-1000rps added p90 vs haproxy's"]["value"] == pytest.approx(1.125)
+    assert not t["http-1000rps added p90 vs haproxy's"]["met"]
+    assert t["http-1000rps cores per 1k rps vs haproxy's"]["met"]
+    assert t["http-l7-1000rps added p90 vs haproxy's (mode http)"]["value"] == 1.25
+    assert t["http-l7-1000rps added p90 vs haproxy's (mode http)"]["met"]
+    assert t["http-l7-1000rps cores per 1k rps vs haproxy's (mode http)"]["value"] == 1.6
+    assert not t["http-l7-1000rps cores per 1k rps vs haproxy's (mode http)"]["met"]
+    one = t["connect-rate vs haproxy, one handshake per connection"]
+    assert (one["value"], one["met"], one["note"]) == (2.222, True, "path hostmesh")
+    assert not t["connect-rate vs haproxy, default tunnel"]["met"]
+    assert t["KiB per idle connection per agent (issue 16)"]["met"]
+    assert not t["KiB per idle connection per agent (issue 17)"]["met"]
+    tls = t["TLS connections per 10,000 idle connections"]
+    assert (tls["value"], tls["met"]) == (10000, False)
+    assert tls["note"] == "8000 TLS connections for 8000 held"
+
+
+def test_connect_rate_with_one_handshake_uses_the_connect_variant_when_measured():
+    rows = BASE + [r("connect-rate", "hostmesh-connect", "conn_per_s", 1500)]
+    t = by_name(rows)
+    one = t["connect-rate vs haproxy, one handshake per connection"]
+    assert (one["value"], one["met"], one["note"]) == (1.667, False, "path hostmesh-connect")
+    assert t["connect-rate vs haproxy, default tunnel"]["value"] == pytest.approx(2.222)
+
+
+def test_multiplexed_idle_connections_meet_the_tls_target():
+    rows = [x for x in BASE if x["metric"] != "tls_connections"] + [r("idle-10k", "hostmesh", "tls_connections", 81)]
+    tls = by_name(rows)["TLS connections per 10,000 idle connections"]
+    assert (tls["value"], tls["met"]) == (101.25, False)  # 81 for 8,000 is 101 per 10,000
+    rows[-1] = r("idle-10k", "hostmesh", "tls_connections", 80)
+    assert by_name(rows)["TLS connections per 10,000 idle connections"]["met"]
+
+
+def test_missing_inputs_are_reported_never_dropped():
+    t = by_name([])
+    assert all(x["value"] is None and x["met"] is False and x["note"] for x in t.values())
+    # a reference that adds nothing (haproxy == direct): no ratio for ping-pong
+    rows = [r("pingpong", "direct", "p50_us", 40), r("pingpong", "haproxy", "p50_us", 40),
+            r("pingpong", "hostmesh", "p50_us", 50)]
+    assert by_name(rows)["pingpong added p50 vs haproxy's"]["value"] is None
+
+
+def test_pingpong_between_goal_and_floor_says_so():
+    rows = [x for x in BASE if not (x["scenario"] == "pingpong" and x["path"] == "hostmesh" and x["metric"] == "p50_us")]
+    rows.append(r("pingpong", "hostmesh", "p50_us", 88))  # added 48 vs 40: 1.2
+    p50 = by_name(rows)["pingpong added p50 vs haproxy's"]
+    assert (p50["met"], p50["note"]) == (False, "within the 1.25 floor for the default")
+
+
+def test_selection():
+    s = Selection.parse("pingpong,http-l7-1000rps", "haproxy,hostmesh")
+    assert s.wants("hostmesh", "pingpong") and not s.wants("hostmesh", "bulk-1")
+    assert not s.wants("direct", "pingpong") and s.any("haproxy", ("bulk-1", "pingpong"))
+    everything = Selection.parse(None, None)
+    assert all(everything.wants(p, x) for p in PATHS for x in SCENARIOS)
+    with pytest.raises(ValueError, match="unknown scenario bulk-9"):
+        Selection.parse("bulk-9", None)
+    with pytest.raises(ValueError, match="unknown path hostmesh-native"):
+        Selection.parse(None, "hostmesh-native")
+
+
+def test_merge_replaces_only_what_was_measured_again():
+    old = {"machine": {"cpus": 2}, "quick": False, "results": BASE,
+           "errors": [{"step": "hostmesh pingpong", "error": "x"}, {"step": "hostmesh-connect restart", "error": "y"}],
+           "targets": []}
+    new = {"results": [r("pingpong", "hostmesh", "p50_us", 60), r("pingpong", "hostmesh", "p99_us", 100)],
+           "errors": []}
+    m = merge(old, new)
+    pp = [x for x in m["results"] if (x["scenario"], x["path"]) == ("pingpong", "hostmesh")]
+    assert sorted(x["value"] for x in pp) == [60, 100]
+    assert len(m["results"]) == len(BASE)
+    assert m["errors"] == [{"step": "hostmesh-connect restart", "error": "y"}]
+    assert m["reruns"] == [["hostmesh pingpong"]]
+    assert by_name(m["results"])["pingpong added p50 vs haproxy's"]["value"] == 0.5
+    assert m["targets"] == compute(m["results"])
+
+
+def test_haproxy_l7_port_is_mode_http_with_the_deny_rule_at_the_server_end():
+    cfg = haproxy.server_config([8080, 8081], "10.0.0.1", "10.1.0.2", Path("/c"), {8081: "/admin"})
+    f8081 = cfg.split("frontend f8081\n")[1].split("frontend ")[0]
+    assert "  mode http\n" in f8081 and "  http-request deny if { path_beg /admin }\n" in f8081
+    assert "backend b8081\n  mode http\n  server pod 10.1.0.2:8081\n" in f8081
+    f8080 = cfg.split("frontend f8080\n")[1].split("frontend ")[0]
+    assert "mode http" not in f8080 and "deny" not in f8080
+    # the source end stays TCP for every port (hostmesh's source agent parses no requests)
+    assert "mode http" not in haproxy.client_config([8080, 8081], "10.0.0.1", Path("/c"))
+
+
+PODS = [
+    {"name": "srv", "namespace": "bench", "service_account": "srv", "ip": "10.10.0.2", "node": "node-0"},
+    {"name": "cli", "namespace": "bench", "service_account": "cli", "ip": "10.10.1.2", "node": "node-1"},
+]
+
+
+def test_ztunnel_local_workloads():
+    doc = yaml.safe_load(yaml.safe_dump(ztunnel.local_xds(PODS)))
+    assert doc["policies"] == [] and doc["services"] == []
+    srv = doc["workloads"][0]
+    assert srv == {"uid": "Kubernetes//Pod/bench/srv", "name": "srv", "namespace": "bench", "serviceAccount": "srv",
+                   "trustDomain": "cluster.local", "workloadIps": ["10.10.0.2"], "protocol": "HBONE",
+                   "node": "node-0", "canonicalName": "srv", "workloadName": "srv", "clusterId": "Kubernetes"}
+    assert [w["node"] for w in doc["workloads"]] == ["node-0", "node-1"]
+
+
+def test_ztunnel_environment_is_dedicated_mode_without_istiod():
+    env = ztunnel.environment(PODS[1], "node-1", Path("/w/zt.yaml"))
+    assert env["PROXY_MODE"] == "dedicated" and env["PROXY_WORKLOAD_INFO"] == "bench/cli/cli"
+    assert env["XDS_ADDRESS"] == "" and env["LOCAL_XDS_PATH"] == "/w/zt.yaml" and env["FAKE_CA"] == "true"
+    assert env["NODE_NAME"] == "node-1" and env["TRUST_DOMAIN"] == "cluster.local"
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_ztunnel_capture_is_redirect_in_its_own_chain():
+    rules = ztunnel.capture_rules("10.10.1.2", "10.10.0.2")
+    # -p tcp before --dport: iptables loads the tcp match only after it
+    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-p", "tcp", "-s", "10.10.1.2", "-j", "REDIRECT",
+            "--to-ports", "15001"] in rules["client"]
+    assert ["iptables", "-t", "nat", "-A", ztunnel.CHAIN, "-p", "tcp", "-d", "10.10.0.2", "--dport", "15008", "-j",
+            "REDIRECT", "--to-ports", "15008"] in rules["server"]
+    for side in rules.values():
+        assert side[0] == ["iptables", "-t", "nat", "-N", ztunnel.CHAIN]
+        assert side[-1] == ["iptables", "-t", "nat", "-I", "PREROUTING", "-j", ztunnel.CHAIN]
+    assert ztunnel.remove_rules()[0] == ["iptables", "-t", "nat", "-D", "PREROUTING", "-j", ztunnel.CHAIN]
+
+
+def test_ztunnel_binary_checks(tmp_path):
+    with pytest.raises(ztunnel.ZtunnelError, match=r"--ztunnel .*/nope: no such file"):
+        ztunnel.check_binary(tmp_path / "nope")
+    with pytest.raises(ztunnel.ZtunnelError, match="not a file"):
+        ztunnel.check_binary(tmp_path)
+    f = tmp_path / "ztunnel"
+    f.write_text("#!/bin/sh\n")
+    f.chmod(0o644)  # no x bit: refused even for root
+    with pytest.raises(ztunnel.ZtunnelError, match=r"not executable \(chmod \+x it\)"):
+        ztunnel.check_binary(f)
+    f.chmod(0o755)
+    assert ztunnel.check_binary(f) == f.resolve()
