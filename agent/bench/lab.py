@@ -32,8 +32,8 @@ def hm(*args: str, timeout: float = 300, check: bool = True) -> subprocess.Compl
 
 
 class Lab:
-    def __init__(self, name: str, work: Path, agents: bool, engine: str | None = None) -> None:
-        self.name, self.work, self.agents, self.engine = name, work, agents, engine
+    def __init__(self, name: str, work: Path, agents: bool) -> None:
+        self.name, self.work, self.agents = name, work, agents
         self.status: dict = {}
         self.procs: list[subprocess.Popen] = []
 
@@ -45,8 +45,6 @@ class Lab:
         args = ["lab", "up", "--name", self.name, "--topology", str(topo)]
         if not self.agents:
             args.append("--no-agent")
-        if self.engine:
-            args += ["--engine", self.engine]
         hm(*args)
         self.refresh()
         return self

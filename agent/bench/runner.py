@@ -3,7 +3,7 @@
 Phase 1, a lab without agents: ``direct`` (no capture), ``haproxy`` (HAProxy at both
 ends, same mTLS hop; ``mode http`` with a deny rule on the L7 port) and, given
 ``--ztunnel BIN``, ``ztunnel`` (a user-supplied ztunnel at both ends, HBONE). Phase 2, a
-lab whose agents run the native core (``dataplane.engine: native`` set explicitly):
+lab whose agents run the native core (the one data plane):
 ``hostmesh`` and ``hostmesh-same-node``, then the agents restarted once per variant in
 ``VARIANTS``. A variant whose configuration the agent refuses (a key not there yet, an
 engine already removed) is skipped with its error recorded; a scenario that fails on a
@@ -43,8 +43,6 @@ NATIVE = {"dataplane": {"engine": "native"}}
 VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
     # HTTP/1.1 CONNECT with one TLS connection per tunnelled connection, beside HBONE
     "hostmesh-connect": ({"dataplane": {"engine": "native", "tunnel_protocol": "connect"}}, STANDARD + ("idle-10k",)),
-    # the Python data plane, recorded once before it is removed (issue 16)
-    "hostmesh-python": ({"dataplane": {"engine": "epoll"}}, STANDARD + ("idle-10k",)),
     "hostmesh-telemetry-off": ({"telemetry": {"access_log": "off", "http_metrics": "off"}},
                                ("http-1000rps", "http-l7-1000rps")),
     "hostmesh-2-threads": ({"dataplane": {"engine": "native", "threads": 2}}, ("bulk-1", "bulk-4")),
@@ -156,7 +154,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
     hm_paths = ["hostmesh", "hostmesh-same-node", *VARIANTS]
     if any(sel.any(p, STANDARD + ("idle-10k",)) for p in hm_paths):
         progress("phase 2: lab with hostmesh agents (native core)")
-        with Lab("benchm", work / "m", agents=True, engine="native") as lab:
+        with Lab("benchm", work / "m", agents=True) as lab:
             sc.start_servers(lab, work / "m")
             apply_l7_policy(lab, work / "m", run)
             run.scenarios(lab, "hostmesh", "cli", lab.agent_pids(), 2, work, STANDARD + ("idle-10k",))

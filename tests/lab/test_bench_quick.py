@@ -10,7 +10,7 @@ from tests.lab.conftest import hm
 
 # variants the agent's configuration may refuse (a key not there yet, an engine removed):
 # skipped with their error recorded, never a crash
-OPTIONAL = {"hostmesh-connect", "hostmesh-python"}
+OPTIONAL: set[str] = set()
 
 
 @pytest.mark.slow

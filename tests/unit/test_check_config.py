@@ -5,7 +5,6 @@ changes anything (issue 21). Real commands; exact messages and exit codes."""
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
