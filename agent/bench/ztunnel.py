@@ -65,6 +65,8 @@ def local_xds(pods: list[dict]) -> dict:
             "canonicalName": p["name"],
             "workloadName": p["name"],
             "clusterId": CLUSTER_ID,
+            # required by its LocalWorkload (service name -> port map); none here
+            "services": {},
         })
     return {"workloads": workloads, "policies": [], "services": []}
 

@@ -164,7 +164,8 @@ def test_ztunnel_local_workloads():
     srv = doc["workloads"][0]
     assert srv == {"uid": "Kubernetes//Pod/bench/srv", "name": "srv", "namespace": "bench", "serviceAccount": "srv",
                    "trustDomain": "cluster.local", "workloadIps": ["10.10.0.2"], "protocol": "HBONE",
-                   "node": "node-0", "canonicalName": "srv", "workloadName": "srv", "clusterId": "Kubernetes"}
+                   "node": "node-0", "canonicalName": "srv", "workloadName": "srv", "clusterId": "Kubernetes",
+                   "services": {}}
     assert [w["node"] for w in doc["workloads"]] == ["node-0", "node-1"]
 
 
