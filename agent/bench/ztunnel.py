@@ -86,6 +86,10 @@ def environment(pod: dict, node: str, xds_path: Path) -> dict[str, str]:
         "POD_NAME": pod["name"],
         "POD_NAMESPACE": pod["namespace"],
         "DNS_PROXY": "false",
+        # dedicated mode runs in the node's namespace: its upstream legs keep the node's
+        # own address (ztunnel's own dedicated-mode tests do the same), so replies need
+        # no transparent-socket rule
+        "ENABLE_ORIG_SRC": "false",
         "RUST_LOG": "warn",
     }
 
