@@ -412,53 +412,6 @@ class NativeEngine(HttpPaths):
         self.agent.count(f"refused_{reason_token(conn.reason)}")
         emit(self.agent, conn, time.time())
 
-    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
-                      reporters: list[str]) -> None:
-        """Per-request rules (``police``) or HTTP metrics (``reporters``): connect the
-        upstream here, then have the core pipe the client's bytes (TLS already off) to
-        the h11 inspector. ``answer``: the tunnel protocol whose failure status to answer
-        with (False: a captured connection)."""
-        self._pending.setdefault(cid, _Pending(conn))
-        from agent.proxy.contain import contained
-
-        # contained: an error of this connection ends it, never the core's event loop
-        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer,
-                                 police, reporters)
-
-    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
-                       reporters: list[str]) -> None:
-        from agent.proxy.l7 import relay_http
-        from agent.proxy.sockets import connect
-
-        agent = self.agent
-        self._pending.pop(cid, None)
-        try:
-            b = await connect(upstream, bind_src=bind, timeout=agent.config.dataplane.connect_timeout_s)
-        except (OSError, trio.TooSlowError) as e:
-            conn.reason = f"upstream_failed: {e}"
-            if answer == "hbone":  # HBONE: an upstream that refused is 503 (ztunnel's)
-                self.core.refuse(cid, conn.reason, 503)
-            elif answer:
-                self.core.refuse(cid, conn.reason, 504 if isinstance(e, trio.TooSlowError) else 502)
-            else:
-                self._refuse(cid, conn)
-            return
-        fd = self.core.pipe(cid)
-        if fd is None:  # the client gave up meanwhile
-            b.close()
-            return
-        a = socket.socket(fileno=fd)
-        a.setblocking(False)
-        agent.conns.add(conn)
-        agent.count("connections_established")
-        opened(agent, conn)
-        try:
-            sent, received, reason = await relay_http(agent, conn, a, b, police=police, reporters=reporters)
-        finally:
-            a.close()
-            b.close()
-        finish(agent, conn, sent, received, reason)
-
 
 @asynccontextmanager
 async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIterator[NativeEngine]:

@@ -1,7 +1,7 @@
 """The native engine's paths through Python's HTTP code: connections the core pipes
-to the HTTP request router (VirtualService ``http`` routes) or to the inspector on the
-source side (HTTP metrics reported by the source), and the loopback **legs** by which
-that code sends a request on through the core.
+to the HTTP request router (VirtualService ``http`` routes), to the h11 inspector
+(per-request rules, or HTTP metrics), and the loopback **legs** by which that code
+sends a request on through the core.
 
 A leg is a TCP connection from the agent to a private listener of the core (127.0.0.1,
 an ephemeral port), registered by its source port with the routes to carry out before
@@ -20,11 +20,12 @@ import trio
 
 from agent.proxy import plan
 from agent.proxy.conns import Conn
+from agent.proxy.finish import finish, opened
 
 
 class HttpPaths:
     """Mixed into ``NativeEngine`` (its ``core``, ``agent``, ``_nursery``, ``_pending``,
-    ``_legs``, ``_leg_addr`` and ``_try_next``)."""
+    ``_legs``, ``_leg_addr``, ``_try_next`` and ``_refuse``)."""
 
     def _http_routed(self, cid: int, conn: Conn, p: plan.HttpRouted) -> None:
         """A service with HTTP routes: the core pipes the pod's bytes to the request
@@ -106,3 +107,52 @@ class HttpPaths:
         sub, plans = entry
         self._pending[cid] = _Pending(sub, plans, leg=True)
         self._try_next(cid)
+
+    def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
+                      reporters: list[str]) -> None:
+        """Per-request rules (``police``) or HTTP metrics (``reporters``): connect the
+        upstream here, then have the core pipe the client's bytes (TLS already off) to
+        the h11 inspector. ``answer``: the tunnel protocol whose failure status to answer
+        with (False: a captured connection)."""
+        from agent.proxy.contain import contained
+        from agent.proxy.native import _Pending
+
+        self._pending.setdefault(cid, _Pending(conn))
+
+        # contained: an error of this connection ends it, never the core's event loop
+        self._nursery.start_soon(contained, self.agent, None, self._inspect, cid, conn, tuple(upstream), bind, answer,
+                                 police, reporters)
+
+    async def _inspect(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
+                       reporters: list[str]) -> None:
+        from agent.proxy.l7 import relay_http
+        from agent.proxy.sockets import connect
+
+        agent = self.agent
+        self._pending.pop(cid, None)
+        try:
+            b = await connect(upstream, bind_src=bind, timeout=agent.config.dataplane.connect_timeout_s)
+        except (OSError, trio.TooSlowError) as e:
+            conn.reason = f"upstream_failed: {e}"
+            if answer == "hbone":  # HBONE: an upstream that refused is 503 (ztunnel's)
+                self.core.refuse(cid, conn.reason, 503)
+            elif answer:
+                self.core.refuse(cid, conn.reason, 504 if isinstance(e, trio.TooSlowError) else 502)
+            else:
+                self._refuse(cid, conn)
+            return
+        fd = self.core.pipe(cid)
+        if fd is None:  # the client gave up meanwhile
+            b.close()
+            return
+        a = socket.socket(fileno=fd)
+        a.setblocking(False)
+        agent.conns.add(conn)
+        agent.count("connections_established")
+        opened(agent, conn)
+        try:
+            sent, received, reason = await relay_http(agent, conn, a, b, police=police, reporters=reporters)
+        finally:
+            a.close()
+            b.close()
+        finish(agent, conn, sent, received, reason)
