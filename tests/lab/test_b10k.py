@@ -132,7 +132,7 @@ def _fd_limit(pid: int) -> int:
 @pytest.mark.slow
 def test_ten_thousand_concurrent_connections_byte_exact(tmp_path):
     name = "b10k"
-    with lab_up(name, "--engine", "native", topology=TOPOLOGY, tmp=tmp_path) as lab:
+    with lab_up(name, topology=TOPOLOGY, tmp=tmp_path) as lab:
         try:
             pids = [n["agent_pid"] for n in lab.status["nodes"]]
             assert all(pids), lab.status["nodes"]
