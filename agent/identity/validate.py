@@ -116,14 +116,17 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bool(bc and bc.value.ca)
 
 
-def _check_signing(cert: x509.Certificate) -> None:
+def _check_signing(cert: x509.Certificate, anchor: bool = False) -> None:
     """X509-SVID 3.2, 4.1, 4.3: a signing certificate is a CA with keyCertSign, its key
-    usage critical. Anything else cannot vouch for what it signed: ``untrusted``."""
+    usage critical. Anything else cannot vouch for what it signed: ``untrusted``. A
+    trust anchor (the bundle's root ending the path) may carry its key usage
+    non-critical: RFC 5280 6.1.1 (d) takes an anchor's name and key as given, and
+    go-spiffe and ztunnel accept such roots (ztunnel's own test root is one)."""
     _check_extensions(cert)
     if not _is_ca(cert):
         raise _Refused("untrusted", f"{_name(cert)}: signing certificate is not a CA (basicConstraints cA false)")
     ku = _ext(cert, x509.KeyUsage)
-    if ku is None or not ku.critical or not ku.value.key_cert_sign:
+    if ku is None or not (ku.critical or anchor) or not ku.value.key_cert_sign:
         raise _Refused("untrusted", f"{_name(cert)}: signing certificate without a critical keyCertSign key usage")
 
 
@@ -224,7 +227,7 @@ def _check_path(path: list[x509.Certificate], now: dt.datetime) -> None:
     _check_extensions(path[0])
     below = 0  # non-self-issued intermediates between the leaf and the current certificate
     for i, c in enumerate(path[1:], start=1):
-        _check_signing(c)
+        _check_signing(c, anchor=i == len(path) - 1)
         limit = _ext(c, x509.BasicConstraints).value.path_length
         if limit is not None and below > limit:
             raise _Refused("untrusted", f"{_name(c)}: pathLenConstraint {limit} with {below} intermediate(s) below")

@@ -217,15 +217,17 @@ fn basic_constraints(cert: &X509Certificate<'_>) -> Result<(bool, Option<u32>), 
 
 /// X509-SVID 3.2, 4.1, 4.3: a signing certificate is a CA with keyCertSign, its key
 /// usage critical; anything else cannot vouch for what it signed. Returns its
-/// pathLenConstraint.
-fn check_signing(cert: &X509Certificate<'_>) -> Result<Option<u32>, Reason> {
+/// pathLenConstraint. A trust anchor (the bundle's root ending the path) may carry its
+/// key usage non-critical: RFC 5280 6.1.1 (d) takes an anchor's name and key as given,
+/// and go-spiffe and ztunnel accept such roots (ztunnel's own test root is one).
+fn check_signing(cert: &X509Certificate<'_>, anchor: bool) -> Result<Option<u32>, Reason> {
     check_extensions(cert)?;
     let (ca, path_len) = basic_constraints(cert)?;
     if !ca {
         return Err(Reason::Untrusted);
     }
     match cert.key_usage() {
-        Ok(Some(ku)) if ku.critical && ku.value.key_cert_sign() => Ok(path_len),
+        Ok(Some(ku)) if (ku.critical || anchor) && ku.value.key_cert_sign() => Ok(path_len),
         Ok(_) => Err(Reason::Untrusted),
         Err(_) => Err(Reason::MalformedCertificate),
     }
@@ -307,7 +309,7 @@ fn check_path(
     check_extensions(leaf)?;
     let mut below: u32 = 0;
     for (i, c) in above.iter().enumerate() {
-        if let Some(limit) = check_signing(c)? {
+        if let Some(limit) = check_signing(c, i + 1 == above.len())? {
             if below > limit {
                 return Err(Reason::Untrusted);
             }

@@ -206,11 +206,17 @@ def spec_cases() -> list[Case]:
     nc = ca("nc", extra=((x509.NameConstraints(permitted_subtrees=[x509.UniformResourceIdentifier(".cluster.local")],
                                                excluded_subtrees=None), True),))
     crit_inter = ca("crit", extra=((crit, True),))
+    soft_root = ca("root key usage not critical", None, ku_critical=False)
+    soft_inter = ca("node key usage not critical", ku_critical=False)
     lf = leaf()
     uri = "X509-SVID 2, SPIFFE-ID 2"
     return [
         Case("good leaf", "X509-SVID 3.1", via(lf, inter[0]), R, ""),
         Case("leaf directly under the root", "X509-SVID 5.1", der(leaf(root)), R, ""),
+        Case("root (trust anchor) key usage not critical", "RFC 5280 6.1.1 (d)", der(leaf(soft_root)),
+             der(soft_root[0]), ""),
+        Case("intermediate key usage not critical", "X509-SVID 4.3", via(leaf(soft_inter), soft_inter[0]), R,
+             "untrusted"),
         Case("leaf CA true", "X509-SVID 4.1, 5.2", via(leaf(ca=True, ku=("digital_signature",)), inter[0]), R,
              "leaf_is_ca"),
         Case("leaf keyCertSign", "X509-SVID 4.3, 5.2", via(leaf(ku=("digital_signature", "key_cert_sign")), inter[0]),
