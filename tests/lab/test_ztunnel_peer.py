@@ -1,10 +1,10 @@
 """Interoperability with Istio ambient's ztunnel itself (opt-in): a ztunnel binary the
-user built plays node-1 (dedicated mode for the client pod; no istiod: a local workload
-file; certificates from its fake CA), hostmesh's agent plays node-0 (the web pod). Both
+user built plays node-1 (dedicated mode inside the client pod's namespace; no istiod: a
+local workload file; certificates from its fake CA), hostmesh's agent plays node-0 (the web pod). Both
 ends trust one root, ztunnel's fake-CA root, which node-0's agent also mints its SVIDs
 from. Both directions ride HBONE: ztunnel -> hostmesh (hostmesh's server on the web
 pod's captured :15008) and hostmesh -> ztunnel (hostmesh's pooled client to the client
-pod's :15008, which node-1 redirects to ztunnel); a DENY at hostmesh reaches ztunnel's
+pod's :15008, where ztunnel listens); a DENY at hostmesh reaches ztunnel's
 client as 401.
 
 Runs only when HOSTMESH_ZTUNNEL names the binary (built with ``--features testing``, as
@@ -63,28 +63,34 @@ def lab(tmp_path_factory):
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         hm("lab", "agent", "--name", name, "node-0", "stop", check=True)
         hm("lab", "agent", "--name", name, "node-0", "start", check=True)
-        # node-1: no hostmesh; ztunnel with REDIRECT capture of the client pod
+        # node-1: no hostmesh (agent stopped, its capture removed); ztunnel runs inside the
+        # client pod's namespace, as a sidecar would: it owns the pod's :15008, so HBONE to
+        # the pod arrives on the pod's own address (ztunnel checks it against :authority),
+        # and the pod's outbound TCP is redirected to its :15001 (ztunnel's own sockets
+        # carry mark 1337 and are left alone)
         hm("lab", "agent", "--name", name, "node-1", "stop", check=True)
         n1, client = lab.node(1)["netns"], lab.pod("client")
         ns_run(n1, "nft", "delete", "table", "inet", "hostmesh")
         for argv in (["-N", CHAIN],
-                     ["-A", CHAIN, "-p", "tcp", "-s", client["ip"], "-j", "REDIRECT", "--to-ports", "15001"],
-                     ["-A", CHAIN, "-p", "tcp", "-d", client["ip"], "--dport", "15008", "-j", "REDIRECT",
-                      "--to-ports", "15008"],
-                     ["-I", "PREROUTING", "-j", CHAIN]):
-            r = ns_run(n1, "iptables", "-t", "nat", *argv)
+                     ["-A", CHAIN, "-p", "tcp", "-m", "mark", "--mark", "1337", "-j", "RETURN"],
+                     ["-A", CHAIN, "-p", "tcp", "-d", "127.0.0.0/8", "-j", "RETURN"],
+                     ["-A", CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001"],
+                     ["-I", "OUTPUT", "-j", CHAIN]):
+            r = ns_run(client["netns"], "iptables", "-t", "nat", *argv)
             assert r.returncode == 0, r.stderr
         xds = tmp / "local.yaml"
         xds.write_text(yaml.safe_dump(zt.local_xds(lab.status["pods"]), sort_keys=False))
-        env = {**os.environ, **zt.environment(client, "node-1", xds), "RUST_LOG": "info"}
+        # PACKET_MARK: its own sockets carry 1337 (dedicated mode sets none by default)
+        env = {**os.environ, **zt.environment(client, "node-1", xds), "RUST_LOG": "info", "PACKET_MARK": "1337"}
         lab.zt_log = tmp / "ztunnel.log"
         log = open(lab.zt_log, "wb")
         import subprocess
 
-        p = subprocess.Popen(["ip", "netns", "exec", n1, BIN], env=env, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(["ip", "netns", "exec", client["netns"], BIN], env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
         lab.procs.append(p)
-        wait_listen(n1, 15008, timeout=20)
-        wait_listen(n1, 15001, timeout=20)
+        wait_listen(client["netns"], 15008, host=client["ip"], timeout=20)
+        wait_listen(client["netns"], 15001, timeout=20)
         lab.serve_http("web", 8080)
         lab.serve_http("client", 8080)
         yield lab
