@@ -144,8 +144,8 @@ def connect_rate(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:
 def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int], work: Path,
          tls_ports: range = range(15008, 15009)) -> list[dict]:
     """Hold N idle connections through the path: memory per connection on the agents, and
-    how many TLS connections the source node holds to carry them (``ss`` in node-1's
-    namespace, peer port in ``tls_ports``; the core's ``hbone_connections`` when it counts them)."""
+    how many TLS connections the source holds to carry them (``ss`` in node-1's
+    namespace, or the client pod's for ztunnel, peer port in ``tls_ports``; the core's ``hbone_connections`` when it counts them)."""
     srv = lab.pod("srv")["ip"]
     time.sleep(0.5)
     base = rss_mib(pids)
@@ -164,7 +164,9 @@ def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int], work: 
         stable = stable + 1 if abs(now - last) < 0.5 else 0
         last = now
     held = rss_mib(pids)
-    ss = lab.run(lab.node(1)["netns"], "ss", "-Htn", "state", "established", timeout=30)
+    # the source's proxy: node-1's agent, or ztunnel in the client pod (ztunnel.py)
+    where = lab.pod(client)["netns"] if path == "ztunnel" else lab.node(1)["netns"]
+    ss = lab.run(where, "ss", "-Htn", "state", "established", timeout=30)
     tls = parse.ss_peer_port_count(ss.stdout, tls_ports)
     hbone = core_stat(lab, "node-1", "hbone_connections")
     p.kill()

@@ -1,14 +1,14 @@
 """A user-supplied ztunnel binary as the benchmark's extra path ``ztunnel``
 (`hostmesh bench --ztunnel BIN`), in the same lab as ``direct`` and ``haproxy``.
 
-One ztunnel per node in its dedicated mode (NOTES.md "Running ztunnel as a peer"):
+One ztunnel per pod in its dedicated mode (NOTES.md "Running ztunnel as a peer"):
 node-1's proxies the client pod, node-0's the server pod; no istiod (``XDS_ADDRESS=""``),
 the workloads from a local file (``LOCAL_XDS_PATH``), certificates from ztunnel's fake CA
 (``FAKE_CA=true``: a binary built with ``--features testing``; both ends trust its test
 root). The lab's CA service is not used: it authenticates nodes by client certificate,
-and ztunnel's CA client sends only a bearer token. Outbound capture is iptables REDIRECT
-in node-1's namespace (ztunnel reads SO_ORIGINAL_DST on :15001); node-0 redirects HBONE to
-the server pod's :15008 onto its ztunnel.
+and ztunnel's CA client sends only a bearer token. Each ztunnel runs inside its pod's
+namespace, as a sidecar would (``capture_rules``); tests/lab/test_ztunnel_peer.py runs
+the same layout against hostmesh.
 
 ``check_binary``, ``local_xds``, ``environment`` and ``capture_rules`` are pure (no I/O
 beyond ``check_binary``'s stat); ``ZtunnelPath`` runs them. The project ships no ztunnel
@@ -28,6 +28,8 @@ from agent.bench.lab import Lab
 TRUST_DOMAIN = "cluster.local"
 CLUSTER_ID = "Kubernetes"
 OUTBOUND, HBONE = 15001, 15008
+# ztunnel's own sockets (PACKET_MARK), left out of the pod's capture
+MARK = 1337
 CHAIN = "HOSTMESH_BENCH_ZT"
 
 
@@ -90,25 +92,27 @@ def environment(pod: dict, node: str, xds_path: Path) -> dict[str, str]:
         # own address (ztunnel's own dedicated-mode tests do the same), so replies need
         # no transparent-socket rule
         "ENABLE_ORIG_SRC": "false",
+        "PACKET_MARK": str(MARK),
         "RUST_LOG": "warn",
     }
 
 
-def capture_rules(client_ip: str, server_ip: str) -> dict[str, list[list[str]]]:
-    """iptables commands per side: ``client`` (node-1) sends the client pod's TCP to
-    :15001; ``server`` (node-0) sends HBONE to the server pod's :15008 to its ztunnel.
-    REDIRECT, not TPROXY: ztunnel's outbound reads SO_ORIGINAL_DST. Own chain, so
-    removal is a flush and a delete."""
-    def chain(match: list[str], port: int) -> list[list[str]]:
-        return [["iptables", "-t", "nat", "-N", CHAIN],
-                ["iptables", "-t", "nat", "-A", CHAIN, "-p", "tcp", *match, "-j", "REDIRECT", "--to-ports", str(port)],
-                ["iptables", "-t", "nat", "-I", "PREROUTING", "-j", CHAIN]]
-    return {"client": chain(["-s", client_ip], OUTBOUND),
-            "server": chain(["-d", server_ip, "--dport", str(HBONE)], HBONE)}
+def capture_rules() -> list[list[str]]:
+    """iptables commands for the client pod's namespace, where its ztunnel runs as a
+    sidecar would: the pod's outbound TCP to :15001 (REDIRECT: ztunnel's outbound reads
+    SO_ORIGINAL_DST), except ztunnel's own sockets (mark MARK) and loopback. The server
+    pod needs none: its ztunnel owns the pod's :15008, so HBONE arrives on the pod's own
+    address, which ztunnel checks against :authority (REDIRECT at the node rewrites it:
+    "ip mismatch"). Own chain, so removal is a flush and a delete."""
+    return [["iptables", "-t", "nat", "-N", CHAIN],
+            ["iptables", "-t", "nat", "-A", CHAIN, "-p", "tcp", "-m", "mark", "--mark", str(MARK), "-j", "RETURN"],
+            ["iptables", "-t", "nat", "-A", CHAIN, "-p", "tcp", "-d", "127.0.0.0/8", "-j", "RETURN"],
+            ["iptables", "-t", "nat", "-A", CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(OUTBOUND)],
+            ["iptables", "-t", "nat", "-I", "OUTPUT", "-j", CHAIN]]
 
 
 def remove_rules() -> list[list[str]]:
-    return [["iptables", "-t", "nat", "-D", "PREROUTING", "-j", CHAIN],
+    return [["iptables", "-t", "nat", "-D", "OUTPUT", "-j", CHAIN],
             ["iptables", "-t", "nat", "-F", CHAIN], ["iptables", "-t", "nat", "-X", CHAIN]]
 
 
@@ -133,22 +137,22 @@ class ZtunnelPath:
         xds.write_text(yaml.safe_dump(local_xds(lab.status["pods"]), sort_keys=False))
         cli, srv = lab.pod("cli"), lab.pod("srv")
         n0, n1 = lab.node(0), lab.node(1)
-        rules = capture_rules(cli["ip"], srv["ip"])
+        names = [n0["name"], n1["name"]]
         try:
-            for side, node, pod in (("server", n0, srv), ("client", n1, cli)):
-                for argv in rules[side]:
-                    self._ns(node["netns"], argv)
+            for argv in capture_rules():
+                self._ns(cli["netns"], argv)
+            for node, pod in ((n0, srv), (n1, cli)):
                 env = {**os.environ, **environment(pod, node["name"], xds)}
                 log = open(self.work / f"ztunnel-{node['name']}.log", "wb")
-                p = subprocess.Popen(["ip", "netns", "exec", node["netns"], str(self.binary)], env=env,
+                p = subprocess.Popen(["ip", "netns", "exec", pod["netns"], str(self.binary)], env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
                 self._procs.append(p)
-            wait_port(lab, n0["netns"], "127.0.0.1", HBONE, timeout=20)
-            wait_port(lab, n1["netns"], "127.0.0.1", OUTBOUND, timeout=20)
+            wait_port(lab, srv["netns"], srv["ip"], HBONE, timeout=20)
+            wait_port(lab, cli["netns"], "127.0.0.1", OUTBOUND, timeout=20)
         except Exception as e:
             self.__exit__(None, None, None)
-            logs = " | ".join((self.work / f"ztunnel-{n['name']}.log").read_text(errors="replace")[-300:]
-                              for n in (n0, n1) if (self.work / f"ztunnel-{n['name']}.log").exists())
+            logs = " | ".join((self.work / f"ztunnel-{n}.log").read_text(errors="replace")[-300:]
+                              for n in names if (self.work / f"ztunnel-{n}.log").exists())
             raise RuntimeError(f"ztunnel did not start: {e}; log: {logs}") from None
         from agent.bench.lab import family
 
@@ -160,6 +164,6 @@ class ZtunnelPath:
             p.kill()
             p.wait()
         self._procs.clear()
-        for node in (self.lab.node(0), self.lab.node(1)):
-            for argv in remove_rules():
-                subprocess.run(["ip", "netns", "exec", node["netns"], *argv], capture_output=True, timeout=30)
+        for argv in remove_rules():
+            subprocess.run(["ip", "netns", "exec", self.lab.pod("cli")["netns"], *argv], capture_output=True,
+                           timeout=30)

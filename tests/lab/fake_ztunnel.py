@@ -2,10 +2,11 @@
 """A stand-in for a ztunnel binary, for `hostmesh bench --ztunnel` (test_bench_quick):
 checks the environment the bench gives a dedicated-mode ztunnel, then relays like one
 (not HBONE: plain TCP with a one-line header). Role by PROXY_WORKLOAD_INFO: the client
-pod's proxy takes :15001 (the REDIRECT capture; the original destination from
-SO_ORIGINAL_DST) to the destination's :15008; the server pod's takes :15008 and connects
-the named port. Proves the bench's plumbing (capture rules in both namespaces, process
-start, readiness, cleanup), not ztunnel."""
+pod's proxy takes :15001 (the pod's REDIRECT capture; the original destination from
+SO_ORIGINAL_DST) to the destination's :15008, its own socket marked out of the capture;
+the server pod's takes :15008 and connects the named port. Each runs in its pod's
+namespace. Proves the bench's plumbing (capture rules, process start, readiness,
+cleanup), not ztunnel."""
 
 import os
 import socket
@@ -18,7 +19,8 @@ SO_ORIGINAL_DST = 80
 
 def check_env() -> str:
     env = os.environ
-    want = {"PROXY_MODE": "dedicated", "XDS_ADDRESS": "", "FAKE_CA": "true"}
+    want = {"PROXY_MODE": "dedicated", "XDS_ADDRESS": "", "FAKE_CA": "true", "ENABLE_ORIG_SRC": "false",
+            "PACKET_MARK": "1337"}
     for k, v in want.items():
         if env.get(k) != v:
             sys.exit(f"fake ztunnel: {k}={env.get(k)!r}, want {v!r}")
@@ -50,7 +52,10 @@ def bridge(a: socket.socket, b: socket.socket) -> None:
 def outbound(c: socket.socket) -> None:
     raw = c.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, ip = struct.unpack("!H", raw[2:4])[0], socket.inet_ntoa(raw[4:8])
-    u = socket.create_connection((ip, 15008), timeout=10)
+    u = socket.socket()
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(os.environ["PACKET_MARK"]))  # out of the capture
+    u.settimeout(10)
+    u.connect((ip, 15008))
     u.settimeout(None)
     u.sendall(f"{ip}:{port}\n".encode())
     bridge(c, u)
