@@ -8,7 +8,9 @@ from pathlib import Path
 
 from agent.bench.runner import PATHS
 
-PATH_ORDER = list(PATHS)
+# the paths a run measures, then hostmesh-python: the Python data plane's figures, kept
+# in a merged document from the run before it was removed
+PATH_ORDER = [*PATHS, "hostmesh-python"]
 
 
 def table(doc: dict) -> str:
@@ -79,15 +81,15 @@ PATH_NOTES = [
     ("direct", "no proxy, no capture (the baseline every added latency is measured from)"),
     ("haproxy", "HAProxy 2.6 at both ends, mutual TLS 1.3 between the nodes, one thread each; the L7 port in "
                 "`mode http` at node-0 with `http-request deny if { path_beg /admin }`"),
-    ("ztunnel", "only with `--ztunnel BIN`: a user-supplied ztunnel at both ends (dedicated mode, HBONE)"),
-    ("hostmesh", "the agents with `dataplane.engine: native` set explicitly (the Rust core moves the bytes and "
-                 "terminates TLS; Python decides), the default tunnel"),
+    ("ztunnel", "only with `--ztunnel BIN`: a user-supplied ztunnel at both ends (dedicated mode, one in each "
+                "pod's namespace, HBONE)"),
+    ("hostmesh", "the agents as installed: the native core (the Rust core moves the bytes and terminates TLS; "
+                 "Python decides) and the default tunnel, HBONE"),
     ("hostmesh-same-node", "client and server pods on node-0: one agent, no tunnel TLS"),
     ("hostmesh-connect", "native with `dataplane.tunnel_protocol: connect`: HTTP/1.1 CONNECT, one TLS connection "
-                         "(and handshake) per tunnelled connection, beside HBONE once HBONE is the default; skipped "
-                         "with the configuration's error while the key does not exist"),
-    ("hostmesh-python", "`dataplane.engine: epoll`, the Python data plane, recorded once before it is removed; "
-                        "skipped with the configuration's error once the engine is gone"),
+                         "(and handshake) per tunnelled connection, beside HBONE"),
+    ("hostmesh-python", "`dataplane.engine: epoll`, the Python data plane, recorded once before it was removed "
+                        "(the run before, merged in; its tunnel is HTTP/1.1 CONNECT)"),
     ("hostmesh-telemetry-off", "native with the access log and HTTP metrics off (HTTP scenarios only)"),
     ("hostmesh-2-threads", "native with `dataplane.threads: 2` (bulk only): the core's threads replace worker "
                            "processes"),

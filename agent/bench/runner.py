@@ -196,8 +196,10 @@ def merge(old: dict, new: dict) -> dict:
     measured again are replaced too; targets computed afresh. Pure."""
     again = {(r["scenario"], r["path"]) for r in new["results"]}
     steps = {e["step"] for e in new["errors"]} | {f"{p} {s}" for s, p in again}
+    measured = {p for _, p in again}  # a path measured again: its old set-up errors are gone too
     results = [r for r in old["results"] if (r["scenario"], r["path"]) not in again] + new["results"]
-    errors = [e for e in old.get("errors", []) if e["step"] not in steps] + new["errors"]
+    errors = [e for e in old.get("errors", []) if e["step"] not in steps
+              and e["step"].split(" ", 1)[0] not in measured] + new["errors"]
     reruns = old.get("reruns", []) + [sorted(f"{p} {s}" for s, p in again)]
     out = {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns}
     if new.get("note"):

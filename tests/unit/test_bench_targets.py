@@ -139,6 +139,9 @@ def test_merge_replaces_only_what_was_measured_again():
     assert m["reruns"] == [["hostmesh pingpong"]]
     assert by_name(m["results"])["pingpong added p50 vs haproxy's"]["value"] == 0.5
     assert m["targets"] == compute(m["results"])
+    # once the path that failed to set up is measured, its old set-up error goes
+    again = merge(old, {"results": [r("bulk-1", "hostmesh-connect", "gbit_s", 7)], "errors": []})
+    assert again["errors"] == [{"step": "hostmesh pingpong", "error": "x"}]
 
 
 def test_haproxy_l7_port_is_mode_http_with_the_deny_rule_at_the_server_end():
