@@ -189,14 +189,7 @@ async fn stream(
     };
     shared.count(&format!("hbone_status_{code}"), 1);
     respond_status(&mut respond, code, policy.as_deref());
-    if reason.starts_with("upstream") {
-        shared.events.push(Event::Failed {
-            id,
-            status: code,
-            reason,
-            policy: None,
-        });
-    }
+    shared.report_upstream_failure(id, code, reason);
 }
 
 /// The upstream (or Python's pipe) exists: answer 200, then bridge the stream to it

@@ -226,13 +226,5 @@ pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
     let (code, policy, reason) = status;
     shared.count(&format!("tunnel_status_{code}"), 1);
     answer(&mut tls, code, policy.as_deref()).await;
-    // Python learns the outcome of an attempt it allowed but that failed here
-    if reason.starts_with("upstream") {
-        shared.events.push(Event::Failed {
-            id,
-            status: code,
-            reason,
-            policy: None,
-        });
-    }
+    shared.report_upstream_failure(id, code, reason);
 }

@@ -176,6 +176,19 @@ impl Shared {
         *c.entry(name.to_string()).or_insert(0) += n;
     }
 
+    /// An inbound attempt Python allowed that failed here (its upstream): Python learns
+    /// the outcome; answers the core gave on its own (400, refusals) stay silent.
+    pub fn report_upstream_failure(&self, id: u64, status: u16, reason: String) {
+        if reason.starts_with("upstream") {
+            self.events.push(Event::Failed {
+                id,
+                status,
+                reason,
+                policy: None,
+            });
+        }
+    }
+
     pub fn counters(&self) -> HashMap<String, u64> {
         self.counters
             .lock()
