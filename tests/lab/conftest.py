@@ -86,11 +86,7 @@ class Lab:
 
     def access_log(self, node: int) -> list[dict]:
         log = Path(self.node(node)["admin_socket"]).parent / "agent.log"
-        out = []
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith('{"type":'):
-                out.append(json.loads(line))
-        return out
+        return json_lines(log.read_text(errors="replace"), '{"type":')
 
     def stop_procs(self) -> None:
         for p in self.procs:
@@ -98,6 +94,15 @@ class Lab:
         for p in self.procs:
             p.wait()
         self.procs.clear()
+
+
+def json_lines(text: str, prefix: str = "{") -> list[dict]:
+    """The JSON documents among a log's lines that start with ``prefix``.
+
+    The agent may be part-way through writing its last line when a test reads the
+    log: only lines that end in a newline count."""
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.startswith(prefix)]
 
 
 def wait_for(pred, timeout: float = 15) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lab.conftest import PY, Lab, lab_up, ns_run, wait_for
+from tests.lab.conftest import PY, Lab, json_lines, lab_up, ns_run, wait_for
 from tests.lab.wheels import build_wheel, dependency_wheelhouse, venv_python
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ class Install:
         return (self.tmp / f"agent-{node}.log").read_text(errors="replace")
 
     def access_log(self, node: str) -> list[dict]:
-        return [json.loads(ln) for ln in self.agent_log(node).splitlines() if ln.startswith('{"type":')]
+        return json_lines(self.agent_log(node), '{"type":')
 
     def stop_agents(self) -> None:
         for p in self.agents.values():

@@ -18,7 +18,7 @@ from agent.config import OtlpConfig
 from agent.telemetry.metrics import Metrics
 from agent.telemetry.otlp import OtlpSink
 from agent.telemetry.record import ConnRecord, Endpoint
-from tests.lab.conftest import hm, lab_up, ns_run, wait_for
+from tests.lab.conftest import hm, json_lines, lab_up, ns_run, wait_for
 
 
 def received(path) -> list[dict]:
@@ -199,7 +199,7 @@ def test_unreachable_endpoints_warn_at_start_and_traffic_is_served():
         def warnings():
             with open(node0 / "agent.log", "rb") as f:
                 f.seek(log_before)
-                lines = [json.loads(ln) for ln in f.read().decode().splitlines() if ln.startswith("{")]
+                lines = json_lines(f.read().decode(errors="replace"))
             return [ln["msg"] for ln in lines if ln.get("level") == "warning"]
 
         wait_for(lambda: any("OTLP endpoint http://198.18.0.254:4317" in w for w in warnings())
