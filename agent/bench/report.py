@@ -166,12 +166,16 @@ USAGE = [
     "HBONE workloads with `trustDomain` and `serviceAccount` set), certificates from its fake CA "
     "(`FAKE_CA=true`, hence `--features testing`; both ends trust its test root). The lab's CA service is "
     "not used: it authenticates nodes by client certificate and ztunnel's CA client sends a bearer token. "
-    "Capture is iptables REDIRECT in an own chain: node-1 sends the client pod's TCP to :15001 (ztunnel "
-    "reads SO_ORIGINAL_DST), node-0 sends HBONE to the server pod's :15008 to its ztunnel. Every scenario "
-    "but http-l7-1000rps (ztunnel has no L7 policy) runs on it, and idle-10k counts its TLS connections "
-    "like hostmesh's. A missing or non-executable BIN is refused before anything starts; a ztunnel that "
-    "does not come up is recorded under errors with its log's tail (`ztunnel setup`). Unverified here: this "
-    "machine has no ztunnel binary and builds none (too heavy for its shared cores).",
+    "Each ztunnel runs inside its pod's network namespace, as a sidecar would: iptables REDIRECT in an own "
+    "chain sends the client pod's outbound TCP to its ztunnel's :15001 (ztunnel reads SO_ORIGINAL_DST), "
+    "ztunnel's own sockets carry mark 1337 (`PACKET_MARK`) and are left out, and the server pod's ztunnel "
+    "listens on the pod's :15008 itself (REDIRECT at the node would rewrite the address ztunnel checks "
+    "against `:authority`). Every scenario but http-l7-1000rps (ztunnel has no L7 policy) runs on it, and "
+    "idle-10k counts ztunnel's TLS connections in the client pod like hostmesh's. A missing or "
+    "non-executable BIN is refused before anything starts; a ztunnel that does not come up is recorded "
+    "under errors with its log's tail (`ztunnel setup`). The recorded run used a ztunnel built from "
+    "istio/ztunnel outside the repository; tests/lab/test_ztunnel_peer.py runs the same layout against "
+    "hostmesh when given one.",
     "",
 ]
 
