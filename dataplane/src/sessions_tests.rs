@@ -3,42 +3,30 @@
 
 use super::*;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, HandshakeKind, ServerConnection};
 
 const SNI: &str = "server.dst.hostmesh";
 
+/// Records `from` has to send, delivered to `to`; false when there were none.
+fn carry<A: rustls::SideData, B: rustls::SideData>(
+    from: &mut ConnectionCommon<A>,
+    to: &mut ConnectionCommon<B>,
+) -> bool {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    let mut r = &buf[..];
+    while !r.is_empty() {
+        to.read_tls(&mut r).unwrap();
+        to.process_new_packets().unwrap();
+    }
+    !buf.is_empty()
+}
+
 /// Move records both ways until neither side has anything to send.
 fn pump(c: &mut ClientConnection, s: &mut ServerConnection) {
-    loop {
-        let mut moved = false;
-        let mut buf = Vec::new();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut r = &buf[..];
-            while !r.is_empty() {
-                s.read_tls(&mut r).unwrap();
-                s.process_new_packets().unwrap();
-            }
-        }
-        buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut r = &buf[..];
-            while !r.is_empty() {
-                c.read_tls(&mut r).unwrap();
-                c.process_new_packets().unwrap();
-            }
-        }
-        if !moved {
-            return;
-        }
-    }
+    while carry(c, s) | carry(s, c) {}
 }
 
 #[test]
