@@ -18,9 +18,24 @@ def authority(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+# os.urandom read in blocks of this many traceparents' worth (one getrandom call per
+# block, not one per connection)
+_ENTROPY_BLOCK = 256
+_entropy = [b"", 0]  # (block, offset)
+
+
+def _take24() -> bytes:
+    block, at = _entropy
+    if at + 24 > len(block):
+        block, at = os.urandom(24 * _ENTROPY_BLOCK), 0
+        _entropy[0] = block
+    _entropy[1] = at + 24
+    return block[at:at + 24]
+
+
 def new_traceparent(entropy: bytes | None = None) -> tuple[str, str]:
     """A W3C traceparent and its trace id (``entropy``: 24 bytes, for tests)."""
-    b = entropy if entropy is not None else os.urandom(24)
+    b = entropy if entropy is not None else _take24()
     trace, span = b[:16].hex(), b[16:24].hex()
     return f"00-{trace}-{span}-01", trace
 

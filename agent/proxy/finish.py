@@ -14,8 +14,11 @@ from agent.proxy.conns import Conn
 logger = logging.getLogger("hostmesh.conn")
 
 
-def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None, end: float | None = None) -> None:
-    """Record ``conn`` as finished with the byte counts the data path measured."""
+def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None, end: float | None = None,
+           established: bool = False) -> None:
+    """Record ``conn`` as finished with the byte counts the data path measured.
+    ``established``: it got through, so a reporter ``opened`` has not counted yet (it
+    ended before a telemetry tick saw it) is opened now, from the finished record itself."""
     agent.conns.pop(conn.id)
     conn.bytes_sent, conn.bytes_received = sent, received
     conn.close_reason = conn.close_reason or close_reason
@@ -26,7 +29,7 @@ def finish(agent, conn: Conn, sent: int, received: int, close_reason: str | None
     agent.count("connections_closed")
     agent.count("bytes_sent", sent)
     agent.count("bytes_received", received)
-    emit(agent, conn, end if end is not None else time.time())
+    emit(agent, conn, end if end is not None else time.time(), established)
 
 
 def directions(conn: Conn) -> list[str]:
@@ -42,15 +45,22 @@ def opened(agent, conn: Conn) -> None:
     conn.accounts = [(d, tel.opened(record(agent, conn, d, conn.start))) for d in directions(conn)]
 
 
-def emit(agent, conn: Conn, end: float) -> None:
-    """Submit the record(s), closing what ``opened`` counted."""
+def emit(agent, conn: Conn, end: float, established: bool = False) -> None:
+    """Submit the record(s), closing what ``opened`` counted. ``established`` and not yet
+    opened: opened with the same record first (its labels are the opening record's: only
+    the end, bytes and reason differ, and none of them is a label), so a short connection
+    costs one record per reporter, not two."""
     tel = agent.telemetry
     if tel is None:
         return
     accounts = dict(conn.accounts)
     conn.accounts = []
     for direction in directions(conn):
-        tel.submit(record(agent, conn, direction, end), accounts.get(direction))
+        rec = record(agent, conn, direction, end)
+        acct = accounts.get(direction)
+        if acct is None and established:
+            acct = tel.opened(rec)
+        tel.submit(rec, acct)
 
 
 def flow(agent) -> None:

@@ -34,12 +34,13 @@ import trio
 from agent import dataplane
 from agent.proxy import enforce, hbone, plan, traffic_path
 from agent.proxy.conns import Conn, LiveConn
-from agent.proxy.finish import emit, finish, opened, reason_token
+from agent.proxy.finish import emit, finish, reason_token
 from agent.proxy.forwarded import claimed_source
 from agent.proxy.l7 import http_reporters
 from agent.proxy.native_http import HttpPaths
 from agent.proxy.native_identity import CoreIdentities
 from agent.proxy.sockets import make_listener
+from agent.proxy.tunnel_head import Heads
 
 logger = logging.getLogger("hostmesh.native")
 
@@ -81,6 +82,7 @@ class NativeEngine(HttpPaths):
         self._connect_only: dict[str, float] = {}  # node address -> until (trio clock): no HBONE there
         self._leg_addr: tuple[str, int] | None = None  # the loopback listener of open_leg
         self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
+        self._heads = Heads()  # per workload pair: IDs, SNI, baggage of its tunnels
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -205,36 +207,33 @@ class NativeEngine(HttpPaths):
         self._refuse(cid, conn)
 
     def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
-        from agent.identity.spiffe import sni_for
         from agent.proxy.connect import authority, new_traceparent
 
         agent = self.agent
         if agent.identities is None or conn.src is None or p.dst is None:
             conn.reason = "no_identity" if p.dst is not None else "unknown_destination"
             return False
-        td = agent.config.identity.trust_domain
-        src_id = conn.src.spiffe_id(td)
+        # the two workloads' IDs, SNI and baggage, derived once per pair (tunnel_head.py)
+        head = self._heads.get(conn.src, p.dst, agent.config.identity.trust_domain, agent.config.cluster.name)
         svid = agent.identities.get(*conn.src.identity_key)
         if svid is None:
             conn.reason = "no_identity"
             return False
-        if self.ids.pushed(src_id) is not svid:
+        if self.ids.pushed(head.src_id) is not svid:
             self.sync_identities()
         traceparent, trace_id = new_traceparent()
-        conn.trace_id, conn.span_id = trace_id, traceparent.split("-")[2]
+        conn.trace_id, conn.span_id = trace_id, traceparent[36:52]
         headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
-        sni = sni_for(p.dst.namespace, p.dst.service_account, td)
         protocol = self._pending[cid].protocol = self._protocol_for(p.node_address)
         self._established(cid, conn)
         if protocol == "hbone":
             # to the destination pod's :15008, from the source pod's address (ztunnel's
             # source of truth for the client address); the SNI is not sent
-            headers.append(("baggage", hbone.baggage(conn.src.namespace, conn.src.name, conn.src.labels,
-                                                     agent.config.cluster.name)))
-            self.core.tunnel(cid, p.dst_ip, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td), sni,
+            headers.append(("baggage", head.baggage))
+            self.core.tunnel(cid, p.dst_ip, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
                              authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip)
         else:
-            self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, src_id, p.dst.spiffe_id(td), sni,
+            self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
                              authority(p.dst_ip, p.dst_port), headers)
         return True
 
@@ -383,9 +382,9 @@ class NativeEngine(HttpPaths):
         if route is not None:
             traffic_path.connected(self.agent, conn, route)
         if self.agent.conns.get(conn.id) is not None:
-            if not conn.accounts:  # finished: it was established (opened is counted when the
-                opened(self.agent, conn)  # core lists it, finish.flow, or here if it ended first)
-            finish(self.agent, conn, sent, received, reason, end)
+            # finished: it was established (opened is counted when the core lists it,
+            # finish.flow, or by finish from the finished record if it ended first)
+            finish(self.agent, conn, sent, received, reason, end, established=True)
 
     def _on_progress(self, cid: int, sent: int, received: int) -> None:
         conn = self._live.get(cid)

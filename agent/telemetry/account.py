@@ -28,9 +28,32 @@ from agent.telemetry.istio import (
 )
 from agent.telemetry.metrics import Metrics
 
+# Label tuples of recent (reporter, mode, peers, service): the connections between two
+# workloads share them, so each is derived once, not per connection. A peer is keyed on
+# the fields the labels read and on its labels mapping's identity; the entry holds those
+# mappings (and the context), so an id in a key cannot be reused while the entry lives.
+# Bounded: cleared when full (the registry bounds the series themselves).
+_TCP_LABELS_CACHE: dict = {}
+_TCP_LABELS_CACHE_MAX = 4096
+
+
+def _peer_key(ep) -> tuple:
+    return (ep.workload, ep.namespace, ep.principal, ep.node, id(ep.labels))
+
+
+def cached_tcp_labels(rec, ctx: LabelContext) -> tuple[str, ...]:
+    """``istio.tcp_labels(rec, ctx)``, derived once per distinct key."""
+    key = (rec.direction, rec.mode, _peer_key(rec.src), _peer_key(rec.dst), rec.service, id(ctx))
+    hit = _TCP_LABELS_CACHE.get(key)
+    if hit is None:
+        if len(_TCP_LABELS_CACHE) >= _TCP_LABELS_CACHE_MAX:
+            _TCP_LABELS_CACHE.clear()
+        hit = _TCP_LABELS_CACHE[key] = (tcp_labels(rec, ctx), rec.src.labels, rec.dst.labels, ctx)
+    return hit[0]
+
 
 def opened(m: Metrics, rec, ctx: LabelContext) -> TcpAccount:
-    acct = TcpAccount(tcp_labels(rec, ctx))
+    acct = TcpAccount(cached_tcp_labels(rec, ctx))
     m.inc("istio_tcp_connections_opened_total", acct.labels)
     m.add_gauge("istio_tcp_sockets_open", acct.labels[:1], 1)
     return acct

@@ -22,6 +22,8 @@ from agent.telemetry.istio import LabelContext, TcpAccount
 from agent.telemetry.metrics import Metrics
 
 logger = logging.getLogger("hostmesh.telemetry")
+# one encoder for every access-log line (json.dumps with separators builds one per call)
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def label_context(config) -> LabelContext:
@@ -131,7 +133,7 @@ class Telemetry:
             batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.config.batch_size))]
             docs = [r.to_json() for r in batch]
             if self._log is not None:
-                self._log.write("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in docs))
+                self._log.write("".join(_encode(d) + "\n" for d in docs))
                 self._log.flush()
                 self.counts["access_log"] += len(docs)
             for s in self.sinks:

@@ -6,13 +6,28 @@ labels from them. Fields marked "not in the JSON record" feed the labels only.""
 
 from __future__ import annotations
 
-import datetime as dt
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+_last_second: list = [None, ""]  # (whole second, its "YYYY-MM-DDTHH:MM:SS"): records come in bursts
+
 
 def rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds, as ``datetime.fromtimestamp(t, UTC).isoformat(timespec=
+    "milliseconds")`` writes it (microseconds rounded half-even, then truncated to ms),
+    with the formatted second reused while it lasts."""
+    frac, whole = math.modf(t)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    if _last_second[0] != sec:
+        _last_second[0], _last_second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_last_second[1]}.{us // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)

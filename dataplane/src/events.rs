@@ -2,16 +2,19 @@
 //! drains in batches.
 //!
 //! Decides: what the core tells Python (a new connection to decide, an attempt that
-//! failed, a finished connection, progress) and when an event is dropped. Must never:
-//! block, wait for the GIL, or drop anything but a progress record (decisions and
-//! finished records are bounded elsewhere: limits.rs).
+//! failed, a finished connection, progress), when an event is dropped, and when Python
+//! is woken: at once for what waits on Python (a decision, a failed attempt), within
+//! limits::QUIET_DELAY for what does not (finished, progress), which under load rides
+//! along with the next decision instead of costing a wake-up of its own. Must never:
+//! block, wait for the GIL, drop anything but a progress record (decisions and finished
+//! records are bounded elsewhere: limits.rs), or leave an event unsignalled.
 
-use crate::limits::MAX_EVENTS;
+use crate::limits::{MAX_EVENTS, QUIET_DELAY};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,46 +81,108 @@ impl Event {
     fn droppable(&self) -> bool {
         matches!(self, Event::Progress { .. })
     }
+
+    /// Something waits on Python's answer: wake it now.
+    fn urgent(&self) -> bool {
+        matches!(self, Event::Conn { .. } | Event::Failed { .. })
+    }
+}
+
+struct Inner {
+    q: VecDeque<Event>,
+    /// The eventfd was written and Python has not drained since.
+    signalled: bool,
 }
 
 pub struct Queue {
-    q: Mutex<VecDeque<Event>>,
+    q: Mutex<Inner>,
     efd: OwnedFd,
+    /// A delayed signal is scheduled (at most one at a time).
+    nudging: AtomicBool,
     pub dropped: AtomicU64,
 }
 
 impl Queue {
-    pub fn new() -> std::io::Result<Self> {
+    pub fn new() -> std::io::Result<Arc<Self>> {
         // SAFETY: eventfd returns a new fd or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Queue {
-            q: Mutex::new(VecDeque::new()),
+        Ok(Arc::new(Queue {
+            q: Mutex::new(Inner {
+                q: VecDeque::new(),
+                signalled: false,
+            }),
             // SAFETY: `fd` was just created and is owned here only.
             efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            nudging: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-        })
+        }))
     }
 
     pub fn fd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }
 
-    /// Queue `ev`; the eventfd is written when the queue was empty (Python drains
-    /// until empty after each wake-up, so one signal per batch is enough).
-    pub fn push(&self, ev: Event) {
-        let was_empty = {
-            let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_EVENTS && ev.droppable() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `ev`. Python drains until empty after each wake-up, so one signal per
+    /// batch is enough: an urgent event signals unless a signal is already pending; any
+    /// other is signalled within QUIET_DELAY (by the next urgent event, a full batch,
+    /// or a delayed nudge on the runtime; at once outside one).
+    pub fn push(self: &Arc<Self>, ev: Event) {
+        let (now, later) = {
+            let mut g = self.lock();
+            if g.q.len() >= MAX_EVENTS && ev.droppable() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            q.push_back(ev);
-            q.len() == 1
+            let urgent = ev.urgent() || g.q.len() + 1 >= crate::limits::EVENT_BATCH;
+            g.q.push_back(ev);
+            if g.signalled {
+                (false, false)
+            } else if urgent {
+                g.signalled = true;
+                (true, false)
+            } else {
+                (false, true)
+            }
         };
-        if was_empty {
+        if now {
+            self.signal();
+        } else if later {
+            self.nudge();
+        }
+    }
+
+    /// Signal within QUIET_DELAY unless something else does first.
+    fn nudge(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.signal_pending();
+        };
+        if self.nudging.swap(true, Ordering::AcqRel) {
+            return; // one is on its way
+        }
+        let me = self.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(QUIET_DELAY).await;
+            me.nudging.store(false, Ordering::Release);
+            me.signal_pending();
+        });
+    }
+
+    /// Signal if events wait and no signal is pending.
+    fn signal_pending(&self) {
+        let now = {
+            let mut g = self.lock();
+            let now = !g.signalled && !g.q.is_empty();
+            g.signalled |= now;
+            now
+        };
+        if now {
             self.signal();
         }
     }
@@ -145,17 +210,111 @@ impl Queue {
                 8,
             );
         }
-        let mut q = self.q.lock().unwrap_or_else(|e| e.into_inner());
-        let n = q.len().min(max);
-        let out: Vec<Event> = q.drain(..n).collect();
-        if !q.is_empty() {
-            drop(q);
-            self.signal(); // more than one batch: wake Python again
+        let mut g = self.lock();
+        let n = g.q.len().min(max);
+        let out: Vec<Event> = g.q.drain(..n).collect();
+        // more than one batch: wake Python again; else the next push signals
+        g.signalled = !g.q.is_empty();
+        let again = g.signalled;
+        drop(g);
+        if again {
+            self.signal();
         }
         out
     }
 
     pub fn len(&self) -> usize {
-        self.q.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().q.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(q: &Queue) -> bool {
+        let mut p = libc::pollfd {
+            fd: q.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    fn conn(id: u64) -> Event {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Event::Conn {
+            id,
+            kind: Kind::Outbound,
+            src: a,
+            dst: a,
+            tunnel: None,
+        }
+    }
+
+    fn finished(id: u64) -> Event {
+        Event::Finished {
+            id,
+            sent: 1,
+            received: 2,
+            start: 0.0,
+            end: 0.0,
+            reason: "eof".into(),
+        }
+    }
+
+    #[test]
+    fn a_decision_wakes_python_at_once() {
+        let q = Queue::new().unwrap();
+        q.push(conn(1));
+        assert!(readable(&q));
+        q.push(conn(2)); // already signalled: one wake-up for the batch
+        let got = q.drain(512);
+        assert_eq!(got.len(), 2);
+        assert!(!readable(&q));
+    }
+
+    #[test]
+    fn a_finished_record_outside_a_runtime_is_signalled_at_once() {
+        let q = Queue::new().unwrap();
+        q.push(finished(1));
+        assert!(readable(&q));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_finished_record_rides_with_the_next_decision_or_is_signalled_soon() {
+        let q = Queue::new().unwrap();
+        q.push(finished(1));
+        assert!(!readable(&q)); // nothing waits on Python yet
+        q.push(conn(2));
+        assert!(readable(&q)); // the decision carries it along
+        let got = q.drain(512);
+        assert!(matches!(
+            got[..],
+            [Event::Finished { id: 1, .. }, Event::Conn { id: 2, .. }]
+        ));
+        q.push(finished(3));
+        q.push(finished(4));
+        assert!(!readable(&q));
+        tokio::time::sleep(QUIET_DELAY * 10).await;
+        assert!(readable(&q)); // never left unsignalled
+        assert_eq!(q.drain(512).len(), 2);
+        assert!(!readable(&q));
+        q.push(finished(5)); // a second nudge after the first one fired
+        tokio::time::sleep(QUIET_DELAY * 10).await;
+        assert!(readable(&q));
+    }
+
+    #[test]
+    fn more_than_a_batch_wakes_python_again() {
+        let q = Queue::new().unwrap();
+        for i in 0..5 {
+            q.push(conn(i));
+        }
+        assert_eq!(q.drain(3).len(), 3);
+        assert!(readable(&q));
+        assert_eq!(q.drain(3).len(), 2);
+        assert!(!readable(&q));
     }
 }

@@ -370,3 +370,6 @@ mod raw;
 
 #[path = "h2_flow_tests.rs"]
 mod flow;
+
+#[path = "sessions_tests.rs"]
+mod sessions;

@@ -20,6 +20,7 @@ mod live;
 mod outbound;
 mod pool;
 mod runtime;
+mod sessions;
 mod sockopt;
 mod spiffe;
 mod threads;

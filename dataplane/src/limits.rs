@@ -28,6 +28,17 @@ pub const MAX_CONNECT_HEAD: usize = 16 * 1024;
 /// Headers parsed in a CONNECT head; a request has four, more is abuse (431).
 pub const MAX_CONNECT_HEADERS: usize = 64;
 
+/// TLS 1.3 session tickets a client configuration keeps per peer (sessions.rs). A
+/// handshake takes one and the server sends two (tls.rs), so this is how many
+/// handshakes to one peer may start at once and all resume: 64 covers connect-rate's 16
+/// in flight four times over. A ticket is a few hundred bytes (the peer's chain is shared).
+pub const TLS_TICKETS_PER_PEER: usize = 64;
+
+/// Peers (server names) a client configuration keeps tickets for. A configuration is
+/// one (source, expected destination) identity pair, so one name per tunnel protocol
+/// in practice; the bound only stops a pathological case from growing.
+pub const TLS_TICKET_PEERS: usize = 16;
+
 /// Copy buffers grow with use, as ztunnel's: a direction starts at 1 KiB, a read that
 /// fills the buffer moves it to the next size, and a drained, idle direction holds
 /// nothing. 256 KiB is where throughput stops improving (NOTES.md: 64 KiB halved it).
@@ -40,7 +51,14 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Events handed to Python per `events()` call: keeps one trio turn short (a few ms).
+/// A queue this full wakes Python whatever the events are.
 pub const EVENT_BATCH: usize = 512;
+
+/// A finished or progress record wakes Python within this long when no decision comes
+/// first to carry it along (events.rs): nothing waits on them, and under load they ride
+/// with the next decision instead of costing Python a wake-up of their own. 2 ms is
+/// well inside the telemetry flush (a second) and /v1/connections' use.
+pub const QUIET_DELAY: Duration = Duration::from_millis(2);
 
 // ---- HBONE (HTTP/2 CONNECT tunnels), ztunnel's settings (NOTES.md) ------------------
 

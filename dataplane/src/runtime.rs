@@ -91,7 +91,7 @@ impl Drop for Admitted {
 }
 
 pub struct Shared {
-    pub events: Queue,
+    pub events: Arc<Queue>,
     pub settings: Settings,
     pub ids: Arc<Identities>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,

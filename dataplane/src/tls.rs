@@ -324,6 +324,9 @@ pub fn client_config(
         cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
         cfg.enable_sni = false;
     }
+    // tickets for as many concurrent handshakes to a peer as limits.rs allows
+    cfg.resumption =
+        rustls::client::Resumption::store(Arc::new(crate::sessions::Sessions::default()));
     Ok(Arc::new(cfg))
 }
 
