@@ -28,9 +28,24 @@ from agent.telemetry.istio import (
 )
 from agent.telemetry.metrics import Metrics
 
+# Label tuples of live connections, one object per distinct series: thousands of idle
+# connections between the same pods share one tuple (~250 bytes each otherwise). Bounded
+# like the series themselves; past it, it starts over (a new tuple per connection again).
+_SHARED_LABELS_MAX = 4096
+_shared_labels: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared(labels: tuple[str, ...]) -> tuple[str, ...]:
+    got = _shared_labels.get(labels)
+    if got is None:
+        if len(_shared_labels) >= _SHARED_LABELS_MAX:
+            _shared_labels.clear()
+        got = _shared_labels[labels] = labels
+    return got
+
 
 def opened(m: Metrics, rec, ctx: LabelContext) -> TcpAccount:
-    acct = TcpAccount(tcp_labels(rec, ctx))
+    acct = TcpAccount(_shared(tcp_labels(rec, ctx)))
     m.inc("istio_tcp_connections_opened_total", acct.labels)
     m.add_gauge("istio_tcp_sockets_open", acct.labels[:1], 1)
     return acct
