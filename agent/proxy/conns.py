@@ -4,7 +4,7 @@ re-checks and the finished-connection record. Plain data; no sockets, no clock
 
 One ``Conn`` per live connection, so its size is the agent's per-connection share
 (docs/benchmarks.md, idle-10k): slotted (a 33-field instance ``__dict__`` was 1.3 KB),
-addresses interned (thousands of connections share a handful of pod addresses), no
+addresses and principals interned (thousands of connections share a handful of pod addresses), no
 container allocated until telemetry opens an account. Must never hold sockets, tasks or
 closures: an idle connection costs only this record."""
 
@@ -122,6 +122,11 @@ class ConnTable:
         return iter(list(self._conns.values()))
 
     def add(self, c: Conn) -> Conn:
+        # principals are the same few strings for thousands of connections: share them
+        if c.src_principal is not None:
+            c.src_principal = sys.intern(c.src_principal)
+        if c.dst_principal is not None:
+            c.dst_principal = sys.intern(c.dst_principal)
         self._conns[c.id] = c
         return c
 

@@ -3,12 +3,13 @@
 //!
 //! Decides: what a live connection shows (kind, ends, byte counts), when it is closed
 //! (its copy loop ended, a reset, Python's close, the idle timeout) and that a reset on
-//! one side resets the other. Must never: let a bridged connection end without its
-//! finished record, or keep a connection after its record was sent.
+//! one side resets the other; when freed heap goes back to the OS (`Trim`). Must never:
+//! let a bridged connection end without its finished record, or keep a connection after
+//! its record was sent.
 
 use crate::copy::{self, Counters, Side};
 use crate::events::{Event, Kind};
-use crate::limits::{PROGRESS_EVERY, SWEEP_EVERY};
+use crate::limits::{PROGRESS_EVERY, SWEEP_EVERY, TRIM_CHURN, TRIM_EVERY, TRIM_QUIET};
 use crate::runtime::{wall, Shared};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -123,10 +124,16 @@ impl Shared {
     pub async fn sweep(self: Arc<Self>) {
         let idle = self.settings.idle_timeout.as_millis() as u64;
         let every = PROGRESS_EVERY.as_millis() as u64;
+        let mut trim = Trim::default();
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
             let now = self.now_ms();
-            for l in self.live() {
+            let live = self.live();
+            if trim.due(live.len(), now) {
+                self.count("heap_trims", 1);
+                tokio::task::spawn_blocking(release_free_heap);
+            }
+            for l in live {
                 let c = &l.counters;
                 if now.saturating_sub(c.active_ms.load(Ordering::Relaxed)) > idle {
                     self.count("idle_closed", 1);
@@ -149,5 +156,83 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// When freed heap goes back to the OS (limits.rs, TRIM_*): after the live count moved by
+/// TRIM_CHURN and then held still for a sweep, at most once per TRIM_EVERY; and once
+/// TRIM_EVERY after start.
+#[derive(Default)]
+pub(crate) struct Trim {
+    at: usize,
+    last: usize,
+    last_ms: Option<u64>,
+}
+
+impl Trim {
+    pub(crate) fn due(&mut self, live: usize, now_ms: u64) -> bool {
+        let quiet = live.abs_diff(self.last) < TRIM_QUIET;
+        self.last = live;
+        let every = TRIM_EVERY.as_millis() as u64;
+        let due = match self.last_ms {
+            None => now_ms >= every,
+            Some(t) => now_ms.saturating_sub(t) >= every && live.abs_diff(self.at) >= TRIM_CHURN,
+        };
+        if due && quiet {
+            self.at = live;
+            self.last_ms = Some(now_ms);
+        }
+        due && quiet
+    }
+}
+
+/// glibc keeps freed chunks inside its arenas; `malloc_trim` returns their whole pages.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and madvises the allocator's own free lists
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::Trim;
+
+    #[test]
+    fn trims_once_after_start_then_after_a_burst_has_settled() {
+        let mut t = Trim::default();
+        assert!(!t.due(0, 9_000), "not before start-up is over");
+        assert!(t.due(0, 10_000), "once after start");
+        assert!(!t.due(0, 11_000));
+        // a burst: the count moves, so not yet
+        assert!(!t.due(3000, 21_000));
+        assert!(!t.due(8000, 22_000));
+        assert!(t.due(8010, 23_000), "settled after moving by 8,010");
+        assert!(!t.due(8010, 40_000), "nothing moved since");
+        // the connections end: trimmed once the count is still again, 10 s after the last
+        assert!(!t.due(0, 41_000));
+        assert!(t.due(0, 42_000));
+    }
+
+    #[test]
+    fn steady_churn_at_a_constant_count_never_trims_again() {
+        let mut t = Trim::default();
+        assert!(t.due(16, 10_000));
+        for s in 11..200u64 {
+            assert!(!t.due(16 + (s as usize % 3), s * 1000));
+        }
+    }
+
+    #[test]
+    fn at_most_once_per_interval() {
+        let mut t = Trim::default();
+        assert!(t.due(0, 10_000));
+        assert!(!t.due(2000, 11_000));
+        assert!(
+            !t.due(2000, 12_000),
+            "moved and still, but only 2 s after the last"
+        );
+        assert!(t.due(2000, 20_000));
     }
 }
