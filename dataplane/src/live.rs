@@ -34,10 +34,12 @@ pub struct Live {
 
 impl Shared {
     /// Bridge `a` (source side) and `b` (destination side) until the connection ends,
-    /// then report it. `fa`/`fb`: their TCP fds, for resets.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn bridge<A, B>(
-        &self,
+    /// then report it. `fa`/`fb`: their TCP fds, for resets. An `async` block, not an
+    /// `async fn`: an async fn's future keeps its arguments twice (as passed and as
+    /// bound), and this future is what every idle connection holds.
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    pub fn bridge<'s, A, B>(
+        &'s self,
         id: u64,
         kind: Kind,
         mode: &'static str,
@@ -47,76 +49,79 @@ impl Shared {
         mut b: B,
         fds: (RawFd, RawFd),
         already: (u64, u64),
-    ) where
-        A: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+    ) -> impl std::future::Future<Output = ()> + 's
+    where
+        A: AsyncRead + AsyncWrite + Unpin + 's,
+        B: AsyncRead + AsyncWrite + Unpin + 's,
     {
-        let live = Arc::new(Live {
-            id,
-            kind,
-            mode,
-            src,
-            dst,
-            start: wall(),
-            counters: Counters::default(),
-            close: Notify::new(),
-            close_reason: Mutex::new(None),
-            reported: AtomicU64::new(0),
-            reported_at_ms: AtomicU64::new(self.now_ms()),
-        });
-        live.counters.sent.store(already.0, Ordering::Relaxed);
-        live.counters.received.store(already.1, Ordering::Relaxed);
-        live.counters
-            .active_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, live.clone());
-        self.count("connections_bridged", 1);
-        let now = || self.now_ms();
-        let outcome = tokio::select! {
-            r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
-                Ok(()) => None,
-                Err((side, e)) => {
-                    self.count("resets", 1);
-                    let r = crate::sockopt::reason(&e);
-                    Some(match side { Side::A => format!("{r} (source)"), Side::B => format!("{r} (destination)") })
+        async move {
+            let live = Arc::new(Live {
+                id,
+                kind,
+                mode,
+                src,
+                dst,
+                start: wall(),
+                counters: Counters::default(),
+                close: Notify::new(),
+                close_reason: Mutex::new(None),
+                reported: AtomicU64::new(0),
+                reported_at_ms: AtomicU64::new(self.now_ms()),
+            });
+            live.counters.sent.store(already.0, Ordering::Relaxed);
+            live.counters.received.store(already.1, Ordering::Relaxed);
+            live.counters
+                .active_ms
+                .store(self.now_ms(), Ordering::Relaxed);
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, live.clone());
+            self.count("connections_bridged", 1);
+            let now = || self.now_ms();
+            let outcome = tokio::select! {
+                r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
+                    Ok(()) => None,
+                    Err((side, e)) => {
+                        self.count("resets", 1);
+                        let r = crate::sockopt::reason(&e);
+                        Some(match side { Side::A => format!("{r} (source)"), Side::B => format!("{r} (destination)") })
+                    }
+                },
+                _ = live.close.notified() => Some(
+                    live.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "closed".into())
+                ),
+            };
+            let reason = match outcome {
+                None => "closed".to_string(),
+                Some(r) => {
+                    crate::sockopt::reset_on_close(fds.0);
+                    crate::sockopt::reset_on_close(fds.1);
+                    r
                 }
-            },
-            _ = live.close.notified() => Some(
-                live.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "closed".into())
-            ),
-        };
-        let reason = match outcome {
-            None => "closed".to_string(),
-            Some(r) => {
-                crate::sockopt::reset_on_close(fds.0);
-                crate::sockopt::reset_on_close(fds.1);
-                r
-            }
-        };
-        drop(a);
-        drop(b);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        let c = &live.counters;
-        let (sent, received) = (
-            c.sent.load(Ordering::Relaxed),
-            c.received.load(Ordering::Relaxed),
-        );
-        self.count("bytes_sent", sent);
-        self.count("bytes_received", received);
-        self.events.push(Event::Finished {
-            id,
-            sent,
-            received,
-            start: live.start,
-            end: wall(),
-            reason,
-        });
+            };
+            drop(a);
+            drop(b);
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let c = &live.counters;
+            let (sent, received) = (
+                c.sent.load(Ordering::Relaxed),
+                c.received.load(Ordering::Relaxed),
+            );
+            self.count("bytes_sent", sent);
+            self.count("bytes_received", received);
+            self.events.push(Event::Finished {
+                id,
+                sent,
+                received,
+                start: live.start,
+                end: wall(),
+                reason,
+            });
+        }
     }
 
     /// Once per SWEEP_EVERY: idle connections are closed, long-lived ones report

@@ -56,98 +56,101 @@ pub async fn serve_captured(shared: Arc<Shared>, mut client: TcpStream, kind: Ki
         dst,
         tunnel: None,
     };
-    let mut cmd = Box::pin(shared.decide(id, ev)).await;
-    loop {
-        let failure = match cmd {
-            None | Some(Command::Refuse { .. }) => {
-                sockopt::reset_on_close(client.as_raw_fd());
-                return;
-            }
-            Some(Command::Connect { upstream, bind }) => {
-                match Box::pin(sockopt::connect(
-                    upstream,
-                    bind,
-                    shared.settings.connect_timeout,
-                ))
-                .await
-                {
-                    Ok(up) => {
-                        let fds = (client.as_raw_fd(), up.as_raw_fd());
-                        let mode = if kind == Kind::Plaintext {
-                            "plaintext"
-                        } else {
-                            "direct"
-                        };
-                        Box::pin(shared.bridge(
-                            id,
-                            kind,
-                            mode,
-                            src,
-                            upstream,
-                            client,
-                            up,
-                            fds,
-                            (0, 0),
-                        ))
-                        .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let status = if e.kind() == std::io::ErrorKind::TimedOut {
-                            504
-                        } else {
-                            502
-                        };
-                        fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
-                    }
-                }
-            }
-            Some(Command::Tunnel(plan)) if kind == Kind::Outbound && plan.hbone => {
-                let opened = Box::pin(crate::h2client::open(&shared, &plan)).await;
-                let peer = plan.peer;
-                drop(plan); // its strings were sent; an idle stream keeps none of them
-                match opened {
-                    Ok((stream, _lease)) => {
-                        shared.count("hbone_streams_opened", 1);
-                        let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
-                        let fds = (client.as_raw_fd(), -1);
-                        shared
-                            .bridge(id, kind, "hbone", src, peer, client, stream, fds, (0, 0))
-                            .await;
-                        return;
-                    }
-                    Err(f) => f,
-                }
-            }
-            Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
-                match Box::pin(connect_tunnel(&shared, id, src, client, plan)).await {
-                    Ok(()) => return,
-                    Err((c, f)) => {
-                        client = c;
-                        f
-                    }
-                }
-            }
-            Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
-            Some(Command::Pipe { fd }) => {
-                let Some(pipe) = pipe(fd) else {
+    // the decisions and attempts in their own scope: their storage (the command, the
+    // plan) is not part of the HBONE bridge's state, which an idle connection keeps
+    let (stream, lease, peer) = {
+        let mut cmd = Box::pin(shared.decide(id, ev)).await;
+        loop {
+            let failure = match cmd {
+                None | Some(Command::Refuse { .. }) => {
+                    sockopt::reset_on_close(client.as_raw_fd());
                     return;
-                };
-                let fds = (client.as_raw_fd(), pipe.as_raw_fd());
-                Box::pin(shared.bridge(id, kind, "pipe", src, dst, client, pipe, fds, (0, 0)))
-                    .await;
-                return;
-            }
-        };
-        shared.count("attempts_failed", 1);
-        let ev = Event::Failed {
-            id,
-            status: failure.status,
-            reason: failure.reason,
-            policy: failure.policy,
-        };
-        cmd = Box::pin(shared.decide(id, ev)).await;
-    }
+                }
+                Some(Command::Connect { upstream, bind }) => {
+                    match Box::pin(sockopt::connect(
+                        upstream,
+                        bind,
+                        shared.settings.connect_timeout,
+                    ))
+                    .await
+                    {
+                        Ok(up) => {
+                            let fds = (client.as_raw_fd(), up.as_raw_fd());
+                            let mode = if kind == Kind::Plaintext {
+                                "plaintext"
+                            } else {
+                                "direct"
+                            };
+                            Box::pin(shared.bridge(
+                                id,
+                                kind,
+                                mode,
+                                src,
+                                upstream,
+                                client,
+                                up,
+                                fds,
+                                (0, 0),
+                            ))
+                            .await;
+                            return;
+                        }
+                        Err(e) => {
+                            let status = if e.kind() == std::io::ErrorKind::TimedOut {
+                                504
+                            } else {
+                                502
+                            };
+                            fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
+                        }
+                    }
+                }
+                Some(Command::Tunnel(plan)) if kind == Kind::Outbound && plan.hbone => {
+                    let opened = Box::pin(crate::h2client::open(&shared, &plan)).await;
+                    let peer = plan.peer;
+                    drop(plan); // its strings were sent; an idle stream keeps none of them
+                    match opened {
+                        Ok((stream, lease)) => break (stream, lease, peer),
+                        Err(f) => f,
+                    }
+                }
+                Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
+                    match Box::pin(connect_tunnel(&shared, id, src, client, plan)).await {
+                        Ok(()) => return,
+                        Err((c, f)) => {
+                            client = c;
+                            f
+                        }
+                    }
+                }
+                Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
+                Some(Command::Pipe { fd }) => {
+                    let Some(pipe) = pipe(fd) else {
+                        return;
+                    };
+                    let fds = (client.as_raw_fd(), pipe.as_raw_fd());
+                    Box::pin(shared.bridge(id, kind, "pipe", src, dst, client, pipe, fds, (0, 0)))
+                        .await;
+                    return;
+                }
+            };
+            shared.count("attempts_failed", 1);
+            let ev = Event::Failed {
+                id,
+                status: failure.status,
+                reason: failure.reason,
+                policy: failure.policy,
+            };
+            cmd = Box::pin(shared.decide(id, ev)).await;
+        }
+    };
+    shared.count("hbone_streams_opened", 1);
+    let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
+    let _lease = lease;
+    let fds = (client.as_raw_fd(), -1);
+    shared
+        .bridge(id, kind, "hbone", src, peer, client, stream, fds, (0, 0))
+        .await;
 }
 
 /// Carry a captured connection through its own HTTP/1.1 CONNECT tunnel until it ends;
