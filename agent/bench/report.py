@@ -272,7 +272,7 @@ def _memory(g) -> str:
             "connections): HBONE carries up to 200 streams per TLS connection, so an idle connection costs each "
             "agent its socket, the core's task (about 1 KB: only the bridge's state, the set-up steps are freed "
             "before it), h2's per-stream state, and the Python record of the connection (for /v1/connections, "
-            "telemetry and policy re-checks, about 1.1-1.3 KB); the rest is malloc's free memory between them. "
+            "telemetry and policy re-checks, about 0.9-1.2 KiB); the rest is malloc's free memory between them. "
             "docs/dataplane.md (Memory) has the split measured in the lab. With HTTP/1.1 CONNECT "
             f"(hostmesh-connect, {_f(kc)} KiB) each connection also holds its own rustls session. The Python "
             f"data plane held {_f(kp)} KiB. **Idle agent** ({_f(idle)} MiB; the Python data plane's agent "
