@@ -1,6 +1,7 @@
-"""What one live connection costs the agent (docs/dataplane.md, Memory): the record is
-slotted, shares its addresses, principals and label tuple with every other connection
-between the same pods, and holds no container until telemetry opens an account."""
+"""What the agent holds per connection and at idle (docs/dataplane.md, Memory): the
+connection record is slotted, shares its addresses, principals and label tuple with
+every other connection between the same pods, and holds no container until telemetry
+opens an account; the agent's process imports only its own command's CLI module."""
 
 import sys
 
@@ -63,3 +64,12 @@ def test_the_shared_label_table_is_bounded(monkeypatch):
         assert len(account._shared_labels) <= 2
     again = ("source", "w4")
     assert account._shared(again) is not again  # still shared after starting over
+
+
+def test_the_agent_imports_only_its_own_command():
+    from agent.cli.main import command_of
+
+    assert command_of(["--log-format", "json", "run", "--config", "c.yaml"]) == "run"
+    assert command_of(["--log-level=debug", "ctl", "stats"]) == "ctl"
+    assert command_of(["--log-level", "info", "--log-format", "text"]) is None
+    assert command_of(["--version"]) is None
