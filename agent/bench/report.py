@@ -271,19 +271,20 @@ def _memory(g) -> str:
     k, idle, tls, n = (g("idle-10k", "hostmesh", m) for m in ("kib_per_conn", "idle_agent_rss_mib", "tls_connections",
                                                                "connections"))
     kp, ip = g("idle-10k", "hostmesh-python", "kib_per_conn"), g("idle-10k", "hostmesh-python", "idle_agent_rss_mib")
+    kc = g("idle-10k", "hostmesh-connect", "kib_per_conn")
     return (f"- **Memory** ({_f(k)} KiB per idle connection per agent, {_f(tls)} TLS connections for {_f(n)} idle "
-            "connections): with HTTP/1.1 CONNECT every tunnelled connection has its own TLS connection, so each "
-            "agent holds per connection two sockets, the copy task (its buffers are freed when a direction "
-            "drains), a rustls session with the peer's certificate chain, and the Python record of the "
-            "connection (for /v1/connections, telemetry and policy re-checks); this run does not split the "
-            f"figure between them. The Python data plane held {_f(kp)} KiB. Multiplexing (HBONE: up to 100 "
-            "streams per TLS connection) takes the TLS share and the TLS count down; 4 KiB also needs the Python "
-            f"record smaller. **Idle agent** ({_f(idle)} MiB; the Python data plane's agent {_f(ip)} MiB in the "
-            "same run): both engines' agents sit at ~80 MiB from the first measurement of phase 2 on, against "
-            "~60 MiB in the previous recorded run, so the growth is in what every agent loads (the interpreter "
-            "with trio, cryptography, pydantic, h11, the discovery and telemetry modules, and the core), not in "
-            "the data plane's per-connection state; it is measured after the load scenarios and includes what "
-            "they left behind. 8,000 rather than 10,000 connections: two descriptors per connection per agent "
+            "connections): HBONE carries up to 200 streams per TLS connection, so an idle connection costs each "
+            "agent its socket, the core's task (about 1 KB: only the bridge's state, the set-up steps are freed "
+            "before it), h2's per-stream state, and the Python record of the connection (for /v1/connections, "
+            "telemetry and policy re-checks, about 0.9-1.2 KiB); the rest is malloc's free memory between them. "
+            "docs/dataplane.md (Memory) has the split measured in the lab. With HTTP/1.1 CONNECT "
+            f"(hostmesh-connect, {_f(kc)} KiB) each connection also holds its own rustls session. The Python "
+            f"data plane held {_f(kp)} KiB. **Idle agent** ({_f(idle)} MiB; the Python data plane's agent "
+            f"{_f(ip)} MiB in the same run): what every agent loads at start, measured per package: trio and the "
+            "standard library it pulls in 15.4 MiB, grpcio and protobuf (the CA client) 14.4, cryptography 9.9, "
+            "pydantic 8.5, the agent with the core 8.1; each is used at start, so lazy imports do not move it "
+            "(docs/dataplane.md). It is measured after the load scenarios and includes what they left behind. "
+            "8,000 rather than 10,000 connections: two descriptors per connection per agent "
             "and this machine caps a process at 20,000 (tests/lab/test_b10k.py tries 10,000: 9,973 to 9,986 held byte-exact in its runs, the "
             "rest reset at the cap).")
 

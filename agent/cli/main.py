@@ -58,9 +58,28 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# global options that take a value: their value is not the command
+_VALUED = ("--log-level", "--log-format")
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (None before one), past the global options and their
+    values: ``--log-format json run`` is ``run``, so the agent imports only its own
+    command's module (the others cost it ~0.5 MiB it never uses)."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUED:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in argv if not a.startswith("-")), None)
+    first = command_of(argv)
     parser = build_parser(first if first in COMMANDS else None)
     try:
         import argcomplete  # optional: shell completion when installed

@@ -55,7 +55,7 @@ _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued"
 DENIED_STATUS = {"hbone": 401, "connect": 403}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     conn: Conn
     plans: list = field(default_factory=list)

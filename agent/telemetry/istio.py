@@ -172,7 +172,7 @@ BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
            3600000)
 
 
-@dataclass
+@dataclass(slots=True)
 class TcpAccount:
     """What a live connection has already put into the counters, so bytes reach them as
     they flow (``progress``) and the rest when it ends, never twice."""

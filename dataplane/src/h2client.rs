@@ -50,7 +50,8 @@ pub async fn open(shared: &Arc<Shared>, plan: &TunnelPlan) -> Result<(H2Stream, 
                         Some((at, status, reason)) if *at >= asked => {
                             return Err(fail(*status, reason.clone()))
                         }
-                        _ => match connect(shared, plan, &key).await {
+                        // boxed: the handshake's state would size every stream's set-up
+                        _ => match Box::pin(connect(shared, plan, &key)).await {
                             Ok(c) => {
                                 *opening = None;
                                 shared.pool.insert(&key, c)

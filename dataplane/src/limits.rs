@@ -47,6 +47,17 @@ pub const BUFFER_SIZES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
 /// How often live connections are swept for the idle timeout and report progress.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Freed heap is handed back to the OS (glibc's `malloc_trim`) once the number of live
+/// connections moved by TRIM_CHURN since the last time and then held still (moved by
+/// less than TRIM_QUIET in one sweep: the burst is over), at most once per TRIM_EVERY,
+/// and once TRIM_EVERY after start (start-up garbage). A burst of connection set-ups
+/// leaves holes between the long-lived per-connection allocations that malloc keeps
+/// (measured: 8,000 HBONE connections left 12.7 MB free inside node-1's arenas, 8.7 MB of
+/// it handed back by one trim taking 1.3 ms, on a blocking thread).
+pub const TRIM_CHURN: usize = 1024;
+pub const TRIM_QUIET: usize = 64;
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// A live connection reports its byte counts this often (bytes as they flow, issue 20).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 

@@ -57,7 +57,8 @@ fn spawn(shared: &Arc<Shared>, s: TcpStream, kind: Kind) {
         let _admitted = admitted;
         match kind {
             Kind::Outbound | Kind::Plaintext => outbound::serve_captured(shared, s, kind).await,
-            Kind::Tunnel => inbound::serve_tunnel(shared, s).await,
+            // boxed: a tunnel's handshake state would size every captured connection's task
+            Kind::Tunnel => Box::pin(inbound::serve_tunnel(shared, s)).await,
         }
     });
 }

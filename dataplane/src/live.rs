@@ -3,12 +3,13 @@
 //!
 //! Decides: what a live connection shows (kind, ends, byte counts), when it is closed
 //! (its copy loop ended, a reset, Python's close, the idle timeout) and that a reset on
-//! one side resets the other. Must never: let a bridged connection end without its
-//! finished record, or keep a connection after its record was sent.
+//! one side resets the other; when freed heap goes back to the OS (`Trim`). Must never:
+//! let a bridged connection end without its finished record, or keep a connection after
+//! its record was sent.
 
 use crate::copy::{self, Counters, Side};
 use crate::events::{Event, Kind};
-use crate::limits::{PROGRESS_EVERY, SWEEP_EVERY};
+use crate::limits::{PROGRESS_EVERY, SWEEP_EVERY, TRIM_CHURN, TRIM_EVERY, TRIM_QUIET};
 use crate::runtime::{wall, Shared};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -33,10 +34,12 @@ pub struct Live {
 
 impl Shared {
     /// Bridge `a` (source side) and `b` (destination side) until the connection ends,
-    /// then report it. `fa`/`fb`: their TCP fds, for resets.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn bridge<A, B>(
-        &self,
+    /// then report it. `fa`/`fb`: their TCP fds, for resets. An `async` block, not an
+    /// `async fn`: an async fn's future keeps its arguments twice (as passed and as
+    /// bound), and this future is what every idle connection holds.
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    pub fn bridge<'s, A, B>(
+        &'s self,
         id: u64,
         kind: Kind,
         mode: &'static str,
@@ -46,76 +49,79 @@ impl Shared {
         mut b: B,
         fds: (RawFd, RawFd),
         already: (u64, u64),
-    ) where
-        A: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+    ) -> impl std::future::Future<Output = ()> + 's
+    where
+        A: AsyncRead + AsyncWrite + Unpin + 's,
+        B: AsyncRead + AsyncWrite + Unpin + 's,
     {
-        let live = Arc::new(Live {
-            id,
-            kind,
-            mode,
-            src,
-            dst,
-            start: wall(),
-            counters: Counters::default(),
-            close: Notify::new(),
-            close_reason: Mutex::new(None),
-            reported: AtomicU64::new(0),
-            reported_at_ms: AtomicU64::new(self.now_ms()),
-        });
-        live.counters.sent.store(already.0, Ordering::Relaxed);
-        live.counters.received.store(already.1, Ordering::Relaxed);
-        live.counters
-            .active_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, live.clone());
-        self.count("connections_bridged", 1);
-        let now = || self.now_ms();
-        let outcome = tokio::select! {
-            r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
-                Ok(()) => None,
-                Err((side, e)) => {
-                    self.count("resets", 1);
-                    let r = crate::sockopt::reason(&e);
-                    Some(match side { Side::A => format!("{r} (source)"), Side::B => format!("{r} (destination)") })
+        async move {
+            let live = Arc::new(Live {
+                id,
+                kind,
+                mode,
+                src,
+                dst,
+                start: wall(),
+                counters: Counters::default(),
+                close: Notify::new(),
+                close_reason: Mutex::new(None),
+                reported: AtomicU64::new(0),
+                reported_at_ms: AtomicU64::new(self.now_ms()),
+            });
+            live.counters.sent.store(already.0, Ordering::Relaxed);
+            live.counters.received.store(already.1, Ordering::Relaxed);
+            live.counters
+                .active_ms
+                .store(self.now_ms(), Ordering::Relaxed);
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, live.clone());
+            self.count("connections_bridged", 1);
+            let now = || self.now_ms();
+            let outcome = tokio::select! {
+                r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
+                    Ok(()) => None,
+                    Err((side, e)) => {
+                        self.count("resets", 1);
+                        let r = crate::sockopt::reason(&e);
+                        Some(match side { Side::A => format!("{r} (source)"), Side::B => format!("{r} (destination)") })
+                    }
+                },
+                _ = live.close.notified() => Some(
+                    live.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "closed".into())
+                ),
+            };
+            let reason = match outcome {
+                None => "closed".to_string(),
+                Some(r) => {
+                    crate::sockopt::reset_on_close(fds.0);
+                    crate::sockopt::reset_on_close(fds.1);
+                    r
                 }
-            },
-            _ = live.close.notified() => Some(
-                live.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "closed".into())
-            ),
-        };
-        let reason = match outcome {
-            None => "closed".to_string(),
-            Some(r) => {
-                crate::sockopt::reset_on_close(fds.0);
-                crate::sockopt::reset_on_close(fds.1);
-                r
-            }
-        };
-        drop(a);
-        drop(b);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        let c = &live.counters;
-        let (sent, received) = (
-            c.sent.load(Ordering::Relaxed),
-            c.received.load(Ordering::Relaxed),
-        );
-        self.count("bytes_sent", sent);
-        self.count("bytes_received", received);
-        self.events.push(Event::Finished {
-            id,
-            sent,
-            received,
-            start: live.start,
-            end: wall(),
-            reason,
-        });
+            };
+            drop(a);
+            drop(b);
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let c = &live.counters;
+            let (sent, received) = (
+                c.sent.load(Ordering::Relaxed),
+                c.received.load(Ordering::Relaxed),
+            );
+            self.count("bytes_sent", sent);
+            self.count("bytes_received", received);
+            self.events.push(Event::Finished {
+                id,
+                sent,
+                received,
+                start: live.start,
+                end: wall(),
+                reason,
+            });
+        }
     }
 
     /// Once per SWEEP_EVERY: idle connections are closed, long-lived ones report
@@ -123,10 +129,16 @@ impl Shared {
     pub async fn sweep(self: Arc<Self>) {
         let idle = self.settings.idle_timeout.as_millis() as u64;
         let every = PROGRESS_EVERY.as_millis() as u64;
+        let mut trim = Trim::default();
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
             let now = self.now_ms();
-            for l in self.live() {
+            let live = self.live();
+            if trim.due(live.len(), now) {
+                self.count("heap_trims", 1);
+                tokio::task::spawn_blocking(release_free_heap);
+            }
+            for l in live {
                 let c = &l.counters;
                 if now.saturating_sub(c.active_ms.load(Ordering::Relaxed)) > idle {
                     self.count("idle_closed", 1);
@@ -149,5 +161,83 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// When freed heap goes back to the OS (limits.rs, TRIM_*): after the live count moved by
+/// TRIM_CHURN and then held still for a sweep, at most once per TRIM_EVERY; and once
+/// TRIM_EVERY after start.
+#[derive(Default)]
+pub(crate) struct Trim {
+    at: usize,
+    last: usize,
+    last_ms: Option<u64>,
+}
+
+impl Trim {
+    pub(crate) fn due(&mut self, live: usize, now_ms: u64) -> bool {
+        let quiet = live.abs_diff(self.last) < TRIM_QUIET;
+        self.last = live;
+        let every = TRIM_EVERY.as_millis() as u64;
+        let due = match self.last_ms {
+            None => now_ms >= every,
+            Some(t) => now_ms.saturating_sub(t) >= every && live.abs_diff(self.at) >= TRIM_CHURN,
+        };
+        if due && quiet {
+            self.at = live;
+            self.last_ms = Some(now_ms);
+        }
+        due && quiet
+    }
+}
+
+/// glibc keeps freed chunks inside its arenas; `malloc_trim` returns their whole pages.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and madvises the allocator's own free lists
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::Trim;
+
+    #[test]
+    fn trims_once_after_start_then_after_a_burst_has_settled() {
+        let mut t = Trim::default();
+        assert!(!t.due(0, 9_000), "not before start-up is over");
+        assert!(t.due(0, 10_000), "once after start");
+        assert!(!t.due(0, 11_000));
+        // a burst: the count moves, so not yet
+        assert!(!t.due(3000, 21_000));
+        assert!(!t.due(8000, 22_000));
+        assert!(t.due(8010, 23_000), "settled after moving by 8,010");
+        assert!(!t.due(8010, 40_000), "nothing moved since");
+        // the connections end: trimmed once the count is still again, 10 s after the last
+        assert!(!t.due(0, 41_000));
+        assert!(t.due(0, 42_000));
+    }
+
+    #[test]
+    fn steady_churn_at_a_constant_count_never_trims_again() {
+        let mut t = Trim::default();
+        assert!(t.due(16, 10_000));
+        for s in 11..200u64 {
+            assert!(!t.due(16 + (s as usize % 3), s * 1000));
+        }
+    }
+
+    #[test]
+    fn at_most_once_per_interval() {
+        let mut t = Trim::default();
+        assert!(t.due(0, 10_000));
+        assert!(!t.due(2000, 11_000));
+        assert!(
+            !t.due(2000, 12_000),
+            "moved and still, but only 2 s after the last"
+        );
+        assert!(t.due(2000, 20_000));
     }
 }

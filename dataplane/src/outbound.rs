@@ -9,6 +9,11 @@
 //! to Python, or refuse with a reset. A failed attempt is reported and the next
 //! command awaited (Python's plan may hold other endpoints). Must never: send a byte of
 //! the client's to anyone before Python said where, or keep a refused connection open.
+//!
+//! Memory: this task lives as long as its connection, and a task's future is as large as
+//! its largest state, so every step but the bridge is boxed (the handshake and h2
+//! set-up states were 7.4 KB held by every idle connection) and the command's strings
+//! are dropped before bridging: an idle HBONE connection holds the bridge's ~0.7 KB.
 
 use crate::connect;
 use crate::events::{Event, Kind};
@@ -39,7 +44,7 @@ pub(crate) fn fail(status: u16, reason: impl Into<String>) -> Failure {
     }
 }
 
-pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) {
+pub async fn serve_captured(shared: Arc<Shared>, mut client: TcpStream, kind: Kind) {
     let (Ok(src), Ok(dst)) = (client.peer_addr(), sockopt::original_dst(&client)) else {
         return;
     };
@@ -51,99 +56,139 @@ pub async fn serve_captured(shared: Arc<Shared>, client: TcpStream, kind: Kind) 
         dst,
         tunnel: None,
     };
-    let mut cmd = shared.decide(id, ev).await;
-    loop {
-        let failure = match cmd {
-            None | Some(Command::Refuse { .. }) => {
-                sockopt::reset_on_close(client.as_raw_fd());
-                return;
-            }
-            Some(Command::Connect { upstream, bind }) => {
-                match sockopt::connect(upstream, bind, shared.settings.connect_timeout).await {
-                    Ok(up) => {
-                        let fds = (client.as_raw_fd(), up.as_raw_fd());
-                        let mode = if kind == Kind::Plaintext {
-                            "plaintext"
-                        } else {
-                            "direct"
-                        };
-                        shared
-                            .bridge(id, kind, mode, src, upstream, client, up, fds, (0, 0))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let status = if e.kind() == std::io::ErrorKind::TimedOut {
-                            504
-                        } else {
-                            502
-                        };
-                        fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
-                    }
+    // the decisions and attempts in their own scope: their storage (the command, the
+    // plan) is not part of the HBONE bridge's state, which an idle connection keeps
+    let (stream, lease, peer) = {
+        let mut cmd = Box::pin(shared.decide(id, ev)).await;
+        loop {
+            let failure = match cmd {
+                None | Some(Command::Refuse { .. }) => {
+                    sockopt::reset_on_close(client.as_raw_fd());
+                    return;
                 }
-            }
-            Some(Command::Tunnel(plan)) if kind == Kind::Outbound && plan.hbone => {
-                match crate::h2client::open(&shared, &plan).await {
-                    Ok((stream, _lease)) => {
-                        shared.count("hbone_streams_opened", 1);
-                        let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
-                        let fds = (client.as_raw_fd(), -1);
-                        shared
-                            .bridge(
+                Some(Command::Connect { upstream, bind }) => {
+                    match Box::pin(sockopt::connect(
+                        upstream,
+                        bind,
+                        shared.settings.connect_timeout,
+                    ))
+                    .await
+                    {
+                        Ok(up) => {
+                            let fds = (client.as_raw_fd(), up.as_raw_fd());
+                            let mode = if kind == Kind::Plaintext {
+                                "plaintext"
+                            } else {
+                                "direct"
+                            };
+                            Box::pin(shared.bridge(
                                 id,
                                 kind,
-                                "hbone",
+                                mode,
                                 src,
-                                plan.peer,
+                                upstream,
                                 client,
-                                stream,
+                                up,
                                 fds,
                                 (0, 0),
-                            )
+                            ))
                             .await;
-                        return;
-                    }
-                    Err(f) => f,
-                }
-            }
-            Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
-                match open_tunnel(&shared, &plan).await {
-                    Ok((tls, leftover)) => {
-                        let mut client = client;
-                        if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
                             return;
                         }
-                        let fds = (client.as_raw_fd(), tls.get_ref().0.as_raw_fd());
-                        let n = leftover.len() as u64;
-                        shared
-                            .bridge(id, kind, "tunnel", src, plan.peer, client, tls, fds, (0, n))
-                            .await;
-                        return;
+                        Err(e) => {
+                            let status = if e.kind() == std::io::ErrorKind::TimedOut {
+                                504
+                            } else {
+                                502
+                            };
+                            fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
+                        }
                     }
-                    Err(f) => f,
                 }
-            }
-            Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
-            Some(Command::Pipe { fd }) => {
-                let Some(pipe) = pipe(fd) else {
+                Some(Command::Tunnel(plan)) if kind == Kind::Outbound && plan.hbone => {
+                    let opened = Box::pin(crate::h2client::open(&shared, &plan)).await;
+                    let peer = plan.peer;
+                    drop(plan); // its strings were sent; an idle stream keeps none of them
+                    match opened {
+                        Ok((stream, lease)) => break (stream, lease, peer),
+                        Err(f) => f,
+                    }
+                }
+                Some(Command::Tunnel(plan)) if kind == Kind::Outbound => {
+                    match Box::pin(connect_tunnel(&shared, id, src, client, plan)).await {
+                        Ok(()) => return,
+                        Err((c, f)) => {
+                            client = c;
+                            f
+                        }
+                    }
+                }
+                Some(Command::Tunnel(_)) => fail(503, "tunnel_not_allowed_here"),
+                Some(Command::Pipe { fd }) => {
+                    let Some(pipe) = pipe(fd) else {
+                        return;
+                    };
+                    let fds = (client.as_raw_fd(), pipe.as_raw_fd());
+                    Box::pin(shared.bridge(id, kind, "pipe", src, dst, client, pipe, fds, (0, 0)))
+                        .await;
                     return;
-                };
-                let fds = (client.as_raw_fd(), pipe.as_raw_fd());
-                shared
-                    .bridge(id, kind, "pipe", src, dst, client, pipe, fds, (0, 0))
-                    .await;
-                return;
-            }
-        };
-        shared.count("attempts_failed", 1);
-        let ev = Event::Failed {
-            id,
-            status: failure.status,
-            reason: failure.reason,
-            policy: failure.policy,
-        };
-        cmd = shared.decide(id, ev).await;
+                }
+            };
+            shared.count("attempts_failed", 1);
+            let ev = Event::Failed {
+                id,
+                status: failure.status,
+                reason: failure.reason,
+                policy: failure.policy,
+            };
+            cmd = Box::pin(shared.decide(id, ev)).await;
+        }
+    };
+    shared.count("hbone_streams_opened", 1);
+    let _gauge = Gauge::new(&shared, |s| &s.hbone_streams);
+    let _lease = lease;
+    let fds = (client.as_raw_fd(), -1);
+    shared
+        .bridge(id, kind, "hbone", src, peer, client, stream, fds, (0, 0))
+        .await;
+}
+
+/// Carry a captured connection through its own HTTP/1.1 CONNECT tunnel until it ends;
+/// a failed attempt gives the client back with the failure. Boxed by the caller: its
+/// TLS states would size every connection's task.
+async fn connect_tunnel(
+    shared: &Arc<Shared>,
+    id: u64,
+    src: std::net::SocketAddr,
+    mut client: TcpStream,
+    plan: TunnelPlan,
+) -> Result<(), (TcpStream, Failure)> {
+    let (tls, leftover) = match open_tunnel(shared, &plan).await {
+        Ok(t) => t,
+        Err(f) => return Err((client, f)),
+    };
+    let peer = plan.peer;
+    drop(plan);
+    if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
+        return Ok(());
     }
+    let fds = (client.as_raw_fd(), tls.get_ref().0.as_raw_fd());
+    let n = leftover.len() as u64;
+    drop(leftover);
+    shared
+        .bridge(
+            id,
+            Kind::Outbound,
+            "tunnel",
+            src,
+            peer,
+            client,
+            tls,
+            fds,
+            (0, n),
+        )
+        .await;
+    Ok(())
 }
 
 /// Python's socket pair end, as a tokio stream (None: it could not be registered).
