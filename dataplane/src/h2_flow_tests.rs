@@ -104,30 +104,52 @@ async fn killable(to: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<boo
     (a, kill)
 }
 
+/// Issue 17's bad input: one TLS connection carrying 1,000 streams (the server's limit
+/// raised to 1,001, as a peer advertising more than ztunnel's 200 would), killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_end_every_stream_and_leak_nothing() {
     use std::sync::atomic::Ordering::Relaxed;
     let pki = pki();
-    let (srv, addr, seen) = server(&pki, 0).await;
+    let n = 1000;
+    let (srv, addr, seen) = server_with(&pki, 0, n + 1).await;
     let (relay, kill) = killable(addr).await;
     let up = reverser().await;
     let cli = core(&pki, &[CLIENT]);
-    let n = 300;
-    let mut streams = Vec::new();
-    for _ in 0..n {
-        let (mut s, lease) = open(&cli, &plan(relay, up)).await.unwrap();
-        s.write_all(b"x").await.unwrap();
-        streams.push((s, lease));
+    // the first stream alone (the server's SETTINGS known after it), then the rest at once
+    let mut streams = vec![open(&cli, &plan(relay, up)).await.unwrap()];
+    let opening: Vec<_> = (1..n)
+        .map(|_| {
+            let (cli, p) = (cli.clone(), plan(relay, up));
+            tokio::spawn(async move { open(&cli, &p).await.unwrap() })
+        })
+        .collect();
+    for t in opening {
+        streams.push(t.await.unwrap());
     }
-    // 199 streams per connection (one short of the server's 200), then a second one
-    assert_eq!(srv.counters().get("hbone_connections_opened"), Some(&2));
-    assert_eq!(srv.hbone_streams.load(Relaxed), n);
+    for (s, _) in &mut streams {
+        s.write_all(b"x").await.unwrap();
+    }
+    // one short of the server's 1,001: every stream on one TLS connection
+    assert_eq!(srv.counters().get("hbone_connections_opened"), Some(&1));
+    assert_eq!(cli.counters().get("hbone_connections_opened"), Some(&1));
+    assert_eq!(srv.hbone_streams.load(Relaxed), n as u64);
     kill.send_replace(true);
+    let started = std::time::Instant::now();
     for (mut s, _lease) in streams {
         let mut sink = Vec::new();
         let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
-        assert!(end.is_ok(), "a stream outlived its connection");
+        let err = end
+            .expect("a stream outlived its connection")
+            .expect_err("a lost tunnel is a reset, never a clean EOF");
+        assert_eq!(sink, b"", "nothing came back before the kill");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        assert_eq!(crate::sockopt::reason(&err), "tunnel_lost");
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let settled = || {
         srv.hbone_streams.load(Relaxed) == 0
             && srv.hbone_connections.load(Relaxed) == 0
@@ -150,14 +172,32 @@ async fn killed_connections_end_every_stream_and_leak_nothing() {
         cli.hbone_connections.load(Relaxed),
         cli.pool.len()
     );
-    let finished = seen
+    // every stream's record names why it ended: its tunnel was lost
+    let reasons: Vec<String> = seen
         .lock()
         .unwrap()
         .iter()
-        .filter(|e| matches!(e, Event::Finished { .. }))
-        .count();
-    assert_eq!(finished, n as usize);
+        .filter_map(|e| match e {
+            Event::Finished { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), n as usize);
+    assert!(
+        reasons.iter().all(|r| r == "tunnel_lost (source)"),
+        "{:?}",
+        reasons.iter().find(|r| *r != "tunnel_lost (source)")
+    );
     assert!(srv.live().is_empty());
+    // and a new stream afterwards opens a new TLS connection
+    kill.send_replace(false);
+    let (mut s, _l) = open(&cli, &plan(relay, up)).await.unwrap();
+    s.write_all(b"again").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"niaga");
+    assert_eq!(cli.counters().get("hbone_connections_opened"), Some(&2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ pub async fn serve(
     identity: String,
     pod_address: Option<IpAddr>,
 ) {
-    let hs = hbone::server_builder().handshake::<_, Bytes>(tls);
+    let hs = hbone::server_builder(shared.settings.hbone_max_streams).handshake::<_, Bytes>(tls);
     let mut conn = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
         Ok(Ok(c)) => c,
         Ok(Err(_)) | Err(_) => {
