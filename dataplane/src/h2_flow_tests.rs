@@ -248,3 +248,73 @@ async fn streams_waiting_for_a_connection_that_fails_fail_with_it() {
     let c = cli.counters();
     assert_eq!(c.get("tunnel_handshake_failed_handshake_timeout"), Some(&1));
 }
+
+/// CPU time of this process (user + system), seconds.
+fn cpu_s() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// A measurement, not a test (run by hand: `cargo test --release bulk_cpu -- --ignored
+/// --nocapture`): CPU seconds per GiB through one HBONE stream, pod socket -> client
+/// core's copy loop -> h2 over TLS -> server core -> upstream socket, all in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bulk_cpu() {
+    // the process as the agent runs it (threads.rs); BULK_DEFAULT_MALLOC=1 for glibc's own
+    if std::env::var_os("BULK_DEFAULT_MALLOC").is_none() {
+        crate::threads::tune_malloc();
+    }
+    let pki = pki();
+    let (_srv, addr, _) = server(&pki, 0).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink = l.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        let _ = done_tx.send(total);
+    });
+    let cli = core(&pki, &[CLIENT]);
+    let (mut h2s, _lease) = open(&cli, &plan(addr, sink)).await.unwrap();
+    let pl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut pod = tokio::net::TcpStream::connect(pl.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut agent, _) = pl.accept().await.unwrap();
+    pod.set_nodelay(true).unwrap();
+    agent.set_nodelay(true).unwrap();
+    tokio::spawn(async move {
+        let c = crate::copy::Counters::default();
+        let _ = crate::copy::bridge(&mut agent, &mut h2s, &c, &|| 0).await;
+    });
+    let gib: u64 = std::env::var("BULK_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let chunk = vec![0x5au8; 1 << 20];
+    let (c0, t0) = (cpu_s(), std::time::Instant::now());
+    for _ in 0..gib * 1024 {
+        pod.write_all(&chunk).await.unwrap();
+    }
+    pod.shutdown().await.unwrap();
+    let total = done_rx.await.unwrap();
+    let (cpu, wall) = (cpu_s() - c0, t0.elapsed().as_secs_f64());
+    assert_eq!(total, gib << 30);
+    println!(
+        "BULK {gib} GiB: cpu {:.3} s/GiB, wall {:.3} s/GiB, {:.2} Gbit/s",
+        cpu / gib as f64,
+        wall / gib as f64,
+        (gib << 30) as f64 * 8.0 / wall / 1e9
+    );
+}
