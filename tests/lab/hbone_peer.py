@@ -12,6 +12,7 @@ to EOF and logs what it received (the client sends only after that END_STREAM)."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -53,6 +54,22 @@ def mint(labdir: str, node: str, spiffe_id: str) -> tuple[str, str]:
     open(d + "/c.pem", "wb").write(ca.cert_pem(leaf, icert))
     open(d + "/k.pem", "wb").write(ca.key_pem(key))
     return d + "/c.pem", d + "/k.pem"
+
+
+@contextlib.contextmanager
+def server_lab(name: str, topology: str, tmp, identity: str):
+    """A lab where a peer plays node-1's pods (``--capture-fail open``, node-1's agent stopped):
+    the lab, with ``chain``/``key`` (an SVID for ``identity`` from node-1's intermediate) and
+    an empty ``peer_log`` set on it."""
+    from tests.lab.conftest import hm, lab_up
+
+    with lab_up(name, "--capture-fail", "open", topology=topology, tmp=tmp) as lab:
+        hm("lab", "agent", "--name", lab.name, "node-1", "stop", check=True)
+        labdir = f"/run/hostmesh/lab/{lab.name}"
+        lab.chain, lab.key = mint(labdir, "node-1", identity)
+        lab.peer_log = f"{labdir}/peer.log"
+        open(lab.peer_log, "w").close()
+        yield lab
 
 
 def uri_of(der: bytes | None) -> str | None:

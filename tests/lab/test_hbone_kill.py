@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import hbone_peer as hp
-from tests.lab.conftest import PY, hm, lab_up, wait_for, wait_listen
+from tests.lab.conftest import PY, wait_for, wait_listen
 
 TOPOLOGY = """\
 nodes: 2
@@ -92,12 +92,7 @@ def start_peer(lab):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("skill")
-    with lab_up("skill", "--capture-fail", "open", topology=TOPOLOGY, tmp=tmp) as lab:
-        hm("lab", "agent", "--name", lab.name, "node-1", "stop", check=True)
-        labdir = f"/run/hostmesh/lab/{lab.name}"
-        lab.chain, lab.key = hp.mint(labdir, "node-1", WEB_ID)
-        lab.peer_log = f"{labdir}/peer.log"
-        Path(lab.peer_log).write_text("")
+    with hp.server_lab("skill", TOPOLOGY, tmp, WEB_ID) as lab:
         lab.refresh()
         yield lab
 
