@@ -219,8 +219,21 @@ def _bulk(g) -> str:
             f"it carries {_f(same)} Gbit/s: the crypto and the second agent are the cost. The Python data plane "
             f"carried {_f(py)}. With `dataplane.threads: 2`: {_f(t1)} / {_f(t4)}; there is no idle core for a "
             "second I/O thread here (the difference to one thread is within this VM's run-to-run spread), so "
-            "it says nothing about a host with idle cores. 1.5x HAProxy would need the proxies to spend a "
-            "third less CPU per byte than OpenSSL's C loop on the same cores: AES-GCM is most of both.")
+            "it says nothing about a host with idle cores. " + BULK_CPU)
+
+
+# Measured beside a bench run (not by it): the processes' user+system time over the iperf3 runs.
+BULK_CPU = (
+    "CPU per byte, measured beside `--only bulk-1,bulk-4` runs on this VM (2.6 GHz; each proxy's processes' "
+    "user+system time over the iperf3 runs, three runs): HAProxy's two processes 1.76-1.85 s/GiB (4.3-4.5 cycles "
+    "per byte), hostmesh's two agents 1.71-1.76 s/GiB (4.1-4.3), down from 1.86-1.88 on one stream once the "
+    "core set glibc malloc's thresholds (its 256 KiB buffers were mapped, unmapped and faulted in again) and a "
+    "256 KiB rustls buffer: the two spend the same CPU per byte, so they carry the same. The core's profile "
+    "(perf, bulk-1): ~30% the kernel's TCP/veth/bridge path, 15% socket copies, 12% AES-GCM (ring, VAES), 8% "
+    "memmove (plaintext into and out of rustls and h2), the rest h2, tokio and the copy loop. With everything "
+    "else on the 2 cores at ~0.84 s/GiB, 1.5x HAProxy needs the agents at ~0.9 s/GiB, half of OpenSSL's C "
+    "loop's: out of reach for a user-space TLS proxy whose fixed costs are that kernel path, those copies and "
+    "the cipher.")
 
 
 def _latency(g) -> str:

@@ -63,10 +63,11 @@ def exhausted(conn: Conn, attempts: int) -> None:
 
 def released(agent, conn: Conn) -> None:
     """The connection finished: its count is given back. One the upstream reset before
-    sending a byte back counts as a local-origin failure (``reset``) for the detector."""
+    sending a byte back counts as a local-origin failure (``reset``) for the detector, and so does
+    one whose HBONE connection was lost under it (``tunnel_lost``: the core resets such a stream)."""
     cluster, conn.cluster = conn.cluster, None
     agent.health.traffic.release(cluster, conn.dst_ip)
-    if (conn.close_reason or "").startswith("reset") and conn.bytes_received == 0:
+    if (conn.close_reason or "").startswith(("reset", "tunnel_lost")) and conn.bytes_received == 0:
         agent.count("traffic_upstream_resets")
         _report(agent, cluster, conn.dst_ip, "reset")
 

@@ -61,11 +61,17 @@ impl Pki {
 }
 
 fn core(pki: &Pki, ids: &[&str]) -> Arc<Shared> {
+    core_with(pki, ids, crate::limits::H2_SERVER_MAX_STREAMS)
+}
+
+/// A core whose HBONE server lets a peer open `max_streams` streams per connection.
+fn core_with(pki: &Pki, ids: &[&str], max_streams: u32) -> Arc<Shared> {
     let s = Shared::new(Settings {
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_connections: 10_000,
+        hbone_max_streams: max_streams,
     })
     .unwrap();
     s.set_trust(tls::Trust::new(pki.ca_pem.as_bytes(), TD).unwrap())
@@ -119,7 +125,12 @@ async fn speaker(greeting: Vec<u8>, ok: tokio::sync::mpsc::Sender<bool>) -> Sock
 /// ports in `refuse` get 401 with a policy, `hold` is never answered, the rest connect.
 /// The other events (failed, finished) are collected in the third element.
 async fn server(pki: &Pki, hold: u16) -> (Arc<Shared>, SocketAddr, Seen) {
-    let s = core(pki, &[SERVER]);
+    server_with(pki, hold, crate::limits::H2_SERVER_MAX_STREAMS).await
+}
+
+/// `server`, letting a peer open `max_streams` streams per connection.
+async fn server_with(pki: &Pki, hold: u16, max_streams: u32) -> (Arc<Shared>, SocketAddr, Seen) {
+    let s = core_with(pki, &[SERVER], max_streams);
     s.set_pod_identities([("127.0.0.1".parse().unwrap(), SERVER.to_string())].into());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -169,7 +169,11 @@ async fn connect(shared: &Arc<Shared>, plan: &TunnelPlan, key: &Key) -> Result<A
             fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
         })?;
     let name = ServerName::IpAddress(plan.peer.ip().into());
-    let tls = crate::outbound::handshake(shared, cfg, name, tcp, 502).await?;
+    let mut tls = crate::outbound::handshake(shared, cfg, name, tcp, 502).await?;
+    // rustls takes up to this much plaintext per write (h2 hands it whole frames)
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::limits::H2_TLS_BUFFER));
     if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
         shared.count("tunnel_handshake_failed_no_h2", 1);
         return Err(fail(502, "tls: peer did not select ALPN h2"));

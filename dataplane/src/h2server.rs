@@ -39,12 +39,16 @@ struct Origin {
 /// errs; `pod_address`: the local address when it is a pod's (authority must match).
 pub async fn serve(
     shared: Arc<Shared>,
-    tls: TlsStream<TcpStream>,
+    mut tls: TlsStream<TcpStream>,
     ends: (SocketAddr, SocketAddr),
     identity: String,
     pod_address: Option<IpAddr>,
 ) {
-    let hs = hbone::server_builder().handshake::<_, Bytes>(tls);
+    // rustls takes up to this much plaintext per write (h2 hands it whole frames)
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::limits::H2_TLS_BUFFER));
+    let hs = hbone::server_builder(shared.settings.hbone_max_streams).handshake::<_, Bytes>(tls);
     let mut conn = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
         Ok(Ok(c)) => c,
         Ok(Err(_)) | Err(_) => {

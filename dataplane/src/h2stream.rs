@@ -30,15 +30,34 @@ pub struct H2Stream {
     write_done: bool,
 }
 
-/// A received RST_STREAM (or connection error) as an I/O error: NO_ERROR ends the
-/// stream (None), CANCEL and anything else is a reset (issue 17: a TCP reset travels
-/// as RST_STREAM(CANCEL) and comes out as a reset).
-fn as_io(e: h2::Error) -> Option<io::Error> {
-    match e.reason() {
-        Some(Reason::NO_ERROR) if e.is_reset() => None,
-        _ if e.is_io() => Some(e.into_io().unwrap_or_else(|| io::ErrorKind::Other.into())),
-        _ => Some(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+/// Why a stream ended early, carried inside the `io::Error` so the finished record (and
+/// the access log) names it: sockopt::reason reads it back.
+#[derive(Debug)]
+pub struct Ended(pub &'static str);
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
+}
+
+impl std::error::Error for Ended {}
+
+/// A received RST_STREAM (or connection error) as an I/O error: NO_ERROR ends the
+/// stream (None), CANCEL and any other reason is a reset (issue 17: a TCP reset travels
+/// as RST_STREAM(CANCEL) and comes out as a reset). The connection under the stream
+/// lost (TLS/TCP closed or reset, no close_notify) is `tunnel_lost`, a GOAWAY with an
+/// error `tunnel_goaway`, a protocol error `tunnel_error`: each a reset of the TCP leg,
+/// never an EOF (the bytes may be cut short; the pod must not take them as complete).
+fn as_io(e: h2::Error) -> Option<io::Error> {
+    let why = match e.reason() {
+        Some(Reason::NO_ERROR) if e.is_reset() => return None,
+        _ if e.is_reset() => return Some(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+        _ if e.is_io() => "tunnel_lost",
+        _ if e.is_go_away() => "tunnel_goaway",
+        _ => "tunnel_error",
+    };
+    Some(io::Error::new(io::ErrorKind::ConnectionReset, Ended(why)))
 }
 
 impl H2Stream {

@@ -103,13 +103,14 @@ pub fn forwarded_for(v: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, 0))
 }
 
-/// The server's HTTP/2 settings (ztunnel's inbound).
-pub fn server_builder() -> h2::server::Builder {
+/// The server's HTTP/2 settings (ztunnel's inbound); `max_streams`: Settings'
+/// hbone_max_streams (H2_SERVER_MAX_STREAMS outside tests).
+pub fn server_builder(max_streams: u32) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.initial_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_frame_size(H2_MAX_FRAME)
-        .max_concurrent_streams(H2_SERVER_MAX_STREAMS)
+        .max_concurrent_streams(max_streams)
         .max_header_list_size(H2_SERVER_HEADER_LIST)
         .max_send_buffer_size(H2_SEND_BUFFER);
     b

@@ -82,6 +82,7 @@ impl Core {
             handshake_timeout: secs(handshake_timeout_s),
             idle_timeout: secs(idle_timeout_s),
             max_connections,
+            hbone_max_streams: limits::H2_SERVER_MAX_STREAMS,
         };
         let shared = Shared::new(settings)?;
         let rt = Threads::start(threads.max(1))?;

@@ -44,6 +44,17 @@ pub const TLS_TICKET_PEERS: usize = 16;
 /// nothing. 256 KiB is where throughput stops improving (NOTES.md: 64 KiB halved it).
 pub const BUFFER_SIZES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
 
+/// glibc malloc, set once for the process when the core starts (threads.rs). By
+/// default an allocation over 128 KiB is its own mmap and the heap is trimmed whenever
+/// 128 KiB are free at its top (glibc raises both as it sees large frees, to the
+/// 256 KiB copy buffer and twice that), so a bulk transfer mapped, unmapped and
+/// page-faulted its buffers over and over: 9% of the core's CPU per byte (measured with
+/// h2_flow_tests::bulk_cpu: 1.67-1.76 s/GiB with these vs 1.83-1.94 without). Up to
+/// 1 MiB is served from the heap; up to 4 MiB free at a heap's top is kept for reuse
+/// (the memory an idle agent may hold beyond what it uses, per malloc arena).
+pub const MALLOC_MMAP_THRESHOLD: i32 = 1024 * 1024;
+pub const MALLOC_TRIM_THRESHOLD: i32 = 4 * 1024 * 1024;
+
 /// How often live connections are swept for the idle timeout and report progress.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -99,6 +110,14 @@ pub const H2_CLIENT_HEADER_LIST: u32 = 16 * 1024;
 /// Bytes h2 buffers per stream for sending beyond what flow control allows: one copy
 /// buffer's worth, so a peer that does not read holds our memory to this per stream.
 pub const H2_SEND_BUFFER: usize = 256 * 1024;
+
+/// TLS bytes rustls may hold unsent per HBONE connection (its default is 64 KiB): each
+/// write of h2's takes up to this much plaintext, so a bulk stream's 256 KiB chunks go
+/// out in one write and one sendmsg instead of four. One TLS connection carries many
+/// streams, so this is per connection, not per stream. Measured 1-3% less CPU per byte
+/// on bulk (agents' CPU in the lab: 1.657-1.681 vs 1.668-1.692 s/GiB on one stream,
+/// 1.805-1.848 vs 1.844-1.945 on four).
+pub const H2_TLS_BUFFER: usize = 256 * 1024;
 
 /// PING after this long without one, and the connection is dead when no PONG came
 /// within H2_PING_TIMEOUT (ztunnel: 10 s / 20 s).

@@ -64,6 +64,9 @@ pub struct Settings {
     /// Connections the core holds at once (accepted, not yet ended); past it new ones
     /// are reset (`refused_max_connections`). dataplane.max_connections.
     pub max_connections: usize,
+    /// Streams a peer may open on one HBONE server connection
+    /// (limits::H2_SERVER_MAX_STREAMS; tests raise it to kill 1,000 streams at once).
+    pub hbone_max_streams: u32,
 }
 
 pub struct Admitted(Arc<Shared>);

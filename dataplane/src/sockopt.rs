@@ -6,6 +6,7 @@
 //! relay, NOTES.md), IP_TRANSPARENT when the pod's source address is kept. Must never:
 //! open a socket without the mark (it would be captured again: a loop).
 
+use crate::h2stream::Ended;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -100,6 +101,10 @@ pub fn reset_on_close(fd: RawFd) {
 
 /// A classification of an I/O error as the close reason the records carry.
 pub fn reason(e: &io::Error) -> String {
+    // an HBONE stream's named end (its connection lost, a GOAWAY): h2stream.rs
+    if let Some(Ended(why)) = e.get_ref().and_then(|i| i.downcast_ref()) {
+        return (*why).into();
+    }
     match e.kind() {
         io::ErrorKind::ConnectionReset => "reset".into(),
         io::ErrorKind::BrokenPipe => "broken_pipe".into(),

@@ -2,7 +2,8 @@
 //!
 //! Decides: one thread with a current-thread runtime (threads=1: no work-stealing
 //! hand-offs on the latency path) or tokio's multi-thread runtime, and how they stop
-//! (two seconds for tasks to finish). Must never: run Python or hold the GIL.
+//! (two seconds for tasks to finish), and glibc malloc's thresholds for the process
+//! when the core starts (limits.rs: MALLOC_*). Must never: run Python or hold the GIL.
 
 use std::time::Duration;
 
@@ -17,8 +18,21 @@ pub enum Threads {
     Many(tokio::runtime::Runtime),
 }
 
+/// glibc malloc's thresholds for the whole process (limits.rs says why): the copy
+/// buffers and h2/rustls chunks of a bulk transfer (256 KiB) come from the heap and
+/// are reused, instead of being mapped, unmapped and faulted in again each time.
+pub(crate) fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets two of glibc's tunables; any value is valid
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, crate::limits::MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, crate::limits::MALLOC_TRIM_THRESHOLD);
+    }
+}
+
 impl Threads {
     pub fn start(n: usize) -> std::io::Result<Self> {
+        tune_malloc();
         if n > 1 {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(n)

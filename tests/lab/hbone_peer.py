@@ -12,6 +12,7 @@ to EOF and logs what it received (the client sends only after that END_STREAM)."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -55,6 +56,22 @@ def mint(labdir: str, node: str, spiffe_id: str) -> tuple[str, str]:
     return d + "/c.pem", d + "/k.pem"
 
 
+@contextlib.contextmanager
+def server_lab(name: str, topology: str, tmp, identity: str):
+    """A lab where a peer plays node-1's pods (``--capture-fail open``, node-1's agent stopped):
+    the lab, with ``chain``/``key`` (an SVID for ``identity`` from node-1's intermediate) and
+    an empty ``peer_log`` set on it."""
+    from tests.lab.conftest import hm, lab_up
+
+    with lab_up(name, "--capture-fail", "open", topology=topology, tmp=tmp) as lab:
+        hm("lab", "agent", "--name", lab.name, "node-1", "stop", check=True)
+        labdir = f"/run/hostmesh/lab/{lab.name}"
+        lab.chain, lab.key = mint(labdir, "node-1", identity)
+        lab.peer_log = f"{labdir}/peer.log"
+        open(lab.peer_log, "w").close()
+        yield lab
+
+
 def uri_of(der: bytes | None) -> str | None:
     if not der:
         return None
@@ -73,13 +90,14 @@ def context(server: bool, chain: str, key: str, bundle: str) -> ssl.SSLContext:
     return ctx
 
 
-def ztunnel_settings(conn: h2.connection.H2Connection, server: bool) -> None:
-    """ztunnel's HTTP/2 settings (NOTES.md): 4 MiB stream / 16 MiB connection window, 1 MiB frames."""
+def ztunnel_settings(conn: h2.connection.H2Connection, server: bool, max_streams: int | None = None) -> None:
+    """ztunnel's HTTP/2 settings (NOTES.md): 4 MiB stream / 16 MiB connection window, 1 MiB frames;
+    ``max_streams`` overrides ztunnel's stream limit (200 server, 100 client)."""
     S = h2.settings.SettingCodes
     conn.initiate_connection()
     # sent as an update: h2 applies them (its inbound frame limit too) when the peer acknowledges
     conn.update_settings({S.INITIAL_WINDOW_SIZE: 4 * MIB, S.MAX_FRAME_SIZE: MIB,
-                          S.MAX_CONCURRENT_STREAMS: 200 if server else 100,
+                          S.MAX_CONCURRENT_STREAMS: max_streams or (200 if server else 100),
                           S.MAX_HEADER_LIST_SIZE: (64 if server else 16) * 1024})
     conn.increment_flow_control_window(16 * MIB - 65535)
 
@@ -186,7 +204,9 @@ def client(p: dict) -> dict:
 
 # ---- server ----------------------------------------------------------------------------
 def server(p: dict) -> None:
-    """p: port, chain, key, bundle, log (JSON lines: one per stream, one per connection)."""
+    """p: port, chain, key, bundle, log (JSON lines: one per stream, one per connection); optional
+    max_streams (the limit advertised, ztunnel's 200 by default) and echo (streams answered 200 and
+    echoed by the peer itself, no app connection: 1,000 streams hold no socket here)."""
     ctx = context(True, p["chain"], p["key"], p["bundle"])
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -203,10 +223,10 @@ def server(p: dict) -> None:
     while True:
         sock, peer = ls.accept()
         n += 1
-        threading.Thread(target=_serve_conn, args=(ctx, sock, peer, n, write), daemon=True).start()
+        threading.Thread(target=_serve_conn, args=(ctx, sock, peer, n, write, p), daemon=True).start()
 
 
-def _serve_conn(ctx, sock, peer, index: int, write) -> None:
+def _serve_conn(ctx, sock, peer, index: int, write, p: dict) -> None:
     try:
         tls = ctx.wrap_socket(sock, server_side=True)
     except (ssl.SSLError, OSError) as e:
@@ -215,7 +235,7 @@ def _serve_conn(ctx, sock, peer, index: int, write) -> None:
     write({"conn": index, "peer": list(peer), "alpn": tls.selected_alpn_protocol(),
            "client_uri": uri_of(tls.getpeercert(binary_form=True))})
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
-    ztunnel_settings(conn, server=True)
+    ztunnel_settings(conn, server=True, max_streams=p.get("max_streams"))
     send = Sender(conn)
     ups: dict[int, socket.socket] = {}
     by_fd: dict[int, int] = {}
@@ -232,7 +252,7 @@ def _serve_conn(ctx, sock, peer, index: int, write) -> None:
                     if not data:
                         return
                     for ev in conn.receive_data(data):
-                        _on_event(conn, send, ev, ups, by_fd, index, peer, write)
+                        _on_event(conn, send, ev, ups, by_fd, index, peer, write, p.get("echo", False))
                 else:
                     sid = by_fd[r.fileno()]
                     chunk = r.recv(MIB)
@@ -251,13 +271,16 @@ def _serve_conn(ctx, sock, peer, index: int, write) -> None:
         tls.close()
 
 
-def _on_event(conn, send, ev, ups, by_fd, index, peer, write) -> None:
+def _on_event(conn, send, ev, ups, by_fd, index, peer, write, echo: bool) -> None:
     sid = getattr(ev, "stream_id", None)
     if isinstance(ev, h2.events.RequestReceived):
         h = dict(ev.headers)
         write({"conn": index, "peer": list(peer), "stream": sid, "method": h.get(":method"),
                "authority": h.get(":authority"), "forwarded": h.get("forwarded"), "baggage": h.get("baggage"),
                "traceparent": h.get("traceparent")})
+        if echo:
+            conn.send_headers(sid, [(":status", "200")])
+            return
         host, _, port = h.get(":authority", "").rpartition(":")
         try:
             up = socket.create_connection((host.strip("[]"), int(port)), 5)
@@ -269,10 +292,14 @@ def _on_event(conn, send, ev, ups, by_fd, index, peer, write) -> None:
         conn.send_headers(sid, [(":status", "200")])
     elif isinstance(ev, h2.events.DataReceived):
         conn.acknowledge_received_data(ev.flow_controlled_length, sid)
-        if sid in ups:
+        if echo:
+            send.queue(sid, ev.data)
+        elif sid in ups:
             ups[sid].sendall(ev.data)
     elif isinstance(ev, h2.events.StreamEnded):
-        if sid in ups:
+        if echo:
+            send.queue(sid, end=True)
+        elif sid in ups:
             ups[sid].shutdown(socket.SHUT_WR)
     elif isinstance(ev, h2.events.StreamReset):
         up = ups.pop(sid, None)

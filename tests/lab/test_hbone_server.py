@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import hbone_peer as hp
-from tests.lab.conftest import PY, hm, lab_up, ns_py, wait_for, wait_listen
+from tests.lab.conftest import PY, ns_py, wait_for, wait_listen
 
 TOPOLOGY = """\
 nodes: 2
@@ -50,12 +50,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("khbsrv")
-    with lab_up("khbsrv", "--capture-fail", "open", topology=TOPOLOGY, tmp=tmp) as lab:
-        hm("lab", "agent", "--name", lab.name, "node-1", "stop", check=True)
-        labdir = f"/run/hostmesh/lab/{lab.name}"
-        chain, key = hp.mint(labdir, "node-1", WEB_ID)
-        lab.peer_log = f"{labdir}/peer.log"
-        Path(lab.peer_log).write_text("")
+    with hp.server_lab("khbsrv", TOPOLOGY, tmp, WEB_ID) as lab:
+        labdir, chain, key = f"/run/hostmesh/lab/{lab.name}", lab.chain, lab.key
         web = lab.pod("web")["netns"]
         lab.spawn(web, PY, "-m", "tests.lab.hbone_peer", "app", json.dumps({"port": APP, "log": f"{labdir}/app.log"}))
         lab.spawn(web, PY, "-m", "tests.lab.hbone_peer", "server",
