@@ -37,10 +37,10 @@ from pathlib import Path
 
 import trio
 
-from agent.k8s.apply import Applier
+from agent.k8s.apply import BATCH, Applier
 from agent.k8s.decode import decode_event, decode_list
 from agent.k8s.inbox import Inbox
-from agent.k8s.index import Index
+from agent.k8s.index import Changes, Index
 from agent.k8s.listing import watch_lines
 from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, key_of, slim
 from agent.k8s.reconcile import Backoff
@@ -58,6 +58,7 @@ PUT_BATCH = 200  # listed objects put into the state per hand-over to the event 
 # prepared in a thread (agent.policy_sources).
 INLINE_POLICIES_CHANGED = 16
 INLINE_POLICY_SET_MAX = 2000
+INLINE_SERVICES = 16  # services whose entries a change applied where it arrives may touch
 YIELD_AFTER_S = 0.002  # an apply lets the event loop run once it has held it this long
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
@@ -108,6 +109,8 @@ class Discovery:
                        "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
         self.applier = Applier(agent, node_name, self.count)
         self._changed = trio.Event()
+        self._flushing = False  # a flush is under way (it may be waiting at a checkpoint)
+        self._last_apply = -COALESCE_S  # trio clock
         self._events_lock = threading.Lock()  # counts["events"]: the reader threads count too
         self._api = None
 
@@ -260,7 +263,7 @@ class Discovery:
             with self._events_lock:
                 self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
             if changed:
-                self._changed.set()
+                self._delivered()
 
         def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see agent.k8s.inbox)
             if not self.index.unchanged(kind, *item):
@@ -284,46 +287,92 @@ class Discovery:
 
     # ---- applying to the agent --------------------------------------------------------------
     async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Apply at once after a quiet spell (an isolated event costs no timer wake-up and
-        no wait); within ``COALESCE_S`` of the last apply, wait out the window and apply
-        what came meanwhile together (a burst)."""
+        """Apply what the watches changed. A small change after a quiet spell was applied
+        where it was delivered (``_delivered``); within ``COALESCE_S`` of the last apply,
+        wait out the window and apply what came meanwhile together (a burst)."""
         task_status.started()
-        last = -COALESCE_S
         while True:
             await self._changed.wait()
-            wait = last + COALESCE_S - trio.current_time()
+            wait = self._last_apply + COALESCE_S - trio.current_time()
             if wait > 0:
                 await trio.sleep(wait)
             self._changed = trio.Event()
             await self.flush()
-            last = trio.current_time()
+            self._last_apply = trio.current_time()
+
+    def _delivered(self) -> None:
+        """Watch events changed the index (on the event loop, in the inbox's hand-over).
+        A small change after a quiet spell is applied right here: no task wakes up for
+        it, no timer runs (the event's whole cost is its own work). Anything else, or
+        while an apply is under way, goes to ``apply_loop``."""
+        if (not self._flushing and not self._changed.is_set() and self._small(self.index.pending)
+                and trio.current_time() - self._last_apply >= COALESCE_S):
+            try:
+                self.apply_now()
+            except Exception:  # noqa: BLE001 - a callback must not crash the event loop
+                self.count("errors")
+                logger.exception("kubernetes: applying a change failed")
+            return
+        self._changed.set()
+
+    def _small(self, c: Changes) -> bool:
+        """Whether applying ``c`` fits on the event loop in one go: one batch of pods, a
+        few services and policies, no node change (that rebuilds the routing view)."""
+        policies = len(c.policies) + self.applier.policies_dirty
+        return (not c.nodes and len(c.workloads) + len(self.applier.retry) <= BATCH
+                and len(c.services) <= INLINE_SERVICES and policies <= INLINE_POLICIES_CHANGED
+                and (not policies or len(self.agent.policies.snapshot().docs) <= INLINE_POLICY_SET_MAX))
+
+    def apply_now(self) -> None:
+        """Apply a small change in one go (``_delivered``; ``_small`` said it fits)."""
+        self.counts["applies"] += 1
+        for _ in self.applier.steps(self.index, self.index.take()):
+            pass
+        if not self._commit_small():  # _small keeps this from happening; never lose it
+            self._changed.set()
+        self._last_apply = trio.current_time()
 
     async def flush(self, remerge: bool = False) -> None:
         """Apply what changed, letting the event loop run between batches."""
-        self.counts["applies"] += 1
-        last = time.perf_counter()
-        for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
-            if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
-                await trio.sleep(0)
-                last = time.perf_counter()
-        a = self.applier
-        if a.policies_dirty or a.traffic_dirty:
-            changed, traffic = a.policies_dirty, a.traffic_dirty
-            a.policies_dirty, a.traffic_dirty = 0, False
-            store = self.agent.policies
-            if not changed:
-                pass  # only traffic rules changed: the policy set stays
-            elif changed <= INLINE_POLICIES_CHANGED and len(store.snapshot().docs) <= INLINE_POLICY_SET_MAX:
-                # a few objects in a set of this size: the set is rebuilt (matchers of the
-                # unchanged policies reused) in well under a millisecond, so here, without
-                # two thread hand-overs; the store's generation check keeps a concurrent
-                # change (a reload, the admin API) from being lost (it prepares again)
-                store.swap(store.prepare_sources({"kubernetes": a.policy_docs()}))
-            else:  # parsed and compiled beside the deciding thread, swapped in
+        self._flushing = True
+        try:
+            self.counts["applies"] += 1
+            last = time.perf_counter()
+            for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
+                if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
+                    await trio.sleep(0)
+                    last = time.perf_counter()
+            if not self._commit_small():  # parsed and compiled beside the deciding thread, swapped in
+                a = self.applier
+                traffic = a.traffic_dirty
+                a.policies_dirty, a.traffic_dirty = 0, False
                 await self.agent.policy_sources.replace({"kubernetes": a.policy_docs()})
-            if traffic:
-                self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
-            self.agent.recheck_connections()
+                if traffic:
+                    self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
+                self.agent.recheck_connections()
+        finally:
+            self._flushing = False
+
+    def _commit_small(self) -> bool:
+        """Put the loaded policy and traffic changes in force here when they are few in
+        a set of this size; False (nothing done) when a thread should prepare them."""
+        a = self.applier
+        if not (a.policies_dirty or a.traffic_dirty):
+            return True
+        store = self.agent.policies
+        changed, traffic = a.policies_dirty, a.traffic_dirty
+        if changed and (changed > INLINE_POLICIES_CHANGED or len(store.snapshot().docs) > INLINE_POLICY_SET_MAX):
+            return False
+        a.policies_dirty, a.traffic_dirty = 0, False
+        if changed:
+            # a few objects in a set of this size: the set is rebuilt (matchers of the
+            # unchanged policies reused) in well under a millisecond, so here, without
+            # two thread hand-overs
+            store.swap(a.prepared_policies())
+        if traffic:
+            self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
+        self.agent.recheck_connections()
+        return True
 
     def apply(self, remerge: bool = False) -> None:
         """Apply what changed in one go (tests, a config reload)."""

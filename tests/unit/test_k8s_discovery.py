@@ -291,3 +291,48 @@ def test_status_only_events_move_the_version_and_change_nothing(replay):
     agent = run_discovery(replay, until)
     assert seen == {"events": 20, "version": "30"} and uids(agent) == {"uid-a"}
     assert replay.watch_versions(PODS)[:2] == ["10", "30"]  # resumed from the last one
+
+
+# ---- a policy that changes in place (agent.rbac.store.PolicyStore.prepare_replace) ---------
+
+def _policy_agent(objs):
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("authorizationpolicies", objs, "1")
+    d.apply()
+    return agent, d
+
+
+def test_a_modified_policy_is_replaced_in_place_and_equals_a_fresh_list(monkeypatch):
+    first = [authz("a", action="DENY", rules=[{}]), authz("b", rules=[{"from": [{"source": {"namespaces": ["x"]}}]}]),
+             authz("c", ns="web", rules=[{}])]
+    agent, d = _policy_agent(first)
+    changed = authz("b", rv="2", rules=[{"from": [{"source": {"namespaces": ["y"]}}]}])
+    d.index.event("authorizationpolicies", "MODIFIED", changed)
+    store = agent.policies
+    monkeypatch.setattr(store, "prepare_sources", lambda *a, **k: pytest.fail("rebuilt the whole source"))
+    d.apply()
+    monkeypatch.undo()
+    fresh, _ = _policy_agent([first[0], changed, first[2]])
+    got, want = store.snapshot(), fresh.policies.snapshot()
+    assert list(got.docs) == list(want.docs) and store.list() == fresh.policies.list()
+    assert {ns: [p.ref for p in ps] for ns, ps in got.by_ns.items()} == {
+        ns: [p.ref for p in ps] for ns, ps in want.by_ns.items()}
+    assert [p for ps in got.by_ns.values() for p in ps] == [p for ps in want.by_ns.values() for p in ps]
+
+
+@pytest.mark.parametrize("event", [
+    ("ADDED", authz("d", rv="2", rules=[{}])),              # a new name: appended by a rebuild
+    ("DELETED", authz("a", rv="2")),                        # gone
+    ("MODIFIED", authz("a", rv="2", action="DENY", rulez=[])),  # now invalid: skipped, the old one goes
+])
+def test_a_policy_that_comes_goes_or_breaks_rebuilds_the_source(event):
+    first = [authz("a", action="DENY", rules=[{}]), authz("b", rules=[{}])]
+    agent, d = _policy_agent(first)
+    d.index.event("authorizationpolicies", *event)
+    assert d.applier.replaced == []
+    d.apply()
+    rest = [o for o in first if o["metadata"]["name"] != event[1]["metadata"]["name"]]
+    fresh, _ = _policy_agent(rest + ([event[1]] if event[0] == "ADDED" else []))
+    assert agent.policies.list() == fresh.policies.list()
+    assert list(agent.policies.snapshot().docs) == list(fresh.policies.snapshot().docs)
