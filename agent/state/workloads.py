@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -69,6 +70,19 @@ def _label(v: Any, what: str) -> str:
     return v
 
 
+def canonical_ip(v: Any) -> str:
+    """``str(ipaddress.ip_address(v))`` (raises ValueError/TypeError as it does). A
+    dotted quad already in canonical form (nearly every pod address) is recognised by
+    the C resolver functions in a fraction of the time; anything else is the ipaddress
+    module's to judge."""
+    try:
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, v)) == v:
+            return v
+    except (OSError, ValueError, TypeError):
+        pass
+    return str(ipaddress.ip_address(v))
+
+
 def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
     """Validate an admin-API / config body into a Workload (raises WorkloadError)."""
     if not isinstance(body, dict):
@@ -87,8 +101,10 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
     raw_ips = [body["ip"], *(body.get("ips") or [])]
     ips: list[str] = []
     for v in raw_ips:
+        if v in ips:  # ``ip`` repeated first in ``ips`` (a canonical string): parsed once
+            continue
         try:
-            ip = str(ipaddress.ip_address(v))
+            ip = canonical_ip(v)
         except (ValueError, TypeError):
             raise WorkloadError(f"ip: {v!r} is not an IP address") from None
         ip = v if ip == v else ip  # already canonical: keep the caller's string (one copy per pod)
