@@ -149,7 +149,7 @@ class Applier:
         cluster = self.agent.config.cluster
         if full:
             cluster.nodes = merge_nodes(self.static[0], self.nodes)
-        cluster.services = merge_services(self.static[1], list(self._flat.values()))
+        cluster.services = merge_services(self.static[1], self._flat.values())  # one copy: merge makes the list
         if full:
             self.agent.cluster_changed()
             return
