@@ -286,7 +286,8 @@ def test_status_only_events_move_the_version_and_change_nothing(replay):
 
     def until(a, d):
         seen.update(events=d.counts["events"], version=d.versions["pods"])
-        return d.counts["events"] >= 20 and d.versions["pods"] == "30"
+        # and the watch that follows the ended one has been asked for (it was a race)
+        return d.counts["events"] >= 20 and d.versions["pods"] == "30" and len(replay.watch_versions(PODS)) >= 2
 
     agent = run_discovery(replay, until)
     assert seen == {"events": 20, "version": "30"} and uids(agent) == {"uid-a"}
