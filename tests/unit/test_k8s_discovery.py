@@ -337,3 +337,36 @@ def test_a_policy_that_comes_goes_or_breaks_rebuilds_the_source(event):
     fresh, _ = _policy_agent(rest + ([event[1]] if event[0] == "ADDED" else []))
     assert agent.policies.list() == fresh.policies.list()
     assert list(agent.policies.snapshot().docs) == list(fresh.policies.snapshot().docs)
+
+
+# ---- where a change is applied: in the hand-over after a quiet spell, else by apply_loop ---
+
+def test_a_change_after_a_quiet_spell_is_applied_in_the_hand_over_a_burst_by_the_loop():
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    seen = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.apply_loop)
+            d.index.event("pods", "ADDED", pod("a", "10.1.0.5"))
+            d._delivered()  # quiet so far: applied before it returns, no task involved
+            seen["first"] = (uids(agent), d.counts["applies"], d._changed.is_set())
+            d.index.event("pods", "ADDED", pod("b", "10.1.0.6"))
+            d._delivered()  # within COALESCE_S of the last apply: left to apply_loop
+            seen["burst"] = (uids(agent), d._changed.is_set())
+            with trio.fail_after(5):
+                while len(agent.registry) < 2:
+                    await trio.sleep(disc.COALESCE_S)
+            await trio.sleep(disc.COALESCE_S * 2)  # the window since that apply is over too
+            seen["after"] = (uids(agent), d.counts["applies"])
+            d.index.event("nodes", "ADDED", node("node-b", "192.0.2.2", "10.2.0.0/24"))
+            d._delivered()  # a node change rebuilds the peers: never in the hand-over
+            seen["node"] = d._changed.is_set()
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen["first"] == ({"uid-a"}, 1, False)
+    assert seen["burst"] == ({"uid-a"}, True)
+    assert seen["after"] == ({"uid-a", "uid-b"}, 2)
+    assert seen["node"] is True
