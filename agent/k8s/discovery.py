@@ -311,8 +311,22 @@ class Discovery:
                 self.apply_now()
             except Exception:  # noqa: BLE001 - a callback must not crash the event loop
                 self.count("errors")
-                logger.exception("kubernetes: applying a change failed")
+                logger.exception("kubernetes: applying a change failed; applying everything again")
+                self._resync()
             return
+        self._changed.set()
+
+    def _resync(self) -> None:
+        """After an apply failed part-way: every object is pending again, so the next
+        apply (``apply_loop``) re-plans it all (what is in place already costs one
+        comparison), including what discovery had made and the index no longer holds."""
+        p, a, ix = self.index.pending, self.applier, self.index
+        held = {b["uid"]: b for b in ix.out.values()}
+        p.workloads.update(dict.fromkeys(a.owned - held.keys()))
+        p.workloads.update(held)
+        p.services.update(ix.objects["services"], a.services)
+        p.nodes = True
+        p.policies.update(*([(k, key) for key in ix.objects[k]] for k in POLICY_KINDS), a.policies, a.traffic)
         self._changed.set()
 
     def _small(self, c: Changes) -> bool:

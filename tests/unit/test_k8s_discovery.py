@@ -370,3 +370,34 @@ def test_a_change_after_a_quiet_spell_is_applied_in_the_hand_over_a_burst_by_the
     assert seen["burst"] == ({"uid-a"}, True)
     assert seen["after"] == ({"uid-a", "uid-b"}, 2)
     assert seen["node"] is True
+
+
+def test_an_apply_that_fails_in_the_hand_over_is_logged_and_everything_is_applied_again(monkeypatch):
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.event("pods", "ADDED", pod("a", "10.1.0.5"))
+    d.apply()
+    real, calls = d.applier.steps, []
+
+    def broken(index, c, **kw):
+        calls.append(sorted(c.workloads))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(index, c, **kw)
+
+    monkeypatch.setattr(d.applier, "steps", broken)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.apply_loop)
+            d.index.event("pods", "DELETED", pod("a", "10.1.0.5"))
+            d.index.event("pods", "ADDED", pod("b", "10.1.0.6"))
+            d._delivered()  # fails: logged, counted, everything pending again, the loop runs
+            with trio.fail_after(5):
+                while uids(agent) != {"uid-b"}:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert d.counts["errors"] == 1 and calls == [["uid-a", "uid-b"], ["uid-a", "uid-b"]]
+    assert d.owned == {"uid-b"}
