@@ -160,7 +160,7 @@ class Applier:
         """Load the changed objects only (one small document each); the whole set is
         put in force by the shell: ``commit_policies`` now, or ``Discovery.flush``
         beside the deciding thread (agent.policy_sources)."""
-        from agent.rbac.loader import load_documents
+        from agent.rbac.loader import load_object
         from agent.traffic.loader import load_traffic
 
         cfg = self.agent.config.policies
@@ -178,7 +178,7 @@ class Applier:
                 if kind in TRAFFIC_KINDS:
                     self.traffic[(kind, key)] = load_traffic(json.dumps(doc), where, cfg.cluster_domain)
                 else:
-                    new = self.policies[(kind, key)] = load_documents(json.dumps(doc), where, cfg.root_namespace)
+                    new = self.policies[(kind, key)] = load_object(doc, where, cfg.root_namespace)
                     if self.replaced is not None and _names(new) == _names(old or []):
                         self.replaced += new
                     else:
