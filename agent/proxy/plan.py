@@ -337,9 +337,9 @@ def with_services(view: RoutingView, delta: Mapping) -> RoutingView:
     for key, s in delta.items():
         entries[key] = None if s is None else made.get(id(s)) or made.setdefault(id(s), _service(s))
     names: dict = {}
-    for key, s in delta.items():  # gone first: a service that stays is set again below
+    for key in delta:  # what these entries held goes first: a name that stays is set again below
         old = view.services.get(key)
-        if s is None and old is not None:
+        if old is not None:
             names[(old.namespace, old.name)] = None
     for svc in entries.values():
         if svc is not None:

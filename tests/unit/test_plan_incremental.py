@@ -76,6 +76,7 @@ CASES = {
     "second VIP gone": (WEB_DUAL + DB, WEB + DB),
     "VIP moves": (WEB + API, [svc("web", "198.20.0.99", [80], ["198.19.0.3"], 8080)] + API),
     "a port added": (DB, [svc("db", "198.20.0.12", [5432, 5433, 5434], ["198.19.0.9"], ns="data")]),
+    "a second port renames the first": ([svc("api", "198.20.0.11", [80], ["198.19.1.5"])] + WEB, API + WEB),
     "nothing": (WEB + API, WEB + API),
 }
 
