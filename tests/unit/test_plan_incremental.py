@@ -10,14 +10,7 @@ from agent.config import ServiceConfig, parse_config
 from agent.proxy.plan import EndpointHealth, build_view, plan_outbound, with_services
 from agent.state.layered import Layered
 from agent.state.workloads import Registry, workload_from_json
-
-BASE = """
-node: {name: node-0, address: 198.18.0.1}
-cluster:
-  pod_cidrs: [198.19.0.0/24]
-  nodes:
-    - {name: node-1, address: 198.18.0.2, pod_cidrs: [198.19.1.0/24]}
-"""
+from tests.unit.test_plan import CONFIG  # its nodes; the services are each case's
 
 
 def svc(name, vip, ports, eps, target=None, ns="shop"):
@@ -31,7 +24,7 @@ DB = [svc("db", "198.20.0.12", [5432, 5433], ["198.19.0.9"], ns="data")]
 
 
 def view_of(services):
-    cfg = parse_config(BASE)
+    cfg = parse_config(CONFIG)
     cfg.cluster.services = list(services)
     reg = Registry()
     reg.register(workload_from_json({"uid": "a", "name": "a", "namespace": "default", "ip": "198.19.0.2"},
