@@ -149,17 +149,9 @@ class Agent:
         if services is None:
             self.view = build_view(self.config, self.registry, self.traffic)
             return
-        from dataclasses import replace
+        from agent.proxy.plan import with_services
 
-        from agent.proxy.plan import Service
-
-        table = dict(self.view.services)
-        for key, s in services.items():
-            if s is None:
-                table.pop(key, None)
-            else:
-                table[key] = Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
-        self.view = replace(self.view, services=table)
+        self.view = with_services(self.view, services)  # one new view, swapped in whole
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders."""

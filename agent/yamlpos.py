@@ -237,6 +237,22 @@ def load_json(text: str, path: str) -> list[Doc]:
         raise YamlError(f"{path}:1: nesting deeper than {MAX_DEPTH} levels") from None
 
 
+def object_docs(data: Any, path: str) -> list[Doc]:
+    """What ``load_json(json.dumps(data), path)`` gives, from the decoded value itself (a
+    watch event's object): the same documents, the same depth and count errors. The byte
+    bound is not applied: it guards a parse, and this value is already in memory."""
+    if not isinstance(data, list):
+        if isinstance(data, dict):
+            _check_tree(data, path)
+        return [Doc(data=data, path=path, line=1)]
+    for i, item in enumerate(data):  # in load_json's order: a deep early item is named first
+        if i >= MAX_DOCUMENTS:
+            raise YamlError(f"{path}:1: more than {MAX_DOCUMENTS} documents")
+        if isinstance(item, (dict, list)):
+            _check_tree(item, path)
+    return [Doc(data=item, path=path, line=1) for item in data]
+
+
 def _skip_ws(text: str, i: int) -> int:
     n = len(text)
     while i < n and text[i] in " \t\r\n":

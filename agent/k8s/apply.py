@@ -40,6 +40,10 @@ class Applier:
         self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
         self.policies_dirty = 0  # security.istio.io objects loaded but not yet in force (0: none)
         self.traffic_dirty = False  # a DestinationRule/VirtualService loaded but not yet in force
+        # the documents loaded since the last commit when each replaced one of the same
+        # kind and name (put in force in place: PolicyStore.prepare_replace); None: a
+        # policy came, went or was rejected, the source is put in force whole
+        self.replaced: list | None = []
         cluster = agent.config.cluster
         self.static = (list(cluster.nodes), list(cluster.services))  # the config's own
         self._logged: set[str] = set()
@@ -60,13 +64,14 @@ class Applier:
         for i in range(0, len(uids), BATCH):
             self._workloads({u: changes[u] for u in uids[i:i + BATCH]})
             yield
-        for line in sorted(index.all_conflicts()):
-            if self._once(line):
-                logger.warning("%s; the newer pod keeps it", line)
+        if index.conflicts:
+            for line in sorted(index.all_conflicts()):
+                if self._once(line):
+                    logger.warning("%s; the newer pod keeps it", line)
         if c.nodes or remerge:
             self._nodes(index)
             remerge = True
-        delta = self._services(index, c.services)
+        delta = self._services(index, c.services) if c.services else {}
         if remerge or delta:
             self._cluster(delta, full=remerge)
         yield
@@ -144,7 +149,7 @@ class Applier:
         cluster = self.agent.config.cluster
         if full:
             cluster.nodes = merge_nodes(self.static[0], self.nodes)
-        cluster.services = merge_services(self.static[1], list(self._flat.values()))
+        cluster.services = merge_services(self.static[1], self._flat.values())  # one copy: merge makes the list
         if full:
             self.agent.cluster_changed()
             return
@@ -155,15 +160,17 @@ class Applier:
         """Load the changed objects only (one small document each); the whole set is
         put in force by the shell: ``commit_policies`` now, or ``Discovery.flush``
         beside the deciding thread (agent.policy_sources)."""
-        from agent.rbac.loader import load_documents
+        from agent.rbac.loader import load_object
         from agent.traffic.loader import load_traffic
 
         cfg = self.agent.config.policies
         for kind, key in sorted(keys):
             doc = index.policy_doc(kind, key)
-            self.policies.pop((kind, key), None)
+            old = self.policies.pop((kind, key), None)
             self.traffic.pop((kind, key), None)
             if doc is None:
+                if old:
+                    self.replaced = None
                 continue
             m = doc["metadata"]
             where = f"kubernetes:{doc['kind']}/{m.get('namespace')}/{m.get('name')}"
@@ -171,23 +178,45 @@ class Applier:
                 if kind in TRAFFIC_KINDS:
                     self.traffic[(kind, key)] = load_traffic(json.dumps(doc), where, cfg.cluster_domain)
                 else:
-                    self.policies[(kind, key)] = load_documents(json.dumps(doc), where, cfg.root_namespace)
+                    new = self.policies[(kind, key)] = load_object(doc, where, cfg.root_namespace)
+                    if self.replaced is not None and _names(new) == _names(old or []):
+                        self.replaced += new
+                    else:
+                        self.replaced = None
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
+                if kind not in TRAFFIC_KINDS and old:
+                    self.replaced = None
         traffic = sum(1 for kind, _ in keys if kind in TRAFFIC_KINDS)
         self.policies_dirty += len(keys) - traffic
         self.traffic_dirty |= traffic > 0
 
     def policy_docs(self) -> list:
+        """Every loaded policy document (the whole source); marks them committed."""
+        self.replaced = []
         return [d for k in sorted(self.policies) for d in self.policies[k]]
 
     def traffic_docs(self) -> list:
         return [d for k in sorted(self.traffic) for d in self.traffic[k]]
 
+    def prepared_policies(self, compile_all: bool = True):
+        """The policy set with what was loaded since the last commit in force (the
+        changed documents replaced in place when that is all that happened); marks it
+        committed. For the event loop: small changes only (``Discovery``)."""
+        store, replaced = self.agent.policies, self.replaced
+        self.policies_dirty, self.replaced = 0, []
+        new = store.prepare_replace("kubernetes", replaced, compile_all) if replaced else None
+        return new if new is not None else store.prepare_sources({"kubernetes": self.policy_docs()},
+                                                                 compile_all=compile_all)
+
     def commit_policies(self) -> None:
         """Put the Kubernetes policies and traffic rules in force at once (tests, reload)."""
-        self.policies_dirty, self.traffic_dirty = 0, False
-        self.agent.policies.replace_source("kubernetes", self.policy_docs())
+        self.traffic_dirty = False
+        self.agent.policies.swap(self.prepared_policies(compile_all=False))
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()
+
+
+def _names(docs: list) -> list[tuple[str, str, str]]:
+    return [(d.kind, d.namespace, d.name) for d in docs]

@@ -1,8 +1,9 @@
 """Kubernetes discovery (``kubernetes.enabled``): the agent's registry, peer nodes,
 services and policies from the API server, kept current with list + watch.
 
-A thin trio shell around ``agent.k8s.index`` (what each event changes) and
-``agent.k8s.apply`` (carrying the changes into the agent). The official ``kubernetes``
+A thin trio shell around ``agent.k8s.index`` (what each event changes),
+``agent.k8s.apply`` (carrying the changes into the agent) and ``agent.k8s.applying``
+(when: in the reader's hand-over, or coalesced by the apply loop). The official ``kubernetes``
 client makes the calls (in-cluster token and CA, the token re-read as the kubelet
 rotates it); its blocking reads run in threads, which also parse and slim every object
 (``agent.k8s.model.slim``: only the fields hostmesh uses are kept) before handing them
@@ -32,12 +33,12 @@ import logging
 import os
 import random
 import threading
-import time
 from pathlib import Path
 
 import trio
 
 from agent.k8s.apply import Applier
+from agent.k8s.applying import COALESCE_S, Applying
 from agent.k8s.decode import decode_event, decode_list
 from agent.k8s.inbox import Inbox
 from agent.k8s.index import Index
@@ -47,18 +48,8 @@ from agent.k8s.reconcile import Backoff
 
 logger = logging.getLogger("hostmesh.k8s")
 
-# Changes that come within this window of the last apply are applied together (a burst
-# of events); short, because applying is proportional to the change (event to state p99
-# target: 50 ms). The first change after a quiet spell is applied at once.
-COALESCE_S = 0.01
 LIST_PAGE = 100  # objects per list request (limit/continue): a page of 7 KB pods parses to ~7 MB
 PUT_BATCH = 200  # listed objects put into the state per hand-over to the event loop
-# A policy change this small, in a policy set this large at most, is put in force on the
-# event loop (measured: 0.06 ms at 200 policies, 0.7 ms at 2,000); larger ones are
-# prepared in a thread (agent.policy_sources).
-INLINE_POLICIES_CHANGED = 16
-INLINE_POLICY_SET_MAX = 2000
-YIELD_AFTER_S = 0.002  # an apply lets the event loop run once it has held it this long
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
 QUICK_END_S = 1.0
@@ -97,7 +88,7 @@ def api_client(cfg):
     return client.ApiClient(c)
 
 
-class Discovery:
+class Discovery(Applying):
     def __init__(self, agent, cfg, node_name: str) -> None:
         self.agent = agent
         self.cfg = cfg
@@ -108,6 +99,8 @@ class Discovery:
                        "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
         self.applier = Applier(agent, node_name, self.count)
         self._changed = trio.Event()
+        self._flushing = False  # a flush is under way (it may be waiting at a checkpoint)
+        self._last_apply = -COALESCE_S  # trio clock
         self._events_lock = threading.Lock()  # counts["events"]: the reader threads count too
         self._api = None
 
@@ -260,7 +253,7 @@ class Discovery:
             with self._events_lock:
                 self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
             if changed:
-                self._changed.set()
+                self._delivered()
 
         def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see agent.k8s.inbox)
             if not self.index.unchanged(kind, *item):
@@ -281,62 +274,6 @@ class Discovery:
                 raise Gone()
             raise RuntimeError(f"watch error: {err.get('message') or err}")
         return seen[0] + inbox.settled
-
-    # ---- applying to the agent --------------------------------------------------------------
-    async def apply_loop(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Apply at once after a quiet spell (an isolated event costs no timer wake-up and
-        no wait); within ``COALESCE_S`` of the last apply, wait out the window and apply
-        what came meanwhile together (a burst)."""
-        task_status.started()
-        last = -COALESCE_S
-        while True:
-            await self._changed.wait()
-            wait = last + COALESCE_S - trio.current_time()
-            if wait > 0:
-                await trio.sleep(wait)
-            self._changed = trio.Event()
-            await self.flush()
-            last = trio.current_time()
-
-    async def flush(self, remerge: bool = False) -> None:
-        """Apply what changed, letting the event loop run between batches."""
-        self.counts["applies"] += 1
-        last = time.perf_counter()
-        for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
-            if time.perf_counter() - last >= YIELD_AFTER_S:  # a small change runs in one go
-                await trio.sleep(0)
-                last = time.perf_counter()
-        a = self.applier
-        if a.policies_dirty or a.traffic_dirty:
-            changed, traffic = a.policies_dirty, a.traffic_dirty
-            a.policies_dirty, a.traffic_dirty = 0, False
-            store = self.agent.policies
-            if not changed:
-                pass  # only traffic rules changed: the policy set stays
-            elif changed <= INLINE_POLICIES_CHANGED and len(store.snapshot().docs) <= INLINE_POLICY_SET_MAX:
-                # a few objects in a set of this size: the set is rebuilt (matchers of the
-                # unchanged policies reused) in well under a millisecond, so here, without
-                # two thread hand-overs; the store's generation check keeps a concurrent
-                # change (a reload, the admin API) from being lost (it prepares again)
-                store.swap(store.prepare_sources({"kubernetes": a.policy_docs()}))
-            else:  # parsed and compiled beside the deciding thread, swapped in
-                await self.agent.policy_sources.replace({"kubernetes": a.policy_docs()})
-            if traffic:
-                self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
-            self.agent.recheck_connections()
-
-    def apply(self, remerge: bool = False) -> None:
-        """Apply what changed in one go (tests, a config reload)."""
-        self.counts["applies"] += 1
-        for _ in self.applier.steps(self.index, self.index.take(), remerge=remerge):
-            pass
-        if self.applier.policies_dirty or self.applier.traffic_dirty:
-            self.applier.commit_policies()
-
-    def set_static(self, nodes: list, services: list) -> None:
-        """The config's peers and services changed (reload): merge them in again."""
-        self.applier.static = (list(nodes), list(services))
-        self.apply(remerge=True)
 
     def stats(self) -> dict:
         return dict(self.counts, versions=dict(self.index.versions), workloads=len(self.owned))

@@ -16,6 +16,8 @@ import ipaddress
 import sys
 from dataclasses import dataclass, field
 
+from agent.state.workloads import canonical_ip
+
 # Pod annotation naming the ports that speak HTTP/1.1 (L7 policy), e.g. "8080,9090".
 HTTP_PORTS_ANNOTATION = "hostmesh.io/http-ports"
 # Pod label or annotation that keeps a pod out of the mesh (capture opt-out).
@@ -92,7 +94,7 @@ def _ips(pod: dict) -> list[str]:
     out: list[str] = []
     for ip in ips:
         try:
-            ip = str(ipaddress.ip_address(ip))
+            ip = canonical_ip(ip)
         except ValueError:
             continue
         if ip not in out:

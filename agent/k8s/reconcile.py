@@ -78,6 +78,15 @@ def plan_changes(changes: Mapping[str, dict | None], owned: set[str], registry: 
     """The registrations that bring the uids in ``changes`` (uid -> admin-API workload
     body, None: no such pod any more) to what they say, touching only what discovery
     owns or newly claims; every other uid stays as it is. O(size of the change)."""
+    if len(changes) == 1:  # one pod changed: the common case has nothing to rehearse
+        fast = _one_in_place(changes, owned, registry, node)
+        if fast is not None:
+            return fast
+    return _rehearse(changes, owned, registry, node)
+
+
+def _rehearse(changes: Mapping[str, dict | None], owned: set[str], registry: Registry, node: str) -> WorkloadPlan:
+    """``plan_changes`` for any change: the registrations rehearsed on an overlay."""
     plan = WorkloadPlan()
     wanted: dict[str, Workload] = {}
     for uid, body in sorted(changes.items()):
@@ -121,6 +130,25 @@ def plan_changes(changes: Mapping[str, dict | None], owned: set[str], registry: 
     plan.gained = (set(wanted) - plan.failed) | ((plan.failed & owned) - set(plan.unregister))  # never copies owned
     plan.lost = set(changes) - plan.gained
     return plan
+
+
+def _one_in_place(changes: Mapping[str, dict | None], owned: set[str], registry: Registry,
+                  node: str) -> WorkloadPlan | None:
+    """The plan for one owned, registered pod that keeps exactly its addresses (a label,
+    its account, its ports changed): re-register it, nothing to rehearse, since the
+    addresses it asks for are the ones it holds. None: anything else (``plan_changes``
+    works it out)."""
+    ((uid, body),) = changes.items()
+    cur = registry.get(uid)
+    if body is None or cur is None or uid not in owned:
+        return None
+    try:
+        w = workload_from_json(body, local_node=node)
+    except WorkloadError:
+        return None  # the general plan says why, once
+    if w.ips != cur.ips:
+        return None
+    return WorkloadPlan(register=[w] if w != cur else [], gained={uid})
 
 
 def plan_workloads(bodies: Mapping[str, dict], owned: set[str], registry: Registry, node: str) -> WorkloadPlan:

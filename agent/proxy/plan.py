@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.state.layered import Layered
 from agent.state.workloads import Registry, Workload
 
 # SPEC.md: targets 15001, 15006, 15008, 15020, 15021 are refused (loop guard).
@@ -112,14 +113,14 @@ class RoutingView:
     node_name: str
     registry: Registry
     peers: Sequence[PeerNode]
-    services: dict[tuple[str, int], Service]  # (vip, port) -> Service
+    services: Mapping[tuple[str, int], Service]  # (vip, port) -> Service (a Layered map)
     agent_ports: frozenset[int]
     local_addresses: frozenset[str] = frozenset()
     egress: Literal["allow", "deny"] = "allow"
     balance: Literal["round_robin", "least_conn"] = "round_robin"
     traffic: Any = None  # agent.traffic.store.TrafficStore: DestinationRules, VirtualServices
     locality: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (region, zone)
-    by_key: dict[tuple[str, str], Service] = field(default_factory=dict)  # (ns, name) -> Service
+    by_key: Mapping[tuple[str, str], Service] = field(default_factory=Layered)  # (ns, name) -> Service
     meta: Any = None  # endpoint_meta's function, made once per view
 
 
@@ -293,10 +294,10 @@ def build_view(config, registry: Registry, traffic: Any = None) -> RoutingView:
         for n in config.cluster.nodes
         if n.name != config.node.name
     )
-    services = {}
-    by_key = {}
+    services: dict = {}
+    by_key: dict = {}
     for s in config.cluster.services:
-        svc = Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
+        svc = _service(s)
         by_key[(s.namespace, s.name)] = svc
         for port in s.ports:
             services[(s.vip, port)] = svc
@@ -311,12 +312,39 @@ def build_view(config, registry: Registry, traffic: Any = None) -> RoutingView:
         node_name=config.node.name,
         registry=registry,
         peers=peers,
-        services=services,
+        services=Layered(services),
         agent_ports=frozenset({p.outbound, p.inbound_plain, p.tunnel, p.metrics, p.readiness,
                                15001, 15006, 15008, 15020, 15021}),
         local_addresses=frozenset(local),
         egress=config.dataplane.egress,
         traffic=traffic,
         locality=locality,
-        by_key=by_key,
+        by_key=Layered(by_key),
     )
+
+
+def _service(s) -> Service:
+    return Service(s.name, s.namespace, s.vip, frozenset(s.ports), tuple(s.endpoints), s.target_port)
+
+
+def with_services(view: RoutingView, delta: Mapping) -> RoutingView:
+    """The view with some services changed: ``delta`` is ``{(vip, port): ServiceConfig or
+    None (gone)}`` and names every entry of each service it touches (what discovery's apply
+    gives). Equals ``build_view`` of the changed config (test_plan); costs the size of the
+    change, not of the table. ``view`` itself is left as it was."""
+    made: dict[int, Service] = {}
+    entries: dict = {}
+    for key, s in delta.items():
+        entries[key] = None if s is None else made.get(id(s)) or made.setdefault(id(s), _service(s))
+    names: dict = {}
+    for key in delta:  # what these entries held goes first: a name that stays is set again below
+        old = view.services.get(key)
+        if old is not None:
+            names[(old.namespace, old.name)] = None
+    for svc in entries.values():
+        if svc is not None:
+            names.pop((svc.namespace, svc.name), None)
+            names[(svc.namespace, svc.name)] = svc
+    from dataclasses import replace
+
+    return replace(view, services=view.services.changed(entries), by_key=view.by_key.changed(names), meta=None)

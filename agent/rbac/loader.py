@@ -251,6 +251,21 @@ def load_documents(text: str, path: str = "<policy>", root_namespace: str = "ist
             gc.enable()
 
 
+def load_object(data: Any, path: str = "<policy>", root_namespace: str = "istio-system") -> list:
+    """``load_documents(json.dumps(data), path, root_namespace)`` without the text: a document
+    already decoded (a watch event's object) is validated as it is, with the same result
+    and the same errors (all on line 1, as in the one-line JSON). It never changes ``data``."""
+    if not isinstance(data, (dict, list)):  # its JSON text is read as YAML (``null``: no document)
+        import json
+
+        return load_documents(json.dumps(data), path, root_namespace)
+    try:
+        docs = yamlpos.object_docs(data, path)
+    except yamlpos.YamlError as e:
+        raise PolicyError(str(e)) from None
+    return _validated(docs)
+
+
 def _expand_lists(docs: list[yamlpos.Doc]) -> list[yamlpos.Doc]:
     """``kind: List`` (what ``kubectl get -o yaml`` prints) -> its ``items``, each keeping its lines."""
     out = []
@@ -266,8 +281,12 @@ def _expand_lists(docs: list[yamlpos.Doc]) -> list[yamlpos.Doc]:
 
 
 def _load(text: str, path: str, lines: bool) -> list:
+    return _validated(_docs(text, path, lines))
+
+
+def _validated(docs) -> list:
     out, errors = [], []
-    for doc in _expand_lists(_docs(text, path, lines)):
+    for doc in _expand_lists(docs):
         if isinstance(doc.data, dict) and str(doc.data.get("apiVersion", "")).startswith("networking.istio.io/"):
             continue  # DestinationRule, VirtualService: agent.traffic.loader reads them
         if not isinstance(doc.data, dict):

@@ -93,6 +93,37 @@ class PolicyStore:
                 keep[(d.kind, d.namespace, d.name)] = (d, source)
         return build_set(keep, compile_all, self._set)
 
+    def prepare_replace(self, source: str, docs: list[Doc], compile_all: bool = True) -> PolicySet | None:
+        """Each of ``docs`` takes the place of the document of its kind, namespace and
+        name that ``source`` has now, in place (the order ``prepare_sources`` gives
+        stays), in O(size of the change and of its namespace): only the changed
+        matchers are compiled, the rest of the set is copied as it is. None when one of
+        ``docs`` has no such document (a new or deleted one: ``prepare_sources``)."""
+        old = self._set
+        new_docs = dict(old.docs)
+        swapped: dict[int, Doc] = {}  # id(old doc) -> its replacement
+        docs = list({(d.kind, d.namespace, d.name): d for d in docs}.values())  # the last of each wins
+        for d in docs:
+            key = (d.kind, d.namespace, d.name)
+            have = new_docs.get(key)
+            if have is None or have[1] != source or id(have[0]) in swapped:
+                return None
+            swapped[id(have[0])] = d
+            new_docs[key] = (d, source)
+        by_ns, peer = dict(old.by_ns), old.peer
+        for ns in {d.namespace for d in docs if isinstance(d, AuthorizationPolicy)}:
+            by_ns[ns] = tuple(swapped.get(id(p), p) for p in by_ns.get(ns, ()))
+        if any(not isinstance(d, AuthorizationPolicy) for d in docs):
+            peer = tuple(swapped.get(id(p), p) for p in peer)
+        compiled = {}  # as build_set: without compile_all, matchers are compiled on demand
+        if compile_all:
+            compiled = dict(old.compiled)
+            for gone, d in swapped.items():
+                compiled.pop(gone, None)
+                if isinstance(d, AuthorizationPolicy):
+                    compiled[id(d)] = (d.ref, compile_policy(d))
+        return PolicySet(new_docs, by_ns, peer, compiled)
+
     def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
         new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
         return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None

@@ -69,6 +69,21 @@ def _label(v: Any, what: str) -> str:
     return v
 
 
+# a dotted quad in canonical form: four decimal octets 0-255, no leading zeros
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_V4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def canonical_ip(v: Any) -> str:
+    """``str(ipaddress.ip_address(v))`` (raises ValueError/TypeError as it does). A
+    dotted quad already in canonical form (nearly every pod address) is recognised by
+    one regular-expression match, a fraction of the ipaddress module's time; anything
+    else is the ipaddress module's to judge."""
+    if type(v) is str and _CANONICAL_V4.fullmatch(v):
+        return v
+    return str(ipaddress.ip_address(v))
+
+
 def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
     """Validate an admin-API / config body into a Workload (raises WorkloadError)."""
     if not isinstance(body, dict):
@@ -87,8 +102,10 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
     raw_ips = [body["ip"], *(body.get("ips") or [])]
     ips: list[str] = []
     for v in raw_ips:
+        if v in ips:  # ``ip`` repeated first in ``ips`` (a canonical string): parsed once
+            continue
         try:
-            ip = str(ipaddress.ip_address(v))
+            ip = canonical_ip(v)
         except (ValueError, TypeError):
             raise WorkloadError(f"ip: {v!r} is not an IP address") from None
         ip = v if ip == v else ip  # already canonical: keep the caller's string (one copy per pod)

@@ -286,8 +286,118 @@ def test_status_only_events_move_the_version_and_change_nothing(replay):
 
     def until(a, d):
         seen.update(events=d.counts["events"], version=d.versions["pods"])
-        return d.counts["events"] >= 20 and d.versions["pods"] == "30"
+        # and the watch that follows the ended one has been asked for (it was a race)
+        return d.counts["events"] >= 20 and d.versions["pods"] == "30" and len(replay.watch_versions(PODS)) >= 2
 
     agent = run_discovery(replay, until)
     assert seen == {"events": 20, "version": "30"} and uids(agent) == {"uid-a"}
     assert replay.watch_versions(PODS)[:2] == ["10", "30"]  # resumed from the last one
+
+
+# ---- a policy that changes in place (agent.rbac.store.PolicyStore.prepare_replace) ---------
+
+def _policy_agent(objs):
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("authorizationpolicies", objs, "1")
+    d.apply()
+    return agent, d
+
+
+def test_a_modified_policy_is_replaced_in_place_and_equals_a_fresh_list(monkeypatch):
+    first = [authz("a", action="DENY", rules=[{}]), authz("b", rules=[{"from": [{"source": {"namespaces": ["x"]}}]}]),
+             authz("c", ns="web", rules=[{}])]
+    agent, d = _policy_agent(first)
+    changed = authz("b", rv="2", rules=[{"from": [{"source": {"namespaces": ["y"]}}]}])
+    d.index.event("authorizationpolicies", "MODIFIED", changed)
+    store = agent.policies
+    monkeypatch.setattr(store, "prepare_sources", lambda *a, **k: pytest.fail("rebuilt the whole source"))
+    d.apply()
+    monkeypatch.undo()
+    fresh, _ = _policy_agent([first[0], changed, first[2]])
+    got, want = store.snapshot(), fresh.policies.snapshot()
+    assert list(got.docs) == list(want.docs) and store.list() == fresh.policies.list()
+    assert {ns: [p.ref for p in ps] for ns, ps in got.by_ns.items()} == {
+        ns: [p.ref for p in ps] for ns, ps in want.by_ns.items()}
+    assert [p for ps in got.by_ns.values() for p in ps] == [p for ps in want.by_ns.values() for p in ps]
+
+
+@pytest.mark.parametrize("event", [
+    ("ADDED", authz("d", rv="2", rules=[{}])),              # a new name: appended by a rebuild
+    ("DELETED", authz("a", rv="2")),                        # gone
+    ("MODIFIED", authz("a", rv="2", action="DENY", rulez=[])),  # now invalid: skipped, the old one goes
+])
+def test_a_policy_that_comes_goes_or_breaks_rebuilds_the_source(event):
+    first = [authz("a", action="DENY", rules=[{}]), authz("b", rules=[{}])]
+    agent, d = _policy_agent(first)
+    d.index.event("authorizationpolicies", *event)
+    assert d.applier.replaced == []
+    d.apply()
+    rest = [o for o in first if o["metadata"]["name"] != event[1]["metadata"]["name"]]
+    fresh, _ = _policy_agent(rest + ([event[1]] if event[0] == "ADDED" else []))
+    assert agent.policies.list() == fresh.policies.list()
+    assert list(agent.policies.snapshot().docs) == list(fresh.policies.snapshot().docs)
+
+
+# ---- where a change is applied: in the hand-over after a quiet spell, else by apply_loop ---
+
+def test_a_change_after_a_quiet_spell_is_applied_in_the_hand_over_a_burst_by_the_loop():
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    seen = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.apply_loop)
+            d.index.event("pods", "ADDED", pod("a", "10.1.0.5"))
+            d._delivered()  # quiet so far: applied before it returns, no task involved
+            seen["first"] = (uids(agent), d.counts["applies"], d._changed.is_set())
+            d.index.event("pods", "ADDED", pod("b", "10.1.0.6"))
+            d._delivered()  # within COALESCE_S of the last apply: left to apply_loop
+            seen["burst"] = (uids(agent), d._changed.is_set())
+            with trio.fail_after(5):
+                while len(agent.registry) < 2:
+                    await trio.sleep(disc.COALESCE_S)
+            await trio.sleep(disc.COALESCE_S * 2)  # the window since that apply is over too
+            seen["after"] = (uids(agent), d.counts["applies"])
+            d.index.event("nodes", "ADDED", node("node-b", "192.0.2.2", "10.2.0.0/24"))
+            d._delivered()  # a node change rebuilds the peers: never in the hand-over
+            seen["node"] = d._changed.is_set()
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen["first"] == ({"uid-a"}, 1, False)
+    assert seen["burst"] == ({"uid-a"}, True)
+    assert seen["after"] == ({"uid-a", "uid-b"}, 2)
+    assert seen["node"] is True
+
+
+def test_an_apply_that_fails_in_the_hand_over_is_logged_and_everything_is_applied_again(monkeypatch):
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.event("pods", "ADDED", pod("a", "10.1.0.5"))
+    d.apply()
+    real, calls = d.applier.steps, []
+
+    def broken(index, c, **kw):
+        calls.append(sorted(c.workloads))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(index, c, **kw)
+
+    monkeypatch.setattr(d.applier, "steps", broken)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.apply_loop)
+            d.index.event("pods", "DELETED", pod("a", "10.1.0.5"))
+            d.index.event("pods", "ADDED", pod("b", "10.1.0.6"))
+            d._delivered()  # fails: logged, counted, everything pending again, the loop runs
+            with trio.fail_after(5):
+                while uids(agent) != {"uid-b"}:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert d.counts["errors"] == 1 and calls == [["uid-a", "uid-b"], ["uid-a", "uid-b"]]
+    assert d.owned == {"uid-b"}

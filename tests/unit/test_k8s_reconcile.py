@@ -288,3 +288,37 @@ def test_backoff_doubles_to_the_cap_with_jitter_and_resets():
     assert b.next(0.0) == 0.25 and b.next(0.999) == pytest.approx(1.499)  # jitter: x0.5 to x1.5
     b = Backoff(0.5, 4.0)
     assert max(b.next(0.999) for _ in range(10)) == 4.0  # capped after the jitter too
+
+
+# ---- one changed pod: the plan without a rehearsal (reconcile._one_in_place) ---------------
+
+def _body(uid, ip, **kw):
+    b = {"uid": uid, "name": uid, "namespace": "shop", "service_account": "default", "ip": ip, "ips": [ip],
+         "labels": {"app": "a"}, "http_ports": [], "node": None}
+    return {**b, **kw}
+
+
+@pytest.mark.parametrize("why, body, owned", [
+    ("a label changed", _body("u1", "10.1.0.5", labels={"app": "b"}), {"u1"}),
+    ("nothing changed", _body("u1", "10.1.0.5"), {"u1"}),
+    ("its account changed", _body("u1", "10.1.0.5", service_account="api"), {"u1"}),
+    ("it moved to another node", _body("u1", "10.1.0.5", node="node-b"), {"u1"}),  # the first four: in place
+    ("its address changed", _body("u1", "10.1.0.9"), {"u1"}),
+    ("it takes an address another pod holds", _body("u1", "10.1.0.6"), {"u1", "u2"}),
+    ("it gained an address", _body("u1", "10.1.0.5", ips=["10.1.0.5", "fd00::5"]), {"u1"}),
+    ("it is gone", None, {"u1"}),
+    ("not ours (the admin API registered it)", _body("u1", "10.1.0.5", labels={"app": "b"}), set()),
+    ("new", _body("u3", "10.1.0.7"), {"u1"}),
+    ("invalid now", _body("u1", "10.1.0.5", name="a b"), {"u1"}),
+])
+def test_one_changed_pod_plans_what_the_rehearsal_plans(why, body, owned):
+    from agent.k8s.reconcile import _one_in_place, _rehearse, plan_changes
+
+    reg = Registry()
+    reg.register(workload_from_json(_body("u1", "10.1.0.5"), local_node=NODE))
+    reg.register(workload_from_json(_body("u2", "10.1.0.6"), local_node=NODE))
+    uid = body["uid"] if body else "u1"
+    got = plan_changes({uid: body}, owned, reg, NODE)
+    assert got == _rehearse({uid: body}, owned, reg, NODE), why
+    in_place = why in ("a label changed", "nothing changed", "its account changed", "it moved to another node")
+    assert (_one_in_place({uid: body}, owned, reg, NODE) is not None) == in_place

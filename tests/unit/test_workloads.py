@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.state.workloads import Registry, WorkloadError, workload_from_json
+from agent.state.workloads import Registry, WorkloadError, canonical_ip, workload_from_json
 
 BODY = {"uid": "u1", "name": "web", "namespace": "shop", "service_account": "web-sa",
         "ip": "198.19.0.2", "labels": {"app": "web"}, "http_ports": [8080]}
@@ -107,3 +107,30 @@ def test_api_workloads_survive_a_restart_and_config_workloads_follow_reload(tmp_
     with pytest.raises(ApiError) as e:
         trio.run(b.reload)
     assert e.value.status == 400 and {w.uid for w in b.registry} == {"p1", "s2"}
+
+
+def _says(fn, v):
+    try:
+        return fn(v)
+    except (ValueError, TypeError) as e:
+        return type(e)
+
+
+def _ipaddress(v):
+    import ipaddress
+
+    return str(ipaddress.ip_address(v))
+
+
+@pytest.mark.parametrize("v", [
+    "10.1.0.5", "0.0.0.0", "255.255.255.255", "010.1.0.5", "10.1.0.05", "1.2.3", "1.2.3.4.5", "256.1.1.1",
+    " 1.2.3.4", "1.2.3.4\n", "1.2.3.4\x00", "\u0661.2.3.4", "0x1.2.3.4", "1.2.3.+4", "", "2001:DB8::1",
+    "2001:db8:0:0:0:0:0:1", "::ffff:1.2.3.4", "fe80::1%eth0", 167837957, None, b"10.1.0.5", ["10.1.0.5"],
+])
+def test_canonical_ip_says_what_the_ipaddress_module_says(v):
+    assert _says(canonical_ip, v) == _says(_ipaddress, v)
+
+
+@given(st.ip_addresses().map(str) | st.text(alphabet="0123456789.:abcdefx%", max_size=20))
+def test_canonical_ip_property(v):
+    assert _says(canonical_ip, v) == _says(_ipaddress, v)

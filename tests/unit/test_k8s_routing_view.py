@@ -1,0 +1,63 @@
+"""Service and EndpointSlice events change the routing view entry by entry (agent.k8s.apply
+→ Agent.cluster_changed → agent.proxy.plan.with_services): after every event the view
+equals one built from scratch out of the same config, and no event rebuilds it whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.app import Agent
+from agent.config import Config
+from agent.k8s import discovery as disc
+from agent.proxy import plan
+from tests.unit.k8s_objects import NODE, endpointslice, service
+
+HTTP = [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+TWO = HTTP + [{"name": "grpc", "port": 9090, "targetPort": 9091, "protocol": "TCP"}]
+EP = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+
+EVENTS = [
+    ("endpointslices", "MODIFIED", endpointslice("web", ["10.1.0.5", "10.1.0.7"], EP, rv="2")),
+    ("endpointslices", "MODIFIED", endpointslice("web", ["10.1.0.5", "10.1.0.7"], EP, rv="3", ready=False)),
+    ("services", "MODIFIED", service("api", "10.96.0.11", TWO, rv="4")),  # a second port
+    ("services", "ADDED", service("db", "10.96.0.12", HTTP, ns="data", rv="5")),
+    ("endpointslices", "ADDED", endpointslice("db", ["10.1.0.9"], EP, ns="data", rv="6")),
+    ("services", "MODIFIED", service("api", "10.96.0.21", HTTP, rv="7")),  # the VIP moves
+    ("endpointslices", "DELETED", endpointslice("web", [], EP, rv="8")),
+    ("services", "DELETED", service("web", "10.96.0.10", HTTP, rv="9")),
+    ("services", "DELETED", service("db", "10.96.0.12", HTTP, ns="data", rv="10")),
+]
+
+
+def as_values(view):
+    return dict(view.services), dict(view.by_key)
+
+
+def test_every_service_event_leaves_the_view_a_full_rebuild_would(monkeypatch):
+    agent = Agent(Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, "kubernetes": {
+        "enabled": True, "api_server": "http://127.0.0.1:1", "token_path": "/nonexistent"}}))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("services", [service("web", "10.96.0.10", HTTP), service("api", "10.96.0.11", HTTP)], "1")
+    d.index.replace("endpointslices", [endpointslice("web", ["10.1.0.5"], EP), endpointslice("api", ["10.1.0.6"], EP)],
+                    "1")
+    d.apply()
+    assert agent.view.services[("10.96.0.10", 80)].endpoints == ("10.1.0.5",)
+    monkeypatch.setattr(plan, "build_view", lambda *a, **k: pytest.fail("the whole view was rebuilt"))
+    monkeypatch.setattr("agent.app.build_view", plan.build_view)
+    seen = []
+    for kind, typ, obj in EVENTS:
+        before = agent.view
+        kept = as_values(before)
+        d.index.event(kind, typ, obj)
+        d.apply()
+        monkeypatch.undo()
+        want = plan.build_view(agent.config, agent.registry, agent.traffic)
+        monkeypatch.setattr(plan, "build_view", lambda *a, **k: pytest.fail("the whole view was rebuilt"))
+        monkeypatch.setattr("agent.app.build_view", plan.build_view)
+        assert as_values(agent.view) == as_values(want), (kind, typ)
+        assert as_values(before) == kept  # the view a decision in flight holds did not change
+        seen.append(sorted(f"{k[0]}:{k[1]}={','.join(s.endpoints)}" for k, s in agent.view.services.items()))
+    assert seen[0] == ["10.96.0.10:80=10.1.0.5,10.1.0.7", "10.96.0.11:80=10.1.0.6"]
+    assert seen[1] == ["10.96.0.10:80=", "10.96.0.11:80=10.1.0.6"]
+    assert seen[5] == ["10.96.0.10:80=", "10.96.0.12:80=10.1.0.9", "10.96.0.21:80=10.1.0.6"]
+    assert seen[-1] == ["10.96.0.21:80=10.1.0.6"]
