@@ -74,8 +74,16 @@ impl Shared {
             .insert(id, live.clone());
         self.count("connections_bridged", 1);
         let now = || self.now_ms();
+        let http = self.l7.take(id, dst); // an HTTP port with per-request rules: l7.rs
+        let moved = async {
+            if http {
+                crate::l7::serve(self, id, &mut a, &mut b, &live.counters, &now).await
+            } else {
+                copy::bridge(&mut a, &mut b, &live.counters, &now).await
+            }
+        };
         let outcome = tokio::select! {
-            r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
+            r = moved => match r {
                 Ok(()) => None,
                 Err((side, e)) => {
                     self.count("resets", 1);
