@@ -179,12 +179,15 @@ class NativeEngine(HttpPaths):
             td = agent.config.identity.trust_domain
             if p.dst is not None:
                 conn.dst_principal = p.dst.spiffe_id(td)
-            if p.kind == "tunnel" and not st.leg and http_reporters(agent, conn):
+            observe = p.kind == "tunnel" and not st.leg and http_reporters(agent, conn)
+            if observe and not self._observe_in_core(cid, conn):
                 return self._report_source(cid, st)
             traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
                 if self._tunnel_command(cid, conn, p):
                     return
+                if observe:
+                    self._unobserve(cid)
                 traffic_path.failed(agent, conn, p, denied=False)
                 continue
             if p.kind == "local":

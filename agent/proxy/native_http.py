@@ -126,6 +126,23 @@ class HttpPaths:
         self._http[cid] = L7Conn(conn, police, reporters)
         self.core.http(cid, upstream[0], upstream[1], bind)
 
+    def _observe_in_core(self, cid: int, conn: Conn) -> bool:
+        """The source's view of a workload's HTTP port (``http_metrics: both``) in the
+        core (``dataplane.l7: core``): the tunnel about to be opened is served as HTTP,
+        every head allowed as it comes and each exchange recorded. False: the h11
+        inspector's way (``_report_source``)."""
+        if self.agent.config.dataplane.l7 == "python":
+            return False
+        from agent.proxy.l7core import L7Conn
+
+        self._http[cid] = L7Conn(conn, False, ["outbound"])
+        self.core.http_mark(cid)
+        return True
+
+    def _unobserve(self, cid: int) -> None:
+        self._http.pop(cid, None)
+        self.core.http_unmark(cid)
+
     def _on_request(self, cid: int, rid: int, method: str, target: str, version: str, headers) -> None:
         from agent.proxy.l7core import on_request
 

@@ -44,13 +44,16 @@ type Reply = Either<Full<Bytes>, Incoming>;
 /// answer.
 #[derive(Default)]
 pub struct Table {
-    marked: Mutex<HashMap<u64, SocketAddr>>,
+    /// id -> the upstream it must be bridged to (None: whatever Python's command opens,
+    /// a tunnel)
+    marked: Mutex<HashMap<u64, Option<SocketAddr>>>,
     pending: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
 }
 
 impl Table {
-    /// Python: when connection `id` is bridged to `upstream`, serve it as HTTP.
-    pub fn mark(&self, id: u64, upstream: SocketAddr) {
+    /// Python: when connection `id` is bridged (to `upstream`, when given), serve it
+    /// as HTTP. A new decision for `id` clears the mark (runtime.rs `decide`).
+    pub fn mark(&self, id: u64, upstream: Option<SocketAddr>) {
         self.marked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -72,7 +75,7 @@ impl Table {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        m == Some(dst)
+        matches!(m, Some(None)) || m == Some(Some(dst))
     }
 
     /// Python's answer for head `rid` of `id`; false when nobody waits for it.

@@ -249,12 +249,23 @@ impl Core {
     fn http(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
         let upstream = SocketAddr::new(ip(ip_)?, port);
         let bind = bind.map(ip).transpose()?;
-        self.shared.l7.mark(id, upstream);
+        self.shared.l7.mark(id, Some(upstream));
         let ok = self.shared.command(id, Command::Connect { upstream, bind });
         if !ok {
             self.shared.l7.unmark(id);
         }
         Ok(ok)
+    }
+
+    /// Serve connection `id` as HTTP when the command Python sends next (a tunnel)
+    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics).
+    fn http_mark(&self, id: u64) {
+        self.shared.l7.mark(id, None);
+    }
+
+    /// Forget `http_mark` (the command was not sent after all).
+    fn http_unmark(&self, id: u64) {
+        self.shared.l7.unmark(id);
     }
 
     /// Python's answer for request head `rid` of connection `id`: verdict "allow"
