@@ -7,7 +7,8 @@ Per head: ``l7judge.judge_head`` (the h11 inspector's rules: 400 for ambiguous f
 or a target that cannot be normalized), then ``enforce.decide`` on the normalized
 request when the connection is policed (per-request rules) — allow (forwarded with the
 normalized target and one Host), or deny (403 naming the policy, the connection goes
-on). Observed-only connections (HTTP metrics) are allowed as they come. A head hyper
+on). Observed-only connections (the source's view, for HTTP metrics) are told their
+heads and forward them unasked: only the records are made here. A head hyper
 refused (400, 431) is only counted and recorded. What this module must never do: block
 the trio thread, or answer a head another way than the h11 inspector would.
 """
@@ -19,8 +20,17 @@ import logging
 from agent.proxy import enforce
 from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
-from agent.proxy.l7judge import ALLOW, NO_REQUEST, denial, head_bytes, judge_head, needs_host
+from agent.proxy.l7judge import (
+    ALLOW,
+    NO_REQUEST,
+    denial,
+    head_bytes,
+    judge_head,
+    needs_host,
+    request_attrs_of,
+)
 from agent.proxy.l7records import submit_requests
+from agent.rbac.pathnorm import Target, normalize_target
 
 logger = logging.getLogger("hostmesh.l7")
 
@@ -29,18 +39,26 @@ class L7Conn:
     """One connection the core serves as HTTP: its Conn, whether its requests are
     policed, who reports them, and the heads answered whose exchange has not ended."""
 
-    __slots__ = ("conn", "police", "reporters", "peers", "heads")
+    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads")
 
-    def __init__(self, conn: Conn, police: bool, reporters) -> None:
-        self.conn, self.police, self.reporters = conn, police, list(reporters)
+    def __init__(self, conn: Conn, police: bool, reporters, told: bool = False) -> None:
+        # told: the core forwards heads unasked (the source's view of a tunnel)
+        self.conn, self.police, self.reporters, self.told = conn, police, list(reporters), told
         self.peers = None
         self.heads: dict[int, tuple] = {}  # request id -> (attrs, decision, flags)
 
 
 def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: str, version: str,
                headers) -> None:
-    """Answer one head (``version``: "HTTP/1.0" or "HTTP/1.1")."""
+    """Answer one head (``version``: "HTTP/1.0" or "HTTP/1.1"); an observed-only
+    connection's heads were told, not asked: they are only noted for the record (the
+    destination judges them)."""
     conn = h.conn
+    if h.told:
+        t = normalize_target(method, target)
+        attrs = request_attrs_of(method.encode("latin-1"), headers, t, "") if isinstance(t, Target) else NO_REQUEST
+        h.heads[rid] = (attrs, ALLOW, "")
+        return
     m, t, v = method.encode("latin-1"), target.encode("latin-1"), version.encode()
     j = judge_head(head_bytes(m, t, v, headers), m, t, v[5:], headers)
     if j.why:

@@ -135,7 +135,7 @@ class HttpPaths:
             return False
         from agent.proxy.l7core import L7Conn
 
-        self._http[cid] = L7Conn(conn, False, ["outbound"])
+        self._http[cid] = L7Conn(conn, False, ["outbound"], told=True)
         self.core.http_mark(cid)
         return True
 

@@ -40,24 +40,34 @@ use tokio::sync::oneshot;
 
 type Reply = Either<Full<Bytes>, Incoming>;
 
+/// How the core serves a connection as HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every head waits for Python's answer (per-request rules at the destination).
+    Ask,
+    /// Heads are told to Python and forwarded as they are (the source's view for HTTP
+    /// metrics: the destination judges them).
+    Tell,
+}
+
 /// Connections Python asked the core to serve as HTTP, and the heads waiting for an
 /// answer.
 #[derive(Default)]
 pub struct Table {
     /// id -> the upstream it must be bridged to (None: whatever Python's command opens,
-    /// a tunnel)
-    marked: Mutex<HashMap<u64, Option<SocketAddr>>>,
+    /// a tunnel), and how
+    marked: Mutex<HashMap<u64, (Option<SocketAddr>, Mode)>>,
     pending: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
 }
 
 impl Table {
     /// Python: when connection `id` is bridged (to `upstream`, when given), serve it
     /// as HTTP. A new decision for `id` clears the mark (runtime.rs `decide`).
-    pub fn mark(&self, id: u64, upstream: Option<SocketAddr>) {
+    pub fn mark(&self, id: u64, upstream: Option<SocketAddr>, mode: Mode) {
         self.marked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, upstream);
+            .insert(id, (upstream, mode));
     }
 
     /// Forget a mark (the connection waits for another decision or is gone).
@@ -68,14 +78,15 @@ impl Table {
             .remove(&id);
     }
 
-    /// Whether connection `id`, bridged to `dst`, is served as HTTP (the mark is used up).
-    pub fn take(&self, id: u64, dst: SocketAddr) -> bool {
+    /// How connection `id`, bridged to `dst`, is served as HTTP (None: it is not; the
+    /// mark is used up either way).
+    pub fn take(&self, id: u64, dst: SocketAddr) -> Option<Mode> {
         let m = self
             .marked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        matches!(m, Some(None)) || m == Some(Some(dst))
+            .remove(&id)?;
+        (m.0.is_none() || m.0 == Some(dst)).then_some(m.1)
     }
 
     /// Python's answer for head `rid` of `id`; false when nobody waits for it.
@@ -207,6 +218,7 @@ impl Drop for Tracked {
 struct Ctx<'s> {
     shared: &'s Shared,
     id: u64,
+    mode: Mode,
     meter: Arc<Meter>,
     next_rid: AtomicU64,
     send: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
@@ -284,7 +296,7 @@ impl Ctx<'_> {
     }
 
     async fn respond(&self, rid: u64, req: Request<Incoming>) -> Response<Reply> {
-        let (mut parts, mut body) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
         let h = l7head::head(&parts);
         let ev = Event::Request {
             id: self.id,
@@ -294,6 +306,12 @@ impl Ctx<'_> {
             version: h.version,
             headers: h.headers,
         };
+        if self.mode == Mode::Tell {
+            // told, not asked: the head goes on as it came (HTTP/1.0 as HTTP/1.1)
+            let target = ev_target(&ev);
+            self.shared.events.push(ev);
+            return self.forward(parts, body, &target, None).await;
+        }
         let unavailable = || {
             own(l7head::reply(
                 503,
@@ -324,49 +342,67 @@ impl Ctx<'_> {
                 own(l7head::reply(status, text, policy.as_deref(), close))
             }
             Some(Answer::Allow { target, host }) => {
-                let http10 = match l7head::forward(&mut parts, &target, host.as_deref()) {
-                    Ok(v) => v,
-                    Err(why) => {
-                        self.shared.count("l7_bad_rewrite", 1);
-                        let text = Bytes::from(format!("bad request: {why}\n"));
-                        return own(l7head::reply(400, text, None, true));
-                    }
-                };
-                let sent = {
-                    let mut s = self.send.lock().await;
-                    match s.ready().await {
-                        Ok(()) => Some(s.send_request(Request::from_parts(parts, body))),
-                        Err(_) => None,
-                    }
-                };
-                let bad =
-                    |t: &'static [u8]| own(l7head::reply(502, Bytes::from_static(t), None, true));
-                let Some(sent) = sent else {
-                    return bad(b"the workload closed the connection\n");
-                };
-                match sent.await {
-                    Ok(r) => {
-                        let (mut p, b) = r.into_parts();
-                        if http10 {
-                            p.headers.insert(
-                                http::header::CONNECTION,
-                                http::HeaderValue::from_static("close"),
-                            );
-                        }
-                        Response::from_parts(p, Either::Right(b))
-                    }
-                    // the pod's own body failed (cut short, a bad chunk): its 400, as
-                    // the h11 inspector answered (flagged DPE, counted by Python)
-                    Err(e) if e.is_user() => {
-                        let text = Bytes::from_static(
-                            b"bad request: the request body is incomplete or malformed\n",
-                        );
-                        own(l7head::reply(400, text, None, true))
-                    }
-                    Err(_) => bad(b"bad response from the workload\n"),
-                }
+                self.forward(parts, body, &target, host.as_deref()).await
             }
         }
+    }
+
+    /// Send an allowed head (rewritten: `target`, `host`) and its streaming body to the
+    /// workload; the response, or the core's 400/502.
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        target: &str,
+        host: Option<&str>,
+    ) -> Response<Reply> {
+        let http10 = match l7head::forward(&mut parts, target, host) {
+            Ok(v) => v,
+            Err(why) => {
+                self.shared.count("l7_bad_rewrite", 1);
+                let text = Bytes::from(format!("bad request: {why}\n"));
+                return own(l7head::reply(400, text, None, true));
+            }
+        };
+        let sent = {
+            let mut s = self.send.lock().await;
+            match s.ready().await {
+                Ok(()) => Some(s.send_request(Request::from_parts(parts, body))),
+                Err(_) => None,
+            }
+        };
+        let bad = |t: &'static [u8]| own(l7head::reply(502, Bytes::from_static(t), None, true));
+        let Some(sent) = sent else {
+            return bad(b"the workload closed the connection\n");
+        };
+        match sent.await {
+            Ok(r) => {
+                let (mut p, b) = r.into_parts();
+                if http10 {
+                    p.headers.insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Response::from_parts(p, Either::Right(b))
+            }
+            // the pod's own body failed (cut short, a bad chunk): its 400, as the h11
+            // inspector answered (flagged DPE, counted by Python)
+            Err(e) if e.is_user() => {
+                let text = Bytes::from_static(
+                    b"bad request: the request body is incomplete or malformed\n",
+                );
+                own(l7head::reply(400, text, None, true))
+            }
+            Err(_) => bad(b"bad response from the workload\n"),
+        }
+    }
+}
+
+fn ev_target(ev: &Event) -> String {
+    match ev {
+        Event::Request { target, .. } => target.clone(),
+        _ => String::new(),
     }
 }
 
@@ -386,6 +422,7 @@ fn io_error(e: &hyper::Error) -> Option<io::Error> {
 pub async fn serve<A, B>(
     shared: &Shared,
     id: u64,
+    mode: Mode,
     a: &mut A,
     b: &mut B,
     c: &Counters,
@@ -430,6 +467,7 @@ where
     let ctx = Ctx {
         shared,
         id,
+        mode,
         meter: meter.clone(),
         next_rid: AtomicU64::new(0),
         send: tokio::sync::Mutex::new(send),

@@ -93,7 +93,7 @@ async fn run(
     pod.write_all(client_bytes).await.unwrap();
     let c = Counters::default();
     let now = || 0u64;
-    let srv = serve(&s, 7, &mut a, &mut b, &c, &now);
+    let srv = serve(&s, 7, super::Mode::Ask, &mut a, &mut b, &c, &now);
     let reader = async {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];

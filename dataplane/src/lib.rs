@@ -249,7 +249,7 @@ impl Core {
     fn http(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
         let upstream = SocketAddr::new(ip(ip_)?, port);
         let bind = bind.map(ip).transpose()?;
-        self.shared.l7.mark(id, Some(upstream));
+        self.shared.l7.mark(id, Some(upstream), l7::Mode::Ask);
         let ok = self.shared.command(id, Command::Connect { upstream, bind });
         if !ok {
             self.shared.l7.unmark(id);
@@ -258,9 +258,10 @@ impl Core {
     }
 
     /// Serve connection `id` as HTTP when the command Python sends next (a tunnel)
-    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics).
+    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics). Heads
+    /// are told, not asked: ("request", ...) events Python does not answer.
     fn http_mark(&self, id: u64) {
-        self.shared.l7.mark(id, None);
+        self.shared.l7.mark(id, None, l7::Mode::Tell);
     }
 
     /// Forget `http_mark` (the command was not sent after all).

@@ -76,8 +76,8 @@ impl Shared {
         let now = || self.now_ms();
         let http = self.l7.take(id, dst); // an HTTP port with per-request rules: l7.rs
         let moved = async {
-            if http {
-                crate::l7::serve(self, id, &mut a, &mut b, &live.counters, &now).await
+            if let Some(mode) = http {
+                crate::l7::serve(self, id, mode, &mut a, &mut b, &live.counters, &now).await
             } else {
                 copy::bridge(&mut a, &mut b, &live.counters, &now).await
             }
