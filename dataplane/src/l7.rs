@@ -306,6 +306,12 @@ impl Ctx<'_> {
             version: h.version,
             headers: h.headers,
         };
+        if parts.method == http::Method::CONNECT {
+            // a tunnel inside an HTTP port: the core does not switch to raw bytes
+            self.shared.count("l7_refused_connect", 1);
+            let text = Bytes::from_static(b"CONNECT is not served on this port\n");
+            return own(l7head::reply(501, text, None, true));
+        }
         if self.mode == Mode::Tell {
             // told, not asked: the head goes on as it came (HTTP/1.0 as HTTP/1.1)
             let target = ev_target(&ev);

@@ -9,7 +9,9 @@
 //! parse HTTP itself (hyper did), do I/O, or change a head Python did not allow.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE,
+};
 use http::{request, Response, StatusCode, Uri, Version};
 
 /// Python's answer for one request head (Core.http_answer).
@@ -87,6 +89,26 @@ pub fn forward(
     if let Some(h) = host {
         let v = HeaderValue::from_str(h).map_err(|_| format!("host {h:?} is not a field value"))?;
         parts.headers.insert(HOST, v);
+    }
+    if parts.headers.contains_key(UPGRADE) {
+        // the core does not switch protocols: the upgrade is declined by removing its
+        // hop-by-hop fields (RFC 9110 7.6.1, 7.8), so the workload answers in HTTP/1.1
+        parts.headers.remove(UPGRADE);
+        parts
+            .headers
+            .remove(HeaderName::from_static("http2-settings"));
+        let close = parts.headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(5)
+                .any(|w| w == b"close")
+        });
+        parts.headers.remove(CONNECTION);
+        if close {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     let http10 = parts.version == Version::HTTP_10;
     if http10 {
@@ -226,6 +248,33 @@ mod tests {
         assert_eq!(p.version, Version::HTTP_11);
         assert_eq!(p.headers.get(CONNECTION).unwrap(), "close");
         assert!(p.headers.get("keep-alive").is_none());
+    }
+
+    #[test]
+    fn an_upgrade_is_declined_by_dropping_its_hop_by_hop_fields() {
+        let mut p = parts(
+            http::Request::get("/ws")
+                .header("connection", "Upgrade, HTTP2-Settings")
+                .header("upgrade", "h2c")
+                .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+                .header("x-keep", "1")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(forward(&mut p, "/ws", None), Ok(false));
+        for h in ["connection", "upgrade", "http2-settings"] {
+            assert!(p.headers.get(h).is_none(), "{h}");
+        }
+        assert_eq!(p.headers["x-keep"], "1");
+        let mut p = parts(
+            http::Request::get("/ws")
+                .header("connection", "upgrade, close")
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap(),
+        );
+        forward(&mut p, "/ws", None).unwrap();
+        assert_eq!(p.headers[CONNECTION], "close");
     }
 
     #[test]
