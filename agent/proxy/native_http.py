@@ -150,7 +150,11 @@ class HttpPaths:
         if h is None:  # not an L7 connection of this engine's (cannot happen): refuse the head
             self.core.http_answer(cid, rid, "bad", 503, b"no decision for this connection\n")
             return
-        on_request(self.agent, self.core, cid, h, rid, method, target, version, headers)
+        try:
+            on_request(self.agent, self.core, cid, h, rid, method, target, version, headers)
+        except Exception:  # this request's connection ends (503), nothing else; run() logs it
+            self.core.http_answer(cid, rid, "bad", 503, b"internal error\n")
+            raise
 
     def _on_exchange(self, cid: int, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
                      end: float, flags: str) -> None:
