@@ -16,6 +16,7 @@
 use crate::copy::{Counters, Side};
 use crate::events::Event;
 use crate::hyperio::Io;
+use crate::l7body::{Ex, Meter, Reply, Tracked};
 use crate::l7head::{self, Answer};
 use crate::limits::{
     DECISION_TIMEOUT, L7_LINGER, MAX_L7_HEAD, MAX_L7_HEADERS, MAX_L7_PENDING, MAX_L7_RESPONSE_HEAD,
@@ -23,7 +24,6 @@ use crate::limits::{
 use crate::runtime::{wall, Shared};
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use std::collections::HashMap;
@@ -31,14 +31,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-
-type Reply = Either<Full<Bytes>, Incoming>;
 
 /// How the core serves a connection as HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,104 +111,6 @@ impl Drop for Waiting<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.1);
-    }
-}
-
-/// Bytes of the pod side, and the exchange that ended and waits for its last bytes.
-#[derive(Default)]
-struct Meter {
-    read: AtomicU64,
-    written: AtomicU64,
-    read_mark: AtomicU64,
-    ended: Mutex<Option<Ended>>,
-    /// Requests whose response has not ended.
-    in_flight: AtomicU64,
-}
-
-struct Ended {
-    rid: u64,
-    status: u16,
-    start: f64,
-    end: f64,
-    req_bytes: u64,
-    written_mark: u64,
-    flags: &'static str,
-}
-
-/// An exchange whose response is being written.
-struct Ex {
-    rid: u64,
-    start: f64,
-    written_mark: u64,
-}
-
-/// A response body that notes when it ended (or was dropped before its end).
-struct Tracked {
-    inner: Reply,
-    ex: Option<Ex>,
-    status: u16,
-    meter: Arc<Meter>,
-}
-
-impl Tracked {
-    fn finish(&mut self, flags: &'static str) {
-        let Some(ex) = self.ex.take() else {
-            return;
-        };
-        // a 400 is a request the core could not frame: Envoy's DPE (downstream protocol error)
-        let flags = if self.status == 400 { "DPE" } else { flags };
-        let m = &self.meter;
-        let read = m.read.load(Ordering::Relaxed);
-        let req_bytes = read.saturating_sub(m.read_mark.swap(read, Ordering::Relaxed));
-        *m.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ended {
-            rid: ex.rid,
-            status: self.status,
-            start: ex.start,
-            end: wall(),
-            req_bytes,
-            written_mark: ex.written_mark,
-            flags,
-        });
-        m.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.finish("-"),
-            Poll::Ready(Some(Err(_))) => self.finish("UC"),
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // hyper drops a body it needs no more of (HEAD, a length reached) or one whose
-        // client went away
-        let flags = if self.inner.is_end_stream() {
-            "-"
-        } else {
-            "DC"
-        };
-        self.finish(flags);
     }
 }
 

@@ -16,6 +16,7 @@ mod hbone;
 mod hyperio;
 mod inbound;
 mod l7;
+mod l7body;
 mod l7head;
 mod limits;
 mod listen;
