@@ -24,6 +24,17 @@ impl<T> Io<'_, T> {
     fn moved(&self) {
         self.active.store((self.now_ms)(), Ordering::Relaxed);
     }
+
+    /// A write's result, counted when it moved bytes.
+    fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = r {
+            for c in self.written {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            self.moved();
+        }
+        r
+    }
 }
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for Io<'_, T> {
@@ -60,13 +71,7 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<'_, T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            for c in self.written {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            self.moved();
-        }
-        r
+        self.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -75,13 +80,7 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<'_, T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            for c in self.written {
-                c.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            self.moved();
-        }
-        r
+        self.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {
