@@ -195,6 +195,10 @@ class DataplaneConfig(_Model):
                              "host's cores in one process (docs/decisions/0003); set threads instead")
         return v
 
+    # HTTP ports with per-request rules (or observed for HTTP metrics) at the destination:
+    # `core`, the Rust core serves HTTP/1.1 (hyper) and asks Python per request head
+    # (docs/dataplane.md "L7"); `python`, the core pipes the bytes to the h11 inspector.
+    l7: Literal["core", "python"] = "core"
     connect_timeout_s: float = 5.0
     idle_timeout_s: float = 3600.0
     # Passthrough of traffic to addresses outside the mesh.

@@ -37,9 +37,9 @@ from agent.proxy import aio, enforce
 from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
 from agent.proxy.contain import count_failure
-from agent.proxy.h1rules import check_head
-from agent.rbac.evaluate import Decision, HttpAttrs
-from agent.rbac.pathnorm import BadTarget, normalize_target
+from agent.proxy.l7judge import ALLOW, NO_REQUEST, denial, judge_head, request_attrs_of
+from agent.proxy.l7records import submit_requests
+from agent.rbac.evaluate import HttpAttrs
 
 logger = logging.getLogger("hostmesh.l7")
 # SPEC.md / h11: a request head beyond 16 KiB is refused (431).
@@ -60,17 +60,8 @@ def _reply(conn: h11.Connection, status: int, body: bytes, extra=(), close: bool
 
 
 def request_attrs(ev: h11.Request, target, fallback_host: str) -> HttpAttrs:
-    """What policies see of a request: duplicate headers joined with ", " (Istio
-    normalization, "Duplicate headers"), the authority of an absolute-form target as
-    the host (RFC 9112 3.2.2)."""
-    hdrs: dict[str, list[str]] = {}
-    for k, v in ev.headers:
-        hdrs.setdefault(k.decode().lower(), []).append(v.decode("latin-1"))
-    joined = {k: [", ".join(v)] for k, v in hdrs.items()}
-    host = target.authority if target.authority is not None else (hdrs.get("host") or [fallback_host])[0]
-    if target.authority is not None:
-        joined["host"] = [host]
-    return HttpAttrs(ev.method.decode(), target.path, host, joined)
+    """What policies see of an h11 request (``l7judge.request_attrs_of``)."""
+    return request_attrs_of(ev.method, ev.headers, target, fallback_host)
 
 
 def upstream_request(ev: h11.Request, target, host: str) -> h11.Request:
@@ -88,7 +79,7 @@ class _Done(Exception):
     pass
 
 
-_ALLOW = Decision("allow")
+_ALLOW = ALLOW
 
 
 def http_reporters(agent, conn: Conn) -> list[str]:
@@ -205,13 +196,10 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
 
     async def on_request(ev: h11.Request, raw: bytes) -> bool:
         """Decide one request head; True when it goes to the workload."""
-        why = check_head(raw, ev.method, ev.http_version)
-        if why:
-            await refuse(400, why)
-        target = normalize_target(ev.method.decode("latin-1"), ev.target.decode("latin-1"))
-        if isinstance(target, BadTarget):
-            await refuse(400, target.reason)
-        attrs = request_attrs(ev, target, "")
+        j = judge_head(raw, ev.method, ev.target, ev.http_version, ev.headers)
+        if j.why:
+            await refuse(400, j.why)
+        target, attrs = j.target, j.attrs
         d = enforce.decide(agent, conn, attrs) if police else _ALLOW
         if police:
             agent.count(f"http_requests_{d.verdict}")
@@ -219,8 +207,8 @@ async def relay_http(agent, conn: Conn, a: socket.socket, b: socket.socket, *, t
         if d.verdict == "deny":
             # Like Envoy's RBAC filter: 403 naming the policy; the connection stays
             # usable, the denied request's body is read and dropped, never forwarded.
-            body = f"RBAC: access denied by {d.policy or 'policy'}\n".encode()
-            extra = [("x-hostmesh-policy", d.policy)] if d.policy else []
+            body, policy = denial(d)
+            extra = [("x-hostmesh-policy", policy)] if policy else []
             reply = _reply(src, 403, body, extra, close=False)
             await to_a_send(reply)
             ex.denied_reply = len(reply)
@@ -337,7 +325,7 @@ class _Exchange:
 
     def bad_request(self, status: int, fed: int, reply: int) -> None:
         if self.attrs is None:
-            self.begin(HttpAttrs("-", "-", "", {}), _ALLOW, 0)
+            self.begin(NO_REQUEST, _ALLOW, 0)
         self.end(status, reply, fed, "DPE")
 
     def end(self, status: int, resp_bytes: int, consumed: int | None = None, flags: str = "-") -> None:
@@ -349,21 +337,5 @@ class _Exchange:
         self.attrs = None
 
     def _record(self, status: int, resp_bytes: int, flags: str) -> None:
-        agent, conn, attrs, d = self.agent, self.conn, self.attrs, self.d
-        tel = agent.telemetry
-        if tel is None or not self.reporters:
-            return
-        from agent.telemetry.record import RequestRecord
-
-        if self.peers is None:  # the connection's ends and services, the same for each request
-            from agent.proxy.finish import endpoint, service_of
-
-            self.peers = (endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
-                          endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
-                          {r: service_of(agent, conn, r) for r in self.reporters})
-        src, dst, services = self.peers
-        end = time.time()
-        for direction in self.reporters:
-            tel.submit(RequestRecord(self.start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
-                                     attrs.host, status, d.verdict, d.policy, conn.trace_id, direction, conn.mode,
-                                     self.req_bytes, resp_bytes, flags, services[direction]))
+        self.peers = submit_requests(self.agent, self.conn, self.reporters, self.peers, self.start, time.time(),
+                                     self.attrs, self.d, status, self.req_bytes, resp_bytes, flags)

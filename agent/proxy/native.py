@@ -9,8 +9,8 @@ an event and the next route of the plan is tried. HTTP-routed services are piped
 ``http_route``, whose upstream attempts come back as loopback legs (native_http.py).
 Finished connections become the same records (finish.finish), so telemetry,
 /v1/connections and policy re-checks work unchanged.
-Connections whose requests must be checked one by one (L7 rules) are piped back into
-the h11 inspector (l7.relay_http). Identities, the trust bundle and the map local pod
+Connections whose requests must be checked one by one (L7 rules) are served as HTTP by
+the core, one decision per request head (native_http.py, l7core.py). Identities, the trust bundle and the map local pod
 address -> identity (the certificate the core presents on a pod's :15008) are pushed
 into the core when they change (native_identity.py). Tunnels speak
 ``dataplane.tunnel_protocol`` (HBONE by default: the destination pod's :15008, the outer
@@ -50,6 +50,7 @@ logger = logging.getLogger("hostmesh.native")
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
 _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities",
+                     "l7_pending_requests",
                      "hbone_connections", "hbone_streams", "hbone_pooled"})
 # The answer to a stream denied by policy: HBONE's (ztunnel's) and SPEC.md's CONNECT's.
 DENIED_STATUS = {"hbone": 401, "connect": 403}
@@ -83,6 +84,7 @@ class NativeEngine(HttpPaths):
         self._leg_addr: tuple[str, int] | None = None  # the loopback listener of open_leg
         self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
         self._heads = Heads()  # per workload pair: IDs, SNI, baggage of its tunnels
+        self._http: dict[int, Any] = {}  # core id -> l7core.L7Conn: served as HTTP by the core
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -179,12 +181,15 @@ class NativeEngine(HttpPaths):
             td = agent.config.identity.trust_domain
             if p.dst is not None:
                 conn.dst_principal = p.dst.spiffe_id(td)
-            if p.kind == "tunnel" and not st.leg and http_reporters(agent, conn):
+            observe = p.kind == "tunnel" and not st.leg and http_reporters(agent, conn)
+            if observe and not self._observe_in_core(cid, conn):
                 return self._report_source(cid, st)
             traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
                 if self._tunnel_command(cid, conn, p):
                     return
+                if observe:
+                    self._unobserve(cid)
                 traffic_path.failed(agent, conn, p, denied=False)
                 continue
             if p.kind == "local":
@@ -195,7 +200,7 @@ class NativeEngine(HttpPaths):
                     break
                 reporters = http_reporters(agent, conn)
                 if police or reporters:
-                    self._to_inspector(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, False, police, reporters)
+                    self._to_http(cid, conn, (p.dst_ip, p.dst_port), conn.src_ip, False, police, reporters)
                     return
             self._established(cid, conn)
             self.core.connect(cid, p.dst_ip, p.dst_port, conn.src_ip)
@@ -247,6 +252,7 @@ class NativeEngine(HttpPaths):
         return protocol
 
     def _on_failed(self, cid: int, status: int, reason: str, policy) -> None:
+        self._http.pop(cid, None)
         st = self._retry.pop(cid, None) or self._pending.get(cid)
         self._routes.pop(cid, None)
         conn = self._live.pop(cid, None)
@@ -304,7 +310,7 @@ class NativeEngine(HttpPaths):
             return self._refuse(cid, conn)
         reporters = http_reporters(agent, conn)
         if police or reporters:
-            return self._to_inspector(cid, conn, dst, src[0], False, police, reporters)
+            return self._to_http(cid, conn, dst, src[0], False, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, dst[0], dst[1], src[0])
 
@@ -347,7 +353,7 @@ class NativeEngine(HttpPaths):
         reporters = http_reporters(agent, conn)
         if police or reporters:
             self._pending[cid] = _Pending(conn)
-            return self._to_inspector(cid, conn, target, bind, protocol, police, reporters)
+            return self._to_http(cid, conn, target, bind, protocol, police, reporters)
         self._established(cid, conn)
         self.core.connect(cid, target[0], target[1], bind)
 
@@ -370,6 +376,7 @@ class NativeEngine(HttpPaths):
         return ip, port, w, (ip if ip != peer[0] else None)
 
     def _on_finished(self, cid: int, sent: int, received: int, start: float, end: float, reason: str) -> None:
+        self._http.pop(cid, None)
         self._pending.pop(cid, None)
         self._retry.pop(cid, None)
         conn = self._live.pop(cid, None)

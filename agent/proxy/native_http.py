@@ -1,7 +1,9 @@
-"""The native engine's paths through Python's HTTP code: connections the core pipes
-to the HTTP request router (VirtualService ``http`` routes), to the h11 inspector
-(per-request rules, or HTTP metrics), and the loopback **legs** by which that code
-sends a request on through the core.
+"""The native engine's paths through Python's HTTP code: connections the core serves
+as HTTP itself and asks about per request (per-request rules, or HTTP metrics:
+``dataplane.l7: core``, l7core.py), those it pipes to the HTTP request router
+(VirtualService ``http`` routes) or to the h11 inspector (``dataplane.l7: python``, and
+the source's view of a tunnelled HTTP port), and the loopback **legs** by which that
+code sends a request on through the core.
 
 A leg is a TCP connection from the agent to a private listener of the core (127.0.0.1,
 an ephemeral port), registered by its source port with the routes to carry out before
@@ -107,6 +109,69 @@ class HttpPaths:
         sub, plans = entry
         self._pending[cid] = _Pending(sub, plans, leg=True)
         self._try_next(cid)
+
+    def _to_http(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
+                 reporters: list[str]) -> None:
+        """Per-request rules (``police``) or HTTP metrics (``reporters``) at the
+        destination: the core connects the upstream and serves the connection as HTTP,
+        one ("request", ...) event per head (``dataplane.l7: core``); or the h11
+        inspector does (``python``)."""
+        if self.agent.config.dataplane.l7 == "python":
+            return self._to_inspector(cid, conn, upstream, bind, answer, police, reporters)
+        from agent.proxy.l7core import L7Conn
+        from agent.proxy.native import _Pending
+
+        self._pending.setdefault(cid, _Pending(conn))
+        self._established(cid, conn)
+        self._http[cid] = L7Conn(conn, police, reporters)
+        self.core.http(cid, upstream[0], upstream[1], bind)
+
+    def _observe_in_core(self, cid: int, conn: Conn) -> bool:
+        """The source's view of a workload's HTTP port (``http_metrics: both``) in the
+        core (``dataplane.l7: core``): the tunnel about to be opened is served as HTTP,
+        every head allowed as it comes and each exchange recorded. False: the h11
+        inspector's way (``_report_source``)."""
+        if self.agent.config.dataplane.l7 == "python":
+            return False
+        from agent.proxy.l7core import L7Conn
+
+        self._http[cid] = L7Conn(conn, False, ["outbound"], told=True)
+        self.core.http_mark(cid)
+        return True
+
+    def _unobserve(self, cid: int) -> None:
+        self._http.pop(cid, None)
+        self.core.http_unmark(cid)
+
+    def _on_request(self, cid: int, rid: int, method: str, target: str, version: str, headers) -> None:
+        from agent.proxy.l7core import on_request
+
+        h = self._http.get(cid)
+        if h is None:  # not an L7 connection of this engine's (cannot happen): refuse the head
+            self.core.http_answer(cid, rid, "bad", 503, b"no decision for this connection\n")
+            return
+        try:
+            on_request(self.agent, self.core, cid, h, rid, method, target, version, headers)
+        except Exception:  # this request's connection ends (503), nothing else; run() logs it
+            self.core.http_answer(cid, rid, "bad", 503, b"internal error\n")
+            raise
+
+    def _on_exchange(self, cid: int, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
+                     end: float, flags: str) -> None:
+        from agent.proxy.l7core import on_exchange
+
+        h = self._http.get(cid)
+        if h is not None:
+            on_exchange(self.agent, h, rid, status, req_bytes, resp_bytes, start, end, flags)
+
+    def _on_http_refused(self, cid: int, status: int, reason: str, req_bytes: int) -> None:
+        import time
+
+        from agent.proxy.l7core import on_refused
+
+        h = self._http.get(cid)
+        if h is not None:
+            on_refused(self.agent, h, status, reason, req_bytes, time.time())
 
     def _to_inspector(self, cid: int, conn: Conn, upstream, bind, answer: str | bool, police: bool,
                       reporters: list[str]) -> None:

@@ -74,6 +74,34 @@ pub enum Event {
     },
     /// A live connection's bytes so far.
     Progress { id: u64, sent: u64, received: u64 },
+    /// An L7 request head waits for Python's answer (l7.rs; bounded by MAX_L7_PENDING).
+    Request {
+        id: u64,
+        rid: u64,
+        method: String,
+        target: String,
+        version: &'static str,
+        headers: Vec<(bytes::Bytes, bytes::Bytes)>,
+    },
+    /// An L7 exchange ended: its status, bytes each way (as on the pod's wire), times,
+    /// and Envoy's response flags ("-", "DC", "UC").
+    Exchange {
+        id: u64,
+        rid: u64,
+        status: u16,
+        req_bytes: u64,
+        resp_bytes: u64,
+        start: f64,
+        end: f64,
+        flags: &'static str,
+    },
+    /// hyper refused an L7 request head (400, 431) and the connection closed.
+    HttpRefused {
+        id: u64,
+        status: u16,
+        reason: String,
+        req_bytes: u64,
+    },
 }
 
 impl Event {

@@ -13,7 +13,11 @@ mod h2client;
 mod h2server;
 mod h2stream;
 mod hbone;
+mod hyperio;
 mod inbound;
+mod l7;
+mod l7body;
+mod l7head;
 mod limits;
 mod listen;
 mod live;
@@ -29,7 +33,7 @@ mod tls;
 use events::{Event, Kind};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use runtime::{Command, Settings, Shared, TunnelPlan};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -187,6 +191,47 @@ impl Core {
                     .into_pyobject(py)?
                     .into_any()
                     .unbind(),
+                Event::Request {
+                    id,
+                    rid,
+                    method,
+                    target,
+                    version,
+                    headers,
+                } => {
+                    let hs: Vec<_> = headers
+                        .iter()
+                        .map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v)))
+                        .collect();
+                    ("request", id, rid, method, target, version, hs)
+                        .into_pyobject(py)?
+                        .into_any()
+                        .unbind()
+                }
+                Event::Exchange {
+                    id,
+                    rid,
+                    status,
+                    req_bytes,
+                    resp_bytes,
+                    start,
+                    end,
+                    flags,
+                } => (
+                    "exchange", id, rid, status, req_bytes, resp_bytes, start, end, flags,
+                )
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+                Event::HttpRefused {
+                    id,
+                    status,
+                    reason,
+                    req_bytes,
+                } => ("http_refused", id, status, reason, req_bytes)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
             };
             out.push(o);
         }
@@ -199,6 +244,70 @@ impl Core {
         let upstream = SocketAddr::new(ip(ip_)?, port);
         let bind = bind.map(ip).transpose()?;
         Ok(self.shared.command(id, Command::Connect { upstream, bind }))
+    }
+
+    /// Connect as `connect` does, then serve the connection as HTTP/1.1 in the core
+    /// (l7.rs): one ("request", ...) event per head, answered with `http_answer`.
+    #[pyo3(signature = (id, ip_, port, bind=None))]
+    fn http(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
+        let upstream = SocketAddr::new(ip(ip_)?, port);
+        let bind = bind.map(ip).transpose()?;
+        self.shared.l7.mark(id, Some(upstream), l7::Mode::Ask);
+        let ok = self.shared.command(id, Command::Connect { upstream, bind });
+        if !ok {
+            self.shared.l7.unmark(id);
+        }
+        Ok(ok)
+    }
+
+    /// Serve connection `id` as HTTP when the command Python sends next (a tunnel)
+    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics). Heads
+    /// are told, not asked: ("request", ...) events Python does not answer.
+    fn http_mark(&self, id: u64) {
+        self.shared.l7.mark(id, None, l7::Mode::Tell);
+    }
+
+    /// Forget `http_mark` (the command was not sent after all).
+    fn http_unmark(&self, id: u64) {
+        self.shared.l7.unmark(id);
+    }
+
+    /// Python's answer for request head `rid` of connection `id`: verdict "allow"
+    /// (forward with `target`, and `host` when given), "deny" (answer `status`, `body`,
+    /// naming `policy`; the connection goes on) or "bad" (answer `status`, `body`, close).
+    /// False when nobody waits for it (timed out, the connection gone).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (id, rid, verdict, status=0, body=None, target=None, host=None, policy=None))]
+    fn http_answer(
+        &self,
+        id: u64,
+        rid: u64,
+        verdict: &str,
+        status: u16,
+        body: Option<&[u8]>,
+        target: Option<String>,
+        host: Option<String>,
+        policy: Option<String>,
+    ) -> PyResult<bool> {
+        let body = bytes::Bytes::copy_from_slice(body.unwrap_or_default());
+        let a = match verdict {
+            "allow" => l7head::Answer::Allow {
+                target: target.ok_or_else(|| PyValueError::new_err("allow needs a target"))?,
+                host,
+            },
+            "deny" => l7head::Answer::Deny {
+                status,
+                body,
+                policy,
+            },
+            "bad" => l7head::Answer::Bad { status, body },
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "verdict is \"allow\", \"deny\" or \"bad\", not {verdict:?}"
+                )))
+            }
+        };
+        Ok(self.shared.l7.answer(id, rid, a))
     }
 
     /// Open an mTLS tunnel to the peer's ip:port and CONNECT to `authority`.
@@ -329,6 +438,7 @@ impl Core {
         d.set_item("connections", self.shared.live().len())?;
         d.set_item("open", self.shared.open_connections())?;
         d.set_item("pending_decisions", self.shared.pending_len())?;
+        d.set_item("l7_pending_requests", self.shared.l7.pending_len())?;
         d.set_item("events_queued", self.shared.events.len())?;
         d.set_item(
             "events_dropped",

@@ -130,3 +130,27 @@ pub const POOL_IDLE: Duration = Duration::from_secs(300);
 /// Header values the server reads from a CONNECT (baggage, traceparent): longer ones are
 /// dropped, not refused (telemetry only; the header list bound protects memory).
 pub const MAX_TELEMETRY_HEADER: usize = 4096;
+
+// ---- L7 (HTTP/1.1 ports with per-request rules: l7.rs) -------------------------------
+
+/// A request head is limited to 16 KiB (SPEC.md, as the h11 inspector's: 431 beyond).
+/// hyper's read buffer is the head's bound, so it is set to exactly this.
+pub const MAX_L7_HEAD: usize = 16 * 1024;
+
+/// Field lines in one request head: 100, Envoy's `max_headers_count` default (and
+/// hyper's); more is answered 431.
+pub const MAX_L7_HEADERS: usize = 100;
+
+/// A workload's response head may be larger (cookies): up to 64 KiB, past Envoy's 60 KiB
+/// default, as the h11 inspector allowed.
+pub const MAX_L7_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Request heads waiting for Python's answer, over all connections. One listen
+/// backlog's worth, as MAX_PENDING: a burst while Python is slow waits; past it a head
+/// is answered 503 and its connection closes (`l7_refused_pending_full`).
+pub const MAX_L7_PENDING: usize = 4096;
+
+/// After the core ends an L7 connection in order (a `Connection: close` exchange, a
+/// 400), it reads and drops what the pod still sends for at most this long before the
+/// socket goes (RFC 9112 9.6's staged close: a reset would cut the response).
+pub const L7_LINGER: Duration = Duration::from_secs(2);

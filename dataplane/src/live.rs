@@ -79,8 +79,27 @@ impl Shared {
                 .insert(id, live.clone());
             self.count("connections_bridged", 1);
             let now = || self.now_ms();
+            let http = self.l7.take(id, dst); // an HTTP port with per-request rules: l7.rs
+            let moved = async {
+                match http {
+                    // boxed: the HTTP server's state never widens every plain connection's task
+                    Some(mode) => {
+                        Box::pin(crate::l7::serve(
+                            self,
+                            id,
+                            mode,
+                            &mut a,
+                            &mut b,
+                            &live.counters,
+                            &now,
+                        ))
+                        .await
+                    }
+                    None => copy::bridge(&mut a, &mut b, &live.counters, &now).await,
+                }
+            };
             let outcome = tokio::select! {
-                r = copy::bridge(&mut a, &mut b, &live.counters, &now) => match r {
+                r = moved => match r {
                     Ok(()) => None,
                     Err((side, e)) => {
                         self.count("resets", 1);

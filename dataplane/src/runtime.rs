@@ -112,6 +112,8 @@ pub struct Shared {
     pub draining: tokio::sync::watch::Sender<bool>,
     pub hbone_connections: AtomicU64,
     pub hbone_streams: AtomicU64,
+    /// L7 connections and their request heads waiting for Python (l7.rs).
+    pub l7: crate::l7::Table,
     counters: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     open: AtomicU64,
@@ -142,6 +144,7 @@ impl Shared {
             draining: tokio::sync::watch::channel(false).0,
             hbone_connections: AtomicU64::new(0),
             hbone_streams: AtomicU64::new(0),
+            l7: crate::l7::Table::default(),
             counters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             open: AtomicU64::new(0),
@@ -182,6 +185,7 @@ impl Shared {
     /// An inbound attempt Python allowed that failed here (its upstream): Python learns
     /// the outcome; answers the core gave on its own (400, refusals) stay silent.
     pub fn report_upstream_failure(&self, id: u64, status: u16, reason: String) {
+        self.l7.unmark(id);
         if reason.starts_with("upstream") {
             self.events.push(Event::Failed {
                 id,
@@ -312,6 +316,7 @@ impl Shared {
     /// Send `ev` and wait for Python's command; None when the table is full or Python
     /// took too long (both counted).
     pub async fn decide(&self, id: u64, ev: Event) -> Option<Command> {
+        self.l7.unmark(id); // a new decision: an earlier L7 mark no longer applies
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());

@@ -134,12 +134,20 @@ def test_no_denied_request_reaches_nginx_and_the_agent_survives_every_vector(lab
     reached = _reached(lab)
     leaked = [r for r in reached if "admin" in r[1].lower() or r[2].lower().startswith("/admin")]
     assert leaked == [], (leaked, firsts)
-    # what each vector was answered (framing refusals 400/501, denials 403)
-    for name in ("cl_te", "te_cl", "cl_duplicate", "cl_list", "te_folded", "obs_fold", "lowercase_method"):
+    # what each vector was answered (framing refusals 400, denials 403). The core's
+    # HTTP/1.1 (hyper) decides three edges by RFC 9112 where h11 answered otherwise:
+    # Transfer-Encoding with Content-Length is framed by the Transfer-Encoding alone,
+    # the Content-Length removed, and the connection closed after the answer (6.3 (3));
+    # a Transfer-Encoding whose final coding is not chunked is a 400 (6.3 (4), h11: 501);
+    # a target starting with a backslash is no request-target form (3.2): 400 (h11 let
+    # pathnorm deny it; backslashes inside an origin-form path are still normalized)
+    for name in ("cl_duplicate", "cl_list", "te_folded", "obs_fold", "lowercase_method", "te_obfuscated_value",
+                 "backslash"):
         assert firsts[name].startswith("HTTP/1.1 400"), (name, firsts[name])
-    for name in ("dot_segments", "percent_unreserved", "encoded_dots", "backslash", "absolute_form"):
+    for name in ("cl_te", "te_cl"):
+        assert firsts[name].startswith("HTTP/1.1 200"), (name, firsts[name])
+    for name in ("dot_segments", "percent_unreserved", "encoded_dots", "absolute_form"):
         assert firsts[name].startswith("HTTP/1.1 403"), (name, firsts[name])
-    assert firsts["te_obfuscated_value"].startswith("HTTP/1.1 501")
     # the allowed requests in the pipelines did reach nginx, in order, normalized
     uris = [r[1] for r in reached]
     assert "/ok1" in uris and "/ok2" in uris and uris.index("/ok1") < uris.index("/ok2")
@@ -172,9 +180,14 @@ def test_curl_http10_with_and_without_keepalive(lab):
 
 
 def test_refusals_are_counted_on_metrics(lab):
-    metrics = ns_run(lab.node(0)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout
-    assert 'hostmesh_events_total{event="http_refused_400"}' in metrics
-    assert 'hostmesh_events_total{event="connection_errors"}' not in metrics  # nothing escaped a connection
+    # counted on the /metrics of the node that made them: here the source's (its HTTP
+    # metrics read the port and refuse the framing vectors first); the destination's core
+    # refuses nothing it was sent (a body the client abandons after a complete response
+    # just ends the connection, RFC 9112 9.6; h11 counted that as a 400)
+    metrics = [ns_run(lab.node(i)["netns"], "curl", "-s", "http://127.0.0.1:15020/metrics").stdout for i in (0, 1)]
+    assert any('hostmesh_events_total{event="http_refused_400"}' in m for m in metrics)
+    for m in metrics:
+        assert 'hostmesh_events_total{event="connection_errors"}' not in m  # nothing escaped a connection
 
 
 ALLOW_PUBLIC = """\
