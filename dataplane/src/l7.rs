@@ -9,7 +9,9 @@
 //! response streaming; a denied one is answered 403, its body read and dropped, and
 //! the connection goes on; a bad one is answered 400 and the connection closes. Each
 //! finished exchange is one `Exchange` event (status, bytes each way, times); a head
-//! hyper refused is one `HttpRefused` event (its 400/431). Must never: forward a byte
+//! hyper refused is one `HttpRefused` event (its 400/431). An allowed Upgrade request
+//! the workload answers 101 switches both sockets to the copy loop (raw bytes; the
+//! exchange's record ends at the 101); CONNECT is 501. Must never: forward a byte
 //! of a request before Python allowed its head, wait for the GIL, or let one
 //! connection's error reach another.
 
