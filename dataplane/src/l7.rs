@@ -9,7 +9,9 @@
 //! response streaming; a denied one is answered 403, its body read and dropped, and
 //! the connection goes on; a bad one is answered 400 and the connection closes. Each
 //! finished exchange is one `Exchange` event (status, bytes each way, times); a head
-//! hyper refused is one `HttpRefused` event (its 400/431). Must never: forward a byte
+//! hyper refused is one `HttpRefused` event (its 400/431). An allowed Upgrade request
+//! the workload answers 101 switches both sockets to the copy loop (raw bytes; the
+//! exchange's record ends at the 101); CONNECT is 501. Must never: forward a byte
 //! of a request before Python allowed its head, wait for the GIL, or let one
 //! connection's error reach another.
 
@@ -26,93 +28,18 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-/// How the core serves a connection as HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Every head waits for Python's answer (per-request rules at the destination).
-    Ask,
-    /// Heads are told to Python and forwarded as they are (the source's view for HTTP
-    /// metrics: the destination judges them).
-    Tell,
-}
-
-/// Connections Python asked the core to serve as HTTP, and the heads waiting for an
-/// answer.
-#[derive(Default)]
-pub struct Table {
-    /// id -> the upstream it must be bridged to (None: whatever Python's command opens,
-    /// a tunnel), and how
-    marked: Mutex<HashMap<u64, (Option<SocketAddr>, Mode)>>,
-    pending: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
-}
-
-impl Table {
-    /// Python: when connection `id` is bridged (to `upstream`, when given), serve it
-    /// as HTTP. A new decision for `id` clears the mark (runtime.rs `decide`).
-    pub fn mark(&self, id: u64, upstream: Option<SocketAddr>, mode: Mode) {
-        self.marked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (upstream, mode));
-    }
-
-    /// Forget a mark (the connection waits for another decision or is gone).
-    pub fn unmark(&self, id: u64) {
-        self.marked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-    }
-
-    /// How connection `id`, bridged to `dst`, is served as HTTP (None: it is not; the
-    /// mark is used up either way).
-    pub fn take(&self, id: u64, dst: SocketAddr) -> Option<Mode> {
-        let m = self
-            .marked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)?;
-        (m.0.is_none() || m.0 == Some(dst)).then_some(m.1)
-    }
-
-    /// Python's answer for head `rid` of `id`; false when nobody waits for it.
-    pub fn answer(&self, id: u64, rid: u64, a: Answer) -> bool {
-        let tx = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(id, rid));
-        tx.is_some_and(|tx| tx.send(a).is_ok())
-    }
-
-    pub fn pending_len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// Removes a waiting head from the table however its wait ends.
-struct Waiting<'t>(&'t Table, (u64, u64));
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.1);
-    }
-}
+use crate::l7table::Waiting;
+pub use crate::l7table::{Mode, Table};
 
 struct Ctx<'s> {
     shared: &'s Shared,
@@ -121,6 +48,8 @@ struct Ctx<'s> {
     meter: Arc<Meter>,
     next_rid: AtomicU64,
     send: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    /// The workload answered an Upgrade request 101: after it, raw bytes both ways.
+    upgraded: AtomicBool,
 }
 
 fn own(r: Response<Bytes>) -> Response<Reply> {
@@ -206,7 +135,7 @@ impl Ctx<'_> {
             headers: h.headers,
         };
         if parts.method == http::Method::CONNECT {
-            // a tunnel inside an HTTP port: the core does not switch to raw bytes
+            // a tunnel inside an HTTP port: not served (docs/policy.md)
             self.shared.count("l7_refused_connect", 1);
             let text = Bytes::from_static(b"CONNECT is not served on this port\n");
             return own(l7head::reply(501, text, None, true));
@@ -269,6 +198,7 @@ impl Ctx<'_> {
                 return own(l7head::reply(400, text, None, true));
             }
         };
+        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let sent = {
             let mut s = self.send.lock().await;
             match s.ready().await {
@@ -283,6 +213,11 @@ impl Ctx<'_> {
         match sent.await {
             Ok(r) => {
                 let (mut p, b) = r.into_parts();
+                if upgrade && p.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // hyper's server writes this 101 and ends its HTTP use of both
+                    // sockets; serve() then copies raw bytes
+                    self.upgraded.store(true, Ordering::Relaxed);
+                }
                 if http10 {
                     p.headers.insert(
                         http::header::CONNECTION,
@@ -376,6 +311,7 @@ where
         meter: meter.clone(),
         next_rid: AtomicU64::new(0),
         send: tokio::sync::Mutex::new(send),
+        upgraded: AtomicBool::new(false),
     };
     let svc = hyper::service::service_fn(|req| ctx.handle(req));
     let server = hyper::server::conn::http1::Builder::new()
@@ -386,29 +322,52 @@ where
         .preserve_header_case(true)
         .auto_date_header(false)
         .serve_connection(a_io, svc);
-    let mut server = Box::pin(server);
-    let mut client = Box::pin(client);
+    let (mut server, mut client) = (server, client);
     let (mut upstream_done, mut shut) = (false, false);
     let r = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = server.as_mut().poll(cx) {
+        if let Poll::Ready(r) = Pin::new(&mut server).poll(cx) {
             return Poll::Ready(r);
         }
         // hyper waits (for the pod, or a full socket): what it could write of the
         // exchange that ended is out, so that exchange is reported now
         ctx.flush();
-        if !upstream_done && client.as_mut().poll(cx).is_ready() {
+        if !upstream_done && Pin::new(&mut client).poll(cx).is_ready() {
             upstream_done = true;
         }
         // the workload closed: once the response in flight has ended, the pod's
         // connection ends too (one framing to the workload: no second connection)
-        if upstream_done && !shut && meter.in_flight.load(Ordering::Relaxed) == 0 {
+        // (not after a 101: the upgraded connection goes on raw)
+        let upgraded = ctx.upgraded.load(Ordering::Relaxed);
+        if upstream_done && !shut && !upgraded && meter.in_flight.load(Ordering::Relaxed) == 0 {
             shut = true;
-            server.as_mut().graceful_shutdown();
+            Pin::new(&mut server).graceful_shutdown();
             cx.waker().wake_by_ref();
         }
         Poll::Pending
     })
     .await;
+    if r.is_ok() && ctx.upgraded.load(Ordering::Relaxed) {
+        // hyper's own (low-level) upgrade: both connections ended their HTTP use at the
+        // 101 without shutting their sockets; take the sockets back, with the bytes
+        // hyper read past the heads, and copy raw both ways (the copy loop's half-close
+        // and resets). The exchange's record ends at the 101.
+        let sp = server.into_parts(); // its service (borrowing ctx) is dropped here
+        let cp = client.into_parts();
+        ctx.flush();
+        shared.count("l7_upgrades", 1);
+        let (a, b) = (sp.io.inner, cp.io.inner);
+        if !sp.read_buf.is_empty() {
+            b.write_all(&sp.read_buf).await.map_err(|e| (Side::B, e))?;
+            c.sent
+                .fetch_add(sp.read_buf.len() as u64, Ordering::Relaxed);
+        }
+        if !cp.read_buf.is_empty() {
+            a.write_all(&cp.read_buf).await.map_err(|e| (Side::A, e))?;
+            c.received
+                .fetch_add(cp.read_buf.len() as u64, Ordering::Relaxed);
+        }
+        return crate::copy::bridge(a, b, c, now_ms).await;
+    }
     // hyper drops the bodies it still holds: an exchange cut short ends ("DC") here
     drop(server);
     drop(client);

@@ -259,3 +259,114 @@ async fn http10_goes_out_as_11_with_close_and_the_client_is_answered_and_closed(
     );
     assert_eq!(out.matches("HTTP/1.").count(), 1, "{out}");
 }
+
+/// An upstream that answers its first head 101 and then echoes raw bytes until EOF;
+/// returns what it read (head included).
+async fn upgrading_upstream(mut up: tokio::io::DuplexStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = up.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return got;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            up.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            // the raw bytes that came with the head, then the rest
+            let extra = got[end + 4..].to_vec();
+            up.write_all(&extra).await.unwrap();
+            loop {
+                let n = up.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    up.shutdown().await.unwrap();
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+                up.write_all(&buf[..n]).await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_upgrade_answered_101_becomes_raw_bytes_both_ways() {
+    let s = shared();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let d = tokio::spawn(decider(s.clone(), seen.clone()));
+    let (mut pod, mut a) = tokio::io::duplex(1 << 16);
+    let (mut b, up) = tokio::io::duplex(1 << 16);
+    let upstream = tokio::spawn(upgrading_upstream(up));
+    let c = Counters::default();
+    let now = || 0u64;
+    let client = async {
+        // raw bytes right behind the head: hyper has read them, they must not be lost
+        pod.write_all(b"GET /ws HTTP/1.1\r\nHost: web\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n\x00\x01raw")
+            .await
+            .unwrap();
+        let want = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: Upgrade\r\n\r\n\x00\x01raw";
+        let mut out = vec![0u8; want.len()];
+        pod.read_exact(&mut out).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out).to_lowercase(),
+            String::from_utf8_lossy(want).to_lowercase()
+        );
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut back = vec![0u8; big.len()];
+        let (mut rd, mut wr) = tokio::io::split(&mut pod);
+        let (_, r) = tokio::join!(
+            async {
+                wr.write_all(&big).await.unwrap();
+                wr.shutdown().await.unwrap();
+            },
+            rd.read_exact(&mut back)
+        );
+        r.unwrap();
+        assert!(back == big, "echo differs");
+        let mut rest = Vec::new();
+        rd.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    };
+    let srv = serve(&s, 7, super::Mode::Ask, &mut a, &mut b, &c, &now);
+    let (r, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(5), srv), client);
+    assert!(
+        matches!(r, Ok(Ok(()))),
+        "{:?}",
+        r.map(|x| x.map_err(|e| e.1))
+    );
+    let got = upstream.await.unwrap();
+    assert!(got.starts_with(b"GET /ws HTTP/1.1\r\n"));
+    let head =
+        String::from_utf8_lossy(&got[..got.windows(4).position(|w| w == b"\r\n\r\n").unwrap()])
+            .to_lowercase();
+    assert!(
+        head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    assert_eq!(got.len() - head.len() - 4, 5 + 200_000);
+    assert_eq!(s.counters().get("l7_upgrades"), Some(&1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    d.abort();
+    let evs = seen.lock().unwrap().clone();
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Exchange { status: 101, .. })),
+        "{evs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_upgrade_is_403_and_never_reaches_the_workload() {
+    let (out, up, _) = run(
+        b"GET /admin/ws HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        OK,
+        false,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{out:?}");
+    assert_eq!(up, "");
+}

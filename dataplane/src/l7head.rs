@@ -90,9 +90,10 @@ pub fn forward(
         let v = HeaderValue::from_str(h).map_err(|_| format!("host {h:?} is not a field value"))?;
         parts.headers.insert(HOST, v);
     }
-    if parts.headers.contains_key(UPGRADE) {
-        // the core does not switch protocols: the upgrade is declined by removing its
-        // hop-by-hop fields (RFC 9110 7.6.1, 7.8), so the workload answers in HTTP/1.1
+    if parts.version == Version::HTTP_10 && parts.headers.contains_key(UPGRADE) {
+        // HTTP/1.1 upgrades go to the workload as they came (a 101 switches the
+        // connection to raw bytes, l7.rs); HTTP/1.0 has none (RFC 9110 7.8): declined by
+        // removing its hop-by-hop fields (7.6.1), so the workload answers in HTTP/1.1
         parts.headers.remove(UPGRADE);
         parts
             .headers
@@ -251,30 +252,26 @@ mod tests {
     }
 
     #[test]
-    fn an_upgrade_is_declined_by_dropping_its_hop_by_hop_fields() {
-        let mut p = parts(
+    fn an_http11_upgrade_goes_as_it_came_an_http10_one_is_declined() {
+        let req = || {
             http::Request::get("/ws")
                 .header("connection", "Upgrade, HTTP2-Settings")
                 .header("upgrade", "h2c")
                 .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
                 .header("x-keep", "1")
-                .body(())
-                .unwrap(),
-        );
+        };
+        let mut p = parts(req().body(()).unwrap());
         assert_eq!(forward(&mut p, "/ws", None), Ok(false));
-        for h in ["connection", "upgrade", "http2-settings"] {
+        assert_eq!(p.headers[CONNECTION], "Upgrade, HTTP2-Settings");
+        assert_eq!(p.headers[UPGRADE], "h2c");
+        assert!(p.headers.get("http2-settings").is_some());
+        let mut p = parts(req().version(Version::HTTP_10).body(()).unwrap());
+        assert_eq!(forward(&mut p, "/ws", None), Ok(true));
+        for h in ["upgrade", "http2-settings"] {
             assert!(p.headers.get(h).is_none(), "{h}");
         }
-        assert_eq!(p.headers["x-keep"], "1");
-        let mut p = parts(
-            http::Request::get("/ws")
-                .header("connection", "upgrade, close")
-                .header("upgrade", "websocket")
-                .body(())
-                .unwrap(),
-        );
-        forward(&mut p, "/ws", None).unwrap();
         assert_eq!(p.headers[CONNECTION], "close");
+        assert_eq!(p.headers["x-keep"], "1");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod inbound;
 mod l7;
 mod l7body;
 mod l7head;
+mod l7table;
 mod limits;
 mod listen;
 mod live;
