@@ -263,12 +263,14 @@ def _l7(g) -> str:
     off = g("http-l7-1000rps", "hostmesh-telemetry-off", "cpu_per_1k_req")
     return (f"- **HTTP with an L7 path rule** (added p90 HAProxy in mode http "
             f"{_added(g, 'http-l7-1000rps', 'haproxy', 'p90_ms')} ms, hostmesh {_added(g, 'http-l7-1000rps', 'hostmesh', 'p90_ms')} "
-            f"ms; {_f(c)} cores per 1,000 rps per agent, HAProxy {_f(ch)}): the destination's core hands a connection "
-            "on a port with per-request rules to Python (`pipe`): the decrypted bytes cross a socket pair to the h11 "
-            "inspector, which parses every request head, asks the policy engine and relays request and answer "
-            "through trio sockets. That is several interpreter passes per request on the destination agent, where "
-            "HAProxy parses in C in the same pass that relays; parsing heads in the core and asking Python once per "
-            f"request (issue 16's other option) is what would close it. With telemetry off it was {_f(off)}.")
+            f"ms; {_f(c)} cores per 1,000 rps per agent, HAProxy {_f(ch)}): the destination's core serves HTTP/1.1 "
+            "on a port with per-request rules itself (hyper) and asks Python once per request head: one event, one "
+            "answer (the policy engine's verdict), and one event per finished exchange for the request record; with "
+            "`http_metrics: both` the source's core tells Python each head too. No body byte crosses the "
+            "interpreter. What is left is Python's per-request share (the event and answer at the destination, the "
+            "told head at the source, two records), where HAProxy parses and decides in C in the same pass. With "
+            "the h11 inspector this replaced (`dataplane.l7: python`) it was 13.7x HAProxy's added p90 and 14.5x its "
+            f"cores (docs/decisions/0004). With telemetry off it was {_f(off)}.")
 
 
 def _connect(g) -> str:
@@ -277,7 +279,12 @@ def _connect(g) -> str:
             "HTTP/1.1 CONNECT every tunnelled connection costs a TLS 1.3 handshake (resumed from a session ticket, "
             "in rustls) and, on each agent, one event to Python and one decision back (plan, policy, identity); "
             "HAProxy pays a resumed handshake per connection too, in C, and decides nothing. HBONE removes the "
-            "handshake (a stream on a pooled TLS connection), leaving the two decisions.")
+            "handshake (a stream on a pooled TLS connection), leaving the two decisions. Measured from /proc per "
+            "connection per agent (docs/dataplane.md): HBONE about 90 us of Python (plan, policy, record) and "
+            "105-110 us in the core, three quarters of it kernel time (three TCP sockets, about 22 system calls); "
+            "CONNECT about 95 us of Python and 220-230 us in the core (a resumed handshake still does a fresh key "
+            "exchange). The next step would be Python pushing its answers for repeat flows to the core, keyed on "
+            "a generation every policy, registry or identity change bumps.")
 
 
 def _memory(g) -> str:

@@ -110,9 +110,13 @@ impl Event {
         matches!(self, Event::Progress { .. })
     }
 
-    /// Something waits on Python's answer: wake it now.
+    /// Something waits on Python's answer: wake it now. An L7 request head is one: its
+    /// request is held until Python answers, so a quiet delay would be every request's.
     fn urgent(&self) -> bool {
-        matches!(self, Event::Conn { .. } | Event::Failed { .. })
+        matches!(
+            self,
+            Event::Conn { .. } | Event::Failed { .. } | Event::Request { .. }
+        )
     }
 }
 
@@ -301,6 +305,26 @@ mod tests {
         let got = q.drain(512);
         assert_eq!(got.len(), 2);
         assert!(!readable(&q));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_head_wakes_python_at_once_and_a_record_waits() {
+        let q = Queue::new().unwrap();
+        q.push(finished(1)); // quiet: a nudge is scheduled, nothing signalled yet
+        assert!(!readable(&q));
+        q.push(Event::Request {
+            id: 2,
+            rid: 1,
+            method: "GET".into(),
+            target: "/".into(),
+            version: "HTTP/1.1",
+            headers: vec![],
+        });
+        assert!(
+            readable(&q),
+            "a held request must not wait for the quiet delay"
+        );
+        assert_eq!(q.drain(512).len(), 2);
     }
 
     #[test]
