@@ -24,7 +24,7 @@ except ImportError as e:  # an install without the compiled extension (a bare so
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["Core", "Verdict", "available", "grpc_unary", "tune_malloc", "verify"]
+__all__ = ["Core", "Verdict", "available", "grpc_unary", "verify"]
 
 
 def available() -> tuple[bool, str]:
@@ -67,11 +67,3 @@ def grpc_unary(address: str, roots_pem: bytes, path: str, message: bytes, *, met
     if _dp is None:
         raise RuntimeError(f"the native data plane is not built: {_IMPORT_ERROR}")
     return _dp.grpc_unary(address, roots_pem, path, message, metadata, timeout_s, server_name, cert_pem, key_pem)
-
-
-def tune_malloc() -> None:
-    """glibc malloc's settings for this process (one arena, the core's thresholds:
-    dataplane/src/limits.rs). Call before the first thread starts; a no-op without the
-    extension (the agent then fails later, with the reason, when it starts the core)."""
-    if _dp is not None:
-        _dp.tune_malloc()

@@ -68,9 +68,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log_level is None:
         log.set_level(cfg.log_level)
     _raise_fd_limit()
-    from agent import dataplane
-
-    dataplane.tune_malloc()  # before any thread: they all share one malloc arena (limits.rs)
     import trio
 
     from agent.serve import run_agent

@@ -566,19 +566,11 @@ fn grpc_unary<'py>(
     }
 }
 
-/// glibc malloc's settings for the process (threads.rs, limits.rs MALLOC_*): the agent
-/// calls it before it starts any thread, so every thread shares the one arena.
-#[pyfunction]
-fn tune_malloc() {
-    threads::tune_malloc();
-}
-
 #[pymodule]
 fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(grpc_unary, m)?)?;
-    m.add_function(wrap_pyfunction!(tune_malloc, m)?)?;
     Ok(())
 }

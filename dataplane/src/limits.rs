@@ -55,15 +55,6 @@ pub const BUFFER_SIZES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
 pub const MALLOC_MMAP_THRESHOLD: i32 = 1024 * 1024;
 pub const MALLOC_TRIM_THRESHOLD: i32 = 4 * 1024 * 1024;
 
-/// One malloc arena for the whole process (glibc's default is up to 8 per core: each
-/// thread that allocates may get its own, and each arena keeps its own free chunks and
-/// up to MALLOC_TRIM_THRESHOLD at its top). The agent sets it before its first thread
-/// (agent/cli/run.py, `dataplane.tune_malloc`), so the core's I/O threads, the CA call's
-/// worker threads and Python share one heap: idle-10k measured less per connection
-/// (docs/dataplane.md, Memory). Contention is small: small allocations go through
-/// glibc's per-thread cache and Python's small objects through its own allocator.
-pub const MALLOC_ARENA_MAX: i32 = 1;
-
 /// How often live connections are swept for the idle timeout and report progress.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 

@@ -2,9 +2,8 @@
 //!
 //! Decides: one thread with a current-thread runtime (threads=1: no work-stealing
 //! hand-offs on the latency path) or tokio's multi-thread runtime, and how they stop
-//! (two seconds for tasks to finish), and glibc malloc's thresholds and arena count for
-//! the process (limits.rs: MALLOC_*), set by the agent before its first thread and again
-//! when the core starts. Must never: run Python or hold the GIL.
+//! (two seconds for tasks to finish), and glibc malloc's thresholds for the process
+//! when the core starts (limits.rs: MALLOC_*). Must never: run Python or hold the GIL.
 
 use std::time::Duration;
 
@@ -21,15 +20,13 @@ pub enum Threads {
 
 /// glibc malloc's thresholds for the whole process (limits.rs says why): the copy
 /// buffers and h2/rustls chunks of a bulk transfer (256 KiB) come from the heap and
-/// are reused, instead of being mapped, unmapped and faulted in again each time; and one
-/// arena, which binds only threads that have not allocated yet (hence the agent's early call).
+/// are reused, instead of being mapped, unmapped and faulted in again each time.
 pub(crate) fn tune_malloc() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets three of glibc's tunables; any value is valid
+    // SAFETY: mallopt only sets two of glibc's tunables; any value is valid
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, crate::limits::MALLOC_MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, crate::limits::MALLOC_TRIM_THRESHOLD);
-        libc::mallopt(libc::M_ARENA_MAX, crate::limits::MALLOC_ARENA_MAX);
     }
 }
 
