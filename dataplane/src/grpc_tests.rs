@@ -130,3 +130,154 @@ fn a_silent_server_is_deadline_exceeded_and_a_bad_root_invalid() {
     assert_eq!(s.code, INVALID_ARGUMENT);
     assert!(s.message.starts_with("CA root: "), "{}", s.message);
 }
+
+/// What a test server answers: headers (with grpc-status for a trailers-only answer),
+/// then the body and the trailers of a full answer.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ok,
+    TrailersOnly,
+    Http503,
+}
+
+/// A TLS + h2 server on loopback for one call: it records the request's headers and
+/// body, then answers as told. Returns (address, root PEM, the recorded request).
+fn server(
+    answer: Answer,
+) -> (
+    String,
+    String,
+    std::sync::mpsc::Receiver<(http::HeaderMap, Vec<u8>)>,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+    let root = ck.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tls::crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    cfg.alpn_protocols = vec![tls::ALPN_H2.to_vec()];
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            l.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let (tcp, _) = l.accept().await.unwrap();
+            let tls = tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+                .accept(tcp)
+                .await
+                .unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let (parts, mut body) = req.into_parts();
+            let mut got = Vec::new();
+            while let Some(c) = body.data().await {
+                let c = c.unwrap();
+                let _ = body.flow_control().release_capacity(c.len());
+                got.extend_from_slice(&c);
+            }
+            tx.send((parts.headers, got)).unwrap();
+            let grpc = || http::Response::builder().header("content-type", "application/grpc");
+            match answer {
+                Answer::Ok => {
+                    let mut s = respond
+                        .send_response(grpc().body(()).unwrap(), false)
+                        .unwrap();
+                    s.send_data(frame(b"chain"), false).unwrap();
+                    let mut t = HeaderMap::new();
+                    t.insert("grpc-status", HeaderValue::from_static("0"));
+                    s.send_trailers(t).unwrap();
+                }
+                Answer::TrailersOnly => {
+                    let r = grpc()
+                        .header("grpc-status", "16")
+                        .header("grpc-message", "token_invalid: audience%20istio-ca")
+                        .body(())
+                        .unwrap();
+                    respond.send_response(r, true).unwrap();
+                }
+                Answer::Http503 => {
+                    let r = http::Response::builder().status(503).body(()).unwrap();
+                    respond.send_response(r, true).unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+    });
+    (addr, root, rx)
+}
+
+#[test]
+fn a_call_sends_grpcs_headers_and_the_framed_message_and_reads_the_answer() {
+    let (addr, root, rx) = server(Answer::Ok);
+    let md = vec![
+        ("authorization".to_string(), "Bearer tok".to_string()),
+        ("clusterid".to_string(), "Kubernetes".to_string()),
+    ];
+    let c = Call {
+        server_name: Some("ca.test"),
+        metadata: &md,
+        message: b"csr",
+        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    };
+    assert_eq!(call_blocking(&c), Ok(b"chain".to_vec()));
+    let (h, body) = rx.recv().unwrap();
+    assert_eq!(body, b"\x00\x00\x00\x00\x03csr");
+    for (k, v) in [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "5000m"),
+        ("authorization", "Bearer tok"),
+        ("clusterid", "Kubernetes"),
+    ] {
+        assert_eq!(h.get(k).and_then(|v| v.to_str().ok()), Some(v), "{k}");
+    }
+}
+
+#[test]
+fn a_trailers_only_refusal_and_a_bare_http_status_are_grpc_statuses() {
+    let (addr, root, _rx) = server(Answer::TrailersOnly);
+    let c = Call {
+        server_name: Some("ca.test"),
+        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    };
+    assert_eq!(
+        call_blocking(&c),
+        Err(Status {
+            code: UNAUTHENTICATED,
+            message: "token_invalid: audience istio-ca".into()
+        })
+    );
+    let (addr, root, _rx) = server(Answer::Http503);
+    let c = Call {
+        server_name: Some("ca.test"),
+        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    };
+    assert_eq!(call_blocking(&c).unwrap_err().code, UNAVAILABLE);
+}
+
+#[test]
+fn a_server_certificate_for_another_name_fails_the_handshake() {
+    let (addr, root, _rx) = server(Answer::Ok);
+    let c = Call {
+        server_name: Some("other.test"),
+        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    };
+    let s = call_blocking(&c).unwrap_err();
+    assert_eq!(s.code, UNAVAILABLE);
+    assert!(
+        s.message
+            .starts_with(&format!("TLS handshake with {addr}: ")),
+        "{}",
+        s.message
+    );
+}
