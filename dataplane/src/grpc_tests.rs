@@ -91,6 +91,13 @@ fn call<'a>(address: &'a str, roots: &'a [u8], timeout: Duration) -> Call<'a> {
     }
 }
 
+/// The call fails with `code` and a message starting with `prefix`.
+fn fails_with(c: &Call<'_>, code: u32, prefix: &str) {
+    let s = call_blocking(c).unwrap_err();
+    assert_eq!(s.code, code, "{}", s.message);
+    assert!(s.message.starts_with(prefix), "{}", s.message);
+}
+
 fn root() -> String {
     rcgen::generate_simple_self_signed(vec!["ca.test".into()])
         .unwrap()
@@ -104,13 +111,8 @@ fn a_closed_port_is_unavailable_with_the_address() {
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
     let roots = root();
-    let s = call_blocking(&call(&addr, roots.as_bytes(), Duration::from_secs(5))).unwrap_err();
-    assert_eq!(s.code, UNAVAILABLE);
-    assert!(
-        s.message.starts_with(&format!("connect {addr}: ")),
-        "{}",
-        s.message
-    );
+    let c = call(&addr, roots.as_bytes(), Duration::from_secs(5));
+    fails_with(&c, UNAVAILABLE, &format!("connect {addr}: "));
 }
 
 #[test]
@@ -118,17 +120,14 @@ fn a_silent_server_is_deadline_exceeded_and_a_bad_root_invalid() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let roots = root();
-    let s = call_blocking(&call(&addr, roots.as_bytes(), Duration::from_millis(200))).unwrap_err();
-    assert_eq!(s.code, DEADLINE_EXCEEDED);
-    assert!(
-        s.message
-            .starts_with(&format!("no answer from {addr} within")),
-        "{}",
-        s.message
+    let c = call(&addr, roots.as_bytes(), Duration::from_millis(200));
+    fails_with(
+        &c,
+        DEADLINE_EXCEEDED,
+        &format!("no answer from {addr} within"),
     );
-    let s = call_blocking(&call(&addr, b"not pem", Duration::from_millis(200))).unwrap_err();
-    assert_eq!(s.code, INVALID_ARGUMENT);
-    assert!(s.message.starts_with("CA root: "), "{}", s.message);
+    let c = call(&addr, b"not pem", Duration::from_millis(200));
+    fails_with(&c, INVALID_ARGUMENT, "CA root: ");
 }
 
 /// What a test server answers: headers (with grpc-status for a trailers-only answer),
@@ -243,41 +242,33 @@ fn a_call_sends_grpcs_headers_and_the_framed_message_and_reads_the_answer() {
     }
 }
 
+/// One call with no metadata to a test server answering `answer`, as `name`.
+fn answered(answer: Answer, name: &str) -> (String, Result<Vec<u8>, Status>) {
+    let (addr, root, _rx) = server(answer);
+    let c = Call {
+        server_name: Some(name),
+        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    };
+    let r = call_blocking(&c);
+    (addr, r)
+}
+
 #[test]
 fn a_trailers_only_refusal_and_a_bare_http_status_are_grpc_statuses() {
-    let (addr, root, _rx) = server(Answer::TrailersOnly);
-    let c = Call {
-        server_name: Some("ca.test"),
-        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
+    let refused = Status {
+        code: UNAUTHENTICATED,
+        message: "token_invalid: audience istio-ca".into(),
     };
-    assert_eq!(
-        call_blocking(&c),
-        Err(Status {
-            code: UNAUTHENTICATED,
-            message: "token_invalid: audience istio-ca".into()
-        })
-    );
-    let (addr, root, _rx) = server(Answer::Http503);
-    let c = Call {
-        server_name: Some("ca.test"),
-        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
-    };
-    assert_eq!(call_blocking(&c).unwrap_err().code, UNAVAILABLE);
+    assert_eq!(answered(Answer::TrailersOnly, "ca.test").1, Err(refused));
+    let (_, r) = answered(Answer::Http503, "ca.test");
+    assert_eq!(r.unwrap_err().code, UNAVAILABLE);
 }
 
 #[test]
 fn a_server_certificate_for_another_name_fails_the_handshake() {
-    let (addr, root, _rx) = server(Answer::Ok);
-    let c = Call {
-        server_name: Some("other.test"),
-        ..call(&addr, root.as_bytes(), Duration::from_secs(5))
-    };
-    let s = call_blocking(&c).unwrap_err();
+    let (addr, r) = answered(Answer::Ok, "other.test");
+    let s = r.unwrap_err();
     assert_eq!(s.code, UNAVAILABLE);
-    assert!(
-        s.message
-            .starts_with(&format!("TLS handshake with {addr}: ")),
-        "{}",
-        s.message
-    );
+    let prefix = format!("TLS handshake with {addr}: ");
+    assert!(s.message.starts_with(&prefix), "{}", s.message);
 }
