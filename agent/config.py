@@ -248,9 +248,26 @@ class IdentityConfig(_Model):
             raise ValueError("ca_address replaces ca_cert/ca_key: a node that asks a CA service holds no signing key")
         if self.ca_address and not self.ca_root:
             raise ValueError("ca_address needs ca_root (the PEM roots that verify the CA service)")
+        if self.ca_address and not _host_port(self.ca_address):
+            raise ValueError(f"ca_address {self.ca_address!r} is not host:port (e.g. istiod.istio-system.svc:15012, "
+                             "10.0.0.5:15012, [fd00::5]:15012)")
         if bool(self.ca_credential_cert) != bool(self.ca_credential_key):
             raise ValueError("ca_credential_cert and ca_credential_key go together")
         return self
+
+
+def _host_port(a: str) -> bool:
+    """``host:port`` or ``[v6]:port`` as the CA client dials it (dataplane/src/grpc.rs), not
+    a gRPC target URI such as ``dns:///host:port``."""
+    host, sep, port = a.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            return False
+    elif ":" in host or "[" in host:
+        return False
+    return bool(sep and host and "/" not in host and not any(c.isspace() for c in host)
+                and port.isdigit() and 0 < int(port) < 65536)
 
 
 class PoliciesConfig(_Model):

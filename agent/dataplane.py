@@ -5,8 +5,10 @@ library).
 What crosses: ``Core`` (the tokio threads that accept, terminate tunnel TLS and move
 bytes; Python answers one command per connection, see agent/proxy/native.py) and
 ``verify`` (the SPIFFE X.509-SVID checks the core applies in every handshake, with the
-reasons of docs/identity.md, for Python callers and the go-spiffe vector table). This
-module decides nothing; it must never block on the core.
+reasons of docs/identity.md, for Python callers and the go-spiffe vector table) and
+``grpc_unary`` (one unary gRPC call over the core's h2 and rustls: the CA client's
+transport, so the agent loads no gRPC library). This module decides nothing; it must
+never block on the core.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ except ImportError as e:  # an install without the compiled extension (a bare so
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["Core", "Verdict", "available", "verify"]
+__all__ = ["Core", "Verdict", "available", "grpc_unary", "verify"]
 
 
 def available() -> tuple[bool, str]:
@@ -54,3 +56,14 @@ def verify(chain_pem: bytes, bundle_pem: bytes, trust_domain: str, now: dt.datet
         raise RuntimeError(f"the native data plane is not built: {_IMPORT_ERROR}")
     ok, sid, reason = _dp.verify(chain_pem, bundle_pem, trust_domain, now.timestamp(), expected_id, role)
     return Verdict(ok, sid, reason)
+
+
+def grpc_unary(address: str, roots_pem: bytes, path: str, message: bytes, *, metadata: list[tuple[str, str]],
+               timeout_s: float, server_name: str | None = None, cert_pem: bytes | None = None,
+               key_pem: bytes | None = None) -> tuple[int, str, bytes]:
+    """One unary gRPC call over TLS (the core's grpc.rs): (status code, message, response
+    message bytes). Blocking, with the GIL released: call it from a worker thread
+    (``trio.to_thread``), never from the trio thread."""
+    if _dp is None:
+        raise RuntimeError(f"the native data plane is not built: {_IMPORT_ERROR}")
+    return _dp.grpc_unary(address, roots_pem, path, message, metadata, timeout_s, server_name, cert_pem, key_pem)

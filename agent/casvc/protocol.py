@@ -1,6 +1,7 @@
 """Istio's certificate service on the wire: the messages of ``ca.proto`` and the method
-path, shared by the CA service (``agent.casvc.server``) and the agent's client
-(``agent.identity.caclient``). Decides nothing; never opens a connection.
+path, for the CA service (``agent.casvc.server``). The agent's client encodes the same
+messages without protobuf (``agent.identity.cawire``, byte-compared with this module in
+the unit tests) so the agent never loads it. Decides nothing; never opens a connection.
 
 The descriptors are built here at runtime from the field numbers of ``ca.proto``
 instead of committing protoc output: generated ``_pb2`` modules are tied to the protoc

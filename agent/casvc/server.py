@@ -13,6 +13,7 @@ once), ``signers`` bounds signatures, ``max_connections`` the front's connection
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -252,15 +253,18 @@ def _serve_metrics(svc: CaService, hostport: str) -> ThreadingHTTPServer:
     return httpd
 
 
+@contextlib.contextmanager
+def _blocked(sigs: set):
+    """``sigs`` blocked in this thread while threads are started (they inherit the mask)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
 def serve(config_path: str) -> int:
     """`hostmesh ca serve`: until SIGTERM/SIGINT; SIGHUP or a changed file reloads."""
-    svc = CaService(config_path)
-    if svc.kube is not None and not svc.kube.synced.wait(30):
-        logger.warning("no pod list from the Kubernetes API yet: every request is refused until one arrives")
-    server, port = build_server(svc)
-    server.start()
-    if svc.authority.settings.metrics_listen:
-        _serve_metrics(svc, svc.authority.settings.metrics_listen)
     stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
 
     def on(flag: threading.Event):
@@ -269,9 +273,21 @@ def serve(config_path: str) -> int:
             wake.set()
         return handler
 
-    signal.signal(signal.SIGTERM, on(stop))
-    signal.signal(signal.SIGINT, on(stop))
-    signal.signal(signal.SIGHUP, on(hup))
+    # Python runs handlers in this thread, and a signal the kernel hands to another thread
+    # would not wake it from wake.wait(): every thread started below (grpcio's, the TLS
+    # front's, one per caller connection) inherits these signals blocked, so they come here.
+    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    for sig in sigs:
+        signal.signal(sig, on(hup if sig == signal.SIGHUP else stop))
+    with _blocked(sigs):
+        svc = CaService(config_path)
+    if svc.kube is not None and not svc.kube.synced.wait(30):
+        logger.warning("no pod list from the Kubernetes API yet: every request is refused until one arrives")
+    with _blocked(sigs):
+        server, port = build_server(svc)
+        server.start()
+        if svc.authority.settings.metrics_listen:
+            _serve_metrics(svc, svc.authority.settings.metrics_listen)
     logger.info("CA service listening", extra={"listen": svc.authority.settings.listen, "port": port,
                                                "nodes": len(svc.authority.view.identities_on)})
     while not stop.is_set():

@@ -1,8 +1,12 @@
 """The agent's client of a CA service speaking Istio's protocol (``hostmesh ca serve``
 or istiod): a fresh ECDSA P-256 key made here, a CSR with the one SPIFFE ID, the call
 with ``ImpersonatedIdentity``, and the answer checked before anyone uses it. The key
-never leaves this process. Blocking (grpcio); the identity manager runs it in a thread.
-Decides nothing about when to ask (``schedule`` does).
+never leaves this process. The call is one unary gRPC over the native core's HTTP/2 and
+TLS (``dataplane.grpc_unary``, dataplane/src/grpc.rs; the messages in ``cawire``), so the
+agent loads neither grpcio nor protobuf (docs/decisions/0005). Blocking, with the GIL
+released; the identity manager runs it in a worker thread. Each call opens its own TLS
+connection (a renewal per identity per half-lifetime does not need a standing channel).
+Decides nothing about when to ask or how often to retry (``schedule`` does).
 """
 
 from __future__ import annotations
@@ -11,11 +15,10 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 
-from agent.casvc import protocol
-from agent.identity import ca
+from agent import dataplane
+from agent.identity import ca, cawire
 
 # One call's deadline: a CA that answers slower than this is treated as unreachable.
 CALL_TIMEOUT_S = 10.0
@@ -49,16 +52,9 @@ class CaTarget:
 class CaClient:
     def __init__(self, target: CaTarget) -> None:
         self.target = target
-        creds = grpc.ssl_channel_credentials(target.root_pem or None, target.key_pem, target.cert_pem)
-        opts = [("grpc.ssl_target_name_override", target.server_name)] if target.server_name else []
-        # reconnect quickly once the CA is back; the manager's backoff paces the calls
-        opts += [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
-        self._channel = grpc.secure_channel(target.address, creds, options=opts)
-        self._call = self._channel.unary_unary(protocol.METHOD, request_serializer=protocol.serialize,
-                                               response_deserializer=protocol.parse_response)
 
     def close(self) -> None:
-        self._channel.close()
+        """Nothing stands between calls (each opens its own connection)."""
 
     def _metadata(self) -> list[tuple[str, str]]:
         md = []
@@ -86,12 +82,19 @@ class CaClient:
     def fetch(self, spiffe_id: str, ttl_s: int) -> tuple[bytes, bytes, x509.Certificate]:
         """(chain PEM: leaf + intermediates, key PEM, leaf) for ``spiffe_id``, or CaError."""
         csr, key = ca.make_csr(spiffe_id)
-        req = protocol.make_request(ca.csr_pem(csr).decode(), ttl_s, spiffe_id)
+        req = cawire.encode_request(ca.csr_pem(csr).decode(), ttl_s, spiffe_id)
+        t = self.target
+        code, message, body = dataplane.grpc_unary(
+            t.address, t.root_pem, cawire.METHOD, req, metadata=self._metadata(), timeout_s=CALL_TIMEOUT_S,
+            server_name=t.server_name, cert_pem=t.cert_pem, key_pem=t.key_pem)
+        if code != 0:
+            name = cawire.status_name(code)
+            raise CaError(name, message + self._hint(name))
         try:
-            resp = self._call(req, timeout=CALL_TIMEOUT_S, metadata=self._metadata())
-        except grpc.RpcError as e:
-            raise CaError(e.code().name, (e.details() or "") + self._hint(e.code().name)) from None
-        leaf, chain_pem = check_response(list(resp.cert_chain), spiffe_id, key.public_key())
+            chain = cawire.decode_response(body)
+        except ValueError as e:
+            raise ValueError(f"CA service answered a malformed IstioCertificateResponse: {e}") from None
+        leaf, chain_pem = check_response(chain, spiffe_id, key.public_key())
         return chain_pem, ca.key_pem(key), leaf
 
 

@@ -9,6 +9,7 @@
 mod connect;
 mod copy;
 mod events;
+mod grpc;
 mod h2client;
 mod h2server;
 mod h2stream;
@@ -526,10 +527,50 @@ fn verify(
     )
 }
 
+/// One unary gRPC call (grpc.rs), made on the calling thread with the GIL released:
+/// (status code, message, response bytes). The agent's CA client calls it from a worker
+/// thread, never from the trio thread.
+#[pyfunction]
+#[pyo3(signature = (address, roots_pem, path, message, metadata, timeout_s, server_name=None, cert_pem=None, key_pem=None))]
+#[allow(clippy::too_many_arguments)]
+fn grpc_unary<'py>(
+    py: Python<'py>,
+    address: &str,
+    roots_pem: &[u8],
+    path: &str,
+    message: &[u8],
+    metadata: Vec<(String, String)>,
+    timeout_s: f64,
+    server_name: Option<&str>,
+    cert_pem: Option<&[u8]>,
+    key_pem: Option<&[u8]>,
+) -> (u32, String, Bound<'py, PyBytes>) {
+    let call = grpc::Call {
+        address,
+        server_name,
+        roots_pem,
+        cert_pem,
+        key_pem,
+        path,
+        metadata: &metadata,
+        message,
+        timeout: Duration::from_secs_f64(if timeout_s.is_finite() {
+            timeout_s.clamp(0.001, 86_400.0)
+        } else {
+            86_400.0
+        }),
+    };
+    match py.allow_threads(|| grpc::call_blocking(&call)) {
+        Ok(body) => (grpc::OK, String::new(), PyBytes::new(py, &body)),
+        Err(s) => (s.code, s.message, PyBytes::new(py, b"")),
+    }
+}
+
 #[pymodule]
 fn _dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(grpc_unary, m)?)?;
     Ok(())
 }

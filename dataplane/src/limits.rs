@@ -154,3 +154,7 @@ pub const MAX_L7_PENDING: usize = 4096;
 /// 400), it reads and drops what the pod still sends for at most this long before the
 /// socket goes (RFC 9112 9.6's staged close: a reset would cut the response).
 pub const L7_LINGER: Duration = Duration::from_secs(2);
+
+/// The largest answer a unary gRPC call (grpc.rs: the CA client) reads: gRPC's default
+/// receive limit (4 MiB). A certificate chain is a few KiB; more is a broken server.
+pub const GRPC_MAX_RESPONSE: usize = 4 * 1024 * 1024;

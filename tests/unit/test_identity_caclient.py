@@ -93,10 +93,20 @@ def test_ca_backoff_is_ztunnels():
     ("ca_address: x:1\n  ca_root: r\n  ca_cert: c\n  ca_key: k", "ca_address replaces ca_cert/ca_key"),
     ("ca_address: x:1", "ca_address needs ca_root"),
     ("ca_address: x:1\n  ca_root: r\n  ca_credential_cert: c", "ca_credential_cert and ca_credential_key go together"),
+    ("ca_address: dns:///istiod:15012\n  ca_root: r", "is not host:port"),
+    ("ca_address: istiod\n  ca_root: r", "is not host:port"),
+    ("ca_address: 'fd00::5:15012'\n  ca_root: r", "is not host:port"),
+    ("ca_address: x:0\n  ca_root: r", "is not host:port"),
 ])
 def test_ca_client_config_is_checked(identity, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(f"identity:\n  {identity}\n", "agent.yaml")
+
+
+@pytest.mark.parametrize("address", ["istiod.istio-system.svc:15012", "10.0.0.5:15012", "[fd00::5]:15012"])
+def test_ca_addresses_the_client_dials_are_accepted(address):
+    cfg = parse_config(f"identity:\n  ca_address: '{address}'\n  ca_root: r\n", "agent.yaml")
+    assert cfg.identity.ca_address == address
 
 
 def test_doctor_warns_when_the_node_holds_a_signing_key():

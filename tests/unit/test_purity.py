@@ -15,6 +15,7 @@ PURE = [
     "agent.traffic.model",
     "agent.traffic.hosts",
     "agent.traffic.loader",
+    "agent.traffic.documents",
     "agent.traffic.store",
     "agent.traffic.outlier",
     "agent.traffic.planner",

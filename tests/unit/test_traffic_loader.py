@@ -161,3 +161,21 @@ def test_host_resolution_answers_a_key_or_says_why(host, ns):
         assert repr(host) in str(e)
     else:
         assert resolve_host(f"{name}.{namespace}.svc.cluster.local", "other") == (namespace, name)
+
+
+def test_a_file_without_traffic_documents_never_loads_the_models():
+    # a fresh interpreter (this session has imported them): the agent's start path and a
+    # policy-only file leave the pydantic models of agent.traffic.documents unbuilt
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import agent.app, agent.policy_sources\n"
+            "from agent.traffic.loader import load_traffic\n"
+            "assert load_traffic('apiVersion: security.istio.io/v1\\nkind: AuthorizationPolicy\\n') == []\n"
+            "print('agent.traffic.documents' in sys.modules)\n"
+            "load_traffic('apiVersion: networking.istio.io/v1\\nkind: VirtualService\\nmetadata: {name: a}\\n'\n"
+            "             'spec: {hosts: [a]}\\n')\n"
+            "print('agent.traffic.documents' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True"]
