@@ -6,6 +6,7 @@
 //! `UC` when the workload's body failed, `DC` when it was dropped unfinished, `DPE` for
 //! the core's own 400). Must never: hold a body's bytes, or report an exchange twice.
 
+use crate::events::Told;
 use crate::runtime::wall;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -37,6 +38,8 @@ pub struct Ended {
     pub req_bytes: u64,
     pub written_mark: u64,
     pub flags: &'static str,
+    pub memo: u32,
+    pub told: Option<Box<Told>>,
 }
 
 /// An exchange whose response is being written.
@@ -44,6 +47,8 @@ pub struct Ex {
     pub rid: u64,
     pub start: f64,
     pub written_mark: u64,
+    pub memo: u32,
+    pub told: Option<Box<Told>>,
 }
 
 /// A response body that notes when it ended (or was dropped before its end).
@@ -72,6 +77,8 @@ impl Tracked {
             req_bytes,
             written_mark: ex.written_mark,
             flags,
+            memo: ex.memo,
+            told: ex.told,
         });
         m.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

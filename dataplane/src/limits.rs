@@ -154,3 +154,9 @@ pub const MAX_L7_PENDING: usize = 4096;
 /// 400), it reads and drops what the pod still sends for at most this long before the
 /// socket goes (RFC 9112 9.6's staged close: a reset would cut the response).
 pub const L7_LINGER: Duration = Duration::from_secs(2);
+
+/// Allowed answers Python let one L7 connection reuse (l7memo.rs): a keep-alive
+/// connection's clients send a few distinct heads over and over (a health check, an API
+/// call); 32 covers them at ~200 B each, and past it the memo starts again empty (a
+/// connection that sends ever new paths asks Python each time, as without the memo).
+pub const MAX_L7_MEMO: usize = 32;
