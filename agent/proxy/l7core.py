@@ -39,7 +39,7 @@ class L7Conn:
     policed, who reports them, the heads answered whose exchange has not ended, and the
     decisions the core may reuse (by token - 1)."""
 
-    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads", "memos")
+    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads", "memos", "seen")
 
     def __init__(self, conn: Conn, police: bool, reporters, told: bool = False) -> None:
         # told: the core forwards heads unasked (the source's view of a tunnel)
@@ -47,6 +47,7 @@ class L7Conn:
         self.peers = None
         self.heads: dict[int, tuple] = {}  # request id -> (attrs, decision, flags)
         self.memos: list[tuple] = []  # token - 1 -> (attrs, decision)
+        self.seen: dict[tuple, object] = {}  # told (method, target, host) -> its HttpAttrs
 
 
 def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: str, version: str,
@@ -89,7 +90,13 @@ def on_exchange(agent, h: L7Conn, rid: int, status: int, req_bytes: int, resp_by
     (counted as a decision now, as the head it answered was); ``told``: a told head's
     (method, target, host)."""
     if told is not None:
-        attrs, d, own_flags = told_attrs(*told), ALLOW, ""
+        # a told connection's heads repeat too: what each distinct one shows is derived once
+        attrs = h.seen.get(told)
+        if attrs is None:
+            attrs = told_attrs(*told)
+            if len(h.seen) < MAX_MEMOS:
+                h.seen[told] = attrs
+        d, own_flags = ALLOW, ""
     elif memo:
         attrs, d = h.memos[memo - 1]
         own_flags = ""
