@@ -77,8 +77,8 @@ def reusable(agent, conn: Conn, d: Decision) -> bool:
     applicable policy reads a request header (the key holds no other field)."""
     if d.verdict != "allow" or d.audit or d.dry_run_matches:
         return False
-    dst = conn.dst
-    return dst is None or not agent.policies.applicable(dst.namespace, dst.labels).reads_headers
+    a = attrs(conn)  # the same workload key the decision used (mesh-wide policies apply without one)
+    return not agent.policies.applicable(a.dst_namespace, a.dst_labels).reads_headers
 
 
 def inspect_http(agent, conn: Conn) -> bool:

@@ -26,12 +26,13 @@ from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
 from agent.proxy.l7judge import ALLOW, NO_REQUEST, denial, judge_fields, needs_host, told_attrs
 from agent.proxy.l7records import submit_requests
+from agent.rbac.evaluate import HttpAttrs
 
 logger = logging.getLogger("hostmesh.l7")
 
 # Decisions one connection lets the core reuse (tokens 1..MAX_MEMOS; the core keeps at
 # most limits.rs MAX_L7_MEMO of them at a time): past it, heads are asked as before.
-MAX_MEMOS = 256
+MAX_MEMOS = 64
 
 
 class L7Conn:
@@ -79,7 +80,8 @@ def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: 
     if len(h.memos) < MAX_MEMOS and (not h.police or enforce.reusable(agent, conn, d)):
         # the same key gets this same answer while these policies are in force: the core
         # carries it out itself, and the exchange names the token (on_exchange)
-        h.memos.append((j.attrs, d))
+        a = j.attrs  # what the record reads of it (its joined headers are not kept per memo)
+        h.memos.append((HttpAttrs(a.method, a.path, a.host), d))
         memo = (len(h.memos), agent.policies.generation)
     core.http_answer(cid, rid, "allow", target=j.target.forward, host=host, memo=memo)
 

@@ -87,25 +87,32 @@ def test_what_the_key_leaves_out_never_changes_the_answer(method, path, version,
 
 
 def test_a_policy_reading_a_header_is_never_memoized():
+    import time
+
+    from agent.proxy.conns import Conn
     from agent.proxy.enforce import reusable
     from agent.rbac.evaluate import Decision
+    from agent.state.workloads import workload_from_json
 
     class Agent:
         def __init__(self, s):
             self.policies = s
 
-    class Dst:
-        namespace, labels = "shop", {"app": "web"}
+    web = workload_from_json({"uid": "u1", "name": "web", "namespace": "shop", "ip": "10.1.0.5",
+                              "labels": {"app": "web"}, "http_ports": [8080]})
 
-    class C:
-        dst = Dst()
+    def c(dst=web):
+        return Conn("inbound", "tunnel", "10.1.0.9", 40000, "10.1.0.5", 8080, time.time(), time.monotonic(), dst=dst)
 
     hdr = pol("hdr", "shop", "rules:\n- when: [{key: 'request.headers[x-user]', values: ['a']}]")
-    assert reusable(Agent(store(*POLICIES)), C(), Decision("allow", "shop/reads"))
-    assert not reusable(Agent(store(*POLICIES, hdr)), C(), Decision("allow", "shop/reads"))
-    assert not reusable(Agent(store(*POLICIES)), C(), Decision("deny", "shop/no-admin"))
-    assert not reusable(Agent(store(*POLICIES)), C(), Decision("allow", audit=True))
-    assert not reusable(Agent(store(*POLICIES)), C(), Decision("allow", dry_run_matches=("shop/x",)))
+    mesh_hdr = pol("hdr", "istio-system", "rules:\n- when: [{key: 'request.headers[x-user]', values: ['a']}]")
+    ok = Decision("allow", "shop/reads")
+    assert reusable(Agent(store(*POLICIES)), c(), ok)
+    assert not reusable(Agent(store(*POLICIES, hdr)), c(), ok)
+    assert not reusable(Agent(store(mesh_hdr)), c(None), ok)  # no workload: mesh-wide policies still apply
+    assert not reusable(Agent(store(*POLICIES)), c(), Decision("deny", "shop/no-admin"))
+    assert not reusable(Agent(store(*POLICIES)), c(), Decision("allow", audit=True))
+    assert not reusable(Agent(store(*POLICIES)), c(), Decision("allow", dry_run_matches=("shop/x",)))
 
 
 @pytest.mark.parametrize("raw, fields", [
