@@ -18,7 +18,7 @@
 use crate::copy::{Counters, Side};
 use crate::events::Event;
 use crate::hyperio::Io;
-use crate::l7body::{Ex, Meter, Reply, Tracked};
+use crate::l7body::{Ex, Meter, Note, Reply, Tracked};
 use crate::l7head::{self, Answer};
 use crate::l7memo::{self, Memo, Memos};
 use crate::limits::{
@@ -62,26 +62,8 @@ fn own(r: Response<Bytes>) -> Response<Reply> {
 impl Ctx<'_> {
     /// The exchange that ended before this point has all its bytes written: report it.
     fn flush(&self) {
-        let ended = self
-            .meter
-            .ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(e) = ended {
-            let written = self.meter.written.load(Ordering::Relaxed);
-            self.shared.events.push(Event::Exchange {
-                id: self.id,
-                rid: e.rid,
-                status: e.status,
-                req_bytes: e.req_bytes,
-                resp_bytes: written.saturating_sub(e.written_mark),
-                start: e.start,
-                end: e.end,
-                flags: e.flags,
-                memo: e.memo,
-                told: e.told,
-            });
+        if let Some(ev) = self.meter.ended_event(self.id) {
+            self.shared.events.push(ev);
         }
     }
 
@@ -269,14 +251,6 @@ impl Ctx<'_> {
             Err(_) => bad(b"bad response from the workload\n"),
         }
     }
-}
-
-/// What an exchange's record gets besides its bytes: the memo that allowed it, or the
-/// told head.
-#[derive(Default)]
-struct Note {
-    memo: u32,
-    told: Option<Box<crate::events::Told>>,
 }
 
 fn io_error(e: &hyper::Error) -> Option<io::Error> {

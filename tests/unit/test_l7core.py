@@ -13,23 +13,10 @@ from agent.proxy.l7core import L7Conn, on_exchange, on_request
 from agent.rbac.loader import load_documents
 from agent.rbac.store import PolicyStore
 from agent.state.workloads import workload_from_json
+from tests.unit.test_rbac_evaluate import pol
 
-DENY_ADMIN = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
-"""
-READS_HEADER = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-bob, namespace: shop}
-spec:
-  action: DENY
-  rules: [{when: [{key: "request.headers[x-user]", values: ["bob"]}]}]
-"""
+DENY_ADMIN = pol("no-admin", "shop", "action: DENY\nrules: [{to: [{operation: {paths: ['/admin*']}}]}]")
+READS_HEADER = pol("no-bob", "shop", "action: DENY\nrules: [{when: [{key: 'request.headers[x-user]', values: [bob]}]}]")
 WEB = workload_from_json({"uid": "u1", "name": "web", "namespace": "shop", "ip": "10.1.0.5",
                           "labels": {"app": "web"}, "http_ports": [8080]})
 
