@@ -127,7 +127,8 @@ impl Ctx<'_> {
             // told, not asked: the head goes on as it came (HTTP/1.0 as HTTP/1.1), and
             // what its record needs rides on the exchange's event (no event of its own)
             let host = parts.headers.get(http::header::HOST);
-            let host = host.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            // as latin-1, as Python reads a field value (l7judge.request_attrs_of)
+            let host = host.map(|v| v.as_bytes().iter().map(|&b| b as char).collect::<String>());
             let method = parts.method.as_str().to_string();
             note.told = Some(Box::new((method, target.clone(), host.unwrap_or_default())));
             return self.forward(parts, body, &target, None).await;

@@ -68,7 +68,7 @@ async fn a_denied_head_is_never_reused_and_never_reaches_the_workload() {
 
 #[tokio::test]
 async fn told_heads_are_no_events_of_their_own_their_exchange_carries_them() {
-    let req = b"GET /a/../b HTTP/1.1\r\nHost: web:8080\r\n\r\nGET http://x/c HTTP/1.1\r\nHost: web\r\n\r\n";
+    let req = b"GET /a/../b HTTP/1.1\r\nHost: web:8080\r\n\r\nGET http://x/c HTTP/1.1\r\nHost: w\xe9b\r\n\r\n";
     let (out, up, evs) = run_on(shared(), Mode::Tell, req, OK, false).await;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
     assert!(up.starts_with("GET /a/../b HTTP/1.1\r\n"), "{up}");
@@ -79,7 +79,7 @@ async fn told_heads_are_no_events_of_their_own_their_exchange_carries_them() {
         told,
         [
             t("GET", "/a/../b", "web:8080"),
-            t("GET", "http://x/c", "web")
+            t("GET", "http://x/c", "w\u{e9}b")
         ]
     );
 }
