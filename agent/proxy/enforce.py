@@ -41,6 +41,13 @@ def attrs(conn: Conn) -> ConnAttrs:
 
 def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
     d = evaluate(agent.policies, attrs(conn), request)
+    note(agent, conn, d, request)
+    return d
+
+
+def note(agent, conn: Conn, d: Decision, request: HttpAttrs | None) -> None:
+    """Count and log a decision (and mark the connection with it) as each evaluation
+    is: also a decision the core reused for a request (``reusable``), at its exchange."""
     agent.count(f"policy_decisions_{d.verdict}")
     # the metric counts the same decisions as the event counter (one per evaluation,
     # where it is made), not finished-connection records (two for a same-node connection)
@@ -61,7 +68,17 @@ def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
             extra={"src": f"{conn.src_ip}:{conn.src_port}", "dst": f"{conn.dst_ip}:{conn.dst_port}",
                    "principal": conn.src_principal, "policy": d.policy, "reason": d.reason},
         )
-    return d
+
+
+def reusable(agent, conn: Conn, d: Decision) -> bool:
+    """Whether the core may apply request decision ``d`` again to this connection's later
+    heads with the same method, target, version, Host and framing (dataplane/src/l7memo.rs)
+    under the same policies: a plain allow (no audit, no dry-run match to log), and no
+    applicable policy reads a request header (the key holds no other field)."""
+    if d.verdict != "allow" or d.audit or d.dry_run_matches:
+        return False
+    a = attrs(conn)  # the same workload key the decision used (mesh-wide policies apply without one)
+    return not agent.policies.applicable(a.dst_namespace, a.dst_labels).reads_headers
 
 
 def inspect_http(agent, conn: Conn) -> bool:

@@ -1,6 +1,7 @@
 """What a request head must satisfy, beyond what h11 already enforces, before the L7
-inspector forwards it. Pure: the raw head (as received) and h11's parsed request in, the
-reason for a 400 out (or None). It never parses HTTP itself — h11 did — it only looks at
+inspector forwards it. Pure: the raw head (as received) and h11's parsed request in, or the
+(name, value) field lines a parser already split (the core's hyper path), the reason
+for a 400 out (or None). It never parses HTTP itself — h11 did — it only looks at
 the header lines h11 folded or merged, so no two readings of one request can exist.
 
 Rules (docs/policy.md "Request framing"):
@@ -20,11 +21,10 @@ from __future__ import annotations
 
 
 def check_head(raw: bytes, method: bytes, http_version: bytes) -> str | None:
-    if method != method.upper():
-        return "method not in upper case"
+    """The raw head as received (the h11 inspector's path): its line rules, then
+    ``check_fields`` on its field lines."""
     lines = raw.lstrip(b"\r\n").split(b"\n")[1:]
-    content_lengths = hosts = 0
-    transfer_encoding = False
+    fields = []
     for line in lines:
         line = line.rstrip(b"\r")
         if not line:
@@ -32,6 +32,18 @@ def check_head(raw: bytes, method: bytes, http_version: bytes) -> str | None:
         if line[:1] in (b" ", b"\t"):
             return "obsolete line folding (obs-fold) in the request head"
         name, _, value = line.partition(b":")
+        fields.append((name, value))
+    return check_fields(method, http_version, fields)
+
+
+def check_fields(method: bytes, http_version: bytes, fields) -> str | None:
+    """The rules on a head's (name, value) field lines, in order: what the core's path
+    checks directly (hyper parsed the lines and refused obs-fold, bare CR and NUL)."""
+    if method != method.upper():
+        return "method not in upper case"
+    content_lengths = hosts = 0
+    transfer_encoding = False
+    for name, value in fields:
         name = name.lower()
         if name == b"content-length":
             content_lengths += 1 + value.count(b",")

@@ -3,12 +3,16 @@ HTTP/1.1 on an L7 port with hyper and sends one event per request head; this mod
 answers each with one non-blocking command and turns each finished exchange into the
 connection's request records.
 
-Per head: ``l7judge.judge_head`` (the h11 inspector's rules: 400 for ambiguous framing
-or a target that cannot be normalized), then ``enforce.decide`` on the normalized
-request when the connection is policed (per-request rules) — allow (forwarded with the
-normalized target and one Host), or deny (403 naming the policy, the connection goes
-on). Observed-only connections (the source's view, for HTTP metrics) are told their
-heads and forward them unasked: only the records are made here. A head hyper
+Per head: ``l7judge.judge_fields`` (the h11 inspector's rules on the field lines hyper
+parsed: 400 for ambiguous framing or a target that cannot be normalized), then
+``enforce.decide`` on the normalized request when the connection is policed
+(per-request rules) — allow (forwarded with the normalized target and one Host), or
+deny (403 naming the policy, the connection goes on). A plain allow that reads no
+request header is handed to the core as a memo (dataplane/src/l7memo.rs): later heads
+of the connection with the same key get it without an event, until the next policy
+swap, and their exchanges name it, so each is still counted and recorded as decided.
+Observed-only connections (the source's view, for HTTP metrics) are not asked: the
+core forwards their heads and each exchange's event carries what its record needs. A head hyper
 refused (400, 431) is only counted and recorded. What this module must never do: block
 the trio thread, or answer a head another way than the h11 inspector would.
 """
@@ -20,47 +24,39 @@ import logging
 from agent.proxy import enforce
 from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
-from agent.proxy.l7judge import (
-    ALLOW,
-    NO_REQUEST,
-    denial,
-    head_bytes,
-    judge_head,
-    needs_host,
-    request_attrs_of,
-)
+from agent.proxy.l7judge import ALLOW, NO_REQUEST, denial, judge_fields, needs_host, told_attrs
 from agent.proxy.l7records import submit_requests
-from agent.rbac.pathnorm import Target, normalize_target
+from agent.rbac.evaluate import HttpAttrs
 
 logger = logging.getLogger("hostmesh.l7")
+
+# Decisions one connection lets the core reuse (tokens 1..MAX_MEMOS; the core keeps at
+# most limits.rs MAX_L7_MEMO of them at a time): past it, heads are asked as before.
+MAX_MEMOS = 64
 
 
 class L7Conn:
     """One connection the core serves as HTTP: its Conn, whether its requests are
-    policed, who reports them, and the heads answered whose exchange has not ended."""
+    policed, who reports them, the heads answered whose exchange has not ended, and the
+    decisions the core may reuse (by token - 1)."""
 
-    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads")
+    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads", "memos", "seen")
 
     def __init__(self, conn: Conn, police: bool, reporters, told: bool = False) -> None:
         # told: the core forwards heads unasked (the source's view of a tunnel)
         self.conn, self.police, self.reporters, self.told = conn, police, list(reporters), told
         self.peers = None
         self.heads: dict[int, tuple] = {}  # request id -> (attrs, decision, flags)
+        self.memos: list[tuple] = []  # token - 1 -> (attrs, decision)
+        self.seen: dict[tuple, object] = {}  # told (method, target, host) -> its HttpAttrs
 
 
 def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: str, version: str,
                headers) -> None:
-    """Answer one head (``version``: "HTTP/1.0" or "HTTP/1.1"); an observed-only
-    connection's heads were told, not asked: they are only noted for the record (the
-    destination judges them)."""
+    """Answer one head (``version``: "HTTP/1.0" or "HTTP/1.1")."""
     conn = h.conn
-    if h.told:
-        t = normalize_target(method, target)
-        attrs = request_attrs_of(method.encode("latin-1"), headers, t, "") if isinstance(t, Target) else NO_REQUEST
-        h.heads[rid] = (attrs, ALLOW, "")
-        return
-    m, t, v = method.encode("latin-1"), target.encode("latin-1"), version.encode()
-    j = judge_head(head_bytes(m, t, v, headers), m, t, v[5:], headers)
+    m, t = method.encode("latin-1"), target.encode("latin-1")
+    j = judge_fields(m, t, version[5:].encode(), headers)
     if j.why:
         agent.count("http_refused_400")
         logger.info("request refused", extra={"conn": conn.id, "status": 400, "error": j.why})
@@ -80,12 +76,37 @@ def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: 
     host = None
     if needs_host(j.target, headers):  # an HTTP/1.0 request without Host: the destination's
         host = j.attrs.host or authority(conn.dst_ip, conn.dst_port)
-    core.http_answer(cid, rid, "allow", target=j.target.forward, host=host)
+    memo = None
+    if len(h.memos) < MAX_MEMOS and (not h.police or enforce.reusable(agent, conn, d)):
+        # the same key gets this same answer while these policies are in force: the core
+        # carries it out itself, and the exchange names the token (on_exchange)
+        a = j.attrs  # what the record reads of it (its joined headers are not kept per memo)
+        h.memos.append((HttpAttrs(a.method, a.path, a.host), d))
+        memo = (len(h.memos), agent.policies.generation)
+    core.http_answer(cid, rid, "allow", target=j.target.forward, host=host, memo=memo)
 
 
 def on_exchange(agent, h: L7Conn, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
-                end: float, flags: str) -> None:
-    attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
+                end: float, flags: str, memo: int = 0, told=None) -> None:
+    """One finished exchange: its record. ``memo``: the core reused decision ``memo``
+    (counted as a decision now, as the head it answered was); ``told``: a told head's
+    (method, target, host)."""
+    if told is not None:
+        # a told connection's heads repeat too: what each distinct one shows is derived once
+        attrs = h.seen.get(told)
+        if attrs is None:
+            attrs = told_attrs(*told)
+            if len(h.seen) < MAX_MEMOS:
+                h.seen[told] = attrs
+        d, own_flags = ALLOW, ""
+    elif memo:
+        attrs, d = h.memos[memo - 1]
+        own_flags = ""
+        if h.police:
+            enforce.note(agent, h.conn, d, attrs)
+            agent.count("http_requests_allow")
+    else:
+        attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
     if flags == "DPE" and not own_flags:  # the core refused what followed an allowed head (its body)
         agent.count(f"http_refused_{status}")
         logger.info("request refused", extra={"conn": h.conn.id, "status": status, "error": "request body"})

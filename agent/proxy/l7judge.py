@@ -3,7 +3,7 @@ decision for the Rust core's HTTP path (agent/proxy/l7core.py, heads parsed by h
 and the h11 inspector (agent/proxy/l7.py).
 
 In: the head as parsed (method, target, version, field lines as raw name/value bytes,
-in order) and its raw bytes; out: a ``Judged`` — the reason for a 400 (``h1rules``:
+in order) and, on the h11 path, its raw bytes; out: a ``Judged`` — the reason for a 400 (``h1rules``:
 ambiguous framing, obs-fold, duplicate Host, a lower-case method; ``pathnorm``: a target
 that cannot be normalized), or the normalized target and what policies see of the
 request (``HttpAttrs``). Policy evaluation itself stays ``enforce.decide`` (it counts).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.proxy.h1rules import check_head
+from agent.proxy.h1rules import check_fields, check_head
 from agent.rbac.evaluate import Decision, HttpAttrs
 from agent.rbac.pathnorm import BadTarget, Target, normalize_target
 
@@ -44,24 +44,43 @@ def request_attrs_of(method: bytes, headers, target: Target, fallback_host: str)
     return HttpAttrs(method.decode(), target.path, host, joined)
 
 
-def head_bytes(method: bytes, target: bytes, version: bytes, headers) -> bytes:
-    """A parsed head written out again (CRLF, one field line per pair, in order), for
-    ``check_head``'s line rules where only the parsed head is at hand (hyper refused
-    obs-fold, bare CR and NUL already)."""
-    lines = [method + b" " + target + b" " + version]
-    lines += [k + b": " + v for k, v in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
 def judge_head(raw: bytes, method: bytes, target: bytes, http_version: bytes, headers) -> Judged:
-    """``http_version``: b"1.0" or b"1.1"."""
-    why = check_head(raw, method, http_version)
+    """The h11 inspector's head (``raw`` as received). ``http_version``: b"1.0" or b"1.1"."""
+    return _judged(check_head(raw, method, http_version), method, target, headers)
+
+
+def judge_fields(method: bytes, target: bytes, http_version: bytes, headers) -> Judged:
+    """The core's head, as hyper parsed it: the same rules on its (name, value) pairs
+    (no head bytes rebuilt to be split again)."""
+    return _judged(check_fields(method, http_version, headers), method, target, headers)
+
+
+def _judged(why: str | None, method: bytes, target: bytes, headers) -> Judged:
     if why:
         return Judged(why)
     t = normalize_target(method.decode("latin-1"), target.decode("latin-1"))
     if isinstance(t, BadTarget):
         return Judged(t.reason)
     return Judged(None, t, request_attrs_of(method, headers, t, ""))
+
+
+def told_attrs(method: str, target: str, host: str) -> HttpAttrs:
+    """What the record shows of a head the core forwarded unasked (the source's view):
+    the normalized path, the authority of an absolute-form target or the first Host."""
+    t = normalize_target(method, target)
+    if not isinstance(t, Target):
+        return NO_REQUEST
+    return HttpAttrs(method, t.path, t.authority if t.authority is not None else host, {})
+
+
+def memo_key(method: bytes, target: bytes, http_version: bytes, headers) -> tuple:
+    """What of a head the decision reads when no policy reads request headers: the key
+    under which the core reuses an allowed answer (dataplane/src/l7memo.rs builds the
+    same; tests/unit/test_l7memo.py proves equal keys get equal answers)."""
+    hosts = tuple(v for k, v in headers if k.lower() == b"host")
+    cls = sum(1 + v.count(b",") for k, v in headers if k.lower() == b"content-length")
+    te = any(k.lower() == b"transfer-encoding" for k, _ in headers)
+    return (method, target, http_version, hosts, cls, te)
 
 
 def needs_host(target: Target, headers) -> bool:

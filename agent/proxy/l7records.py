@@ -6,6 +6,16 @@ must never block (``telemetry.submit`` queues).
 
 from __future__ import annotations
 
+from functools import cache
+
+
+@cache
+def _record_type():
+    """The record class, imported once (an import statement per exchange costs ~0.8 us)."""
+    from agent.telemetry.record import RequestRecord
+
+    return RequestRecord
+
 
 def submit_requests(agent, conn, reporters, peers, start: float, end: float, attrs, d, status: int,
                     req_bytes: int, resp_bytes: int, flags: str):
@@ -15,8 +25,7 @@ def submit_requests(agent, conn, reporters, peers, start: float, end: float, att
     tel = agent.telemetry
     if tel is None or not reporters or attrs is None:
         return peers
-    from agent.telemetry.record import RequestRecord
-
+    record = _record_type()
     if peers is None:
         from agent.proxy.finish import endpoint, service_of
 
@@ -25,7 +34,7 @@ def submit_requests(agent, conn, reporters, peers, start: float, end: float, att
                  {r: service_of(agent, conn, r) for r in reporters})
     src, dst, services = peers
     for direction in reporters:
-        tel.submit(RequestRecord(start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
+        tel.submit(record(start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
                                  attrs.host, status, d.verdict, d.policy, conn.trace_id, direction, conn.mode,
                                  req_bytes, resp_bytes, flags, services[direction]))
     return peers

@@ -430,6 +430,7 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
         async with trio.open_nursery() as nursery:
             eng = NativeEngine(agent, core, nursery)
             eng.sync_identities()
+            eng._follow_policies()
             for s, kind in socks:
                 core.listen(s.fileno(), kind)
             # the loopback listener of open_leg (HTTP routes' upstream attempts)
@@ -444,6 +445,7 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
             try:
                 yield eng
             finally:
+                eng._follow_policies(False)
                 nursery.cancel_scope.cancel()
     finally:
         core.shutdown()

@@ -157,12 +157,23 @@ class HttpPaths:
             raise
 
     def _on_exchange(self, cid: int, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
-                     end: float, flags: str) -> None:
+                     end: float, flags: str, memo: int = 0, told=None) -> None:
         from agent.proxy.l7core import on_exchange
 
         h = self._http.get(cid)
         if h is not None:
-            on_exchange(self.agent, h, rid, status, req_bytes, resp_bytes, start, end, flags)
+            on_exchange(self.agent, h, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told)
+
+    def _follow_policies(self, follow: bool = True) -> None:
+        """The core reuses L7 answers only under the policy generation they were decided
+        in: it is told the generation now and after every swap (l7core memos)."""
+        store = self.agent.policies
+        if follow:
+            self._swap_hook = self.core.http_generation
+            self._swap_hook(store.generation)
+            store.on_swap.append(self._swap_hook)
+        elif getattr(self, "_swap_hook", None) in store.on_swap:
+            store.on_swap.remove(self._swap_hook)
 
     def _on_http_refused(self, cid: int, status: int, reason: str, req_bytes: int) -> None:
         import time

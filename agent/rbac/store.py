@@ -12,6 +12,7 @@ here may mutate a ``PolicySet`` once built: a thread may be reading it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.rbac.matchers import Matcher, compile_policy
@@ -30,6 +31,7 @@ class Applicable:
     audit: tuple[tuple[str, Matcher], ...]
     dry_run: tuple[tuple[str, Matcher], ...]
     http: bool  # some applicable rule needs HTTP attributes
+    reads_headers: bool = False  # some applicable rule has a request.headers condition
 
 
 # Distinct (namespace, labels) sets whose applicable policies are cached; beyond this
@@ -75,6 +77,9 @@ class PolicyStore:
         self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
         self.retired: list[tuple] = []
         self.generation = 0
+        # called with the new generation right after every swap, on the deciding thread:
+        # whoever reuses decisions made under a generation (the core's L7 memos) drops them
+        self.on_swap: list[Callable[[int], None]] = []
 
     # ---- preparing a change (pure; safe beside the deciding thread) -------------------
     def prepare_apply(self, docs: list[Doc], source: str, compile_all: bool = True) -> PolicySet:
@@ -138,6 +143,8 @@ class PolicyStore:
         self._set = new
         self._index, self._lazy, self._by_obj = {}, {}, {}
         self.generation += 1
+        for f in self.on_swap:
+            f(self.generation)
         if len(self.retired) > 1:  # nobody collects them (tests, sync callers): free now
             del self.retired[:-1]
         return True
@@ -214,6 +221,7 @@ class PolicyStore:
             audit=tuple(m(p) for p in enforced if p.action == "AUDIT"),
             dry_run=tuple(m(p) for p in pols if p.dry_run),
             http=any(r.is_http for p in pols for r in p.rules),
+            reads_headers=any(c.is_http for p in pols for r in p.rules for c in r.conditions),
         )
         if len(self._index) >= INDEX_MAX:
             self._index.clear()

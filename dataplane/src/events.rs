@@ -84,7 +84,9 @@ pub enum Event {
         headers: Vec<(bytes::Bytes, bytes::Bytes)>,
     },
     /// An L7 exchange ended: its status, bytes each way (as on the pod's wire), times,
-    /// and Envoy's response flags ("-", "DC", "UC").
+    /// and Envoy's response flags ("-", "DC", "UC"); `memo`: the token of the reused
+    /// answer that allowed it (0: Python was asked, l7memo.rs); `told`: a told head's
+    /// (method, target, first Host) when the head was not its own event (Mode::Tell).
     Exchange {
         id: u64,
         rid: u64,
@@ -94,6 +96,8 @@ pub enum Event {
         start: f64,
         end: f64,
         flags: &'static str,
+        memo: u32,
+        told: Option<Box<Told>>,
     },
     /// hyper refused an L7 request head (400, 431) and the connection closed.
     HttpRefused {
@@ -103,6 +107,9 @@ pub enum Event {
         req_bytes: u64,
     },
 }
+
+/// What the record needs of a told head: method, target as received, the first Host.
+pub type Told = (String, String, String);
 
 impl Event {
     /// Only progress records may be dropped (see limits::MAX_EVENTS).

@@ -18,8 +18,9 @@
 use crate::copy::{Counters, Side};
 use crate::events::Event;
 use crate::hyperio::Io;
-use crate::l7body::{Ex, Meter, Reply, Tracked};
+use crate::l7body::{Ex, Meter, Note, Reply, Tracked};
 use crate::l7head::{self, Answer};
+use crate::l7memo::{self, Memo, Memos};
 use crate::limits::{
     DECISION_TIMEOUT, L7_LINGER, MAX_L7_HEAD, MAX_L7_HEADERS, MAX_L7_PENDING, MAX_L7_RESPONSE_HEAD,
 };
@@ -50,6 +51,8 @@ struct Ctx<'s> {
     send: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
     /// The workload answered an Upgrade request 101: after it, raw bytes both ways.
     upgraded: AtomicBool,
+    /// Allowed answers Python let this connection reuse (l7memo.rs).
+    memos: Memos,
 }
 
 fn own(r: Response<Bytes>) -> Response<Reply> {
@@ -59,24 +62,8 @@ fn own(r: Response<Bytes>) -> Response<Reply> {
 impl Ctx<'_> {
     /// The exchange that ended before this point has all its bytes written: report it.
     fn flush(&self) {
-        let ended = self
-            .meter
-            .ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(e) = ended {
-            let written = self.meter.written.load(Ordering::Relaxed);
-            self.shared.events.push(Event::Exchange {
-                id: self.id,
-                rid: e.rid,
-                status: e.status,
-                req_bytes: e.req_bytes,
-                resp_bytes: written.saturating_sub(e.written_mark),
-                start: e.start,
-                end: e.end,
-                flags: e.flags,
-            });
+        if let Some(ev) = self.meter.ended_event(self.id) {
+            self.shared.events.push(ev);
         }
     }
 
@@ -106,13 +93,17 @@ impl Ctx<'_> {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Tracked>, Infallible> {
         self.flush();
         let rid = self.next_rid.fetch_add(1, Ordering::Relaxed) + 1;
+        let (start, written_mark) = (wall(), self.meter.written.load(Ordering::Relaxed));
+        self.meter.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut note = Note::default();
+        let resp = self.respond(rid, req, &mut note).await;
         let ex = Ex {
             rid,
-            start: wall(),
-            written_mark: self.meter.written.load(Ordering::Relaxed),
+            start,
+            written_mark,
+            memo: note.memo,
+            told: note.told,
         };
-        self.meter.in_flight.fetch_add(1, Ordering::Relaxed);
-        let resp = self.respond(rid, req).await;
         let status = resp.status().as_u16();
         let meter = self.meter.clone();
         Ok(resp.map(|inner| Tracked {
@@ -123,9 +114,36 @@ impl Ctx<'_> {
         }))
     }
 
-    async fn respond(&self, rid: u64, req: Request<Incoming>) -> Response<Reply> {
+    async fn respond(&self, rid: u64, req: Request<Incoming>, note: &mut Note) -> Response<Reply> {
         let (parts, mut body) = req.into_parts();
-        let h = l7head::head(&parts);
+        if parts.method == http::Method::CONNECT {
+            // a tunnel inside an HTTP port: not served (docs/policy.md)
+            self.shared.count("l7_refused_connect", 1);
+            let text = Bytes::from_static(b"CONNECT is not served on this port\n");
+            return own(l7head::reply(501, text, None, true));
+        }
+        let target = parts.uri.to_string();
+        if self.mode == Mode::Tell {
+            // told, not asked: the head goes on as it came (HTTP/1.0 as HTTP/1.1), and
+            // what its record needs rides on the exchange's event (no event of its own)
+            let host = parts.headers.get(http::header::HOST);
+            // as latin-1, as Python reads a field value (l7judge.request_attrs_of)
+            let host = host.map(|v| v.as_bytes().iter().map(|&b| b as char).collect::<String>());
+            let method = parts.method.as_str().to_string();
+            note.told = Some(Box::new((method, target.clone(), host.unwrap_or_default())));
+            return self.forward(parts, body, &target, None).await;
+        }
+        // an answer Python allowed for this very key on this connection, under the
+        // policies in force: carried out without asking again (l7memo.rs)
+        let key = l7memo::key(&parts, &target);
+        if let Some(m) = self.memos.get(&key, self.shared.l7.generation.get()) {
+            self.shared.count("l7_memo_hits", 1);
+            note.memo = m.token;
+            return self
+                .forward(parts, body, &m.target, m.host.as_deref())
+                .await;
+        }
+        let h = l7head::head(&parts, target);
         let ev = Event::Request {
             id: self.id,
             rid,
@@ -134,18 +152,6 @@ impl Ctx<'_> {
             version: h.version,
             headers: h.headers,
         };
-        if parts.method == http::Method::CONNECT {
-            // a tunnel inside an HTTP port: not served (docs/policy.md)
-            self.shared.count("l7_refused_connect", 1);
-            let text = Bytes::from_static(b"CONNECT is not served on this port\n");
-            return own(l7head::reply(501, text, None, true));
-        }
-        if self.mode == Mode::Tell {
-            // told, not asked: the head goes on as it came (HTTP/1.0 as HTTP/1.1)
-            let target = ev_target(&ev);
-            self.shared.events.push(ev);
-            return self.forward(parts, body, &target, None).await;
-        }
         let unavailable = || {
             own(l7head::reply(
                 503,
@@ -175,7 +181,16 @@ impl Ctx<'_> {
                 }
                 own(l7head::reply(status, text, policy.as_deref(), close))
             }
-            Some(Answer::Allow { target, host }) => {
+            Some(Answer::Allow { target, host, memo }) => {
+                if let Some((token, generation)) = memo {
+                    let m = Memo {
+                        target: target.clone(),
+                        host: host.clone(),
+                        token,
+                        generation,
+                    };
+                    self.memos.put(key, m);
+                }
                 self.forward(parts, body, &target, host.as_deref()).await
             }
         }
@@ -236,13 +251,6 @@ impl Ctx<'_> {
             }
             Err(_) => bad(b"bad response from the workload\n"),
         }
-    }
-}
-
-fn ev_target(ev: &Event) -> String {
-    match ev {
-        Event::Request { target, .. } => target.clone(),
-        _ => String::new(),
     }
 }
 
@@ -312,6 +320,7 @@ where
         next_rid: AtomicU64::new(0),
         send: tokio::sync::Mutex::new(send),
         upgraded: AtomicBool::new(false),
+        memos: Memos::default(),
     };
     let svc = hyper::service::service_fn(|req| ctx.handle(req));
     let server = hyper::server::conn::http1::Builder::new()
@@ -414,3 +423,7 @@ where
 #[cfg(test)]
 #[path = "l7_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "l7_memo_tests.rs"]
+mod memo_tests;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn shared() -> Arc<Shared> {
+pub(super) fn shared() -> Arc<Shared> {
     Shared::new(Settings {
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
@@ -49,6 +49,8 @@ async fn decider(s: Arc<Shared>, seen: Arc<std::sync::Mutex<Vec<Event>>>) {
                     Answer::Allow {
                         target: target.clone(),
                         host: None,
+                        // "/m...": Python lets the core reuse it (token 7, generation 0)
+                        memo: target.starts_with("/m").then_some((7, 0)),
                     }
                 };
                 assert!(s.l7.answer(*id, *rid, a));
@@ -67,7 +69,17 @@ async fn run(
     answer: &'static [u8],
     close: bool,
 ) -> (String, String, Vec<Event>) {
-    let s = shared();
+    run_on(shared(), super::Mode::Ask, client_bytes, answer, close).await
+}
+
+/// `run` on `s`, serving in `mode`.
+pub(super) async fn run_on(
+    s: Arc<Shared>,
+    mode: super::Mode,
+    client_bytes: &[u8],
+    answer: &'static [u8],
+    close: bool,
+) -> (String, String, Vec<Event>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let d = tokio::spawn(decider(s.clone(), seen.clone()));
     let (mut pod, mut a) = tokio::io::duplex(1 << 16);
@@ -94,7 +106,7 @@ async fn run(
     pod.write_all(client_bytes).await.unwrap();
     let c = Counters::default();
     let now = || 0u64;
-    let srv = serve(&s, 7, super::Mode::Ask, &mut a, &mut b, &c, &now);
+    let srv = serve(&s, 7, mode, &mut a, &mut b, &c, &now);
     let reader = async {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -122,7 +134,7 @@ async fn run(
 }
 
 const OK_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+pub(super) const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 
 #[tokio::test]
 async fn a_request_with_connection_close_gets_the_response_then_the_close() {

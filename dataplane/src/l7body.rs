@@ -6,6 +6,7 @@
 //! `UC` when the workload's body failed, `DC` when it was dropped unfinished, `DPE` for
 //! the core's own 400). Must never: hold a body's bytes, or report an exchange twice.
 
+use crate::events::{Event, Told};
 use crate::runtime::wall;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -37,6 +38,41 @@ pub struct Ended {
     pub req_bytes: u64,
     pub written_mark: u64,
     pub flags: &'static str,
+    pub memo: u32,
+    pub told: Option<Box<Told>>,
+}
+
+impl Meter {
+    /// The exchange that ended before this point, as its event, once all its bytes
+    /// were written (its response bytes: those written since its start).
+    pub fn ended_event(&self, id: u64) -> Option<Event> {
+        let e = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let written = self.written.load(Ordering::Relaxed);
+        Some(Event::Exchange {
+            id,
+            rid: e.rid,
+            status: e.status,
+            req_bytes: e.req_bytes,
+            resp_bytes: written.saturating_sub(e.written_mark),
+            start: e.start,
+            end: e.end,
+            flags: e.flags,
+            memo: e.memo,
+            told: e.told,
+        })
+    }
+}
+
+/// What an exchange's record gets besides its bytes: the memo that allowed it, or the
+/// told head.
+#[derive(Default)]
+pub struct Note {
+    pub memo: u32,
+    pub told: Option<Box<Told>>,
 }
 
 /// An exchange whose response is being written.
@@ -44,6 +80,8 @@ pub struct Ex {
     pub rid: u64,
     pub start: f64,
     pub written_mark: u64,
+    pub memo: u32,
+    pub told: Option<Box<Told>>,
 }
 
 /// A response body that notes when it ended (or was dropped before its end).
@@ -72,6 +110,8 @@ impl Tracked {
             req_bytes,
             written_mark: ex.written_mark,
             flags,
+            memo: ex.memo,
+            told: ex.told,
         });
         m.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

@@ -22,6 +22,9 @@ pub enum Answer {
     Allow {
         target: String,
         host: Option<String>,
+        /// Python's token and policy generation when this answer may be reused for
+        /// heads with the same key on this connection (l7memo.rs)
+        memo: Option<(u32, u64)>,
     },
     /// Answer `status` (403) naming `policy`; the body is read and dropped and the
     /// connection continues.
@@ -53,7 +56,7 @@ pub fn version_str(v: Version) -> &'static str {
 
 /// The event fields of a parsed head: names lower case (HTTP field names are case
 /// insensitive; Python lower-cases them anyway), values as received, in order.
-pub fn head(parts: &request::Parts) -> Head {
+pub fn head(parts: &request::Parts, target: String) -> Head {
     let headers = parts
         .headers
         .iter()
@@ -66,7 +69,7 @@ pub fn head(parts: &request::Parts) -> Head {
         .collect();
     Head {
         method: parts.method.as_str().to_string(),
-        target: parts.uri.to_string(),
+        target,
         version: version_str(parts.version),
         headers,
     }
@@ -183,7 +186,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        let h = head(&p);
+        let h = head(&p, p.uri.to_string());
         assert_eq!(h.method, "GET");
         assert_eq!(h.target, "/a/b?q=1");
         assert_eq!(h.version, "HTTP/1.1");
@@ -209,7 +212,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        let h = head(&p);
+        let h = head(&p, p.uri.to_string());
         assert_eq!(
             (h.method.as_str(), h.target.as_str(), h.version),
             ("get", "http://web/admin/abs", "HTTP/1.0")

@@ -6,6 +6,7 @@
 //! across an await.
 
 use crate::l7head::Answer;
+use crate::l7memo::Generation;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -29,6 +30,8 @@ pub struct Table {
     /// a tunnel), and how
     marked: Mutex<HashMap<u64, (Option<SocketAddr>, Mode)>>,
     pub(crate) pending: Mutex<HashMap<(u64, u64), oneshot::Sender<Answer>>>,
+    /// The policy generation memos must be of (Core.http_generation, l7memo.rs).
+    pub generation: Generation,
 }
 
 impl Table {

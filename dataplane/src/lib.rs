@@ -19,6 +19,7 @@ mod inbound;
 mod l7;
 mod l7body;
 mod l7head;
+mod l7memo;
 mod l7table;
 mod limits;
 mod listen;
@@ -219,8 +220,20 @@ impl Core {
                     start,
                     end,
                     flags,
+                    memo,
+                    told,
                 } => (
-                    "exchange", id, rid, status, req_bytes, resp_bytes, start, end, flags,
+                    "exchange",
+                    id,
+                    rid,
+                    status,
+                    req_bytes,
+                    resp_bytes,
+                    start,
+                    end,
+                    flags,
+                    memo,
+                    told.map(|t| *t),
                 )
                     .into_pyobject(py)?
                     .into_any()
@@ -269,6 +282,12 @@ impl Core {
         self.shared.l7.mark(id, None, l7::Mode::Tell);
     }
 
+    /// The policy generation in force: memos of L7 answers (http_answer's `memo`) of any
+    /// other generation are no longer used. Python calls it on every policy swap.
+    fn http_generation(&self, generation: u64) {
+        self.shared.l7.generation.set(generation);
+    }
+
     /// Forget `http_mark` (the command was not sent after all).
     fn http_unmark(&self, id: u64) {
         self.shared.l7.unmark(id);
@@ -277,9 +296,12 @@ impl Core {
     /// Python's answer for request head `rid` of connection `id`: verdict "allow"
     /// (forward with `target`, and `host` when given), "deny" (answer `status`, `body`,
     /// naming `policy`; the connection goes on) or "bad" (answer `status`, `body`, close).
+    /// An allow with `memo` (Python's token, then the policy generation it was decided
+    /// under) is reused for this connection's later heads of the same key (l7memo.rs)
+    /// while that generation is in force; their exchanges carry the token.
     /// False when nobody waits for it (timed out, the connection gone).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (id, rid, verdict, status=0, body=None, target=None, host=None, policy=None))]
+    #[pyo3(signature = (id, rid, verdict, status=0, body=None, target=None, host=None, policy=None, memo=None))]
     fn http_answer(
         &self,
         id: u64,
@@ -290,12 +312,17 @@ impl Core {
         target: Option<String>,
         host: Option<String>,
         policy: Option<String>,
+        memo: Option<(u32, u64)>,
     ) -> PyResult<bool> {
         let body = bytes::Bytes::copy_from_slice(body.unwrap_or_default());
+        if memo.is_some_and(|m| m.0 == 0) {
+            return Err(PyValueError::new_err("a memo token is 1 or more"));
+        }
         let a = match verdict {
             "allow" => l7head::Answer::Allow {
                 target: target.ok_or_else(|| PyValueError::new_err("allow needs a target"))?,
                 host,
+                memo,
             },
             "deny" => l7head::Answer::Deny {
                 status,

@@ -158,3 +158,9 @@ pub const L7_LINGER: Duration = Duration::from_secs(2);
 /// The largest answer a unary gRPC call (grpc.rs: the CA client) reads: gRPC's default
 /// receive limit (4 MiB). A certificate chain is a few KiB; more is a broken server.
 pub const GRPC_MAX_RESPONSE: usize = 4 * 1024 * 1024;
+
+/// Allowed answers Python let one L7 connection reuse (l7memo.rs): a keep-alive
+/// connection's clients send a few distinct heads over and over (a health check, an API
+/// call); 32 covers them at ~200 B each, and past it the memo starts again empty (a
+/// connection that sends ever new paths asks Python each time, as without the memo).
+pub const MAX_L7_MEMO: usize = 32;

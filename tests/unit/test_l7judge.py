@@ -3,14 +3,14 @@ core's hyper path reports them (field lines as raw name/value bytes, in order)."
 
 import pytest
 
-from agent.proxy.l7judge import denial, head_bytes, judge_head, needs_host
+from agent.proxy.l7judge import denial, judge_fields, needs_host, told_attrs
 from agent.rbac.evaluate import Decision
 
 H = [(b"host", b"web")]
 
 
 def judge(method=b"GET", target=b"/a", version=b"1.1", headers=H):
-    return judge_head(head_bytes(method, target, b"HTTP/" + version, headers), method, target, version, headers)
+    return judge_fields(method, target, version, headers)
 
 
 @pytest.mark.parametrize("kw, why", [
@@ -56,3 +56,11 @@ def test_the_denial_names_the_policy():
     assert denial(Decision("deny", policy="shop/no-admin")) == (b"RBAC: access denied by shop/no-admin\n",
                                                                "shop/no-admin")
     assert denial(Decision("deny")) == (b"RBAC: access denied by policy\n", None)
+
+
+def test_a_told_head_is_recorded_with_its_normalized_path_and_host():
+    a = told_attrs("GET", "/x/../admin?q", "web")
+    assert (a.method, a.path, a.host) == ("GET", "/admin", "web")
+    a = told_attrs("GET", "http://other:81/a", "web")
+    assert (a.path, a.host) == ("/a", "other:81")
+    assert told_attrs("GET", "/%zz", "web").method == "-"
