@@ -1,0 +1,155 @@
+"""One Kubernetes watch request on the event loop: an HTTP/1.1 ``GET`` made and read
+with h11 over a trio stream (TLS for ``https``), its body cut into event lines.
+
+Why not the API client's thread, as the lists use: a watch event is small and rare,
+and reading it in a thread costs two wake-ups (the thread's, then the loop's through
+the hand-over) and urllib3's chunk reader, about half of an isolated event's CPU
+(docs/kubernetes.md, measured). Here one wake-up of the loop reads, parses and applies
+it. Lists (pages of megabytes) stay in threads.
+
+It decides nothing about the events: it connects with the API client's configuration
+(host, CA, client certificate, the bearer token re-read per request), raises
+``WatchStatus`` with the HTTP status for an answer other than 200 (the caller tells
+410 from the rest), and yields, per read, the complete lines that read finished. It
+must never block the loop (every wait is a trio wait, bounded by the timeouts given)
+nor hold more than ``LINE_MAX`` bytes of one unfinished line.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode, urlsplit
+
+import h11
+import trio
+
+from agent.k8s.listing import LineSplitter
+
+READ_SIZE = 256 * 1024  # bytes per read: a burst of events arrives in few reads
+LINE_MAX = 8 * 1024 * 1024  # one event's JSON; etcd caps an object at 1.5 MiB
+ERROR_BODY_MAX = 64 * 1024  # of a non-200 answer, for its message
+CORE = {"pods": "/api/v1/pods", "nodes": "/api/v1/nodes", "services": "/api/v1/services",
+        "endpointslices": "/apis/discovery.k8s.io/v1/endpointslices"}
+
+
+class WatchStatus(Exception):
+    """The API server answered the watch with ``status`` (not 200)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"({status}) {reason}")
+        self.status, self.reason = status, reason
+
+
+def watch_path(kind: str, group: str | None, version: str, params: dict) -> str:
+    """The request target of a watch of ``kind`` (a core kind, or an Istio kind of
+    ``group``/``version``) with the query ``params``."""
+    base = CORE.get(kind) or f"/apis/{group}/{version}/{kind}"
+    return f"{base}?{urlencode(params)}"
+
+
+def _tls_context(conf) -> ssl.SSLContext:
+    """What the API client would verify with: its CA file (else certifi's, as urllib3),
+    its client certificate if any, or no verification when it is told so."""
+    if not conf.verify_ssl:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    else:
+        cafile = conf.ssl_ca_cert
+        if cafile is None:
+            import certifi
+
+            cafile = certifi.where()
+        ctx = ssl.create_default_context(cafile=cafile)
+    if conf.cert_file:
+        ctx.load_cert_chain(conf.cert_file, conf.key_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class Watch:
+    """One watch response, opened by ``open_watch``; ``batches()`` its event lines."""
+
+    def __init__(self, stream, conn: h11.Connection, read_timeout: float) -> None:
+        self.stream, self.conn, self.read_timeout = stream, conn, read_timeout
+
+    async def _receive(self) -> None:
+        with trio.fail_after(self.read_timeout):
+            data = await self.stream.receive_some(READ_SIZE)
+        self.conn.receive_data(data)  # b"": the server closed; h11 judges whether mid-message
+
+    async def _next(self):
+        while True:
+            ev = self.conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            await self._receive()
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Per read, the complete lines it finished; ends when the server ends the
+        response. A cut connection raises (what was cut off is no event)."""
+        lines = LineSplitter(LINE_MAX)
+        while True:
+            ev = await self._next()
+            if isinstance(ev, h11.Data):
+                out = lines.feed(ev.data)
+                if out:
+                    yield out
+            elif isinstance(ev, h11.EndOfMessage):
+                return
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise ConnectionError("watch: the connection closed mid-response")
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def open_watch(conf, target: str, connect_timeout: float, read_timeout: float) -> Watch:
+    """Connect, send the request and read the answer's head; a ``Watch`` for a 200,
+    else ``WatchStatus``."""
+    u = urlsplit(conf.host)
+    https = u.scheme == "https"
+    port = u.port or (443 if https else 80)
+    with trio.fail_after(connect_timeout):
+        stream = await trio.open_tcp_stream(u.hostname, port)
+        try:
+            if https:
+                stream = trio.SSLStream(stream, _tls_context(conf), server_hostname=conf.tls_server_name or u.hostname,
+                                        https_compatible=True)
+                await stream.do_handshake()
+            conn = h11.Connection(h11.CLIENT)
+            headers = [("Host", u.netloc), ("Accept", "application/json"), ("User-Agent", "hostmesh")]
+            token = conf.get_api_key_with_prefix("authorization")  # re-reads the rotated token
+            if token:
+                headers.append(("Authorization", token))
+            await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=headers))
+                                  + conn.send(h11.EndOfMessage()))
+            w = Watch(stream, conn, read_timeout)
+            head = await w._next()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    if head.status_code == 200:
+        return w
+    body = b""
+    try:
+        with trio.move_on_after(read_timeout):
+            while len(body) < ERROR_BODY_MAX:
+                ev = await w._next()
+                if not isinstance(ev, h11.Data):
+                    break
+                body += ev.data
+    except (h11.ProtocolError, OSError, trio.BrokenResourceError):
+        pass
+    finally:
+        await w.aclose()
+    raise WatchStatus(head.status_code, _message(body) or head.reason.decode("latin-1"))
+
+
+def _message(body: bytes) -> str:
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return ""
+    return str(status.get("message") or "") if isinstance(status, dict) else ""
