@@ -76,13 +76,16 @@ def _instrument(disc, log: list, waiters: list) -> None:
     task costs to wake up afterwards is the benchmark's, not the event's."""
     cls = disc.Discovery
 
-    def done(t: float, v: int) -> None:
-        log.append((t, time.monotonic(), v))
+    def done(t: float, v: int, clocks: list[float]) -> None:
+        log.append((t, clocks[2], v))
         for w in list(waiters):
             if v >= w[0]:
-                w[2][:] = [time.process_time(), time.thread_time(), time.monotonic()]
+                w[2][:] = clocks
                 w[1].set()
                 waiters.remove(w)
+
+    def now() -> list[float]:
+        return [time.process_time(), time.thread_time(), time.monotonic()]
 
     for name in ("apply", "apply_now", "flush"):
         fn = getattr(cls, name, None)
@@ -92,14 +95,17 @@ def _instrument(disc, log: list, waiters: list) -> None:
             async def awrapped(self, *a, _fn=fn, **kw):
                 t, v = time.monotonic(), _version(self)
                 r = await _fn(self, *a, **kw)
-                done(t, v)
+                done(t, v, now())
                 return r
             setattr(cls, name, awrapped)
         else:
             def wrapped(self, *a, _fn=fn, **kw):
-                t, v = time.monotonic(), _version(self)
+                # in one go: the version it holds is the one after it, and the benchmark's
+                # bookkeeping (the version, the log) starts once the clocks are read
+                t = time.monotonic()
                 r = _fn(self, *a, **kw)
-                done(t, v)
+                clocks = now()
+                done(t, _version(self), clocks)
                 return r
             setattr(cls, name, wrapped)
 

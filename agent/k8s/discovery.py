@@ -54,6 +54,10 @@ PUT_BATCH = 200  # listed objects put into the state per hand-over to the event 
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
 QUICK_END_S = 1.0
+CONNECT_TIMEOUT_S = 5  # a watch's connect, TLS handshake and answer head (the lists' connect timeout)
+# A watch still open this long after its timeoutSeconds is dead (the server ends it at
+# timeoutSeconds): cut and resumed, as the client's read timeout did before.
+WATCH_GRACE_S = 30
 ISTIO_GROUP = "security.istio.io"
 
 
@@ -231,35 +235,42 @@ class Discovery(Applying):
             params["resourceVersion"] = version
         group = ("networking.istio.io" if kind in TRAFFIC_KINDS else ISTIO_GROUP) if kind in POLICY_KINDS else None
         target = watch_path(kind, group, self.cfg.istio_api_version, params)
-        w = await open_watch(self._api.configuration, target, 5, self.cfg.watch_timeout_s + 30)
+        w = await open_watch(self._api.configuration, target, CONNECT_TIMEOUT_S)
         seen = 0
         try:
-            async for lines in w.batches():
-                changed, last = False, time.perf_counter()
-                for line in lines:
-                    etype, obj = decode_event(kind, line)
-                    if etype == "ERROR":
-                        if changed:
-                            self._delivered()
-                        if obj.get("code") == 410:
-                            raise Gone()
-                        raise RuntimeError(f"watch error: {obj.get('message') or obj}")
-                    value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
-                    changed |= self.index.apply_event(kind, etype, key_of(obj), value,
-                                                      (obj.get("metadata") or {}).get("resourceVersion"))
-                    seen += 1
-                    self.counts["events"] += 1  # not an agent counter: one per event is noise
-                    if time.perf_counter() - last >= YIELD_AFTER_S:
-                        if changed:
-                            self._delivered()
-                        changed = False
-                        await trio.sleep(0)
-                        last = time.perf_counter()
-                if changed:
-                    self._delivered()
+            with trio.fail_after(self.cfg.watch_timeout_s + WATCH_GRACE_S):
+                while (lines := await w.next_lines()) is not None:
+                    seen += await self._take_in(kind, lines)
         finally:
             await w.aclose()
         return seen
+
+    async def _take_in(self, kind: str, lines: list[bytes]) -> int:
+        """One read's events into the index, then applied (``_delivered``); the loop
+        runs whenever this has held it ``YIELD_AFTER_S`` (a burst). Raises ``Gone`` or
+        RuntimeError at an ``ERROR`` event, after applying what came before it."""
+        changed, last = False, time.perf_counter()
+        for n, line in enumerate(lines, 1):
+            etype, obj = decode_event(kind, line)
+            if etype == "ERROR":
+                if changed:
+                    self._delivered()
+                if obj.get("code") == 410:
+                    raise Gone()
+                raise RuntimeError(f"watch error: {obj.get('message') or obj}")
+            value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
+            changed |= self.index.apply_event(kind, etype, key_of(obj), value,
+                                              (obj.get("metadata") or {}).get("resourceVersion"))
+            self.counts["events"] += 1  # not an agent counter: one per event is noise
+            if time.perf_counter() - last >= YIELD_AFTER_S and n < len(lines):
+                if changed:
+                    self._delivered()
+                changed = False
+                await trio.sleep(0)
+                last = time.perf_counter()
+        if changed:
+            self._delivered()
+        return len(lines)
 
     def stats(self) -> dict:
         return dict(self.counts, versions=dict(self.index.versions), workloads=len(self.owned))

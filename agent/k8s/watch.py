@@ -10,7 +10,7 @@ it. Lists (pages of megabytes) stay in threads.
 It decides nothing about the events: it connects with the API client's configuration
 (host, CA, client certificate, the bearer token re-read per request), raises
 ``WatchStatus`` with the HTTP status for an answer other than 200 (the caller tells
-410 from the rest), and yields, per read, the complete lines that read finished. It
+410 from the rest), and gives, per read, the complete lines that read finished. It
 must never block the loop (every wait is a trio wait, bounded by the timeouts given)
 nor hold more than ``LINE_MAX`` bytes of one unfinished line.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
 from urllib.parse import urlencode, urlsplit
 
 import h11
@@ -69,35 +68,34 @@ def _tls_context(conf) -> ssl.SSLContext:
 
 
 class Watch:
-    """One watch response, opened by ``open_watch``; ``batches()`` its event lines."""
+    """One watch response, opened by ``open_watch``: ``next_lines()`` until None. The
+    caller bounds the whole response with one deadline (the server was asked to end it
+    by ``timeoutSeconds``, so a connection still open well after is dead): no cancel
+    scope per read."""
 
-    def __init__(self, stream, conn: h11.Connection, read_timeout: float) -> None:
-        self.stream, self.conn, self.read_timeout = stream, conn, read_timeout
-
-    async def _receive(self) -> None:
-        with trio.fail_after(self.read_timeout):
-            data = await self.stream.receive_some(READ_SIZE)
-        self.conn.receive_data(data)  # b"": the server closed; h11 judges whether mid-message
+    def __init__(self, stream, conn: h11.Connection) -> None:
+        self.stream, self.conn = stream, conn
+        self.lines = LineSplitter(LINE_MAX)
 
     async def _next(self):
         while True:
             ev = self.conn.next_event()
             if ev is not h11.NEED_DATA:
                 return ev
-            await self._receive()
+            # b"": the server closed; h11 judges whether that was mid-message
+            self.conn.receive_data(await self.stream.receive_some(READ_SIZE))
 
-    async def batches(self) -> AsyncIterator[list[bytes]]:
-        """Per read, the complete lines it finished; ends when the server ends the
+    async def next_lines(self) -> list[bytes] | None:
+        """The complete lines the next read(s) finished; None once the server ended the
         response. A cut connection raises (what was cut off is no event)."""
-        lines = LineSplitter(LINE_MAX)
         while True:
             ev = await self._next()
             if isinstance(ev, h11.Data):
-                out = lines.feed(ev.data)
+                out = self.lines.feed(ev.data)
                 if out:
-                    yield out
+                    return out
             elif isinstance(ev, h11.EndOfMessage):
-                return
+                return None
             elif isinstance(ev, h11.ConnectionClosed):
                 raise ConnectionError("watch: the connection closed mid-response")
 
@@ -105,13 +103,13 @@ class Watch:
         await trio.aclose_forcefully(self.stream)
 
 
-async def open_watch(conf, target: str, connect_timeout: float, read_timeout: float) -> Watch:
-    """Connect, send the request and read the answer's head; a ``Watch`` for a 200,
-    else ``WatchStatus``."""
+async def open_watch(conf, target: str, timeout: float) -> Watch:
+    """Connect, send the request and read the answer's head within ``timeout``; a
+    ``Watch`` for a 200, else ``WatchStatus``."""
     u = urlsplit(conf.host)
     https = u.scheme == "https"
     port = u.port or (443 if https else 80)
-    with trio.fail_after(connect_timeout):
+    with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(u.hostname, port)
         try:
             if https:
@@ -125,7 +123,7 @@ async def open_watch(conf, target: str, connect_timeout: float, read_timeout: fl
                 headers.append(("Authorization", token))
             await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=headers))
                                   + conn.send(h11.EndOfMessage()))
-            w = Watch(stream, conn, read_timeout)
+            w = Watch(stream, conn)
             head = await w._next()
         except BaseException:
             await trio.aclose_forcefully(stream)
@@ -134,7 +132,7 @@ async def open_watch(conf, target: str, connect_timeout: float, read_timeout: fl
         return w
     body = b""
     try:
-        with trio.move_on_after(read_timeout):
+        with trio.move_on_after(timeout):
             while len(body) < ERROR_BODY_MAX:
                 ev = await w._next()
                 if not isinstance(ev, h11.Data):

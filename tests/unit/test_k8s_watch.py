@@ -126,9 +126,9 @@ def _watch(answer, tls_dir=None):
             port = await n.start(_serve, answer, seen, server_ctx)
             conf = Conf(f"{'https' if tls_dir else 'http'}://127.0.0.1:{port}", ca)
             try:
-                w = await open_watch(conf, "/api/v1/pods?watch=1", 5, 5)
+                w = await open_watch(conf, "/api/v1/pods?watch=1", 5)
                 try:
-                    async for batch in w.batches():
+                    while (batch := await w.next_lines()) is not None:
                         got.append(batch)
                 finally:
                     await w.aclose()
@@ -168,7 +168,7 @@ def test_a_server_the_ca_does_not_vouch_for_is_refused(tmp_path):
         async with trio.open_nursery() as n:
             port = await n.start(_serve, lambda conn: _events(conn, EVENTS), [], ctx)
             try:
-                await open_watch(Conf(f"https://127.0.0.1:{port}", ca), "/api/v1/pods?watch=1", 5, 5)
+                await open_watch(Conf(f"https://127.0.0.1:{port}", ca), "/api/v1/pods?watch=1", 5)
             except trio.BrokenResourceError as e:
                 err.append(e)
             finally:
