@@ -196,4 +196,12 @@ def test_a_connection_cut_mid_response_raises_after_the_complete_lines():
 
     _, got, err = _watch(cut)
     assert [line for batch in got for line in batch] == EVENTS  # the cut-off rest is no event
-    assert isinstance(err, h11.RemoteProtocolError)
+    assert isinstance(err, ConnectionError) and str(err) == "watch: the connection closed mid-response"
+
+
+def test_a_malformed_answer_is_refused():
+    def garbage(conn):
+        yield b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+
+    _, got, err = _watch(garbage)
+    assert got == [] and isinstance(err, ConnectionError) and str(err).startswith("watch: malformed response")
