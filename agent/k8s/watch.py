@@ -161,7 +161,9 @@ async def open_watch(conf, target: str, timeout: float) -> Watch:
             token = conf.get_api_key_with_prefix("authorization")  # re-reads the rotated token
             if token:
                 headers.append(("Authorization", token))
-            await stream.send_all(conn.send(h11.Request(method="GET", target=target, headers=headers))
+            # a server URL with a path (behind a proxy) prefixes every request, as in the client
+            await stream.send_all(conn.send(h11.Request(method="GET", target=u.path.rstrip("/") + target,
+                                                        headers=headers))
                                   + conn.send(h11.EndOfMessage()))
             w = Watch(stream)
             status = await w.head()

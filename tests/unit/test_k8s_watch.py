@@ -112,7 +112,7 @@ def _events(conn, lines: list[bytes], end=True):
         yield conn.send(h11.EndOfMessage())
 
 
-def _watch(answer, tls_dir=None):
+def _watch(answer, tls_dir=None, prefix=""):
     """(requests the server saw, the batches read, what the reader raised or None)."""
     seen, got, err = [], [], []
 
@@ -124,7 +124,7 @@ def _watch(answer, tls_dir=None):
             server_ctx.load_cert_chain(cert, key)
         async with trio.open_nursery() as n:
             port = await n.start(_serve, answer, seen, server_ctx)
-            conf = Conf(f"{'https' if tls_dir else 'http'}://127.0.0.1:{port}", ca)
+            conf = Conf(f"{'https' if tls_dir else 'http'}://127.0.0.1:{port}{prefix}", ca)
             try:
                 w = await open_watch(conf, "/api/v1/pods?watch=1", 5)
                 try:
@@ -152,6 +152,11 @@ def test_a_watch_reads_every_line_sends_the_token_and_verifies_the_server(tls, t
     ((target, headers),) = seen
     assert target == "/api/v1/pods?watch=1"
     assert headers["authorization"] == "Bearer t1" and headers["accept"] == "application/json"
+
+
+def test_a_server_url_with_a_path_prefixes_the_request():
+    seen, _, err = _watch(lambda conn: _events(conn, EVENTS), prefix="/k8s/")
+    assert err is None and seen[0][0] == "/k8s/api/v1/pods?watch=1"
 
 
 def test_a_server_the_ca_does_not_vouch_for_is_refused(tmp_path):
