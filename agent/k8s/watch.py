@@ -4,9 +4,9 @@ into event lines.
 
 Why not the API client's thread, as the lists use: a watch event is small and rare,
 and reading it in a thread costs two wake-ups (the thread's, then the loop's through
-the hand-over) and urllib3's chunk reader, about half of an isolated event's CPU
-(docs/kubernetes.md, measured). Here one wake-up of the loop reads, parses and applies
-it. Lists (pages of megabytes) stay in threads.
+the hand-over) and urllib3's chunk reader: measured at 5,000 pods, the reader thread
+took ~0.28 ms of an isolated event's ~0.7 (docs/kubernetes.md). Here one wake-up of the
+loop reads, parses and applies it. Lists (pages of megabytes) stay in threads.
 
 It decides nothing about the events: it connects with the API client's configuration
 (host, CA, client certificate, the bearer token re-read per request), raises
