@@ -35,6 +35,11 @@ class Applier:
         self.retry: dict[str, dict] = {}  # uid -> body an address held elsewhere kept out: tried again
         self.services: dict[str, list] = {}  # service key -> its validated ServiceConfig entries
         self._flat: dict[tuple[str, int], object] = {}  # the same entries, flat: (key, i) -> ServiceConfig
+        # cluster.services as last merged (the config's, then _flat's in order), the
+        # entries replaced in place since (None: a merge is due) and their places
+        self._merged: list | None = None
+        self._patch: list | None = None
+        self._at: dict | None = None
         self.nodes: list = []  # validated PeerNode entries
         self.policies: dict[tuple[str, str], list] = {}  # (kind, key) -> loaded documents
         self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
@@ -131,14 +136,25 @@ class Applier:
                     new.append(ServiceConfig.model_validate(entry))
                 except ValueError as err:
                     logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
-            old = self.services.pop(key, [])
-            for i in range(len(old)):
-                del self._flat[(key, i)]
-            if new:
-                self.services[key] = new
-                self._flat.update(((key, i), s) for i, s in enumerate(new))
+            old = self.services.get(key, [])
             if new == old:
                 continue
+            if len(new) == len(old) and all(a.vip == b.vip and a.ports == b.ports for a, b in zip(old, new)):
+                # the same entries with other endpoints (a slice's readiness): in place,
+                # so cluster.services is patched at their places (_cluster)
+                self.services[key] = new
+                for i, svc in enumerate(new):
+                    self._flat[(key, i)] = svc
+                if self._patch is not None:
+                    self._patch += [((key, i), svc) for i, svc in enumerate(new)]
+            else:
+                self.services.pop(key, None)
+                for i in range(len(old)):
+                    del self._flat[(key, i)]
+                if new:
+                    self.services[key] = new
+                    self._flat.update(((key, i), svc) for i, svc in enumerate(new))
+                self._patch = None  # entries came, went or moved: merged again
             for s in old:
                 delta.update(dict.fromkeys((s.vip, p) for p in s.ports))
             for s in new:
@@ -149,7 +165,16 @@ class Applier:
         cluster = self.agent.config.cluster
         if full:
             cluster.nodes = merge_nodes(self.static[0], self.nodes)
-        cluster.services = merge_services(self.static[1], self._flat.values())  # one copy: merge makes the list
+        if full or self._patch is None or cluster.services is not self._merged:
+            cluster.services = self._merged = merge_services(self.static[1], self._flat.values())
+            self._at = None
+        elif self._patch:  # O(change): the changed entries replaced where they stand
+            if self._at is None:  # (key, i) -> its place in the merged list, once per merge
+                offset = len(self._merged) - len(self._flat)  # the config's services come first
+                self._at = {k: offset + n for n, k in enumerate(self._flat)}
+            for k, svc in self._patch:
+                self._merged[self._at[k]] = svc
+        self._patch = []
         if full:
             self.agent.cluster_changed()
             return

@@ -1,13 +1,13 @@
 """When and how discovery's changes are applied on the event loop (``agent.k8s.discovery``
-mixes this in): right in the watch reader's hand-over for a small change after a quiet
-spell, by ``apply_loop`` for a burst (coalesced over ``COALESCE_S``) or a large change
+mixes this in): right where a watch read's events were taken in (on the loop) for a
+small change after a quiet spell, by ``apply_loop`` for a burst (coalesced over ``COALESCE_S``) or a large change
 (in batches, yielding to the loop), and how policy changes are put in force (on the
 loop when few, else prepared in a thread by ``agent.policy_sources``).
 
 It decides only the scheduling: what a change does is ``agent.k8s.apply``'s. It must
 never hold the loop for a large change, never apply while another apply is under way
 (an apply may be waiting at a checkpoint), and never let an exception escape the
-hand-over callback (that would end the whole trio run).
+watch task that took the events in (that would end the watch, not just the apply).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Applying:
             self._last_apply = trio.current_time()
 
     def _delivered(self) -> None:
-        """Watch events changed the index (on the event loop, in the inbox's hand-over).
+        """Watch events changed the index (on the event loop, where a read was taken in).
         A small change after a quiet spell is applied right here: no task wakes up for
         it, no timer runs (the event's whole cost is its own work). Anything else, or
         while an apply is under way, goes to ``apply_loop``."""

@@ -3,15 +3,17 @@ services and policies from the API server, kept current with list + watch.
 
 A thin trio shell around ``agent.k8s.index`` (what each event changes),
 ``agent.k8s.apply`` (carrying the changes into the agent) and ``agent.k8s.applying``
-(when: in the reader's hand-over, or coalesced by the apply loop). The official ``kubernetes``
-client makes the calls (in-cluster token and CA, the token re-read as the kubelet
-rotates it); its blocking reads run in threads, which also parse and slim every object
-(``agent.k8s.model.slim``: only the fields hostmesh uses are kept) before handing them
-to trio in batches. Per kind: a paginated list (``limit``/``continue``) streamed page
-by page into the state (``410 Gone`` relists the same way: objects not seen again go
-away, and the old and new lists are never both held), then a watch from the list's
-``resourceVersion`` with bookmarks; a watch that ends or drops resumes from the last
-version seen; other errors back off (capped, jittered).
+(when: right where a watch read's events were taken in, or coalesced by the apply
+loop). The official ``kubernetes`` client makes the list calls (in-cluster token and CA,
+the token re-read as the kubelet rotates it); its blocking reads run in threads, which
+also parse and slim every object (``agent.k8s.model.slim``: only the fields hostmesh
+uses are kept) before handing them to trio in batches. Per kind: a paginated list
+(``limit``/``continue``) streamed page by page into the state (``410 Gone`` relists the
+same way: objects not seen again go away, and the old and new lists are never both
+held), then a watch from the list's ``resourceVersion`` with bookmarks, read on the
+event loop (``agent.k8s.watch``: h11 with the client's configuration; one wake-up per
+read instead of a thread's and the loop's); a watch that ends or drops resumes from the
+last version seen; other errors back off (capped, jittered).
 
 Each event costs what it changes: an object whose slim equals the stored one stops
 there; a pod event plans its own uid (and the pods it shares an address with), a slice
@@ -32,19 +34,18 @@ import gc
 import logging
 import os
 import random
-import threading
+import time
 from pathlib import Path
 
 import trio
 
 from agent.k8s.apply import Applier
-from agent.k8s.applying import COALESCE_S, Applying
+from agent.k8s.applying import COALESCE_S, YIELD_AFTER_S, Applying
 from agent.k8s.decode import decode_event, decode_list
-from agent.k8s.inbox import Inbox
 from agent.k8s.index import Index
-from agent.k8s.listing import watch_lines
 from agent.k8s.model import KINDS, POLICY_KINDS, TRAFFIC_KINDS, key_of, slim
 from agent.k8s.reconcile import Backoff
+from agent.k8s.watch import open_watch, watch_path
 
 logger = logging.getLogger("hostmesh.k8s")
 
@@ -53,6 +54,10 @@ PUT_BATCH = 200  # listed objects put into the state per hand-over to the event 
 # A watch that ends this soon without an event is treated as a failure (backed off):
 # a proxy or server that closes every watch at once must not be polled in a tight loop.
 QUICK_END_S = 1.0
+CONNECT_TIMEOUT_S = 5  # a watch's connect, TLS handshake and answer head (the lists' connect timeout)
+# A watch still open this long after its timeoutSeconds is dead (the server ends it at
+# timeoutSeconds): cut and resumed, as the client's read timeout did before.
+WATCH_GRACE_S = 30
 ISTIO_GROUP = "security.istio.io"
 
 
@@ -101,7 +106,6 @@ class Discovery(Applying):
         self._changed = trio.Event()
         self._flushing = False  # a flush is under way (it may be waiting at a checkpoint)
         self._last_apply = -COALESCE_S  # trio clock
-        self._events_lock = threading.Lock()  # counts["events"]: the reader threads count too
         self._api = None
 
     @property
@@ -159,29 +163,6 @@ class Discovery(Applying):
     def _put(self, kind: str, items: list) -> None:
         if any([self.index.put(kind, key, value) for key, value in items]):
             self._changed.set()
-
-    def _stream(self, kind: str, version: str | None, inbox: Inbox) -> dict | None:
-        """One watch; events slimmed here and handed over in batches. The ``ERROR``
-        status that ended it, or None when the server ended it."""
-        kw = dict(watch=True, allow_watch_bookmarks=True, timeout_seconds=self.cfg.watch_timeout_s,
-                  _request_timeout=(5, self.cfg.watch_timeout_s + 30))
-        if version:
-            kw["resource_version"] = version
-        resp = self._call(kind, **kw)
-        try:
-            for lines in watch_lines(resp.stream(amt=None, decode_content=False)):
-                batch = []
-                for line in lines:  # every complete line of what arrived: one hand-over
-                    etype, obj = decode_event(kind, line)
-                    if etype == "ERROR":
-                        inbox.put_many(batch)
-                        return obj
-                    value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
-                    batch.append((etype, key_of(obj), value, (obj.get("metadata") or {}).get("resourceVersion")))
-                inbox.put_many(batch)
-            return None
-        finally:
-            resp.release_conn()
 
     # ---- per kind: list, watch, resume, relist ----------------------------------------------
     async def list_all(self) -> None:
@@ -242,38 +223,54 @@ class Discovery(Applying):
                 await trio.sleep(delay)
 
     async def _watch(self, kind: str) -> int:
-        """One watch from the kind's last version; the number of events it carried."""
-        seen = [0]
-
-        def deliver(batch: list) -> None:
-            changed = False
-            for etype, key, value, rv in batch:
-                changed |= self.index.apply_event(kind, etype, key, value, rv)
-            seen[0] += len(batch)
-            with self._events_lock:
-                self.counts["events"] += len(batch)  # not an agent counter: one per event is noise
-            if changed:
-                self._delivered()
-
-        def unchanged(item: tuple) -> bool:  # the reader thread, nothing pending (see agent.k8s.inbox)
-            if not self.index.unchanged(kind, *item):
-                return False
-            with self._events_lock:
-                self.counts["events"] += 1
-            return True
-
-        inbox = Inbox(trio.lowlevel.current_trio_token(), deliver, unchanged)
+        """One watch from the kind's last version, read on the event loop
+        (``agent.k8s.watch``); the number of events it carried. Each read's events are
+        decoded, slimmed and put into the index here, letting the loop run whenever
+        that has held it ``YIELD_AFTER_S`` (a burst), then applied (``_delivered``)."""
+        if self._api is None:
+            self._api = api_client(self.cfg)
+        params = {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": str(self.cfg.watch_timeout_s)}
+        version = self.index.versions[kind]
+        if version:
+            params["resourceVersion"] = version
+        group = ("networking.istio.io" if kind in TRAFFIC_KINDS else ISTIO_GROUP) if kind in POLICY_KINDS else None
+        target = watch_path(kind, group, self.cfg.istio_api_version, params)
+        w = await open_watch(self._api.configuration, target, CONNECT_TIMEOUT_S)
+        seen = 0
         try:
-            err = await trio.to_thread.run_sync(self._stream, kind, self.index.versions[kind], inbox,
-                                                abandon_on_cancel=True)
-            inbox.drain()  # what the thread handed over last
+            with trio.fail_after(self.cfg.watch_timeout_s + WATCH_GRACE_S):
+                while (lines := await w.next_lines()) is not None:
+                    seen += await self._take_in(kind, lines)
         finally:
-            inbox.close()  # an abandoned reader delivers nothing more
-        if err is not None:
-            if err.get("code") == 410:
-                raise Gone()
-            raise RuntimeError(f"watch error: {err.get('message') or err}")
-        return seen[0] + inbox.settled
+            await w.aclose()
+        return seen
+
+    async def _take_in(self, kind: str, lines: list[bytes]) -> int:
+        """One read's events into the index, then applied (``_delivered``); the loop
+        runs whenever this has held it ``YIELD_AFTER_S`` (a burst). Raises ``Gone`` or
+        RuntimeError at an ``ERROR`` event, after applying what came before it."""
+        changed, last = False, time.perf_counter()
+        for n, line in enumerate(lines, 1):
+            etype, obj = decode_event(kind, line)
+            if etype == "ERROR":
+                if changed:
+                    self._delivered()
+                if obj.get("code") == 410:
+                    raise Gone()
+                raise RuntimeError(f"watch error: {obj.get('message') or obj}")
+            value = slim(kind, obj, self.node) if etype in ("ADDED", "MODIFIED") else None
+            changed |= self.index.apply_event(kind, etype, key_of(obj), value,
+                                              (obj.get("metadata") or {}).get("resourceVersion"))
+            self.counts["events"] += 1  # not an agent counter: one per event is noise
+            if time.perf_counter() - last >= YIELD_AFTER_S and n < len(lines):
+                if changed:
+                    self._delivered()
+                changed = False
+                await trio.sleep(0)
+                last = time.perf_counter()
+        if changed:
+            self._delivered()
+        return len(lines)
 
     def stats(self) -> dict:
         return dict(self.counts, versions=dict(self.index.versions), workloads=len(self.owned))

@@ -77,18 +77,6 @@ class Index:
             return self.put(kind, key, value)
         return False  # BOOKMARK: only the version moves
 
-    def unchanged(self, kind: str, etype: str, key: str, value, rv: str | None) -> bool:
-        """True when the event would change nothing but the kind's version (a bookmark,
-        an object whose slim equals the stored one); then the version moves and nothing
-        else happens. Reads one stored object: a watch's reader thread may call it while
-        nothing else changes this kind (the shell makes sure)."""
-        if etype == "BOOKMARK" or (etype in ("ADDED", "MODIFIED") and value is not None
-                                   and kind not in self._seen and self.objects[kind].get(key) == value):
-            if rv:
-                self.versions[kind] = rv
-            return True
-        return False
-
     def forget(self, kind: str) -> None:
         """410 Gone: the version is too old; the next list starts afresh."""
         self.versions[kind] = None

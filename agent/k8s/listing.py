@@ -7,7 +7,8 @@ Python objects (the slims kept from it then fill memory the page left, instead o
 pinning a page's worth of allocator arenas each). It decides nothing about the items;
 malformed JSON raises ``ValueError`` like ``json.loads``. ``watch_lines`` turns the
 chunks of a watch response into its lines (one event each), every complete line of a
-chunk at once, so the reader decodes and hands over a chunk's events together.
+chunk at once, so the reader decodes and applies a chunk's events together
+(``LineSplitter`` the same, fed one read at a time).
 """
 
 from __future__ import annotations
@@ -64,23 +65,43 @@ def scan_list(text: str, on_item: Callable[[dict], None]) -> dict:
         return rest
 
 
-def watch_lines(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
-    """Per chunk read, the complete lines it finished (blank lines dropped; a line cut
-    across chunks is joined first). What follows the last newline when the stream ends
-    is no event (a cut connection): dropped."""
-    parts: list[bytes] = []  # a line begun in earlier chunks
-    for chunk in chunks:
+class LineSplitter:
+    """A watch body's bytes, fed as they arrive, to its complete lines (one event each;
+    blank lines dropped, a line cut across reads joined first). An unfinished line
+    longer than ``limit`` raises ``ValueError`` (bounded: a peer that never sends a
+    newline cannot fill memory)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.parts: list[bytes] = []  # a line begun in earlier chunks
+        self.held = 0
+        self.limit = limit
+
+    def feed(self, chunk: bytes) -> list[bytes]:
         if b"\n" not in chunk:
             if chunk:
-                parts.append(chunk)
-            continue
-        if parts:
-            parts.append(chunk)
-            chunk, parts = b"".join(parts), []
+                self.parts.append(bytes(chunk))
+                self.held += len(chunk)
+                if self.limit is not None and self.held > self.limit:
+                    raise ValueError(f"watch: an event longer than {self.limit} bytes")
+            return []
+        if self.parts:
+            self.parts.append(chunk)
+            chunk, self.parts, self.held = b"".join(self.parts), [], 0
         lines = chunk.split(b"\n")
         tail = lines.pop()
         if tail:
-            parts.append(tail)
-        out = [line for line in lines if line.strip()]
+            self.parts.append(tail)
+            self.held = len(tail)
+            if self.limit is not None and self.held > self.limit:
+                raise ValueError(f"watch: an event longer than {self.limit} bytes")
+        return [line for line in lines if line.strip()]
+
+
+def watch_lines(chunks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """Per chunk read, the complete lines it finished (``LineSplitter``). What follows
+    the last newline when the stream ends is no event (a cut connection): dropped."""
+    lines = LineSplitter()
+    for chunk in chunks:
+        out = lines.feed(chunk)
         if out:
             yield out

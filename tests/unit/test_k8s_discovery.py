@@ -15,7 +15,6 @@ from agent.app import Agent
 from agent.bench.fakeapi import FakeApi as Replay
 from agent.config import Config
 from agent.k8s import discovery as disc
-from agent.k8s.inbox import Inbox
 from tests.unit.k8s_objects import NODE, authz, endpointslice, lst, node, pod, service
 
 # ---- the shell against a replay server ------------------------------------------------------
@@ -203,75 +202,6 @@ def test_a_reload_keeps_the_discovered_peers_and_takes_the_config_s_new_ones(tmp
     assert [n.name for n in agent.config.cluster.nodes] == ["metal-2", "node-b"]
     assert [p.name for p in agent.view.peers] == ["metal-2", "node-b"]
     assert {w.uid for w in agent.registry} == {"uid-far"}  # the config's (empty) workloads do not touch it
-
-
-# ---- the reader's hand-over (agent.k8s.inbox): events that change nothing stay off the loop ----------
-
-
-class _Token:
-    def __init__(self) -> None:
-        self.calls: list = []
-
-    def run_sync_soon(self, fn) -> None:
-        self.calls.append(fn)
-
-
-def _inbox(index):
-    from agent.k8s.model import key_of, slim
-
-    token, applied = _Token(), []
-
-    def deliver(batch):
-        for item in batch:
-            applied.append(item[3])
-            index.apply_event("pods", *item)
-
-    inbox = Inbox(token, deliver, lambda item: index.unchanged("pods", *item))
-
-    def event(obj, etype="MODIFIED"):
-        return (etype, key_of(obj), slim("pods", obj, NODE), obj["metadata"]["resourceVersion"])
-
-    return inbox, token, applied, event
-
-
-def _index_with(*objs):
-    from agent.k8s.index import Index
-
-    index = Index(NODE)
-    index.replace("pods", list(objs), "1")
-    index.take()
-    return index
-
-
-def test_an_event_that_changes_nothing_is_settled_by_the_reader_without_waking_the_loop():
-    index = _index_with(pod("a", "10.1.0.5", rv="1"))
-    inbox, token, applied, event = _inbox(index)
-    status_only = pod("a", "10.1.0.5", rv="2")
-    status_only["status"]["conditions"][0]["lastProbeTime"] = "2026-11-23T08:00:00Z"
-    inbox.put(event(status_only))
-    inbox.put(("BOOKMARK", "/", None, "3"))
-    assert token.calls == [] and applied == [] and inbox.settled == 2
-    assert index.versions["pods"] == "3" and not index.take()
-
-
-def test_once_an_event_waits_for_the_loop_later_ones_queue_behind_it_in_order():
-    index = _index_with(pod("a", "10.1.0.5", rv="1", labels={"app": "a"}))
-    inbox, token, applied, event = _inbox(index)
-    inbox.put(event(pod("a", "10.1.0.5", rv="2", labels={"app": "b"})))  # a change: queued
-    inbox.put(event(pod("a", "10.1.0.5", rv="3", labels={"app": "a"})))  # equals the stored slim, but
-    assert len(token.calls) == 1 and inbox.settled == 0                  # settling it would lose it
-    token.calls.pop()()  # the loop drains
-    assert applied == ["2", "3"] and index.versions["pods"] == "3"
-    assert dict(index.workloads()["uid-a"]["labels"]) == {"app": "a"}  # the revert won
-
-
-def test_a_closed_inbox_settles_and_delivers_nothing():
-    index = _index_with(pod("a", "10.1.0.5", rv="1"))
-    inbox, token, applied, event = _inbox(index)
-    inbox.close()
-    inbox.put(event(pod("a", "10.1.0.5", rv="2")))
-    inbox.put(event(pod("a", "10.1.0.6", rv="3")))
-    assert token.calls == [] and applied == [] and inbox.settled == 0 and index.versions["pods"] == "1"
 
 
 def test_status_only_events_move_the_version_and_change_nothing(replay):

@@ -61,3 +61,34 @@ def test_every_service_event_leaves_the_view_a_full_rebuild_would(monkeypatch):
     assert seen[1] == ["10.96.0.10:80=", "10.96.0.11:80=10.1.0.6"]
     assert seen[5] == ["10.96.0.10:80=", "10.96.0.12:80=10.1.0.9", "10.96.0.21:80=10.1.0.6"]
     assert seen[-1] == ["10.96.0.21:80=10.1.0.6"]
+
+
+def test_an_endpoint_change_patches_cluster_services_in_place_next_to_the_config_s():
+    """cluster.services (what a full rebuild reads) stays the merge of the config's and
+    the API's services; an endpoint-only change replaces its entries where they stand
+    (the list is not copied: O(change)), anything else merges again."""
+    from agent.k8s.reconcile import merge_services
+
+    static = {"name": "metal", "namespace": "ops", "vip": "10.96.9.9", "ports": [80], "endpoints": ["192.0.2.7"]}
+    agent = Agent(Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, "cluster": {
+        "services": [static]}, "kubernetes": {"enabled": True, "api_server": "http://127.0.0.1:1",
+                                              "token_path": "/nonexistent"}}))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("services", [service("web", "10.96.0.10", HTTP), service("api", "10.96.0.11", HTTP)], "1")
+    d.index.replace("endpointslices", [endpointslice("web", ["10.1.0.5"], EP), endpointslice("api", ["10.1.0.6"], EP)],
+                    "1")
+    d.apply(remerge=True)
+    steps = [(endpointslice("api", ["10.1.0.6", "10.1.0.8"], EP, rv="2"), True),
+             (endpointslice("web", ["10.1.0.5"], EP, rv="3", ready=False), True),
+             (service("api", "10.96.0.31", HTTP, rv="4"), False),  # the VIP moves: merged again
+             (endpointslice("api", ["10.1.0.8"], EP, rv="5"), True)]
+    for obj, in_place in steps:
+        listed = agent.config.cluster.services
+        d.index.event("services" if obj["kind"] == "Service" else "endpointslices", "MODIFIED", obj)
+        d.apply()
+        now = agent.config.cluster.services
+        assert (now is listed) == in_place
+        assert now == merge_services(d.applier.static[1], d.applier._flat.values())
+        assert as_values(agent.view) == as_values(plan.build_view(agent.config, agent.registry, agent.traffic))
+    assert [(s.name, s.endpoints) for s in agent.config.cluster.services] == [
+        ("metal", ["192.0.2.7"]), ("web", []), ("api", ["10.1.0.8"])]
