@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from agent import dataplane
-from agent.proxy import enforce, hbone, plan, traffic_path
+from agent.proxy import enforce, hbone, plan, repeat, traffic_path
 from agent.proxy.conns import Conn, LiveConn
 from agent.proxy.finish import emit, finish, reason_token
 from agent.proxy.forwarded import claimed_source
@@ -50,6 +50,7 @@ logger = logging.getLogger("hostmesh.native")
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
 _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities",
+                     "decision_cache_entries", "decision_generation",
                      "l7_pending_requests",
                      "hbone_connections", "hbone_streams", "hbone_pooled"})
 # The answer to a stream denied by policy: HBONE's (ztunnel's) and SPEC.md's CONNECT's.
@@ -85,6 +86,24 @@ class NativeEngine(HttpPaths):
         self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
         self._heads = Heads()  # per workload pair: IDs, SNI, baggage of its tunnels
         self._http: dict[int, Any] = {}  # core id -> l7core.L7Conn: served as HTTP by the core
+        # answers for repeat tunnel flows stored in the core, one generation at a time
+        self._repeat = repeat.Table()
+        self._world = repeat.world(agent)
+        core.set_generation(self._repeat.generation)
+        agent.policies.on_swap.append(self.decisions_changed)
+        traffic = getattr(agent, "traffic", None)
+        if traffic is not None:
+            traffic.on_change.append(self.decisions_changed)
+
+    def decisions_changed(self) -> None:
+        """A new generation: the core drops every stored answer before this returns."""
+        self.core.set_generation(self._repeat.bump())
+        self._world = repeat.world(self.agent)
+
+    def _check_world(self) -> None:
+        if repeat.world(self.agent) != self._world:  # a change no hook told (repeat.py)
+            self.agent.count("decision_cache_unhooked_change")
+            self.decisions_changed()
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -130,6 +149,7 @@ class NativeEngine(HttpPaths):
         fd = self.core.eventfd()
         while True:
             await trio.lowlevel.wait_readable(fd)
+            self._check_world()
             for ev in self.core.events():
                 try:
                     getattr(self, "_on_" + ev[0])(*ev[1:])
@@ -315,6 +335,68 @@ class NativeEngine(HttpPaths):
         self.core.connect(cid, dst[0], dst[1], src[0])
 
     def _tunnel(self, cid: int, peer, tunnel) -> None:
+        """Decide a tunnel stream; an allowed plain connect is also stored in the core
+        for the flow's next connections (repeat.py)."""
+        agent = self.agent
+        with repeat.counting(agent) as counts:
+            got = self._tunnel_decide(cid, peer, tunnel)
+        if got is None:
+            return
+        conn, d, bind = got
+        remember = None
+        if repeat.fit(counts, d):
+            _, _, forwarded, _, protocol, _ = tunnel
+            e = repeat.Entry(repeat.instance(conn, conn.src_port, conn.start, conn.start_mono),
+                             repeat.port_from(conn, protocol, peer, forwarded), tuple(counts),
+                             (d.verdict, d.policy or "-"), self._repeat.generation)
+            remember = (e.generation, self._repeat.add(e))
+        self.core.connect(cid, conn.dst_ip, conn.dst_port, bind, remember=remember)
+
+    def _on_cached(self, cid: int, entry: int, at: float, src, dst, tunnel) -> None:
+        """A tunnel stream the core answered from a stored answer: recorded as if decided
+        here; one decided under an older generation is judged again at once."""
+        from agent.proxy.connect import traceparent_ids
+
+        agent = self.agent
+        e = self._repeat.get(entry)
+        if e is None:  # dropped from the table while the event was queued: not recordable
+            agent.count("decision_cache_lost")
+            self.core.close(cid, "decision_lost")
+            return
+        _, _, forwarded, traceparent, _, _ = tunnel
+        conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at, trio.current_time())
+        ids = traceparent_ids(traceparent) if traceparent else None
+        if ids:
+            conn.trace_id, conn.parent_span_id = ids
+        count = agent.count
+        for name, n in e.counts:
+            count(name, n)
+        tel = getattr(agent, "telemetry", None)
+        if tel is not None and e.metric is not None:
+            tel.metrics.inc("hostmesh_policy_decisions_total", e.metric)
+        self._track(cid, conn)
+        self._check_world()
+        if e.generation != self._repeat.generation:
+            self._rejudge(conn)
+
+    def _rejudge(self, conn: Conn) -> None:
+        """A connection the core answered under an older generation: planned and judged
+        under the current state; closed when that refuses or denies it."""
+        agent = self.agent
+        agent.count("decision_cache_rejudged")
+        p = plan.plan_inbound(conn.dst_ip, conn.dst_port, agent.view)
+        if isinstance(p, plan.Refuse):
+            conn.verdict, conn.reason = "deny", p.reason
+            agent.close_connection(conn.id, "decision_changed")
+            return
+        d = enforce.recheck(agent, conn)
+        if d is not None and d.verdict == "deny":
+            conn.verdict, conn.policy, conn.reason = "deny", d.policy, f"policy_changed: {d.reason}"
+            agent.close_connection(conn.id, "policy_changed")
+
+    def _tunnel_decide(self, cid: int, peer, tunnel):
+        """The stream's decision, carried out unless it is an allowed plain connect: then
+        (its Conn, the policy decision, the address to bind) for the caller to connect."""
         from agent.proxy.connect import traceparent_ids
 
         agent = self.agent
@@ -342,6 +424,7 @@ class NativeEngine(HttpPaths):
         conn.dst = p.dst
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         police = enforce.inspect_http(agent, conn)
+        d = None
         if not police:
             d = enforce.decide(agent, conn)
             if d.verdict == "deny":
@@ -355,7 +438,7 @@ class NativeEngine(HttpPaths):
             self._pending[cid] = _Pending(conn)
             return self._to_http(cid, conn, target, bind, protocol, police, reporters)
         self._established(cid, conn)
-        self.core.connect(cid, target[0], target[1], bind)
+        return conn, d, bind
 
     def _tunnel_source(self, identity, peer, forwarded, protocol):
         """(source ip, port, workload, address the upstream leg binds). HBONE: the outer
@@ -405,8 +488,11 @@ class NativeEngine(HttpPaths):
             self._retry[cid] = st  # kept: a failed attempt goes on with the next route
             if st.route is not None:
                 self._routes[cid] = st.route
-        self.agent.conns.add(conn)
         self.agent.count("connections_established")
+        self._track(cid, conn)
+
+    def _track(self, cid: int, conn: Conn) -> None:
+        self.agent.conns.add(conn)
         conn.in_engine = True
         self._live[cid] = conn
         self._core_id[conn.id] = cid

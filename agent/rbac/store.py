@@ -75,6 +75,9 @@ class PolicyStore:
         self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
         self.retired: list[tuple] = []
         self.generation = 0
+        # called after every swap, on the thread that swapped (the native glue empties
+        # the core's stored answers here: agent/proxy/repeat.py)
+        self.on_swap: list = []
 
     # ---- preparing a change (pure; safe beside the deciding thread) -------------------
     def prepare_apply(self, docs: list[Doc], source: str, compile_all: bool = True) -> PolicySet:
@@ -138,6 +141,8 @@ class PolicyStore:
         self._set = new
         self._index, self._lazy, self._by_obj = {}, {}, {}
         self.generation += 1
+        for f in self.on_swap:
+            f()
         if len(self.retired) > 1:  # nobody collects them (tests, sync callers): free now
             del self.retired[:-1]
         return True

@@ -56,6 +56,17 @@ pub enum Event {
         dst: SocketAddr,
         tunnel: Option<TunnelInfo>,
     },
+    /// A connection the core answered from Python's stored answer `entry` (decisions.rs):
+    /// Python records it as it would have after deciding it. Waits on nothing.
+    Cached {
+        id: u64,
+        entry: u64,
+        /// When the core answered it (wall clock): the record's start.
+        at: f64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        tunnel: Box<TunnelInfo>,
+    },
     /// What Python chose did not work; the connection waits for another decision.
     Failed {
         id: u64,

@@ -8,6 +8,7 @@
 
 mod connect;
 mod copy;
+mod decisions;
 mod events;
 mod h2client;
 mod h2server;
@@ -46,6 +47,26 @@ use threads::Threads;
 
 fn addr(a: SocketAddr) -> (String, u16) {
     (a.ip().to_string(), a.port())
+}
+
+type TunnelTuple = (
+    String,
+    (String, u16),
+    Option<(String, u16)>,
+    Option<String>,
+    &'static str,
+    Option<String>,
+);
+
+fn tunnel_tuple(t: events::TunnelInfo) -> TunnelTuple {
+    (
+        t.peer_identity,
+        addr(t.target),
+        t.forwarded_for.map(addr),
+        t.traceparent,
+        t.protocol,
+        t.baggage,
+    )
 }
 
 fn ip(s: &str) -> PyResult<IpAddr> {
@@ -138,6 +159,8 @@ impl Core {
     /// ("conn", id, kind, (src ip, port), (dst ip, port), tunnel | None) where tunnel is
     /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None,
     /// protocol ("hbone" | "connect"), baggage | None);
+    /// ("cached", id, entry, at, (src ip, port), (dst ip, port), tunnel): a tunnel stream the
+    /// core answered from Python's stored answer `entry` (decisions.rs);
     /// ("failed", id, status, reason, policy | None);
     /// ("finished", id, sent, received, start, end, reason);
     /// ("progress", id, sent, received).
@@ -153,21 +176,31 @@ impl Core {
                     dst,
                     tunnel,
                 } => {
-                    let t = tunnel.map(|t| {
-                        (
-                            t.peer_identity,
-                            addr(t.target),
-                            t.forwarded_for.map(addr),
-                            t.traceparent,
-                            t.protocol,
-                            t.baggage,
-                        )
-                    });
+                    let t = tunnel.map(tunnel_tuple);
                     ("conn", id, kind.as_str(), addr(src), addr(dst), t)
                         .into_pyobject(py)?
                         .into_any()
                         .unbind()
                 }
+                Event::Cached {
+                    id,
+                    entry,
+                    at,
+                    src,
+                    dst,
+                    tunnel,
+                } => (
+                    "cached",
+                    id,
+                    entry,
+                    at,
+                    addr(src),
+                    addr(dst),
+                    tunnel_tuple(*tunnel),
+                )
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
                 Event::Failed {
                     id,
                     status,
@@ -240,11 +273,28 @@ impl Core {
     }
 
     /// Connect to ip:port (bound to `bind` with IP_TRANSPARENT when given) and bridge.
-    #[pyo3(signature = (id, ip_, port, bind=None))]
-    fn connect(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
+    /// `remember` = (generation, entry): the answer is also stored for the connection's
+    /// repeat flows (a tunnel stream's; decisions.rs), valid while `generation` is.
+    #[pyo3(signature = (id, ip_, port, bind=None, remember=None))]
+    fn connect(
+        &self,
+        id: u64,
+        ip_: &str,
+        port: u16,
+        bind: Option<&str>,
+        remember: Option<(u64, u64)>,
+    ) -> PyResult<bool> {
         let upstream = SocketAddr::new(ip(ip_)?, port);
         let bind = bind.map(ip).transpose()?;
-        Ok(self.shared.command(id, Command::Connect { upstream, bind }))
+        Ok(self
+            .shared
+            .command_remembered(id, Command::Connect { upstream, bind }, remember))
+    }
+
+    /// A new decision generation (every policy, registry, traffic-rule or config
+    /// change): every stored answer is gone before this returns.
+    fn set_generation(&self, generation: u64) {
+        self.shared.decisions.set_generation(generation);
     }
 
     /// Connect as `connect` does, then serve the connection as HTTP/1.1 in the core
@@ -446,6 +496,8 @@ impl Core {
             self.shared.events.dropped.load(Ordering::Relaxed),
         )?;
         d.set_item("identities", self.shared.ids.len())?;
+        d.set_item("decision_cache_entries", self.shared.decisions.len())?;
+        d.set_item("decision_generation", self.shared.decisions.generation())?;
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         d.set_item("hbone_connections", g(&self.shared.hbone_connections))?;
         d.set_item("hbone_streams", g(&self.shared.hbone_streams))?;

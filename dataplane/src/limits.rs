@@ -154,3 +154,9 @@ pub const MAX_L7_PENDING: usize = 4096;
 /// 400), it reads and drops what the pod still sends for at most this long before the
 /// socket goes (RFC 9112 9.6's staged close: a reset would cut the response).
 pub const L7_LINGER: Duration = Duration::from_secs(2);
+
+/// Python's answers for repeat tunnel flows the core keeps (decisions.rs). One entry per
+/// (peer identity, peer address, target, ...) a node sees under one generation: 4,096
+/// covers every pod pair of a busy node; past it the table is emptied (counted
+/// `decision_cache_evicted`) and refilled by the next decisions Python makes.
+pub const MAX_CACHED_DECISIONS: usize = 4096;

@@ -6,6 +6,7 @@
 //! refuse it with a counted reason) and how many the core holds; the life of a bridged
 //! connection is live.rs. Must never: wait for the GIL or block a runtime thread.
 
+use crate::decisions::{Answer, Cache, FlowKey, Stored};
 use crate::events::{Event, Queue};
 use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
 use crate::live::Live;
@@ -97,7 +98,11 @@ pub struct Shared {
     pub events: Arc<Queue>,
     pub settings: Settings,
     pub ids: Arc<Identities>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
+    /// Waiting for Python: the answer's channel, and the flow key when Python may store
+    /// its answer for repeat flows (decisions.rs).
+    pending: Mutex<HashMap<u64, (oneshot::Sender<Command>, Option<FlowKey>)>>,
+    /// Python's stored answers for repeat tunnel flows, valid for one generation.
+    pub decisions: Cache,
     pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
     trust: RwLock<Option<Arc<Trust>>>,
     server: RwLock<Option<tls::ServerConfigs>>,
@@ -134,6 +139,7 @@ impl Shared {
             settings,
             ids: Arc::new(Identities::default()),
             pending: Mutex::new(HashMap::new()),
+            decisions: Cache::default(),
             live: Mutex::new(HashMap::new()),
             trust: RwLock::new(None),
             server: RwLock::new(None),
@@ -314,9 +320,37 @@ impl Shared {
 
     // ---- decisions --------------------------------------------------------------
     /// Send `ev` and wait for Python's command; None when the table is full or Python
-    /// took too long (both counted).
+    /// took too long (both counted). A repeat tunnel flow whose answer Python stored
+    /// under the current generation is answered at once, and Python is told (a
+    /// `Cached` event: it records the connection as if it had decided it).
     pub async fn decide(&self, id: u64, ev: Event) -> Option<Command> {
         self.l7.unmark(id); // a new decision: an earlier L7 mark no longer applies
+        let key = FlowKey::of(&ev);
+        if let Some(k) = &key {
+            if let Some(a) = self.decisions.get(k) {
+                if let Event::Conn {
+                    src,
+                    dst,
+                    tunnel: Some(t),
+                    ..
+                } = ev
+                {
+                    self.count("decision_cache_hits", 1);
+                    self.events.push(Event::Cached {
+                        id,
+                        entry: a.entry,
+                        at: wall(),
+                        src,
+                        dst,
+                        tunnel: Box::new(t),
+                    });
+                    return Some(Command::Connect {
+                        upstream: a.upstream,
+                        bind: a.bind,
+                    });
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,7 +359,7 @@ impl Shared {
                 self.count("refused_pending_full", 1);
                 return None;
             }
-            p.insert(id, tx);
+            p.insert(id, (tx, key));
         }
         self.events.push(ev);
         match tokio::time::timeout(DECISION_TIMEOUT, rx).await {
@@ -343,15 +377,40 @@ impl Shared {
 
     /// Python's answer for `id`; false when nobody waits for one (timed out, gone).
     pub fn command(&self, id: u64, cmd: Command) -> bool {
-        let tx = self
+        self.command_remembered(id, cmd, None)
+    }
+
+    /// `command`, and with `remember` = (generation, entry) a connect answer is stored
+    /// for the connection's repeat flows (only a tunnel stream has a flow key; an answer
+    /// decided under another generation than the current one is dropped).
+    pub fn command_remembered(&self, id: u64, cmd: Command, remember: Option<(u64, u64)>) -> bool {
+        let pending = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        match tx {
-            Some(tx) => tx.send(cmd).is_ok(),
-            None => false,
+        let Some((tx, key)) = pending else {
+            return false;
+        };
+        if let (Some(key), Some((generation, entry)), Command::Connect { upstream, bind }) =
+            (key, remember, &cmd)
+        {
+            let a = Answer {
+                entry,
+                generation,
+                upstream: *upstream,
+                bind: *bind,
+            };
+            match self.decisions.put(key, a) {
+                Stored::Yes => self.count("decision_cache_stored", 1),
+                Stored::Stale => self.count("decision_cache_stale", 1),
+                Stored::Evicted => {
+                    self.count("decision_cache_stored", 1);
+                    self.count("decision_cache_evicted", 1)
+                }
+            }
         }
+        tx.send(cmd).is_ok()
     }
 
     // ---- live connections -------------------------------------------------------
