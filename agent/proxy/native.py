@@ -88,6 +88,8 @@ class NativeEngine(HttpPaths):
         self._http: dict[int, Any] = {}  # core id -> l7core.L7Conn: served as HTTP by the core
         # answers for repeat tunnel flows stored in the core, one generation at a time
         self._repeat = repeat.Table()
+        self._remembering = agent.config.dataplane.repeat_decisions
+        self._stash: tuple | None = None  # (entry id, conn, route, pending): stored by _outbound
         self._world = repeat.world(agent)
         core.set_generation(self._repeat.generation)
         agent.policies.on_swap.append(self.decisions_changed)
@@ -168,6 +170,16 @@ class NativeEngine(HttpPaths):
     def _outbound(self, cid: int, src, dst) -> None:
         if tuple(dst) == self._leg_addr:
             return self._leg(cid, src)
+        with repeat.counting(self.agent) as counts:
+            self._outbound_decide(cid, src, dst)
+        stash, self._stash = self._stash, None
+        if stash is not None:  # its tunnel was stored in the core (_tunnel_command)
+            n, conn, route, st = stash
+            self._repeat.put(n, repeat.Entry(repeat.instance(conn, conn.src_port, conn.start, conn.start_mono), "peer",
+                                             tuple(counts), None, self._repeat.generation, tuple(st.plans), route,
+                                             st.protocol))
+
+    def _outbound_decide(self, cid: int, src, dst) -> None:
         agent = self.agent
         agent.count("connections_opened_outbound")
         plans = plan.plan_outbound(src[0], dst[0], dst[1], agent.view, agent.health, trio.current_time())
@@ -206,7 +218,10 @@ class NativeEngine(HttpPaths):
                 return self._report_source(cid, st)
             traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
-                if self._tunnel_command(cid, conn, p):
+                # one pod, nothing chosen per connection: the core may answer its repeats
+                single = (self._remembering and not observe and not st.leg and len(st.plans) == 1
+                          and p.service is None and p.cluster is None)
+                if self._tunnel_command(cid, conn, p, single):
                     return
                 if observe:
                     self._unobserve(cid)
@@ -231,7 +246,7 @@ class NativeEngine(HttpPaths):
                 traffic_path.exhausted(conn, attempts=st.next)
         self._refuse(cid, conn)
 
-    def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
+    def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route, single: bool = False) -> bool:
         from agent.proxy.connect import authority, new_traceparent
 
         agent = self.agent
@@ -249,17 +264,23 @@ class NativeEngine(HttpPaths):
         traceparent, trace_id = new_traceparent()
         conn.trace_id, conn.span_id = trace_id, traceparent[36:52]
         headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
-        protocol = self._pending[cid].protocol = self._protocol_for(p.node_address)
+        st = self._pending[cid]
+        protocol = st.protocol = self._protocol_for(p.node_address)
+        remember = None
+        if single and p.node_address not in self._connect_only:
+            remember = (self._repeat.generation, self._repeat.reserve())
+            self._stash = (remember[1], conn, p, st)
         self._established(cid, conn)
         if protocol == "hbone":
             # to the destination pod's :15008, from the source pod's address (ztunnel's
             # source of truth for the client address); the SNI is not sent
             headers.append(("baggage", head.baggage))
             self.core.tunnel(cid, p.dst_ip, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
-                             authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip)
+                             authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip,
+                             remember=remember)
         else:
             self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
-                             authority(p.dst_ip, p.dst_port), headers)
+                             authority(p.dst_ip, p.dst_port), headers, remember=remember)
         return True
 
     def _protocol_for(self, node_address: str) -> str:
@@ -294,6 +315,7 @@ class NativeEngine(HttpPaths):
         if st.protocol == "hbone" and route is not None and hbone.falls_back(status, reason):
             # no HBONE answer from the pod's :15008: its node gets CONNECT for a while
             self._connect_only[route.node_address] = trio.current_time() + hbone.FALLBACK_S
+            self.decisions_changed()  # stored HBONE tunnels toward that node are dropped
             self.agent.count("tunnel_hbone_fallback")
             logger.warning("no HBONE at %s:%s (%s); CONNECT to node %s for %.0f s", route.dst_ip,
                            self.agent.config.ports.tunnel, reason, route.node_address, hbone.FALLBACK_S)
@@ -344,7 +366,7 @@ class NativeEngine(HttpPaths):
             return
         conn, d, bind = got
         remember = None
-        if repeat.fit(counts, d):
+        if self._remembering and repeat.fit(counts, d):
             _, _, forwarded, _, protocol, _ = tunnel
             e = repeat.Entry(repeat.instance(conn, conn.src_port, conn.start, conn.start_mono),
                              repeat.port_from(conn, protocol, peer, forwarded), tuple(counts),
@@ -352,8 +374,8 @@ class NativeEngine(HttpPaths):
             remember = (e.generation, self._repeat.add(e))
         self.core.connect(cid, conn.dst_ip, conn.dst_port, bind, remember=remember)
 
-    def _on_cached(self, cid: int, entry: int, at: float, src, dst, tunnel) -> None:
-        """A tunnel stream the core answered from a stored answer: recorded as if decided
+    def _on_cached(self, cid: int, entry: int, at: float, src, dst, tunnel, sent_trace) -> None:
+        """A connection the core answered from a stored answer: recorded as if decided
         here; one decided under an older generation is judged again at once."""
         from agent.proxy.connect import traceparent_ids
 
@@ -363,11 +385,17 @@ class NativeEngine(HttpPaths):
             agent.count("decision_cache_lost")
             self.core.close(cid, "decision_lost")
             return
-        _, _, forwarded, traceparent, _, _ = tunnel
-        conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at, trio.current_time())
-        ids = traceparent_ids(traceparent) if traceparent else None
-        if ids:
-            conn.trace_id, conn.parent_span_id = ids
+        if tunnel is None:  # a captured connection the core tunnelled (the source side)
+            conn = repeat.instance(e.template, src[1], at, trio.current_time())
+            conn.trace_id, conn.span_id = sent_trace[3:35], sent_trace[36:52]
+            self._retry[cid] = _Pending(conn, list(e.plans), 1, e.route, e.protocol)
+            self._routes[cid] = e.route
+        else:
+            _, _, forwarded, traceparent, _, _ = tunnel
+            conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at, trio.current_time())
+            ids = traceparent_ids(traceparent) if traceparent else None
+            if ids:
+                conn.trace_id, conn.parent_span_id = ids
         count = agent.count
         for name, n in e.counts:
             count(name, n)
@@ -381,9 +409,18 @@ class NativeEngine(HttpPaths):
 
     def _rejudge(self, conn: Conn) -> None:
         """A connection the core answered under an older generation: planned and judged
-        under the current state; closed when that refuses or denies it."""
+        under the current state; closed when that refuses or denies it (at the source:
+        when the plan is no longer that one tunnel)."""
         agent = self.agent
         agent.count("decision_cache_rejudged")
+        if conn.direction == "outbound":
+            plans = plan.plan_outbound(conn.src_ip, conn.dst_ip, conn.dst_port, agent.view, agent.health,
+                                       trio.current_time())
+            p = plans[0] if len(plans) == 1 else None
+            if not (isinstance(p, plan.Route) and p.kind == "tunnel" and p.dst is conn.dst and p.service is None
+                    and p.cluster is None):
+                agent.close_connection(conn.id, "decision_changed")
+            return
         p = plan.plan_inbound(conn.dst_ip, conn.dst_port, agent.view)
         if isinstance(p, plan.Refuse):
             conn.verdict, conn.reason = "deny", p.reason

@@ -10,11 +10,15 @@ change. ``world`` is the same inputs read back as a tuple: checked once per even
 and on every cached connection, it catches a change whose hook was missed (counted
 ``decision_cache_unhooked_change``; the connection is judged again).
 
-What is stored: only an allow (or audit) that carries a plain connect for a tunnel
-stream: no L7 serving or HTTP metrics (``inspect_http``, ``http_reporters``), no
-dry-run match (it logs per connection), no ``forwarded`` mismatch (it logs per
-connection). Per-connection choices (load balancing, outlier detection, connection
-limits) are made at the source, whose captured connections are never stored. Pure:
+What is stored: at the destination, an allow (or audit) that carries a plain connect
+for a tunnel stream: no L7 serving or HTTP metrics (``inspect_http``,
+``http_reporters``), no dry-run match (it logs per connection), no ``forwarded``
+mismatch (it logs per connection). At the source, a captured connection's tunnel to one
+pod: a plan of exactly one route with no service and no traffic cluster (so no load
+balancing, outlier detection or connection limit chooses per connection), not
+observed for HTTP metrics, not an HTTP-routed leg, not on a CONNECT fallback (its
+60 s window is a clock); the core sends each repeat its own ``forwarded`` and a fresh
+``traceparent``. Pure:
 no trio, no sockets, no clock. Must never: give an answer for an entry it did not
 store, or hold more than ``MAX_ENTRIES``.
 """
@@ -25,6 +29,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from agent.proxy.conns import Conn
 
@@ -43,6 +48,10 @@ class Entry:
     counts: tuple[tuple[str, int], ...]  # what the decision counted, replayed per connection
     metric: tuple[str, str] | None  # hostmesh_policy_decisions_total labels
     generation: int
+    # a captured connection's: its plan (one route), for a failed attempt and the finish
+    plans: tuple = ()
+    route: Any = None
+    protocol: str = ""
 
 
 def world(agent) -> tuple:
@@ -101,7 +110,7 @@ def instance(t: Conn, src_port: int, start: float, start_mono: float) -> Conn:
     """A connection with ``t``'s decision (an entry's template, or the decided connection
     a template is made from), its own source port and times (trace ids are the caller's)."""
     return Conn(t.direction, t.mode, t.src_ip, src_port, t.dst_ip, t.dst_port, start, start_mono, t.src, t.dst,
-                t.src_principal, t.dst_principal, t.verdict, t.policy, t.reason, None, None, None, True)
+                t.src_principal, t.dst_principal, t.verdict, t.policy, t.reason, None, None, None, t.enforced_here)
 
 
 class Table:
@@ -120,12 +129,19 @@ class Table:
         self.generation += 1
         return self.generation
 
-    def add(self, e: Entry) -> int:
+    def reserve(self) -> int:
+        """An entry id for an answer whose entry is ``put`` before any event is handled."""
+        return next(self._ids)
+
+    def put(self, n: int, e: Entry) -> None:
         if len(self._entries) >= self._max:
             for k in list(itertools.islice(self._entries, self._max // 2)):
                 del self._entries[k]
-        n = next(self._ids)
         self._entries[n] = e
+
+    def add(self, e: Entry) -> int:
+        n = self.reserve()
+        self.put(n, e)
         return n
 
     def get(self, n: int) -> Entry | None:

@@ -1,25 +1,30 @@
-//! Python's answers for repeat flows (decisions/0005): a tunnel stream whose decision
+//! Python's answers for repeat flows (decisions/0005): a connection whose decision
 //! inputs Python has already judged under the current generation is answered here,
 //! without a round trip to Python.
 //!
-//! Decides: which connections may be answered from the table (a tunnel stream, keyed by
-//! everything Python's decision reads from the event: protocol, verified peer identity,
-//! peer address, local address, target, the address a `forwarded` claim names, baggage),
-//! and whether an entry is still valid (stored under the generation that is current
-//! now). Python bumps the generation on every policy, registry, traffic-rule or config
+//! Decides: which connections may be answered from the table, keyed by everything
+//! Python's decision reads from the event (a tunnel stream: protocol, verified peer
+//! identity, peer address, local address, target, the address a `forwarded` claim
+//! names, baggage; a captured connection: source and original destination addresses),
+//! what a stored tunnel answer sends per connection (its own `forwarded`, a fresh
+//! `traceparent`), and whether an entry is still valid (stored under the generation
+//! that is current now). Python bumps the generation on every policy, registry, traffic-rule or config
 //! change before anything else can be decided, and a bump empties the table, so an
-//! answer is never used across a change. Python stores only allow answers that carry a
-//! plain connect (no L7 serving, no per-connection choice such as load balancing).
+//! answer is never used across a change. Python stores only answers without a
+//! per-connection choice: an allowed plain connect at the destination, a tunnel to one
+//! pod (no service VIP: no load balancing, outlier detection or connection limits) at
+//! the source; never L7 serving.
 //! Must never: store an answer for a generation that is not current, answer for a key it
 //! was not given, hold more than `MAX_CACHED_DECISIONS` entries, or decide anything of
 //! its own: every entry is a copy of an answer Python gave. Pure: no I/O, no clock.
 
 use crate::events::{Event, Kind, TunnelInfo};
 use crate::limits::MAX_CACHED_DECISIONS;
+use crate::runtime::{Command, TunnelPlan};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What Python's decision for a tunnel stream reads from the event. The source port,
 /// the `forwarded` port and `traceparent` vary per connection and are not part of it:
@@ -27,6 +32,7 @@ use std::sync::Mutex;
 /// addresses, never ports of the source).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    pub kind: Kind,
     pub protocol: &'static str,
     pub peer_identity: String,
     pub peer_ip: IpAddr,
@@ -47,12 +53,29 @@ impl FlowKey {
                 tunnel: Some(t),
                 ..
             } => Some(Self::tunnel(*src, *dst, t)),
+            Event::Conn {
+                kind: Kind::Outbound,
+                src,
+                dst,
+                tunnel: None,
+                ..
+            } => Some(FlowKey {
+                kind: Kind::Outbound,
+                protocol: "",
+                peer_identity: String::new(),
+                peer_ip: src.ip().to_canonical(),
+                local_ip: dst.ip().to_canonical(),
+                target: *dst,
+                forwarded_ip: None,
+                baggage: None,
+            }),
             _ => None,
         }
     }
 
     fn tunnel(src: SocketAddr, dst: SocketAddr, t: &TunnelInfo) -> FlowKey {
         FlowKey {
+            kind: Kind::Tunnel,
             protocol: t.protocol,
             peer_identity: t.peer_identity.clone(),
             peer_ip: src.ip().to_canonical(),
@@ -64,14 +87,91 @@ impl FlowKey {
     }
 }
 
-/// Python's answer, as stored: the connect it commanded, and the entry id Python knows
-/// the decision by (its record template).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Python's answer, as stored: the command it gave, and the entry id Python knows the
+/// decision by (its record template).
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub entry: u64,
     pub generation: u64,
-    pub upstream: SocketAddr,
-    pub bind: Option<IpAddr>,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Connect {
+        upstream: SocketAddr,
+        bind: Option<IpAddr>,
+    },
+    /// The tunnel plan without its per-connection headers (`forwarded`, `traceparent`).
+    Tunnel(Arc<TunnelPlan>),
+}
+
+/// Headers a tunnel command carries that belong to one connection only.
+const PER_CONNECTION: [&str; 2] = ["forwarded", "traceparent"];
+
+impl Reply {
+    /// What is stored of `cmd`: a connect or a tunnel (its per-connection headers left
+    /// out); None for anything else.
+    pub fn of(cmd: &Command) -> Option<Reply> {
+        match cmd {
+            Command::Connect { upstream, bind } => Some(Reply::Connect {
+                upstream: *upstream,
+                bind: *bind,
+            }),
+            Command::Tunnel(p) => {
+                let mut p = p.clone();
+                p.headers
+                    .retain(|(k, _)| !PER_CONNECTION.contains(&k.to_ascii_lowercase().as_str()));
+                Some(Reply::Tunnel(Arc::new(p)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The command for one connection from `src`: a tunnel gets `forwarded` and
+    /// `traceparent` first, as Python sends them (returned too: the record's trace ids).
+    pub fn command(&self, src: SocketAddr, random: [u8; 24]) -> (Command, Option<String>) {
+        match self {
+            Reply::Connect { upstream, bind } => (
+                Command::Connect {
+                    upstream: *upstream,
+                    bind: *bind,
+                },
+                None,
+            ),
+            Reply::Tunnel(p) => {
+                let tp = traceparent(random);
+                let mut plan = TunnelPlan::clone(p);
+                let mut headers = Vec::with_capacity(plan.headers.len() + 2);
+                headers.push(("forwarded".to_string(), format!("for=\"{src}\"")));
+                headers.push(("traceparent".to_string(), tp.clone()));
+                headers.append(&mut plan.headers);
+                plan.headers = headers;
+                (Command::Tunnel(plan), Some(tp))
+            }
+        }
+    }
+}
+
+/// A W3C traceparent (version 00, sampled) from 16 bytes of trace id and 8 of span id;
+/// an all-zero id (invalid) gets its last bit set.
+pub fn traceparent(mut r: [u8; 24]) -> String {
+    if r[..16].iter().all(|b| *b == 0) {
+        r[15] = 1;
+    }
+    if r[16..].iter().all(|b| *b == 0) {
+        r[23] = 1;
+    }
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    for (i, b) in r.iter().enumerate() {
+        if i == 16 {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push_str("-01");
+    s
 }
 
 #[derive(Default)]
@@ -109,7 +209,7 @@ impl Cache {
     pub fn get(&self, key: &FlowKey) -> Option<Answer> {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let g = self.generation.load(Ordering::Acquire);
-        m.get(key).copied().filter(|a| a.generation == g)
+        m.get(key).filter(|a| a.generation == g).cloned()
     }
 
     pub fn put(&self, key: FlowKey, a: Answer) -> Stored {
@@ -154,9 +254,15 @@ mod tests {
         Answer {
             entry: 3,
             generation: g,
-            upstream: "10.0.0.2:8080".parse().unwrap(),
-            bind: Some("10.1.0.2".parse().unwrap()),
+            reply: Reply::Connect {
+                upstream: "10.0.0.2:8080".parse().unwrap(),
+                bind: Some("10.1.0.2".parse().unwrap()),
+            },
         }
+    }
+
+    fn entry(a: Option<Answer>) -> Option<(u64, u64)> {
+        a.map(|a| (a.entry, a.generation))
     }
 
     const ID: &str = "spiffe://cluster.local/ns/default/sa/a";
@@ -168,7 +274,7 @@ mod tests {
         let k = FlowKey::of(&ev("10.1.0.2:40000", ID, "10.0.0.2:8080")).unwrap();
         assert_eq!(c.put(k, answer(1)), Stored::Yes);
         let again = FlowKey::of(&ev("10.1.0.2:40001", ID, "10.0.0.2:8080")).unwrap();
-        assert_eq!(c.get(&again), Some(answer(1)));
+        assert_eq!(entry(c.get(&again)), Some((3, 1)));
     }
 
     #[test]
@@ -180,11 +286,15 @@ mod tests {
             answer(1),
         );
         for e in [
-            ev("10.1.0.2:1", "spiffe://cluster.local/ns/default/sa/b", "10.0.0.2:8080"),
+            ev(
+                "10.1.0.2:1",
+                "spiffe://cluster.local/ns/default/sa/b",
+                "10.0.0.2:8080",
+            ),
             ev("10.1.0.3:1", ID, "10.0.0.2:8080"),
             ev("10.1.0.2:1", ID, "10.0.0.2:8081"),
         ] {
-            assert_eq!(c.get(&FlowKey::of(&e).unwrap()), None);
+            assert!(c.get(&FlowKey::of(&e).unwrap()).is_none());
         }
     }
 
@@ -195,7 +305,7 @@ mod tests {
         let k = FlowKey::of(&ev("10.1.0.2:1", ID, "10.0.0.2:8080")).unwrap();
         c.put(k.clone(), answer(1));
         c.set_generation(2);
-        assert_eq!(c.get(&k), None);
+        assert!(c.get(&k).is_none());
         assert_eq!(c.len(), 0);
     }
 
@@ -205,19 +315,80 @@ mod tests {
         c.set_generation(5);
         let k = FlowKey::of(&ev("10.1.0.2:1", ID, "10.0.0.2:8080")).unwrap();
         assert_eq!(c.put(k.clone(), answer(4)), Stored::Stale);
-        assert_eq!(c.get(&k), None);
+        assert!(c.get(&k).is_none());
+    }
+
+    fn captured(kind: Kind, port: u16) -> Event {
+        Event::Conn {
+            id: 1,
+            kind,
+            src: format!("10.1.0.2:{port}").parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            tunnel: None,
+        }
     }
 
     #[test]
-    fn only_tunnel_streams_have_a_key() {
-        let captured = Event::Conn {
-            id: 1,
-            kind: Kind::Outbound,
-            src: "10.1.0.2:1".parse().unwrap(),
-            dst: "10.0.0.2:80".parse().unwrap(),
-            tunnel: None,
+    fn captured_connections_are_keyed_by_addresses_plaintext_never() {
+        let a = FlowKey::of(&captured(Kind::Outbound, 1)).unwrap();
+        assert_eq!(Some(a), FlowKey::of(&captured(Kind::Outbound, 2)));
+        assert_eq!(FlowKey::of(&captured(Kind::Plaintext, 1)), None);
+    }
+
+    fn plan(headers: &[(&str, &str)]) -> Command {
+        Command::Tunnel(TunnelPlan {
+            hbone: true,
+            bind: Some("10.1.0.2".parse().unwrap()),
+            peer: "10.0.0.2:15008".parse().unwrap(),
+            source_identity: ID.into(),
+            expected_identity: "spiffe://cluster.local/ns/default/sa/b".into(),
+            sni: "b.default".into(),
+            authority: "10.0.0.2:80".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_stored_tunnel_sends_each_connection_its_own_forwarded_and_trace() {
+        let first = plan(&[
+            ("forwarded", "for=\"10.1.0.2:1\""),
+            ("traceparent", "00-1-2-01"),
+            ("baggage", "k8s.namespace.name=default"),
+        ]);
+        let r = Reply::of(&first).unwrap();
+        let (cmd, tp) = r.command("10.1.0.2:40000".parse().unwrap(), [0xab; 24]);
+        let Command::Tunnel(p) = cmd else {
+            panic!("not a tunnel")
         };
-        assert_eq!(FlowKey::of(&captured), None);
+        let tp = tp.unwrap();
+        assert_eq!(tp, format!("00-{}-{}-01", "ab".repeat(16), "ab".repeat(8)));
+        let hs: Vec<(&str, &str)> = p.headers.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            hs,
+            [
+                ("forwarded", "for=\"10.1.0.2:40000\""),
+                ("traceparent", tp.as_str()),
+                ("baggage", "k8s.namespace.name=default")
+            ]
+        );
+        assert_eq!((p.authority.as_str(), p.hbone), ("10.0.0.2:80", true));
+        let (_, v6) = r.command("[fd00::2]:7".parse().unwrap(), [1; 24]);
+        assert!(v6.is_some());
+        let (Command::Tunnel(p6), _) = r.command("[fd00::2]:7".parse().unwrap(), [1; 24]) else {
+            panic!("not a tunnel")
+        };
+        assert_eq!(p6.headers[0].1, "for=\"[fd00::2]:7\"");
+    }
+
+    #[test]
+    fn a_traceparent_never_has_an_all_zero_id() {
+        assert_eq!(
+            traceparent([0; 24]),
+            format!("00-{}01-{}01-01", "0".repeat(30), "0".repeat(14))
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Which listener accepted a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Outbound,
     Plaintext,
@@ -65,7 +65,10 @@ pub enum Event {
         at: f64,
         src: SocketAddr,
         dst: SocketAddr,
-        tunnel: Box<TunnelInfo>,
+        /// A tunnel stream's CONNECT (the destination side).
+        tunnel: Option<Box<TunnelInfo>>,
+        /// The `traceparent` the core sent on a captured connection's tunnel.
+        traceparent: Option<String>,
     },
     /// What Python chose did not work; the connection waits for another decision.
     Failed {

@@ -159,8 +159,9 @@ impl Core {
     /// ("conn", id, kind, (src ip, port), (dst ip, port), tunnel | None) where tunnel is
     /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None,
     /// protocol ("hbone" | "connect"), baggage | None);
-    /// ("cached", id, entry, at, (src ip, port), (dst ip, port), tunnel): a tunnel stream the
-    /// core answered from Python's stored answer `entry` (decisions.rs);
+    /// ("cached", id, entry, at, (src ip, port), (dst ip, port), tunnel | None,
+    /// traceparent | None): a connection the core answered from Python's stored answer
+    /// `entry` (decisions.rs; a captured one carries the traceparent the core sent);
     /// ("failed", id, status, reason, policy | None);
     /// ("finished", id, sent, received, start, end, reason);
     /// ("progress", id, sent, received).
@@ -189,6 +190,7 @@ impl Core {
                     src,
                     dst,
                     tunnel,
+                    traceparent,
                 } => (
                     "cached",
                     id,
@@ -196,7 +198,8 @@ impl Core {
                     at,
                     addr(src),
                     addr(dst),
-                    tunnel_tuple(*tunnel),
+                    tunnel.map(|t| tunnel_tuple(*t)),
+                    traceparent,
                 )
                     .into_pyobject(py)?
                     .into_any()
@@ -366,7 +369,9 @@ impl Core {
     /// "hbone": a stream on a pooled HTTP/2 connection (ALPN h2, no SNI), the outer
     /// socket bound to `bind` (the source pod's address).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (id, peer_ip, peer_port, source_identity, expected_identity, sni, authority, headers, protocol="connect", bind=None))]
+    /// `remember` as for `connect`: stored for the captured flow's repeats, which the core
+    /// sends with their own `forwarded` and a fresh `traceparent`.
+    #[pyo3(signature = (id, peer_ip, peer_port, source_identity, expected_identity, sni, authority, headers, protocol="connect", bind=None, remember=None))]
     fn tunnel(
         &self,
         id: u64,
@@ -379,6 +384,7 @@ impl Core {
         headers: Vec<(String, String)>,
         protocol: &str,
         bind: Option<&str>,
+        remember: Option<(u64, u64)>,
     ) -> PyResult<bool> {
         let hbone = match protocol {
             "hbone" => true,
@@ -399,7 +405,9 @@ impl Core {
             authority,
             headers,
         };
-        Ok(self.shared.command(id, Command::Tunnel(plan)))
+        Ok(self
+            .shared
+            .command_remembered(id, Command::Tunnel(plan), remember))
     }
 
     /// Refuse: a reset (captured listeners) or `status` (tunnel listener).

@@ -6,7 +6,7 @@
 //! refuse it with a counted reason) and how many the core holds; the life of a bridged
 //! connection is live.rs. Must never: wait for the GIL or block a runtime thread.
 
-use crate::decisions::{Answer, Cache, FlowKey, Stored};
+use crate::decisions::{Answer, Cache, FlowKey, Reply, Stored};
 use crate::events::{Event, Queue};
 use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
 use crate::live::Live;
@@ -124,6 +124,41 @@ pub struct Shared {
     open: AtomicU64,
     epoch: Instant,
     pub stop_accepting: Notify,
+}
+
+/// 24 random bytes (a traceparent's ids) from a per-thread block of 4 KiB of the
+/// kernel's randomness, refilled when used up: one getrandom per 170 connections.
+fn random24() -> [u8; 24] {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with(|p| {
+        let (buf, at) = &mut *p.borrow_mut();
+        if *at + 24 > buf.len() {
+            buf.resize(4080, 0);
+            let mut filled = 0;
+            while filled < buf.len() {
+                // SAFETY: writes at most the buffer's remaining length into it.
+                let n = unsafe {
+                    libc::getrandom(
+                        buf[filled..].as_mut_ptr() as *mut libc::c_void,
+                        buf.len() - filled,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    break; // unreachable in practice (getrandom blocks only before boot entropy)
+                }
+                filled += n as usize;
+            }
+            *at = 0;
+        }
+        let mut out = [0u8; 24];
+        out.copy_from_slice(&buf[*at..*at + 24]);
+        *at += 24;
+        out
+    })
 }
 
 pub fn wall() -> f64 {
@@ -326,29 +361,23 @@ impl Shared {
     pub async fn decide(&self, id: u64, ev: Event) -> Option<Command> {
         self.l7.unmark(id); // a new decision: an earlier L7 mark no longer applies
         let key = FlowKey::of(&ev);
-        if let Some(k) = &key {
-            if let Some(a) = self.decisions.get(k) {
-                if let Event::Conn {
+        if let Some(a) = key.as_ref().and_then(|k| self.decisions.get(k)) {
+            if let Event::Conn {
+                src, dst, tunnel, ..
+            } = ev
+            {
+                let (cmd, traceparent) = a.reply.command(src, random24());
+                self.count("decision_cache_hits", 1);
+                self.events.push(Event::Cached {
+                    id,
+                    entry: a.entry,
+                    at: wall(),
                     src,
                     dst,
-                    tunnel: Some(t),
-                    ..
-                } = ev
-                {
-                    self.count("decision_cache_hits", 1);
-                    self.events.push(Event::Cached {
-                        id,
-                        entry: a.entry,
-                        at: wall(),
-                        src,
-                        dst,
-                        tunnel: Box::new(t),
-                    });
-                    return Some(Command::Connect {
-                        upstream: a.upstream,
-                        bind: a.bind,
-                    });
-                }
+                    tunnel: tunnel.map(Box::new),
+                    traceparent,
+                });
+                return Some(cmd);
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -392,21 +421,20 @@ impl Shared {
         let Some((tx, key)) = pending else {
             return false;
         };
-        if let (Some(key), Some((generation, entry)), Command::Connect { upstream, bind }) =
-            (key, remember, &cmd)
-        {
-            let a = Answer {
-                entry,
-                generation,
-                upstream: *upstream,
-                bind: *bind,
-            };
-            match self.decisions.put(key, a) {
-                Stored::Yes => self.count("decision_cache_stored", 1),
-                Stored::Stale => self.count("decision_cache_stale", 1),
-                Stored::Evicted => {
-                    self.count("decision_cache_stored", 1);
-                    self.count("decision_cache_evicted", 1)
+        if let (Some(key), Some((generation, entry))) = (key, remember) {
+            if let Some(reply) = Reply::of(&cmd) {
+                let a = Answer {
+                    entry,
+                    generation,
+                    reply,
+                };
+                match self.decisions.put(key, a) {
+                    Stored::Yes => self.count("decision_cache_stored", 1),
+                    Stored::Stale => self.count("decision_cache_stale", 1),
+                    Stored::Evicted => {
+                        self.count("decision_cache_stored", 1);
+                        self.count("decision_cache_evicted", 1)
+                    }
                 }
             }
         }

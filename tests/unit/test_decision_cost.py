@@ -119,7 +119,7 @@ def test_a_short_tunnelled_connection_costs_one_record_per_side_and_counts_as_be
         a0, e0 = engine("node-0")
         e1._on_conn(7, "outbound", ("198.19.1.2", 40001), ("198.19.0.2", 8080), None)
         kind, args, kw = e1.core.calls[-1]
-        assert kind == "tunnel" and kw == {"protocol": "hbone", "bind": "198.19.1.2"}
+        assert kind == "tunnel" and kw == {"protocol": "hbone", "bind": "198.19.1.2", "remember": (1, 1)}
         assert args[:7] == (7, "198.19.0.2", 15008, CLI, SRV, args[5], "198.19.0.2:8080")
         headers = dict(args[7])
         assert headers["forwarded"] == 'for="198.19.1.2:40001"'

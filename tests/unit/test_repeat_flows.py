@@ -26,8 +26,8 @@ class RecordingCore(Core):
         return True
 
 
-def dest():
-    a0, e0 = engine("node-0")
+def dest(node="node-0"):
+    a0, e0 = engine(node)
     e0.core = RecordingCore()
     a0.engine = e0
     e0.decisions_changed()
@@ -41,7 +41,7 @@ def stream(e0, cid, port=40001, traceparent=TP):
 
 def cached(e0, cid, entry, port=40002, at=1795345876.25):
     e0._on_cached(cid, entry, at, ("198.19.1.2", port), ("198.19.0.2", 15008),
-                  (CLI, ("198.19.0.2", 8080), ("198.19.1.2", port), TP, "hbone", None))
+                  (CLI, ("198.19.0.2", 8080), ("198.19.1.2", port), TP, "hbone", None), None)
 
 
 def deny_all(agent):
@@ -172,3 +172,56 @@ def test_the_entry_table_is_bounded_oldest_first():
     t = repeat.Table(max_entries=4)
     ids = [t.add(object()) for _ in range(5)]
     assert len(t) <= 4 and t.get(ids[0]) is None and t.get(ids[-1]) is not None
+
+
+def test_a_captured_connection_to_one_pod_is_stored_and_its_repeat_recorded_with_the_sent_trace():
+    def run():
+        a1, e1 = dest("node-1")
+        e1._on_conn(7, "outbound", ("198.19.1.2", 40001), ("198.19.0.2", 8080), None)
+        kind, args, kw = e1.core.calls[-1]
+        assert kind == "tunnel" and kw["protocol"] == "hbone"
+        gen, entry = kw["remember"]
+        assert gen == e1._repeat.generation and e1._repeat.get(entry).route.dst_ip == "198.19.0.2"
+        before = dict(a1.counters)
+        e1._on_cached(8, entry, 1795345876.25, ("198.19.1.2", 40002), ("198.19.0.2", 8080), None, TP)
+        moved = {k: a1.counters[k] - before.get(k, 0) for k in a1.counters if a1.counters[k] != before.get(k, 0)}
+        e1._on_finished(7, 5, 6, 1795345876.2, 1795345876.5, "eof")
+        e1._on_finished(8, 7, 8, 1795345876.25, 1795345876.5, "eof")
+        return a1, moved
+
+    a1, moved = drive(run)
+    assert moved == {"connections_opened_outbound": 1, "connections_established": 1}
+    first, second = (r.to_json() for r in a1.telemetry.queue)
+    for k in ("direction", "mode", "verdict", "dst"):
+        assert first[k] == second[k], k
+    assert (second["src"]["port"], second["trace_id"]) == (40002, "0af7651916cd43dd8448eb211c80319c")
+    assert second["trace_id"] != first["trace_id"]
+
+
+def test_a_failed_repeat_goes_on_as_a_decided_one_would():
+    def run():
+        a1, e1 = dest("node-1")
+        e1._on_conn(7, "outbound", ("198.19.1.2", 40001), ("198.19.0.2", 8080), None)
+        _, entry = e1.core.calls[-1][2]["remember"]
+        e1._on_cached(8, entry, 1795345876.25, ("198.19.1.2", 40002), ("198.19.0.2", 8080), None, TP)
+        e1._on_failed(8, 401, "tunnel_status_401", "shop/deny")
+        return a1, e1
+
+    a1, e1 = drive(run)
+    assert e1.core.calls[-1][0] == "refuse" and e1.core.calls[-1][1][0] == 8
+    (rec,) = [r.to_json() for r in a1.telemetry.queue]
+    assert (rec["verdict"], rec["policy"], rec["src"]["port"]) == ("deny", "shop/deny", 40002)
+
+
+def test_a_connect_fallback_toward_a_node_drops_its_stored_tunnels():
+    def run():
+        a1, e1 = dest("node-1")
+        e1._on_conn(7, "outbound", ("198.19.1.2", 40001), ("198.19.0.2", 8080), None)
+        g = e1._repeat.generation
+        e1._on_failed(7, 502, "connect_failed: Connection refused", None)
+        kind, args, kw = e1.core.calls[-1]
+        return g, e1, kind, kw
+
+    g, e1, kind, kw = drive(run)
+    assert e1._repeat.generation > g
+    assert kind == "tunnel" and "protocol" not in kw and kw["remember"] is None  # CONNECT for 60 s: not stored
