@@ -72,6 +72,9 @@ pub struct Settings {
 
 pub struct Admitted(Arc<Shared>);
 
+/// A connection waiting for Python: the answer's channel and its flow key, if any.
+type Waiting = (oneshot::Sender<Command>, Option<FlowKey>);
+
 /// A gauge counted up while this guard lives (HBONE connections and streams).
 pub struct Gauge(Arc<Shared>, fn(&Shared) -> &AtomicU64);
 
@@ -100,7 +103,7 @@ pub struct Shared {
     pub ids: Arc<Identities>,
     /// Waiting for Python: the answer's channel, and the flow key when Python may store
     /// its answer for repeat flows (decisions.rs).
-    pending: Mutex<HashMap<u64, (oneshot::Sender<Command>, Option<FlowKey>)>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     /// Python's stored answers for repeat tunnel flows, valid for one generation.
     pub decisions: Cache,
     pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
