@@ -403,7 +403,7 @@ class NativeEngine(HttpPaths):
         if tel is not None and e.metric is not None:
             tel.metrics.inc("hostmesh_policy_decisions_total", e.metric)
         self._track(cid, conn)
-        self._check_world()
+        # (the world was checked when this batch began: changes run between batches)
         if e.generation != self._repeat.generation:
             self._rejudge(conn)
 

@@ -6,9 +6,10 @@ A stored answer is valid for one **generation**. Every change that can move a de
 (a policy swap, a traffic-rule rebuild, a workload registered or removed, the routing
 view or the config replaced) bumps it before anything else runs on the trio thread, and
 the core empties its table on the bump, so no connection is ever answered across a
-change. ``world`` is the same inputs read back as a tuple: checked once per event batch
-and on every cached connection, it catches a change whose hook was missed (counted
-``decision_cache_unhooked_change``; the connection is judged again).
+change. ``world`` is the same inputs read back as a tuple: checked before each batch of
+events (changes run on the trio thread between batches), it catches a change whose hook
+was missed (counted ``decision_cache_unhooked_change``; the generation is bumped and the
+batch's cached connections are judged again).
 
 What is stored: at the destination, an allow (or audit) that carries a plain connect
 for a tunnel stream: no L7 serving or HTTP metrics (``inspect_http``,

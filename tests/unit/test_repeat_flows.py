@@ -138,6 +138,7 @@ def test_a_change_without_a_hook_is_caught_by_the_world_check():
         a0.policies.on_swap.clear()  # a change nobody hooked
         deny_all(a0)
         assert repeat.world(a0) != e0._world
+        e0._check_world()  # what run() does before each batch of events
         cached(e0, 10, entry)
         return e0
 
