@@ -93,6 +93,9 @@ PATH_NOTES = [
     ("hostmesh-telemetry-off", "native with the access log and HTTP metrics off (HTTP scenarios only)"),
     ("hostmesh-2-threads", "native with `dataplane.threads: 2` (bulk only): the core's threads replace worker "
                            "processes"),
+    ("hostmesh-decide-all", "`dataplane.repeat_decisions: false` (connect-rate only): Python decides every "
+                            "connection, no answers for repeat flows in the core (decisions/0005)"),
+    ("hostmesh-connect-decide-all", "the same with HTTP/1.1 CONNECT (connect-rate only)"),
 ]
 DROPPED = ("Dropped with the Python data plane: `hostmesh-one-shot` (reusable streams off; the native core "
            "has no hostmesh-streams/1, and `hostmesh-connect` is its one-handshake-per-connection path), "
