@@ -26,7 +26,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -39,6 +38,7 @@ from agent.proxy.forwarded import claimed_source
 from agent.proxy.l7 import http_reporters
 from agent.proxy.native_http import HttpPaths
 from agent.proxy.native_identity import CoreIdentities
+from agent.proxy.native_repeat import RepeatFlows, _Pending
 from agent.proxy.sockets import make_listener
 from agent.proxy.tunnel_head import Heads
 
@@ -57,17 +57,7 @@ _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued"
 DENIED_STATUS = {"hbone": 401, "connect": 403}
 
 
-@dataclass(slots=True)
-class _Pending:
-    conn: Conn
-    plans: list = field(default_factory=list)
-    next: int = 0
-    route: Any = None
-    protocol: str = ""  # the tunnel protocol of the current attempt
-    leg: bool = False  # a loopback leg of Python's (open_leg): carried out, never diverted again
-
-
-class NativeEngine(HttpPaths):
+class NativeEngine(HttpPaths, RepeatFlows):
     """``agent.engine``: close, snapshot and statistics for the admin API and policy
     re-checks, plus the event loop that answers the core."""
 
@@ -96,16 +86,6 @@ class NativeEngine(HttpPaths):
         traffic = getattr(agent, "traffic", None)
         if traffic is not None:
             traffic.on_change.append(self.decisions_changed)
-
-    def decisions_changed(self) -> None:
-        """A new generation: the core drops every stored answer before this returns."""
-        self.core.set_generation(self._repeat.bump())
-        self._world = repeat.world(self.agent)
-
-    def _check_world(self) -> None:
-        if repeat.world(self.agent) != self._world:  # a change no hook told (repeat.py)
-            self.agent.count("decision_cache_unhooked_change")
-            self.decisions_changed()
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -373,63 +353,6 @@ class NativeEngine(HttpPaths):
                              (d.verdict, d.policy or "-"), self._repeat.generation)
             remember = (e.generation, self._repeat.add(e))
         self.core.connect(cid, conn.dst_ip, conn.dst_port, bind, remember=remember)
-
-    def _on_cached(self, cid: int, entry: int, at: float, src, dst, tunnel, sent_trace) -> None:
-        """A connection the core answered from a stored answer: recorded as if decided
-        here; one decided under an older generation is judged again at once."""
-        from agent.proxy.connect import traceparent_ids
-
-        agent = self.agent
-        e = self._repeat.get(entry)
-        if e is None:  # dropped from the table while the event was queued: not recordable
-            agent.count("decision_cache_lost")
-            self.core.close(cid, "decision_lost")
-            return
-        if tunnel is None:  # a captured connection the core tunnelled (the source side)
-            conn = repeat.instance(e.template, src[1], at, trio.current_time())
-            conn.trace_id, conn.span_id = sent_trace[3:35], sent_trace[36:52]
-            self._retry[cid] = _Pending(conn, list(e.plans), 1, e.route, e.protocol)
-            self._routes[cid] = e.route
-        else:
-            _, _, forwarded, traceparent, _, _ = tunnel
-            conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at, trio.current_time())
-            ids = traceparent_ids(traceparent) if traceparent else None
-            if ids:
-                conn.trace_id, conn.parent_span_id = ids
-        count = agent.count
-        for name, n in e.counts:
-            count(name, n)
-        tel = getattr(agent, "telemetry", None)
-        if tel is not None and e.metric is not None:
-            tel.metrics.inc("hostmesh_policy_decisions_total", e.metric)
-        self._track(cid, conn)
-        # (the world was checked when this batch began: changes run between batches)
-        if e.generation != self._repeat.generation:
-            self._rejudge(conn)
-
-    def _rejudge(self, conn: Conn) -> None:
-        """A connection the core answered under an older generation: planned and judged
-        under the current state; closed when that refuses or denies it (at the source:
-        when the plan is no longer that one tunnel)."""
-        agent = self.agent
-        agent.count("decision_cache_rejudged")
-        if conn.direction == "outbound":
-            plans = plan.plan_outbound(conn.src_ip, conn.dst_ip, conn.dst_port, agent.view, agent.health,
-                                       trio.current_time())
-            p = plans[0] if len(plans) == 1 else None
-            if not (isinstance(p, plan.Route) and p.kind == "tunnel" and p.dst is conn.dst and p.service is None
-                    and p.cluster is None):
-                agent.close_connection(conn.id, "decision_changed")
-            return
-        p = plan.plan_inbound(conn.dst_ip, conn.dst_port, agent.view)
-        if isinstance(p, plan.Refuse):
-            conn.verdict, conn.reason = "deny", p.reason
-            agent.close_connection(conn.id, "decision_changed")
-            return
-        d = enforce.recheck(agent, conn)
-        if d is not None and d.verdict == "deny":
-            conn.verdict, conn.policy, conn.reason = "deny", d.policy, f"policy_changed: {d.reason}"
-            agent.close_connection(conn.id, "policy_changed")
 
     def _tunnel_decide(self, cid: int, peer, tunnel):
         """The stream's decision, carried out unless it is an allowed plain connect: then
