@@ -112,6 +112,7 @@ class Agent:
     def register(self, w: Workload) -> None:
         """Registry + capture + identity for one workload (raises WorkloadError)."""
         change = self.registry.register(w)
+        self.decisions_changed()
         self.health.traffic.endpoints_changed()  # subsets and localities are made again
         old = change.removed
         if old is not None and old.node is None:
@@ -129,6 +130,7 @@ class Agent:
 
     def unregister(self, uid: str) -> Workload | None:
         change = self.registry.remove(uid)
+        self.decisions_changed()
         self.health.traffic.endpoints_changed()
         w = change.removed
         if w is None:
@@ -148,10 +150,18 @@ class Agent:
         (one EndpointSlice event must not rebuild every service)."""
         if services is None:
             self.view = build_view(self.config, self.registry, self.traffic)
-            return
-        from agent.proxy.plan import with_services
+        else:
+            from agent.proxy.plan import with_services
 
-        self.view = with_services(self.view, services)  # one new view, swapped in whole
+            self.view = with_services(self.view, services)  # one new view, swapped in whole
+        self.decisions_changed()
+
+    def decisions_changed(self) -> None:
+        """Something a connection's decision reads changed: answers the core stored for
+        repeat flows are dropped now, before anything else is decided (proxy/repeat.py)."""
+        changed = getattr(self.engine, "decisions_changed", None)
+        if changed is not None:
+            changed()
 
     def metrics_registry(self):
         """The Istio/hostmesh series :15020 renders."""
@@ -425,6 +435,7 @@ class Agent:
             except ValueError as e:
                 raise ApiError(400, "invalid_ca", str(e)) from None
         self.config.identity, self.config.policies = identity, policies_cfg
+        self.decisions_changed()
         if new is not None:
             self.reconcile_config_workloads(bodies)
             result["config_workloads"] = len(self.config_uids)

@@ -186,6 +186,11 @@ class DataplaneConfig(_Model):
     # or `connect`, one HTTP/1.1 CONNECT per TLS connection to the node's :15008.
     # Either way the node address :15008 keeps answering HTTP/1.1 CONNECT.
     tunnel_protocol: Literal["hbone", "connect"] = "hbone"
+    # Answers for repeat tunnel flows kept in the core (decisions/0006, proxy/repeat.py):
+    # a stream whose flow Python allowed under the current generation is answered by the
+    # core without waking Python, and recorded as if decided. false: Python decides
+    # every stream (same records; the cost of one decision each).
+    repeat_decisions: bool = True
 
     @field_validator("workers", mode="before")
     @classmethod

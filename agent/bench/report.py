@@ -93,6 +93,9 @@ PATH_NOTES = [
     ("hostmesh-telemetry-off", "native with the access log and HTTP metrics off (HTTP scenarios only)"),
     ("hostmesh-2-threads", "native with `dataplane.threads: 2` (bulk only): the core's threads replace worker "
                            "processes"),
+    ("hostmesh-decide-all", "`dataplane.repeat_decisions: false` (connect-rate only): Python decides every "
+                            "connection, no answers for repeat flows in the core (decisions/0006)"),
+    ("hostmesh-connect-decide-all", "the same with HTTP/1.1 CONNECT (connect-rate only)"),
 ]
 DROPPED = ("Dropped with the Python data plane: `hostmesh-one-shot` (reusable streams off; the native core "
            "has no hostmesh-streams/1, and `hostmesh-connect` is its one-handshake-per-connection path), "
@@ -284,12 +287,16 @@ def _connect(g) -> str:
             "HTTP/1.1 CONNECT every tunnelled connection costs a TLS 1.3 handshake (resumed from a session ticket, "
             "in rustls) and, on each agent, one event to Python and one decision back (plan, policy, identity); "
             "HAProxy pays a resumed handshake per connection too, in C, and decides nothing. HBONE removes the "
-            "handshake (a stream on a pooled TLS connection), leaving the two decisions. Measured from /proc per "
-            "connection per agent (docs/dataplane.md): HBONE about 90 us of Python (plan, policy, record) and "
-            "105-110 us in the core, three quarters of it kernel time (three TCP sockets, about 22 system calls); "
-            "CONNECT about 95 us of Python and 220-230 us in the core (a resumed handshake still does a fresh key "
-            "exchange). The next step would be Python pushing its answers for repeat flows to the core, keyed on "
-            "a generation every policy, registry or identity change bumps.")
+            "handshake (a stream on a pooled TLS connection), leaving the two decisions; and a repeat flow (the "
+            "same pod pair and port as a connection decided under the current generation) is answered by the core "
+            "from the answer Python stored, Python only recording it (decisions/0006). Measured from /proc per "
+            "connection per agent (docs/dataplane.md, \"Repeat flows\"): Python's share halved on both agents "
+            "(HBONE 124-139 -> 68-75 us, CONNECT 133-144 -> 72-75 us in that lab; what is left is the record, its "
+            "metrics and the access-log line), and what limits the rate now is the core: 105-190 us per HBONE "
+            "connection per agent, three quarters of it kernel time (three TCP sockets, about 20 system calls), "
+            "220-290 us with CONNECT (a resumed handshake still does a fresh key exchange), beside hey and the "
+            "server on the same 2 cores. Each run waits until the pods' TIME_WAIT connections of the run before "
+            "have expired: a path run within a minute of another measured half its rate.")
 
 
 def _memory(g) -> str:

@@ -46,6 +46,11 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "hostmesh-telemetry-off": ({"telemetry": {"access_log": "off", "http_metrics": "off"}},
                                ("http-1000rps", "http-l7-1000rps")),
     "hostmesh-2-threads": ({"dataplane": {"engine": "native", "threads": 2}}, ("bulk-1", "bulk-4")),
+    # Python decides every connection (no answers for repeat flows in the core,
+    # decisions/0006): the same run's measure of what that saves
+    "hostmesh-decide-all": ({"dataplane": {"engine": "native", "repeat_decisions": False}}, ("connect-rate",)),
+    "hostmesh-connect-decide-all": ({"dataplane": {"engine": "native", "tunnel_protocol": "connect",
+                                                   "repeat_decisions": False}}, ("connect-rate",)),
 }
 PATHS = ("direct", "haproxy", "ztunnel", "hostmesh", "hostmesh-same-node", *VARIANTS)
 

@@ -26,19 +26,19 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from agent import dataplane
-from agent.proxy import enforce, hbone, plan, traffic_path
+from agent.proxy import enforce, hbone, plan, repeat, traffic_path
 from agent.proxy.conns import Conn, LiveConn
 from agent.proxy.finish import emit, finish, reason_token
 from agent.proxy.forwarded import claimed_source
 from agent.proxy.l7 import http_reporters
 from agent.proxy.native_http import HttpPaths
 from agent.proxy.native_identity import CoreIdentities
+from agent.proxy.native_repeat import RepeatFlows, _Pending
 from agent.proxy.sockets import make_listener
 from agent.proxy.tunnel_head import Heads
 
@@ -50,23 +50,14 @@ logger = logging.getLogger("hostmesh.native")
 IDENTITY_SYNC_S = 0.25
 # The core's gauges (not counters): shown in /v1/stats "engine", never as events.
 _GAUGES = frozenset({"connections", "open", "pending_decisions", "events_queued", "identities",
+                     "decision_cache_entries", "decision_generation",
                      "l7_pending_requests",
                      "hbone_connections", "hbone_streams", "hbone_pooled"})
 # The answer to a stream denied by policy: HBONE's (ztunnel's) and SPEC.md's CONNECT's.
 DENIED_STATUS = {"hbone": 401, "connect": 403}
 
 
-@dataclass(slots=True)
-class _Pending:
-    conn: Conn
-    plans: list = field(default_factory=list)
-    next: int = 0
-    route: Any = None
-    protocol: str = ""  # the tunnel protocol of the current attempt
-    leg: bool = False  # a loopback leg of Python's (open_leg): carried out, never diverted again
-
-
-class NativeEngine(HttpPaths):
+class NativeEngine(HttpPaths, RepeatFlows):
     """``agent.engine``: close, snapshot and statistics for the admin API and policy
     re-checks, plus the event loop that answers the core."""
 
@@ -85,6 +76,16 @@ class NativeEngine(HttpPaths):
         self._legs: dict[int, tuple[Conn, list]] = {}  # leg's local port -> (its Conn, its routes)
         self._heads = Heads()  # per workload pair: IDs, SNI, baggage of its tunnels
         self._http: dict[int, Any] = {}  # core id -> l7core.L7Conn: served as HTTP by the core
+        # answers for repeat tunnel flows stored in the core, one generation at a time
+        self._repeat = repeat.Table()
+        self._remembering = agent.config.dataplane.repeat_decisions
+        self._stash: tuple | None = None  # (entry id, conn, route, pending): stored by _outbound
+        self._world = repeat.world(agent)
+        core.set_generation(self._repeat.generation)
+        agent.policies.on_swap.append(lambda _generation: self.decisions_changed())
+        traffic = getattr(agent, "traffic", None)
+        if traffic is not None:
+            traffic.on_change.append(self.decisions_changed)
 
     # ---- agent.engine interface ----------------------------------------------------
     def close(self, conn_id: int, reason: str) -> None:
@@ -130,6 +131,7 @@ class NativeEngine(HttpPaths):
         fd = self.core.eventfd()
         while True:
             await trio.lowlevel.wait_readable(fd)
+            self._check_world()
             for ev in self.core.events():
                 try:
                     getattr(self, "_on_" + ev[0])(*ev[1:])
@@ -148,6 +150,16 @@ class NativeEngine(HttpPaths):
     def _outbound(self, cid: int, src, dst) -> None:
         if tuple(dst) == self._leg_addr:
             return self._leg(cid, src)
+        with repeat.counting(self.agent) as counts:
+            self._outbound_decide(cid, src, dst)
+        stash, self._stash = self._stash, None
+        if stash is not None:  # its tunnel was stored in the core (_tunnel_command)
+            n, conn, route, st = stash
+            self._repeat.put(n, repeat.Entry(repeat.instance(conn, conn.src_port, conn.start, conn.start_mono), "peer",
+                                             tuple(counts), None, self._repeat.generation, tuple(st.plans), route,
+                                             st.protocol))
+
+    def _outbound_decide(self, cid: int, src, dst) -> None:
         agent = self.agent
         agent.count("connections_opened_outbound")
         plans = plan.plan_outbound(src[0], dst[0], dst[1], agent.view, agent.health, trio.current_time())
@@ -186,7 +198,10 @@ class NativeEngine(HttpPaths):
                 return self._report_source(cid, st)
             traffic_path.attempt(agent, conn, p)
             if p.kind == "tunnel":
-                if self._tunnel_command(cid, conn, p):
+                # one pod, nothing chosen per connection: the core may answer its repeats
+                single = (self._remembering and not observe and not st.leg and len(st.plans) == 1
+                          and p.service is None and p.cluster is None)
+                if self._tunnel_command(cid, conn, p, single):
                     return
                 if observe:
                     self._unobserve(cid)
@@ -211,7 +226,7 @@ class NativeEngine(HttpPaths):
                 traffic_path.exhausted(conn, attempts=st.next)
         self._refuse(cid, conn)
 
-    def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route) -> bool:
+    def _tunnel_command(self, cid: int, conn: Conn, p: plan.Route, single: bool = False) -> bool:
         from agent.proxy.connect import authority, new_traceparent
 
         agent = self.agent
@@ -229,17 +244,23 @@ class NativeEngine(HttpPaths):
         traceparent, trace_id = new_traceparent()
         conn.trace_id, conn.span_id = trace_id, traceparent[36:52]
         headers = [("forwarded", f'for="{authority(conn.src_ip, conn.src_port)}"'), ("traceparent", traceparent)]
-        protocol = self._pending[cid].protocol = self._protocol_for(p.node_address)
+        st = self._pending[cid]
+        protocol = st.protocol = self._protocol_for(p.node_address)
+        remember = None
+        if single and p.node_address not in self._connect_only:
+            remember = (self._repeat.generation, self._repeat.reserve())
+            self._stash = (remember[1], conn, p, st)
         self._established(cid, conn)
         if protocol == "hbone":
             # to the destination pod's :15008, from the source pod's address (ztunnel's
             # source of truth for the client address); the SNI is not sent
             headers.append(("baggage", head.baggage))
             self.core.tunnel(cid, p.dst_ip, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
-                             authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip)
+                             authority(p.dst_ip, p.dst_port), headers, protocol="hbone", bind=conn.src_ip,
+                             remember=remember)
         else:
             self.core.tunnel(cid, p.node_address, agent.config.ports.tunnel, head.src_id, head.dst_id, head.sni,
-                             authority(p.dst_ip, p.dst_port), headers)
+                             authority(p.dst_ip, p.dst_port), headers, remember=remember)
         return True
 
     def _protocol_for(self, node_address: str) -> str:
@@ -274,6 +295,7 @@ class NativeEngine(HttpPaths):
         if st.protocol == "hbone" and route is not None and hbone.falls_back(status, reason):
             # no HBONE answer from the pod's :15008: its node gets CONNECT for a while
             self._connect_only[route.node_address] = trio.current_time() + hbone.FALLBACK_S
+            self.decisions_changed()  # stored HBONE tunnels toward that node are dropped
             self.agent.count("tunnel_hbone_fallback")
             logger.warning("no HBONE at %s:%s (%s); CONNECT to node %s for %.0f s", route.dst_ip,
                            self.agent.config.ports.tunnel, reason, route.node_address, hbone.FALLBACK_S)
@@ -315,6 +337,26 @@ class NativeEngine(HttpPaths):
         self.core.connect(cid, dst[0], dst[1], src[0])
 
     def _tunnel(self, cid: int, peer, tunnel) -> None:
+        """Decide a tunnel stream; an allowed plain connect is also stored in the core
+        for the flow's next connections (repeat.py)."""
+        agent = self.agent
+        with repeat.counting(agent) as counts:
+            got = self._tunnel_decide(cid, peer, tunnel)
+        if got is None:
+            return
+        conn, d, bind = got
+        remember = None
+        if self._remembering and repeat.fit(counts, d):
+            _, _, forwarded, _, protocol, _ = tunnel
+            e = repeat.Entry(repeat.instance(conn, conn.src_port, conn.start, conn.start_mono),
+                             repeat.port_from(conn, protocol, peer, forwarded), tuple(counts),
+                             (d.verdict, d.policy or "-"), self._repeat.generation)
+            remember = (e.generation, self._repeat.add(e))
+        self.core.connect(cid, conn.dst_ip, conn.dst_port, bind, remember=remember)
+
+    def _tunnel_decide(self, cid: int, peer, tunnel):
+        """The stream's decision, carried out unless it is an allowed plain connect: then
+        (its Conn, the policy decision, the address to bind) for the caller to connect."""
         from agent.proxy.connect import traceparent_ids
 
         agent = self.agent
@@ -342,6 +384,7 @@ class NativeEngine(HttpPaths):
         conn.dst = p.dst
         conn.dst_principal = p.dst.spiffe_id(agent.config.identity.trust_domain)
         police = enforce.inspect_http(agent, conn)
+        d = None
         if not police:
             d = enforce.decide(agent, conn)
             if d.verdict == "deny":
@@ -355,7 +398,7 @@ class NativeEngine(HttpPaths):
             self._pending[cid] = _Pending(conn)
             return self._to_http(cid, conn, target, bind, protocol, police, reporters)
         self._established(cid, conn)
-        self.core.connect(cid, target[0], target[1], bind)
+        return conn, d, bind
 
     def _tunnel_source(self, identity, peer, forwarded, protocol):
         """(source ip, port, workload, address the upstream leg binds). HBONE: the outer
@@ -405,8 +448,11 @@ class NativeEngine(HttpPaths):
             self._retry[cid] = st  # kept: a failed attempt goes on with the next route
             if st.route is not None:
                 self._routes[cid] = st.route
-        self.agent.conns.add(conn)
         self.agent.count("connections_established")
+        self._track(cid, conn)
+
+    def _track(self, cid: int, conn: Conn) -> None:
+        self.agent.conns.add(conn)
         conn.in_engine = True
         self._live[cid] = conn
         self._core_id[conn.id] = cid

@@ -78,7 +78,8 @@ class PolicyStore:
         self.retired: list[tuple] = []
         self.generation = 0
         # called with the new generation right after every swap, on the deciding thread:
-        # whoever reuses decisions made under a generation (the core's L7 memos) drops them
+        # whoever reuses decisions made under a generation drops them (the core's L7 memos,
+        # proxy/native_http.py; the core's stored answers for repeat flows, proxy/repeat.py)
         self.on_swap: list[Callable[[int], None]] = []
 
     # ---- preparing a change (pure; safe beside the deciding thread) -------------------

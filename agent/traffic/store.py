@@ -21,6 +21,7 @@ class TrafficStore:
         self._dr: dict[ServiceKey, list[DestinationRule]] = {}
         self._vs: dict[ServiceKey, list[VirtualService]] = {}
         self.generation = 0
+        self.on_change: list = []  # called after every rebuild (agent/proxy/repeat.py)
 
     def _rebuild(self) -> None:
         self._dr, self._vs = {}, {}
@@ -32,6 +33,8 @@ class TrafficStore:
                 for h in d.hosts:
                     self._vs.setdefault(h, []).append(d)
         self.generation += 1
+        for f in self.on_change:
+            f()
 
     def apply(self, docs: list[Loaded], source: str) -> None:
         for d in docs:

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Which listener accepted a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Outbound,
     Plaintext,
@@ -55,6 +55,20 @@ pub enum Event {
         src: SocketAddr,
         dst: SocketAddr,
         tunnel: Option<TunnelInfo>,
+    },
+    /// A connection the core answered from Python's stored answer `entry` (decisions.rs):
+    /// Python records it as it would have after deciding it. Waits on nothing.
+    Cached {
+        id: u64,
+        entry: u64,
+        /// When the core answered it (wall clock): the record's start.
+        at: f64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        /// A tunnel stream's CONNECT (the destination side).
+        tunnel: Option<Box<TunnelInfo>>,
+        /// The `traceparent` the core sent on a captured connection's tunnel.
+        traceparent: Option<String>,
     },
     /// What Python chose did not work; the connection waits for another decision.
     Failed {

@@ -106,10 +106,8 @@ async fn handshake(
     }
 }
 
-pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream) {
-    let Ok(peer) = raw.peer_addr() else {
-        return;
-    };
+/// `peer`: the address accept returned.
+pub async fn serve_tunnel(shared: Arc<Shared>, raw: TcpStream, peer: std::net::SocketAddr) {
     let Ok(local) = raw.local_addr() else {
         return;
     };

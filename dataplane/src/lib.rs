@@ -8,6 +8,7 @@
 
 mod connect;
 mod copy;
+mod decisions;
 mod events;
 mod grpc;
 mod h2client;
@@ -48,6 +49,26 @@ use threads::Threads;
 
 fn addr(a: SocketAddr) -> (String, u16) {
     (a.ip().to_string(), a.port())
+}
+
+type TunnelTuple = (
+    String,
+    (String, u16),
+    Option<(String, u16)>,
+    Option<String>,
+    &'static str,
+    Option<String>,
+);
+
+fn tunnel_tuple(t: events::TunnelInfo) -> TunnelTuple {
+    (
+        t.peer_identity,
+        addr(t.target),
+        t.forwarded_for.map(addr),
+        t.traceparent,
+        t.protocol,
+        t.baggage,
+    )
 }
 
 fn ip(s: &str) -> PyResult<IpAddr> {
@@ -140,6 +161,9 @@ impl Core {
     /// ("conn", id, kind, (src ip, port), (dst ip, port), tunnel | None) where tunnel is
     /// (peer identity, (target ip, port), (forwarded ip, port) | None, traceparent | None,
     /// protocol ("hbone" | "connect"), baggage | None);
+    /// ("cached", id, entry, at, (src ip, port), (dst ip, port), tunnel | None,
+    /// traceparent | None): a connection the core answered from Python's stored answer
+    /// `entry` (decisions.rs; a captured one carries the traceparent the core sent);
     /// ("failed", id, status, reason, policy | None);
     /// ("finished", id, sent, received, start, end, reason);
     /// ("progress", id, sent, received).
@@ -155,21 +179,33 @@ impl Core {
                     dst,
                     tunnel,
                 } => {
-                    let t = tunnel.map(|t| {
-                        (
-                            t.peer_identity,
-                            addr(t.target),
-                            t.forwarded_for.map(addr),
-                            t.traceparent,
-                            t.protocol,
-                            t.baggage,
-                        )
-                    });
+                    let t = tunnel.map(tunnel_tuple);
                     ("conn", id, kind.as_str(), addr(src), addr(dst), t)
                         .into_pyobject(py)?
                         .into_any()
                         .unbind()
                 }
+                Event::Cached {
+                    id,
+                    entry,
+                    at,
+                    src,
+                    dst,
+                    tunnel,
+                    traceparent,
+                } => (
+                    "cached",
+                    id,
+                    entry,
+                    at,
+                    addr(src),
+                    addr(dst),
+                    tunnel.map(|t| tunnel_tuple(*t)),
+                    traceparent,
+                )
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
                 Event::Failed {
                     id,
                     status,
@@ -254,11 +290,28 @@ impl Core {
     }
 
     /// Connect to ip:port (bound to `bind` with IP_TRANSPARENT when given) and bridge.
-    #[pyo3(signature = (id, ip_, port, bind=None))]
-    fn connect(&self, id: u64, ip_: &str, port: u16, bind: Option<&str>) -> PyResult<bool> {
+    /// `remember` = (generation, entry): the answer is also stored for the connection's
+    /// repeat flows (a tunnel stream's; decisions.rs), valid while `generation` is.
+    #[pyo3(signature = (id, ip_, port, bind=None, remember=None))]
+    fn connect(
+        &self,
+        id: u64,
+        ip_: &str,
+        port: u16,
+        bind: Option<&str>,
+        remember: Option<(u64, u64)>,
+    ) -> PyResult<bool> {
         let upstream = SocketAddr::new(ip(ip_)?, port);
         let bind = bind.map(ip).transpose()?;
-        Ok(self.shared.command(id, Command::Connect { upstream, bind }))
+        Ok(self
+            .shared
+            .command_remembered(id, Command::Connect { upstream, bind }, remember))
+    }
+
+    /// A new decision generation (every policy, registry, traffic-rule or config
+    /// change): every stored answer is gone before this returns.
+    fn set_generation(&self, generation: u64) {
+        self.shared.decisions.set_generation(generation);
     }
 
     /// Connect as `connect` does, then serve the connection as HTTP/1.1 in the core
@@ -344,7 +397,9 @@ impl Core {
     /// "hbone": a stream on a pooled HTTP/2 connection (ALPN h2, no SNI), the outer
     /// socket bound to `bind` (the source pod's address).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (id, peer_ip, peer_port, source_identity, expected_identity, sni, authority, headers, protocol="connect", bind=None))]
+    /// `remember` as for `connect`: stored for the captured flow's repeats, which the core
+    /// sends with their own `forwarded` and a fresh `traceparent`.
+    #[pyo3(signature = (id, peer_ip, peer_port, source_identity, expected_identity, sni, authority, headers, protocol="connect", bind=None, remember=None))]
     fn tunnel(
         &self,
         id: u64,
@@ -357,6 +412,7 @@ impl Core {
         headers: Vec<(String, String)>,
         protocol: &str,
         bind: Option<&str>,
+        remember: Option<(u64, u64)>,
     ) -> PyResult<bool> {
         let hbone = match protocol {
             "hbone" => true,
@@ -377,7 +433,9 @@ impl Core {
             authority,
             headers,
         };
-        Ok(self.shared.command(id, Command::Tunnel(plan)))
+        Ok(self
+            .shared
+            .command_remembered(id, Command::Tunnel(plan), remember))
     }
 
     /// Refuse: a reset (captured listeners) or `status` (tunnel listener).
@@ -474,6 +532,8 @@ impl Core {
             self.shared.events.dropped.load(Ordering::Relaxed),
         )?;
         d.set_item("identities", self.shared.ids.len())?;
+        d.set_item("decision_cache_entries", self.shared.decisions.len())?;
+        d.set_item("decision_generation", self.shared.decisions.generation())?;
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         d.set_item("hbone_connections", g(&self.shared.hbone_connections))?;
         d.set_item("hbone_streams", g(&self.shared.hbone_streams))?;

@@ -164,3 +164,9 @@ pub const GRPC_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// call); 32 covers them at ~200 B each, and past it the memo starts again empty (a
 /// connection that sends ever new paths asks Python each time, as without the memo).
 pub const MAX_L7_MEMO: usize = 32;
+
+/// Python's answers for repeat tunnel flows the core keeps (decisions.rs). One entry per
+/// (peer identity, peer address, target, ...) a node sees under one generation: 4,096
+/// covers every pod pair of a busy node; past it the table is emptied (counted
+/// `decision_cache_evicted`) and refilled by the next decisions Python makes.
+pub const MAX_CACHED_DECISIONS: usize = 4096;

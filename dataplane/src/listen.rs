@@ -10,6 +10,7 @@ use crate::events::Kind;
 use crate::runtime::Shared;
 use crate::{inbound, outbound, sockopt};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::task::Poll;
@@ -17,10 +18,17 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Kind) {
+    // Linux copies TCP_NODELAY from the listener to what it accepts (Python sets it on
+    // every listener): checked once on the first connection, then not set again, one
+    // setsockopt less per connection
+    let mut inherits: Option<bool> = None;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => spawn(&shared, s, kind),
+                Ok((s, peer)) => {
+                    let nodelay = *inherits.get_or_insert_with(|| s.nodelay().unwrap_or(false));
+                    spawn(&shared, s, peer, kind, nodelay)
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning
                     shared.count("accept_errors", 1);
@@ -31,11 +39,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Kind)
             },
             _ = shared.stop_accepting.notified() => {
                 // the backlog already queued belongs to us: take it, then close
-                while let Some(Ok((s, _))) = poll_fn(|cx| match listener.poll_accept(cx) {
+                while let Some(Ok((s, peer))) = poll_fn(|cx| match listener.poll_accept(cx) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
                     Poll::Pending => Poll::Ready(None),
                 }).await {
-                    spawn(&shared, s, kind);
+                    spawn(&shared, s, peer, kind, false);
                 }
                 // others listening on the same stop: let them see it too
                 shared.stop_accepting.notify_one();
@@ -45,20 +53,25 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Kind)
     }
 }
 
-fn spawn(shared: &Arc<Shared>, s: TcpStream, kind: Kind) {
+/// `nodelay`: the socket already has TCP_NODELAY (inherited from the listener).
+fn spawn(shared: &Arc<Shared>, s: TcpStream, peer: SocketAddr, kind: Kind, nodelay: bool) {
     let Some(admitted) = shared.admit() else {
         sockopt::reset_on_close(s.as_raw_fd());
         return;
     };
-    sockopt::nodelay(&s);
+    if !nodelay {
+        sockopt::nodelay(&s);
+    }
     shared.count("accepted", 1);
     let shared = shared.clone();
     tokio::spawn(async move {
         let _admitted = admitted;
         match kind {
-            Kind::Outbound | Kind::Plaintext => outbound::serve_captured(shared, s, kind).await,
+            Kind::Outbound | Kind::Plaintext => {
+                outbound::serve_captured(shared, s, peer, kind).await
+            }
             // boxed: a tunnel's handshake state would size every captured connection's task
-            Kind::Tunnel => Box::pin(inbound::serve_tunnel(shared, s)).await,
+            Kind::Tunnel => Box::pin(inbound::serve_tunnel(shared, s, peer)).await,
         }
     });
 }

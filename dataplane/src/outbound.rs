@@ -44,8 +44,14 @@ pub(crate) fn fail(status: u16, reason: impl Into<String>) -> Failure {
     }
 }
 
-pub async fn serve_captured(shared: Arc<Shared>, mut client: TcpStream, kind: Kind) {
-    let (Ok(src), Ok(dst)) = (client.peer_addr(), sockopt::original_dst(&client)) else {
+/// `src`: the peer address accept returned (no getpeername again).
+pub async fn serve_captured(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    src: std::net::SocketAddr,
+    kind: Kind,
+) {
+    let Ok(dst) = sockopt::original_dst(&client) else {
         return;
     };
     let id = shared.next_id();

@@ -6,6 +6,7 @@
 //! refuse it with a counted reason) and how many the core holds; the life of a bridged
 //! connection is live.rs. Must never: wait for the GIL or block a runtime thread.
 
+use crate::decisions::{Answer, Cache, FlowKey, Reply, Stored};
 use crate::events::{Event, Queue};
 use crate::limits::{DECISION_TIMEOUT, MAX_PENDING};
 use crate::live::Live;
@@ -71,6 +72,9 @@ pub struct Settings {
 
 pub struct Admitted(Arc<Shared>);
 
+/// A connection waiting for Python: the answer's channel and its flow key, if any.
+type Waiting = (oneshot::Sender<Command>, Option<FlowKey>);
+
 /// A gauge counted up while this guard lives (HBONE connections and streams).
 pub struct Gauge(Arc<Shared>, fn(&Shared) -> &AtomicU64);
 
@@ -97,7 +101,11 @@ pub struct Shared {
     pub events: Arc<Queue>,
     pub settings: Settings,
     pub ids: Arc<Identities>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Command>>>,
+    /// Waiting for Python: the answer's channel, and the flow key when Python may store
+    /// its answer for repeat flows (decisions.rs).
+    pending: Mutex<HashMap<u64, Waiting>>,
+    /// Python's stored answers for repeat tunnel flows, valid for one generation.
+    pub decisions: Cache,
     pub(crate) live: Mutex<HashMap<u64, Arc<Live>>>,
     trust: RwLock<Option<Arc<Trust>>>,
     server: RwLock<Option<tls::ServerConfigs>>,
@@ -121,6 +129,41 @@ pub struct Shared {
     pub stop_accepting: Notify,
 }
 
+/// 24 random bytes (a traceparent's ids) from a per-thread block of 4 KiB of the
+/// kernel's randomness, refilled when used up: one getrandom per 170 connections.
+fn random24() -> [u8; 24] {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with(|p| {
+        let (buf, at) = &mut *p.borrow_mut();
+        if *at + 24 > buf.len() {
+            buf.resize(4080, 0);
+            let mut filled = 0;
+            while filled < buf.len() {
+                // SAFETY: writes at most the buffer's remaining length into it.
+                let n = unsafe {
+                    libc::getrandom(
+                        buf[filled..].as_mut_ptr() as *mut libc::c_void,
+                        buf.len() - filled,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    break; // unreachable in practice (getrandom blocks only before boot entropy)
+                }
+                filled += n as usize;
+            }
+            *at = 0;
+        }
+        let mut out = [0u8; 24];
+        out.copy_from_slice(&buf[*at..*at + 24]);
+        *at += 24;
+        out
+    })
+}
+
 pub fn wall() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,6 +177,7 @@ impl Shared {
             settings,
             ids: Arc::new(Identities::default()),
             pending: Mutex::new(HashMap::new()),
+            decisions: Cache::default(),
             live: Mutex::new(HashMap::new()),
             trust: RwLock::new(None),
             server: RwLock::new(None),
@@ -314,9 +358,31 @@ impl Shared {
 
     // ---- decisions --------------------------------------------------------------
     /// Send `ev` and wait for Python's command; None when the table is full or Python
-    /// took too long (both counted).
+    /// took too long (both counted). A repeat tunnel flow whose answer Python stored
+    /// under the current generation is answered at once, and Python is told (a
+    /// `Cached` event: it records the connection as if it had decided it).
     pub async fn decide(&self, id: u64, ev: Event) -> Option<Command> {
         self.l7.unmark(id); // a new decision: an earlier L7 mark no longer applies
+        let key = FlowKey::of(&ev);
+        if let Some(a) = key.as_ref().and_then(|k| self.decisions.get(k)) {
+            if let Event::Conn {
+                src, dst, tunnel, ..
+            } = ev
+            {
+                let (cmd, traceparent) = a.reply.command(src, random24());
+                self.count("decision_cache_hits", 1);
+                self.events.push(Event::Cached {
+                    id,
+                    entry: a.entry,
+                    at: wall(),
+                    src,
+                    dst,
+                    tunnel: tunnel.map(Box::new),
+                    traceparent,
+                });
+                return Some(cmd);
+            }
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,7 +391,7 @@ impl Shared {
                 self.count("refused_pending_full", 1);
                 return None;
             }
-            p.insert(id, tx);
+            p.insert(id, (tx, key));
         }
         self.events.push(ev);
         match tokio::time::timeout(DECISION_TIMEOUT, rx).await {
@@ -343,15 +409,39 @@ impl Shared {
 
     /// Python's answer for `id`; false when nobody waits for one (timed out, gone).
     pub fn command(&self, id: u64, cmd: Command) -> bool {
-        let tx = self
+        self.command_remembered(id, cmd, None)
+    }
+
+    /// `command`, and with `remember` = (generation, entry) a connect answer is stored
+    /// for the connection's repeat flows (only a tunnel stream has a flow key; an answer
+    /// decided under another generation than the current one is dropped).
+    pub fn command_remembered(&self, id: u64, cmd: Command, remember: Option<(u64, u64)>) -> bool {
+        let pending = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        match tx {
-            Some(tx) => tx.send(cmd).is_ok(),
-            None => false,
+        let Some((tx, key)) = pending else {
+            return false;
+        };
+        if let (Some(key), Some((generation, entry))) = (key, remember) {
+            if let Some(reply) = Reply::of(&cmd) {
+                let a = Answer {
+                    entry,
+                    generation,
+                    reply,
+                };
+                match self.decisions.put(key, a) {
+                    Stored::Yes => self.count("decision_cache_stored", 1),
+                    Stored::Stale => self.count("decision_cache_stale", 1),
+                    Stored::Evicted => {
+                        self.count("decision_cache_stored", 1);
+                        self.count("decision_cache_evicted", 1)
+                    }
+                }
+            }
         }
+        tx.send(cmd).is_ok()
     }
 
     // ---- live connections -------------------------------------------------------

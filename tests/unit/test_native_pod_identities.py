@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 from agent.config import parse_config
 from agent.proxy.native import NativeEngine
+from agent.rbac.store import PolicyStore
 from agent.state.workloads import Registry, workload_from_json
 
 
@@ -14,6 +15,9 @@ class Core:
 
     def set_pod_identities(self, pairs):
         self.pushed.append(list(pairs))
+
+    def set_generation(self, g):
+        pass
 
 
 def pod(uid, ip, ns="shop", sa="web-sa", node=None, ip6=None):
@@ -27,7 +31,8 @@ def pod(uid, ip, ns="shop", sa="web-sa", node=None, ip6=None):
 
 def test_pushed_whole_on_change_only():
     reg, core = Registry(), Core()
-    eng = NativeEngine(SimpleNamespace(registry=reg, config=parse_config("{}")), core, None)
+    eng = NativeEngine(SimpleNamespace(registry=reg, config=parse_config("{}"), policies=PolicyStore(), view=None),
+                       core, None)
     eng.ids.sync_pod_identities("cluster.local")
     assert core.pushed == [[]]
     reg.register(pod("web", "198.19.0.2", ip6="fd00:686d::2"))
