@@ -100,11 +100,10 @@ class Metrics:
                 self._requests[labels] = [self.counters["istio_requests_total"]] + [self.hist[n][labels]
                                                                                     for n in REQUEST_HISTOGRAMS]
             return
-        total, h_dur, h_req, h_resp = s
-        total[labels] += 1
-        _observe(h_dur, duration_ms)
-        _observe(h_req, request_bytes)
-        _observe(h_resp, response_bytes)
+        s[0][labels] += 1
+        _observe(s[1], duration_ms)
+        _observe(s[2], request_bytes)
+        _observe(s[3], response_bytes)
 
     def snapshot(self) -> dict:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
@@ -139,11 +138,15 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
-def _observe(h: list, value: float) -> None:
-    h[bisect.bisect_left(BUCKETS, value)] += 1  # Prometheus' le: value <= bound
-    h[_NB] += value
-    h[_NB + 1] += 1
-    h[_NB + 2], h[_NB + 3] = min(h[_NB + 2], value), max(h[_NB + 3], value)
+def _observe(h: list, value: float, _bisect=bisect.bisect_left, _sum=_NB, _count=_NB + 1, _min=_NB + 2,
+             _max=_NB + 3) -> None:
+    h[_bisect(BUCKETS, value)] += 1  # Prometheus' le: value <= bound
+    h[_sum] += value
+    h[_count] += 1
+    if value < h[_min]:  # what min() and max() keep, without their calls
+        h[_min] = value
+    if value > h[_max]:
+        h[_max] = value
 
 
 def _num(v: float) -> str:
