@@ -17,22 +17,23 @@ from json.encoder import encode_basestring_ascii as _esc
 encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _last_second: list = [None, ""]  # (whole second, its "YYYY-MM-DDTHH:MM:SS"): records come in bursts
+_MS = tuple(f".{i:03d}Z" for i in range(1000))  # each millisecond's tail, formatted once
 
 
-def rfc3339(t: float) -> str:
+def rfc3339(t: float, _modf=math.modf, _last=_last_second, _ms=_MS) -> str:
     """UTC with milliseconds, as ``datetime.fromtimestamp(t, UTC).isoformat(timespec=
     "milliseconds")`` writes it (microseconds rounded half-even, then truncated to ms),
     with the formatted second reused while it lasts."""
-    frac, whole = math.modf(t)
+    frac, whole = _modf(t)
     us = round(frac * 1e6)
     sec = int(whole)
     if us >= 1_000_000:
         sec, us = sec + 1, us - 1_000_000
     elif us < 0:
         sec, us = sec - 1, us + 1_000_000
-    if _last_second[0] != sec:
-        _last_second[0], _last_second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_last_second[1]}.{us // 1000:03d}Z"
+    if _last[0] != sec:
+        _last[0], _last[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return _last[1] + _ms[us // 1000]
 
 
 @dataclass(frozen=True, slots=True)
