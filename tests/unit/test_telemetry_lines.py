@@ -131,3 +131,16 @@ def test_request_accounting_past_the_series_bound_counts_every_overflow():
             slow.observe(name, lb, v)
     assert fast.snapshot() == slow.snapshot()
     assert fast.counters["hostmesh_metrics_series_overflow_total"][("istio_requests_total",)] == 6
+
+
+def test_kafka_values_are_the_encoders_bytes():
+    pytest.importorskip("aiokafka")
+    from agent.config import KafkaConfig
+    from agent.telemetry.kafka import KafkaSink
+
+    sink = KafkaSink(KafkaConfig(bootstrap="127.0.0.1:9"), Metrics())
+    c = ConnRecord(1.0, 2.5, "node-0", "outbound", "tunnel", SRC, ODD, 79, 1073, "allow", None, "closed", None)
+    recs = [*CASES[:8], c]
+    sink.offer(recs, [r.to_json() for r in recs])
+    assert list(sink._buf) == [(r.key.encode(), old_line(r).encode()) for r in recs]
+    assert sink.counts["produced"] == len(recs)
