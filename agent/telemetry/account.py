@@ -83,20 +83,28 @@ def closed(m: Metrics, acct: TcpAccount | None, rec, ctx: LabelContext) -> None:
 
 # Label tuples of recent (reporter, peers, service, status, flags): a keep-alive
 # connection's requests share them, so each is derived once, not per request. Bounded:
-# cleared when full (the registry bounds the series themselves).
+# cleared when full (the registry bounds the series themselves). The first table is
+# keyed on the objects' identities (a connection's requests share its endpoints, so no
+# dataclass hash per request; each entry holds those objects, so their ids cannot be
+# reused while it lives), the second on their values (equal ends of other connections).
+_HTTP_BY_ID: dict = {}
 _HTTP_LABELS_CACHE: dict = {}
 _HTTP_LABELS_CACHE_MAX = 4096
 
 
 def request(m: Metrics, req, ctx: LabelContext) -> None:
-    key = (req.direction, req.mode, req.src, req.dst, id(req.src.labels), id(req.dst.labels), req.service, req.status,
-           req.flags, id(ctx))
-    lb = _HTTP_LABELS_CACHE.get(key)
-    if lb is None:
-        if len(_HTTP_LABELS_CACHE) >= _HTTP_LABELS_CACHE_MAX:
-            _HTTP_LABELS_CACHE.clear()
-        lb = _HTTP_LABELS_CACHE[key] = http_labels(req, ctx)
-    m.inc("istio_requests_total", lb)
-    m.observe("istio_request_duration_milliseconds", lb, max(0.0, (req.end - req.start) * 1000.0))
-    m.observe("istio_request_bytes", lb, req.request_bytes)
-    m.observe("istio_response_bytes", lb, req.response_bytes)
+    src, dst, svc = req.src, req.dst, req.service
+    fast = (req.direction, req.mode, id(src), id(dst), id(svc), req.status, req.flags, id(ctx))
+    hit = _HTTP_BY_ID.get(fast)
+    if hit is None:
+        key = (req.direction, req.mode, src, dst, id(src.labels), id(dst.labels), svc, req.status, req.flags,
+               id(ctx))
+        lb = _HTTP_LABELS_CACHE.get(key)
+        if lb is None:
+            if len(_HTTP_LABELS_CACHE) >= _HTTP_LABELS_CACHE_MAX:
+                _HTTP_LABELS_CACHE.clear()
+            lb = _HTTP_LABELS_CACHE[key] = http_labels(req, ctx)
+        if len(_HTTP_BY_ID) >= _HTTP_LABELS_CACHE_MAX:
+            _HTTP_BY_ID.clear()
+        hit = _HTTP_BY_ID[fast] = (lb, src, dst, svc, ctx)
+    m.count_request(hit[0], max(0.0, (req.end - req.start) * 1000.0), req.request_bytes, req.response_bytes)

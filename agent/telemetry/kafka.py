@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import threading
 
@@ -59,8 +58,8 @@ class KafkaSink:
     def offer(self, batch, docs) -> None:
         limit = self.config.buffer_bytes
         with self._lock:
-            for rec, doc in zip(batch, docs):
-                value = json.dumps(doc, separators=(",", ":")).encode()
+            for rec in batch:
+                value = rec.json_line().encode()  # the access log's line: json.dumps(doc)'s bytes, cheaper
                 self.counts["produced"] += 1
                 if self._bytes + len(value) > limit:
                     self.counts["dropped_buffer_full"] += 1

@@ -42,6 +42,8 @@ HISTOGRAMS = {
     "istio_request_bytes": ("Request size (head and body)", HTTP_LABELS, "By"),
     "istio_response_bytes": ("Response size (head and body)", HTTP_LABELS, "By"),
 }
+# the histograms every HTTP exchange moves, in count_request's argument order
+REQUEST_HISTOGRAMS = ("istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes")
 _NB = len(BUCKETS) + 1  # per-bucket counts, the last one beyond the highest bound
 _LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in BUCKETS)
 
@@ -53,6 +55,8 @@ class Metrics:
         self.gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         # name -> labels -> [count per bucket (not cumulative)..., sum, count, min, max]
         self.hist: dict[str, dict[tuple, list]] = defaultdict(dict)
+        # HTTP label set -> [the istio_requests_total series, its three histograms' lists]
+        self._requests: dict[tuple, list] = {}
 
     def _bounded(self, name: str, series: dict, labels: tuple) -> tuple:
         if labels not in series and len(series) >= self.max_series:
@@ -79,10 +83,27 @@ class Metrics:
         h = series.get(labels)
         if h is None:
             h = series[labels] = [0] * _NB + [0.0, 0, value, value]
-        h[bisect.bisect_left(BUCKETS, value)] += 1  # Prometheus' le: value <= bound
-        h[_NB] += value
-        h[_NB + 1] += 1
-        h[_NB + 2], h[_NB + 3] = min(h[_NB + 2], value), max(h[_NB + 3], value)
+        _observe(h, value)
+
+    def count_request(self, labels: tuple, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+        """One HTTP exchange: ``inc("istio_requests_total")`` and ``observe`` of its three
+        histograms, with the same effect, the series looked up once per label set. Only
+        series already in the registry are remembered, so a label set folded into
+        ``other`` still counts its overflow on every call."""
+        s = self._requests.get(labels)
+        if s is None:
+            self.inc("istio_requests_total", labels)
+            for name, v in zip(REQUEST_HISTOGRAMS, (duration_ms, request_bytes, response_bytes)):
+                self.observe(name, labels, v)
+            if labels in self.counters["istio_requests_total"] and all(labels in self.hist[n]
+                                                                      for n in REQUEST_HISTOGRAMS):
+                self._requests[labels] = [self.counters["istio_requests_total"]] + [self.hist[n][labels]
+                                                                                    for n in REQUEST_HISTOGRAMS]
+            return
+        s[0][labels] += 1
+        _observe(s[1], duration_ms)
+        _observe(s[2], request_bytes)
+        _observe(s[3], response_bytes)
 
     def snapshot(self) -> dict:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
@@ -115,6 +136,17 @@ class Metrics:
                 out.append(f"{name}_sum{base} {_num(h[_NB])}")
                 out.append(f"{name}_count{base} {h[_NB + 1]}")
         return "\n".join(out) + "\n"
+
+
+def _observe(h: list, value: float, _bisect=bisect.bisect_left, _sum=_NB, _count=_NB + 1, _min=_NB + 2,
+             _max=_NB + 3) -> None:
+    h[_bisect(BUCKETS, value)] += 1  # Prometheus' le: value <= bound
+    h[_sum] += value
+    h[_count] += 1
+    if value < h[_min]:  # what min() and max() keep, without their calls
+        h[_min] = value
+    if value > h[_max]:
+        h[_max] = value
 
 
 def _num(v: float) -> str:

@@ -10,7 +10,6 @@ behind their own bounded hand-offs. Delivered and dropped counts are exact per s
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import sys
 
@@ -22,8 +21,6 @@ from agent.telemetry.istio import LabelContext, TcpAccount
 from agent.telemetry.metrics import Metrics
 
 logger = logging.getLogger("hostmesh.telemetry")
-# one encoder for every access-log line (json.dumps with separators builds one per call)
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def label_context(config) -> LabelContext:
@@ -131,13 +128,15 @@ class Telemetry:
     def flush(self) -> None:
         while self.queue:
             batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.config.batch_size))]
-            docs = [r.to_json() for r in batch]
             if self._log is not None:
-                self._log.write("".join(_encode(d) + "\n" for d in docs))
+                # each record's line as the encoder writes it, without building its dict
+                self._log.write("\n".join([r.json_line() for r in batch]) + "\n")
                 self._log.flush()
-                self.counts["access_log"] += len(docs)
-            for s in self.sinks:
-                s.offer(batch, docs)
+                self.counts["access_log"] += len(batch)
+            if self.sinks:  # Kafka and OTLP read the documents
+                docs = [r.to_json() for r in batch]
+                for s in self.sinks:
+                    s.offer(batch, docs)
 
     def stats(self) -> dict:
         out = dict(self.counts, queue_depth=len(self.queue))

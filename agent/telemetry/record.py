@@ -6,28 +6,34 @@ labels from them. Fields marked "not in the JSON record" feed the labels only.""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _esc
+
+# The access log's encoder (ensure_ascii, no spaces): ``json_line`` writes exactly its bytes.
+encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _last_second: list = [None, ""]  # (whole second, its "YYYY-MM-DDTHH:MM:SS"): records come in bursts
+_MS = tuple(f".{i:03d}Z" for i in range(1000))  # each millisecond's tail, formatted once
 
 
-def rfc3339(t: float) -> str:
+def rfc3339(t: float, _modf=math.modf, _last=_last_second, _ms=_MS) -> str:
     """UTC with milliseconds, as ``datetime.fromtimestamp(t, UTC).isoformat(timespec=
     "milliseconds")`` writes it (microseconds rounded half-even, then truncated to ms),
     with the formatted second reused while it lasts."""
-    frac, whole = math.modf(t)
+    frac, whole = _modf(t)
     us = round(frac * 1e6)
     sec = int(whole)
     if us >= 1_000_000:
         sec, us = sec + 1, us - 1_000_000
     elif us < 0:
         sec, us = sec - 1, us + 1_000_000
-    if _last_second[0] != sec:
-        _last_second[0], _last_second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_last_second[1]}.{us // 1000:03d}Z"
+    if _last[0] != sec:
+        _last[0], _last[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return _last[1] + _ms[us // 1000]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +87,21 @@ class ConnRecord:
             out["response_flags"] = self.response_flags
         return out
 
+    def json_line(self) -> str:
+        """The access-log line (without its newline): one per connection, so the plain
+        encoder (``RequestRecord.json_line`` is the per-request fast one)."""
+        return encode(self.to_json())
+
     @property
     def key(self) -> str:
         """Kafka key: the source workload (SPEC.md)."""
         return f"{self.src.namespace}/{self.src.workload}" if self.src.workload else self.src.ip
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the others: one is built per HTTP exchange and per reporter, and a
+# frozen dataclass' __init__ (object.__setattr__ per field) costs 1.6 us where this one
+# costs 0.2. Nothing changes a record once built.
+@dataclass(slots=True)
 class RequestRecord:
     start: float
     end: float
@@ -120,3 +134,42 @@ class RequestRecord:
     @property
     def key(self) -> str:
         return f"{self.src.namespace}/{self.src.workload}" if self.src.workload else self.src.ip
+
+    def json_line(self) -> str:
+        """``encode(self.to_json())``, byte for byte, at a fifth of its cost: the fields a
+        connection's requests share (node, direction, both ends) are encoded once per
+        connection (``_shared``), the rest with the encoder's own string escaper. Any
+        value of a type other than the usual ones takes the encoder itself."""
+        m, p, h, v, pol, tr = self.method, self.path, self.host, self.verdict, self.policy, self.trace_id
+        st, rq, rs = self.status, self.request_bytes, self.response_bytes
+        dur = round((self.end - self.start) * 1000, 3)
+        if (type(m) is str and type(p) is str and type(h) is str and type(v) is str and type(st) is int
+                and type(rq) is int and type(rs) is int and (pol is None or type(pol) is str)
+                and (tr is None or type(tr) is str) and type(dur) is float and dur - dur == 0.0):
+            return (f'{{"type":"request","start":"{rfc3339(self.start)}","end":"{rfc3339(self.end)}",'
+                    f'"duration_ms":{dur!r},{_shared(self)},"method":{_esc(m)},"path":{_esc(p)},'
+                    f'"host":{_esc(h)},"status":{st},"verdict":{_esc(v)},'
+                    f'"policy":{"null" if pol is None else _esc(pol)},"request_bytes":{rq},'
+                    f'"response_bytes":{rs},"trace_id":{"null" if tr is None else _esc(tr)}}}')
+        return encode(self.to_json())
+
+
+# (node, direction, id(src), id(dst)) -> (src, dst, '"node":..,"direction":..,"src":{..},"dst":{..}'):
+# a keep-alive connection's requests share their ends (agent.proxy.l7records builds them
+# once per connection), so that part of the line is encoded once. The entry holds both
+# endpoints, so an id in a key cannot be reused while the entry lives; endpoints are
+# frozen, so the text stays theirs. Bounded: cleared when full.
+_SHARED: dict = {}
+_SHARED_MAX = 4096
+
+
+def _shared(rec) -> str:
+    src, dst = rec.src, rec.dst
+    key = (rec.node, rec.direction, id(src), id(dst))
+    hit = _SHARED.get(key)
+    if hit is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        text = encode({"node": rec.node, "direction": rec.direction, "src": src.to_json(), "dst": dst.to_json()})
+        hit = _SHARED[key] = (src, dst, text[1:-1])
+    return hit[2]
