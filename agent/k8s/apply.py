@@ -221,12 +221,13 @@ class Applier:
 
     def prepared_policies(self, compile_all: bool = True):
         """The policy set with what was loaded since the last commit in force, changed
-        in place (O(the change): ``PolicyStore.prepare_change``; the whole source when
-        the store refuses); marks it committed. For the event loop: small changes only
+        in place (O(the change): ``PolicyStore.prepare_change``, the changed matchers
+        compiled when a decision here first needs one; the whole source when the store
+        refuses); marks it committed. For the event loop: small changes only
         (``Discovery``)."""
         store, changes = self.agent.policies, dict(self.replaced)
         self.policies_dirty, self.replaced = 0, []
-        new = store.prepare_change("kubernetes", changes, compile_all)
+        new = store.prepare_change("kubernetes", changes, compile_all, compile_changed=False)
         return new if new is not None else store.prepare_sources({"kubernetes": self.policy_docs()},
                                                                  compile_all=compile_all)
 

@@ -126,14 +126,17 @@ class PolicyStore:
         return self.prepare_change(source, last, compile_all)
 
     def prepare_change(self, source: str, changes: dict[tuple[str, str, str], Doc | None],
-                       compile_all: bool = True) -> PolicySet | None:
+                       compile_all: bool = True, compile_changed: bool = True) -> PolicySet | None:
         """``source``'s documents with ``changes`` made (key -> its new document, None:
         gone), in O(the change and its namespaces): a replaced document keeps its
         place, a new one goes where a whole ``prepare_sources`` of the source in (kind,
         name) order puts it (after the other sources' policies of its namespace, by
         name among the source's own), only the changed matchers are compiled and the
-        rest of the set is shared. None (the caller rebuilds the source) when a key is
-        another source's or a PeerAuthentication comes or goes."""
+        rest of the set is shared. ``compile_changed`` False: the changed ones are
+        compiled when a decision first needs them (on the deciding thread: a change
+        put in force there, most of whose policies select no workload of this node).
+        None (the caller rebuilds the source) when a key is another source's or a
+        PeerAuthentication comes or goes."""
         old = self._set
         docs = dict(old.docs)
         swapped: dict[int, Doc] = {}  # id(old doc) -> its replacement
@@ -182,7 +185,7 @@ class PolicyStore:
             compiled = dict(old.compiled)
             for i in gone | swapped.keys():
                 compiled.pop(i, None)
-            for p in touched:
+            for p in touched if compile_changed else ():
                 if docs.get((p.kind, p.namespace, p.name), (None,))[0] is p:
                     compiled[id(p)] = (p.ref, compile_policy(p))
         return PolicySet(docs, by_ns, peer, compiled, base=old.serial, touched=tuple(touched))
