@@ -290,6 +290,13 @@ class PolicyStore:
     def _selects(selector, labels: dict[str, str]) -> bool:
         return selector is None or all(labels.get(k) == v for k, v in selector)
 
+    def affects(self, touched: tuple[AuthorizationPolicy, ...], namespace: str, labels: dict[str, str]) -> bool:
+        """Whether a change that touched these policies (``PolicySet.touched``) can change
+        a decision for a workload of ``namespace`` with ``labels``: the same rule by which
+        ``swap`` keeps that workload's cached entries."""
+        return any(p.namespace == self.root_namespace or (p.namespace == namespace and self._selects(p.selector, labels))
+                   for p in touched)
+
     def applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
         # Fast path: a workload's labels are one long-lived mapping, so its identity is a
         # key (the entry holds the mapping, so the id cannot be reused while cached).
