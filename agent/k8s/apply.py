@@ -219,15 +219,17 @@ class Applier:
     def traffic_docs(self) -> list:
         return [d for k in sorted(self.traffic) for d in self.traffic[k]]
 
-    def prepared_policies(self, compile_all: bool = True):
+    def prepared_policies(self, compile_all: bool = True, rebuild: bool = True):
         """The policy set with what was loaded since the last commit in force, changed
         in place (O(the change): ``PolicyStore.prepare_change``, the changed matchers
         compiled when a decision here first needs one; the whole source when the store
-        refuses); marks it committed. For the event loop: small changes only
-        (``Discovery``)."""
-        store, changes = self.agent.policies, dict(self.replaced)
+        refuses, or None then without ``rebuild``, nothing marked); marks it committed.
+        For the event loop: small changes only (``Discovery``)."""
+        store = self.agent.policies
+        new = store.prepare_change("kubernetes", dict(self.replaced), compile_all, compile_changed=False)
+        if new is None and not rebuild:
+            return None
         self.policies_dirty, self.replaced = 0, []
-        new = store.prepare_change("kubernetes", changes, compile_all, compile_changed=False)
         return new if new is not None else store.prepare_sources({"kubernetes": self.policy_docs()},
                                                                  compile_all=compile_all)
 

@@ -66,3 +66,25 @@ def test_only_the_connections_the_change_can_affect_are_evaluated(monkeypatch, e
     names = {c.dst.name: n for n, c in conns.items()}
     assert {names[s] for s in seen} == evaluated
     assert {n for n, c in conns.items() if c.close_reason == "policy_changed"} == closed
+
+
+def test_a_change_the_store_cannot_make_in_place_in_a_large_set_goes_beside_the_loop(monkeypatch):
+    from agent.k8s import applying
+
+    monkeypatch.setattr(applying, "INLINE_POLICY_SET_MAX", 1)  # "large": more than one policy
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("authorizationpolicies", [allow("web", "web"), allow("db", "db")], "1")
+    d.apply()
+    gen = agent.policies.generation
+    commit(d, ("MODIFIED", allow("web", "web", principal="cluster.local/ns/x/sa/y", rv="2")))  # in place: here
+    assert agent.policies.generation == gen + 1
+    peer = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "strict", "namespace": "shop", "resourceVersion": "3"}, "spec": {"mtls": {"mode": "STRICT"}}}
+    d.index.event("peerauthentications", "ADDED", peer)
+    for _ in d.applier.steps(d.index, d.index.take()):
+        pass
+    assert d._commit_small() is False  # a rebuild of the source: left to the thread, nothing lost
+    assert agent.policies.generation == gen + 1 and d.applier.policies_dirty == 1 and d.applier.replaced
+    d.applier.commit_policies()
+    assert [p["name"] for p in agent.policies.list()] == ["db", "web", "strict"]
