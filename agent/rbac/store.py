@@ -8,6 +8,12 @@ every matcher compiled) from the current one without touching it; ``swap`` puts 
 force in O(1). A swap names the generation it was prepared from and is refused if
 another change came first (the caller prepares again), so no change is lost. Nothing
 here may mutate a ``PolicySet`` once built: a thread may be reading it.
+
+A change made in place (``prepare_change``: a watch event's one policy) costs O(the
+change and its namespaces), and its swap keeps every cached per-workload answer it
+cannot affect (``_forget``): the rule is that a workload's applicable policies depend
+only on the policies of its namespace and the root namespace whose selectors select it.
+The caches are touched only on the deciding thread (``applicable``, ``swap``).
 """
 
 from __future__ import annotations
