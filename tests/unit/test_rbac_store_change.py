@@ -7,15 +7,13 @@ cached) between them, decides as a fresh load of the final set."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.rbac.evaluate import ConnAttrs, evaluate
-from agent.rbac.loader import load_documents
 from agent.rbac.store import PolicyStore
+from tests.unit.test_rbac_store_replace import load, pa
 
 K8S = "kubernetes"
 
@@ -28,15 +26,6 @@ def ap(name, ns="shop", action="ALLOW", app=None, principal="cluster.local/ns/sh
     if app is not None:
         spec["selector"] = {"matchLabels": {"app": app}}
     return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
-
-
-def pa(name, ns="shop", mode="STRICT"):
-    return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": name, "namespace": ns}, "spec": {"mtls": {"mode": mode}}}
-
-
-def load(*objs):
-    return [d for o in objs for d in load_documents(json.dumps(o), "<test>")]
 
 
 def key(d):
