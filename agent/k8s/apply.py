@@ -45,10 +45,10 @@ class Applier:
         self.traffic: dict[tuple[str, str], list] = {}  # (kind, key) -> DestinationRule/VirtualService
         self.policies_dirty = 0  # security.istio.io objects loaded but not yet in force (0: none)
         self.traffic_dirty = False  # a DestinationRule/VirtualService loaded but not yet in force
-        # the documents loaded since the last commit when each replaced one of the same
-        # kind and name (put in force in place: PolicyStore.prepare_replace); None: a
-        # policy came, went or was rejected, the source is put in force whole
-        self.replaced: list | None = []
+        # what changed in the source since the last commit, in order: (kind, namespace,
+        # name) -> the new document or None (gone, or rejected); put in force in place
+        # (PolicyStore.prepare_change), or as the whole source when the store refuses
+        self.replaced: list[tuple[tuple[str, str, str], object]] = []
         cluster = agent.config.cluster
         self.static = (list(cluster.nodes), list(cluster.services))  # the config's own
         self._logged: set[str] = set()
@@ -193,9 +193,8 @@ class Applier:
             doc = index.policy_doc(kind, key)
             old = self.policies.pop((kind, key), None)
             self.traffic.pop((kind, key), None)
+            self.replaced += [((d.kind, d.namespace, d.name), None) for d in old or ()]
             if doc is None:
-                if old:
-                    self.replaced = None
                 continue
             m = doc["metadata"]
             where = f"kubernetes:{doc['kind']}/{m.get('namespace')}/{m.get('name')}"
@@ -204,15 +203,10 @@ class Applier:
                     self.traffic[(kind, key)] = load_traffic(json.dumps(doc), where, cfg.cluster_domain)
                 else:
                     new = self.policies[(kind, key)] = load_object(doc, where, cfg.root_namespace)
-                    if self.replaced is not None and _names(new) == _names(old or []):
-                        self.replaced += new
-                    else:
-                        self.replaced = None
+                    self.replaced += [((d.kind, d.namespace, d.name), d) for d in new]
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
                 logger.warning("policy skipped: %s", e)
-                if kind not in TRAFFIC_KINDS and old:
-                    self.replaced = None
         traffic = sum(1 for kind, _ in keys if kind in TRAFFIC_KINDS)
         self.policies_dirty += len(keys) - traffic
         self.traffic_dirty |= traffic > 0
@@ -225,13 +219,17 @@ class Applier:
     def traffic_docs(self) -> list:
         return [d for k in sorted(self.traffic) for d in self.traffic[k]]
 
-    def prepared_policies(self, compile_all: bool = True):
-        """The policy set with what was loaded since the last commit in force (the
-        changed documents replaced in place when that is all that happened); marks it
-        committed. For the event loop: small changes only (``Discovery``)."""
-        store, replaced = self.agent.policies, self.replaced
+    def prepared_policies(self, compile_all: bool = True, rebuild: bool = True):
+        """The policy set with what was loaded since the last commit in force, changed
+        in place (O(the change): ``PolicyStore.prepare_change``, the changed matchers
+        compiled when a decision here first needs one; the whole source when the store
+        refuses, or None then without ``rebuild``, nothing marked); marks it committed.
+        For the event loop: small changes only (``Discovery``)."""
+        store = self.agent.policies
+        new = store.prepare_change("kubernetes", dict(self.replaced), compile_all, compile_changed=False)
+        if new is None and not rebuild:
+            return None
         self.policies_dirty, self.replaced = 0, []
-        new = store.prepare_replace("kubernetes", replaced, compile_all) if replaced else None
         return new if new is not None else store.prepare_sources({"kubernetes": self.policy_docs()},
                                                                  compile_all=compile_all)
 
@@ -241,7 +239,3 @@ class Applier:
         self.agent.policies.swap(self.prepared_policies(compile_all=False))
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()
-
-
-def _names(docs: list) -> list[tuple[str, str, str]]:
-    return [(d.kind, d.namespace, d.name) for d in docs]

@@ -8,10 +8,17 @@ every matcher compiled) from the current one without touching it; ``swap`` puts 
 force in O(1). A swap names the generation it was prepared from and is refused if
 another change came first (the caller prepares again), so no change is lost. Nothing
 here may mutate a ``PolicySet`` once built: a thread may be reading it.
+
+A change made in place (``prepare_change``: a watch event's one policy) costs O(the
+change and its namespaces), and its swap keeps every cached per-workload answer it
+cannot affect (``_forget``): the rule is that a workload's applicable policies depend
+only on the policies of its namespace and the root namespace whose selectors select it.
+The caches are touched only on the deciding thread (``applicable``, ``swap``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +46,9 @@ class Applicable:
 INDEX_MAX = 65536
 
 
+_serials = itertools.count(1)
+
+
 @dataclass(frozen=True)
 class PolicySet:
     """One generation of policies; never mutated once built."""
@@ -47,6 +57,14 @@ class PolicySet:
     by_ns: dict[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
     peer: tuple[PeerAuthentication, ...] = ()
     compiled: dict[int, tuple[str, Matcher]] = field(default_factory=dict)  # id(policy) -> (ref, matcher)
+    serial: int = field(default_factory=lambda: next(_serials), compare=False)
+    # Set by an in-place change (``prepare_change``/``prepare_replace``): the serial of
+    # the set it was made from and what it touched, so a swap from exactly that set
+    # keeps every cached ``Applicable`` the change cannot affect. ``touched``: the
+    # AuthorizationPolicies that went or came (both versions of a changed one); any
+    # other change (base None) starts the caches afresh.
+    base: int | None = field(default=None, compare=False)
+    touched: tuple[AuthorizationPolicy, ...] = field(default=(), compare=False)
 
 
 def build_set(docs: dict[tuple[str, str, str], tuple[Doc, str]], compile_all: bool = False,
@@ -72,9 +90,12 @@ class PolicyStore:
     def __init__(self, root_namespace: str = "istio-system") -> None:
         self.root_namespace = root_namespace
         self._set = PolicySet()
-        self._index: dict[tuple, Applicable] = {}
-        self._lazy: dict[int, tuple[str, Matcher]] = {}  # matchers compiled on demand (sync changes)
+        self._index: dict[str, dict[tuple, Applicable]] = {}  # namespace -> sorted labels -> ...
+        # matchers compiled on demand (sync changes): id(policy) -> (policy, (ref, matcher))
+        self._lazy: dict[int, tuple[AuthorizationPolicy, tuple[str, Matcher]]] = {}
         self._by_obj: dict[tuple[str, int], tuple[object, Applicable]] = {}
+        self._obj_ns: dict[str, list[tuple[str, int]]] = {}  # namespace -> its _by_obj keys
+        self._indexed = 0  # entries in _index
         self.retired: list[tuple] = []
         self.generation = 0
         # called with the new generation right after every swap, on the deciding thread:
@@ -102,53 +123,134 @@ class PolicyStore:
     def prepare_replace(self, source: str, docs: list[Doc], compile_all: bool = True) -> PolicySet | None:
         """Each of ``docs`` takes the place of the document of its kind, namespace and
         name that ``source`` has now, in place (the order ``prepare_sources`` gives
-        stays), in O(size of the change and of its namespace): only the changed
-        matchers are compiled, the rest of the set is copied as it is. None when one of
-        ``docs`` has no such document (a new or deleted one: ``prepare_sources``)."""
+        stays; the last of each wins). None when one of ``docs`` has no such document
+        (a new one: ``prepare_change``)."""
+        last = {(d.kind, d.namespace, d.name): d for d in docs}
+        have = self._set.docs
+        if any(have.get(k, (None, None))[1] != source for k in last):
+            return None
+        return self.prepare_change(source, last, compile_all)
+
+    def prepare_change(self, source: str, changes: dict[tuple[str, str, str], Doc | None],
+                       compile_all: bool = True, compile_changed: bool = True) -> PolicySet | None:
+        """``source``'s documents with ``changes`` made (key -> its new document, None:
+        gone), in O(the change and its namespaces): a replaced document keeps its
+        place, a new one goes where a whole ``prepare_sources`` of the source in (kind,
+        name) order puts it (after the other sources' policies of its namespace, by
+        name among the source's own), only the changed matchers are compiled and the
+        rest of the set is shared. ``compile_changed`` False: the changed ones are
+        compiled when a decision first needs them (on the deciding thread: a change
+        put in force there, most of whose policies select no workload of this node).
+        None (the caller rebuilds the source) when a key is another source's or a
+        PeerAuthentication comes or goes."""
         old = self._set
-        new_docs = dict(old.docs)
+        docs = dict(old.docs)
         swapped: dict[int, Doc] = {}  # id(old doc) -> its replacement
-        docs = list({(d.kind, d.namespace, d.name): d for d in docs}.values())  # the last of each wins
-        for d in docs:
-            key = (d.kind, d.namespace, d.name)
-            have = new_docs.get(key)
-            if have is None or have[1] != source or id(have[0]) in swapped:
+        gone: set[int] = set()
+        added: dict[str, list[AuthorizationPolicy]] = {}
+        touched: list[AuthorizationPolicy] = []
+        for key, d in changes.items():
+            have = docs.get(key)
+            if have is not None and have[1] != source:
                 return None
-            swapped[id(have[0])] = d
-            new_docs[key] = (d, source)
+            if key[0] != "AuthorizationPolicy":
+                if have is None or d is None:
+                    return None
+                swapped[id(have[0])] = d
+            elif have is not None:
+                touched.append(have[0])
+                if d is None:
+                    gone.add(id(have[0]))
+                else:
+                    swapped[id(have[0])] = d
+            elif d is not None:
+                added.setdefault(key[1], []).append(d)
+            else:
+                continue
+            if d is None:
+                del docs[key]
+                continue
+            docs[key] = (d, source)
+            if isinstance(d, AuthorizationPolicy):
+                touched.append(d)
         by_ns, peer = dict(old.by_ns), old.peer
-        for ns in {d.namespace for d in docs if isinstance(d, AuthorizationPolicy)}:
-            by_ns[ns] = tuple(swapped.get(id(p), p) for p in by_ns.get(ns, ()))
-        if any(not isinstance(d, AuthorizationPolicy) for d in docs):
+        for ns in {p.namespace for p in touched}:
+            ps = [swapped.get(id(p), p) for p in by_ns.get(ns, ()) if id(p) not in gone]
+            if ns in added:  # the source's own, by name, after the others'
+                mine = sorted([p for p in ps if docs[(p.kind, ns, p.name)][1] == source] + added[ns],
+                              key=lambda p: p.name)
+                ps = [p for p in ps if docs[(p.kind, ns, p.name)][1] != source] + mine
+            if ps:
+                by_ns[ns] = tuple(ps)
+            else:
+                by_ns.pop(ns, None)
+        if any(not isinstance(d, AuthorizationPolicy) for d in swapped.values()):
             peer = tuple(swapped.get(id(p), p) for p in peer)
         compiled = {}  # as build_set: without compile_all, matchers are compiled on demand
         if compile_all:
             compiled = dict(old.compiled)
-            for gone, d in swapped.items():
-                compiled.pop(gone, None)
-                if isinstance(d, AuthorizationPolicy):
-                    compiled[id(d)] = (d.ref, compile_policy(d))
-        return PolicySet(new_docs, by_ns, peer, compiled)
+            for i in gone | swapped.keys():
+                compiled.pop(i, None)
+            for p in touched if compile_changed else ():
+                if docs.get((p.kind, p.namespace, p.name), (None,))[0] is p:
+                    compiled[id(p)] = (p.ref, compile_policy(p))
+        return PolicySet(docs, by_ns, peer, compiled, base=old.serial, touched=tuple(touched))
 
     def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
         new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
         return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None
 
     def swap(self, new: PolicySet, base_generation: int | None = None) -> bool:
-        """Put ``new`` in force (O(1)); False when prepared from an older generation."""
+        """Put ``new`` in force (O(1), or O(the cached entries of the namespaces a change
+        made in place touched)); False when prepared from an older generation."""
         if base_generation is not None and base_generation != self.generation:
             return False
         # what the old generation held, freed by whoever clears ``retired`` (a thread:
         # freeing 10,000 compiled policies takes tens of ms)
-        self.retired.append((self._set, self._index, self._lazy, self._by_obj))
+        if new.base is not None and new.base == self._set.serial:
+            self.retired.append((self._set, self._forget(new.touched)))
+        else:
+            self.retired.append((self._set, self._index, self._lazy, self._by_obj))
+            self._index, self._lazy, self._by_obj, self._obj_ns = {}, {}, {}, {}
+            self._indexed = 0
         self._set = new
-        self._index, self._lazy, self._by_obj = {}, {}, {}
         self.generation += 1
         for f in self.on_swap:
             f(self.generation)
         if len(self.retired) > 1:  # nobody collects them (tests, sync callers): free now
             del self.retired[:-1]
         return True
+
+    def _forget(self, touched: tuple[AuthorizationPolicy, ...]) -> list:
+        """Drop the cached entries ``touched`` (policies that came, went or changed) can
+        affect: the workloads of their namespace their selectors select (every cache
+        when one is in the root namespace: it applies to every namespace). What was
+        dropped is returned, to be freed with the old set."""
+        dropped: list = []
+        for p in touched:
+            dropped.append(self._lazy.pop(id(p), None))
+        if any(p.namespace == self.root_namespace for p in touched):
+            dropped += [self._index, self._by_obj]
+            self._index, self._by_obj, self._obj_ns, self._indexed = {}, {}, {}, 0
+            return dropped
+        for ns in {p.namespace for p in touched}:
+            sels = {p.selector for p in touched if p.namespace == ns}
+            hit = self._index.get(ns, {})
+            for lt in [lt for lt in hit if any(self._selects(sel, dict(lt)) for sel in sels)]:
+                dropped.append(hit.pop(lt))
+                self._indexed -= 1
+            keep = []
+            for k in self._obj_ns.pop(ns, ()):
+                e = self._by_obj.get(k)
+                if e is None:
+                    continue
+                if any(self._selects(sel, e[0]) for sel in sels):
+                    dropped.append(self._by_obj.pop(k))
+                else:
+                    keep.append(k)
+            if keep:
+                self._obj_ns[ns] = keep
+        return dropped
 
     def snapshot(self) -> PolicySet:
         """The set in force (immutable: safe to read from a thread)."""
@@ -194,6 +296,13 @@ class PolicyStore:
     def _selects(selector, labels: dict[str, str]) -> bool:
         return selector is None or all(labels.get(k) == v for k, v in selector)
 
+    def affects(self, touched: tuple[AuthorizationPolicy, ...], namespace: str, labels: dict[str, str]) -> bool:
+        """Whether a change that touched these policies (``PolicySet.touched``) can change
+        a decision for a workload of ``namespace`` with ``labels``: the same rule by which
+        ``swap`` keeps that workload's cached entries."""
+        return any(p.namespace == self.root_namespace or (p.namespace == namespace and self._selects(p.selector, labels))
+                   for p in touched)
+
     def applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
         # Fast path: a workload's labels are one long-lived mapping, so its identity is a
         # key (the entry holds the mapping, so the id cannot be reused while cached).
@@ -203,12 +312,17 @@ class PolicyStore:
         a = self._applicable(namespace, labels)
         if len(self._by_obj) >= INDEX_MAX:
             self._by_obj.clear()
-        self._by_obj[(namespace, id(labels))] = (labels, a)
+            self._obj_ns.clear()
+        key = (namespace, id(labels))
+        if hit is None:
+            self._obj_ns.setdefault(namespace, []).append(key)
+        self._by_obj[key] = (labels, a)
         return a
 
     def _applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
-        key = (namespace, tuple(sorted(labels.items())))
-        hit = self._index.get(key)
+        key = tuple(sorted(labels.items()))
+        cached = self._index.get(namespace)
+        hit = cached.get(key) if cached is not None else None
         if hit is not None:
             return hit
         by_ns = self._set.by_ns
@@ -224,17 +338,22 @@ class PolicyStore:
             http=any(r.is_http for p in pols for r in p.rules),
             reads_headers=any(c.is_http for p in pols for r in p.rules for c in r.conditions),
         )
-        if len(self._index) >= INDEX_MAX:
+        if self._indexed >= INDEX_MAX:
             self._index.clear()
-        self._index[key] = a
+            self._indexed = 0
+        self._index.setdefault(namespace, {})[key] = a
+        self._indexed += 1
         return a
 
     def _matcher(self, p: AuthorizationPolicy) -> tuple[str, Matcher]:
         """Compiled once per store generation, shared by every workload it applies to."""
-        hit = self._set.compiled.get(id(p)) or self._lazy.get(id(p))
-        if hit is None:
-            hit = self._lazy[id(p)] = (p.ref, compile_policy(p))
-        return hit
+        hit = self._set.compiled.get(id(p))
+        if hit is not None:
+            return hit
+        lazy = self._lazy.get(id(p))
+        if lazy is None or lazy[0] is not p:
+            lazy = self._lazy[id(p)] = (p, (p.ref, compile_policy(p)))
+        return lazy[1]
 
     def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
         return self._set.peer
