@@ -185,7 +185,7 @@ class Applier:
         """Load the changed objects only (one small document each); the whole set is
         put in force by the shell: ``commit_policies`` now, or ``Discovery.flush``
         beside the deciding thread (agent.policy_sources)."""
-        from agent.rbac.loader import load_object
+        from agent.rbac.loader import load_object, stand_in
         from agent.traffic.loader import load_traffic
 
         cfg = self.agent.config.policies
@@ -206,7 +206,15 @@ class Applier:
                     self.replaced += [((d.kind, d.namespace, d.name), d) for d in new]
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
-                logger.warning("policy skipped: %s", e)
+                held = stand_in(doc, where, cfg.root_namespace) if kind == "authorizationpolicies" else []
+                if held:  # fail closed: never less than the operator wrote (docs/kubernetes.md)
+                    self.count("policies_fail_closed")
+                    self.policies[(kind, key)] = held
+                    self.replaced += [((d.kind, d.namespace, d.name), d) for d in held]
+                    logger.warning("policy rejected, enforced as %s until fixed: %s",
+                                   "ALLOW nothing" if held[0].action == "ALLOW" else "DENY all", e)
+                else:
+                    logger.warning("policy skipped: %s", e)
         traffic = sum(1 for kind, _ in keys if kind in TRAFFIC_KINDS)
         self.policies_dirty += len(keys) - traffic
         self.traffic_dirty |= traffic > 0

@@ -101,7 +101,7 @@ class Discovery(Applying):
         self.index = Index(node_name)
         self.cache = self.index  # the name the stats and older callers use
         self.counts = {"lists": 0, "relists_410": 0, "watch_restarts": 0, "errors": 0, "events": 0,
-                       "policies_rejected": 0, "pods_skipped": 0, "applies": 0}
+                       "policies_rejected": 0, "policies_fail_closed": 0, "pods_skipped": 0, "applies": 0}
         self.applier = Applier(agent, node_name, self.count)
         self._changed = trio.Event()
         self._flushing = False  # a flush is under way (it may be waiting at a checkpoint)

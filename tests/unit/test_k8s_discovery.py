@@ -156,10 +156,11 @@ def test_policies_services_and_a_bad_policy_is_skipped(replay):
     replay.lists["/apis/discovery.k8s.io/v1/endpointslices"] = [lst("EndpointSliceList", [
         endpointslice("api", ["10.1.0.5"], [{"name": "http", "port": 8080, "protocol": "TCP"}])], "2")]
     replay.lists[PODS] = [lst("PodList", [], "1")]
-    agent = run_discovery(replay, lambda a, d: len(a.policies) == 2)
-    assert sorted(p["name"] for p in agent.policies.list()) == ["allow-web", "deny-all"]
+    names = lambda a: sorted(p["name"] for p in a.policies.list())  # noqa: E731
+    agent = run_discovery(replay, lambda a, d: names(a) == ["allow-web", "deny-all"])
     assert set(agent.policies.sources()) == {"kubernetes"}
     assert agent.discovery.counts["policies_rejected"] == 1  # the typo, once (then deleted)
+    assert agent.discovery.counts["policies_fail_closed"] == 1  # held as DENY all until then
     assert [(s.vip, s.ports, s.endpoints, s.target_port) for s in agent.config.cluster.services] == [
         ("10.96.0.10", [80], ["10.1.0.5"], 8080)]
     assert agent.view.services[("10.96.0.10", 80)].endpoints == ("10.1.0.5",)
@@ -255,7 +256,7 @@ def test_a_modified_policy_is_replaced_in_place_and_equals_a_fresh_list(monkeypa
 @pytest.mark.parametrize("event", [
     ("ADDED", authz("d", rv="2", rules=[{}])),              # a new name: appended by a rebuild
     ("DELETED", authz("a", rv="2")),                        # gone
-    ("MODIFIED", authz("a", rv="2", action="DENY", rulez=[])),  # now invalid: skipped, the old one goes
+    ("MODIFIED", authz("a", rv="2", action="DENY", rulez=[])),  # now invalid: its fail-closed stand-in
 ])
 def test_a_policy_that_comes_goes_or_breaks_rebuilds_the_source(event):
     first = [authz("a", action="DENY", rules=[{}]), authz("b", rules=[{}])]
@@ -264,7 +265,7 @@ def test_a_policy_that_comes_goes_or_breaks_rebuilds_the_source(event):
     assert d.applier.replaced == []
     d.apply()
     rest = [o for o in first if o["metadata"]["name"] != event[1]["metadata"]["name"]]
-    fresh, _ = _policy_agent(rest + ([event[1]] if event[0] == "ADDED" else []))
+    fresh, _ = _policy_agent(rest + ([event[1]] if event[0] != "DELETED" else []))  # as a fresh list loads it
     assert agent.policies.list() == fresh.policies.list()
     assert list(agent.policies.snapshot().docs) == list(fresh.policies.snapshot().docs)
 

@@ -1,0 +1,60 @@
+"""A watched AuthorizationPolicy the loader refuses is enforced fail closed by a stand-in
+read from the object (agent.rbac.loader.stand_in, docs/kubernetes.md): a typo never lets
+through what the operator's policy was written to stop, and the stand-in depends on the
+object only, so a restart (a fresh list) enforces the same."""
+import pytest
+
+from agent.rbac.evaluate import ConnAttrs, evaluate
+from agent.rbac.loader import PolicyError, load_object, stand_in
+from agent.rbac.store import PolicyStore
+from tests.unit.k8s_objects import authz
+
+ALICE = "cluster.local/ns/shop/sa/alice"
+
+
+def _broken(**spec):
+    obj = authz("p", **spec)
+    with pytest.raises(PolicyError):
+        load_object(obj, "kubernetes:p", "istio-system")
+    return obj
+
+
+@pytest.mark.parametrize("spec, want", [
+    ({"action": "DENY", "rulez": []}, ("DENY", (("app", "web"),), 1)),
+    ({"action": "deny", "rules": [{}]}, ("DENY", (("app", "web"),), 1)),          # action unreadable
+    ({"action": "CUSTOM", "provider": {"name": "x"}, "rules": [{}]}, ("DENY", (("app", "web"),), 1)),
+    ({"action": "ALLOW", "rules": [{"from": [{"source": {"principalz": ["x"]}}]}]}, ("ALLOW", (("app", "web"),), 0)),
+    ({"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}, ("ALLOW", (("app", "web"),), 0)),  # ALLOW default
+])
+def test_the_stand_in_keeps_the_action_s_side_and_the_selector(spec, want):
+    got = stand_in(_broken(selector={"matchLabels": {"app": "web"}}, **spec), "kubernetes:p", "istio-system")
+    assert [(p.action, p.selector, len(p.rules), p.namespace, p.name) for p in got] == [(*want, "shop", "p")]
+
+
+def test_an_unreadable_selector_widens_to_the_namespace_and_audit_holds_nothing():
+    wide = stand_in(_broken(selector={"matchLabels": {"app": 7}}, action="DENY", rules=[{}]), "k", "istio-system")
+    assert [(p.action, p.selector) for p in wide] == [("DENY", None)]
+    assert stand_in(_broken(action="AUDIT", rulez=[]), "k", "istio-system") == []
+    assert stand_in("junk", "k", "istio-system") == []
+
+
+def test_dry_run_stays_dry_run():
+    obj = _broken(action="DENY", rulez=[])
+    obj["metadata"]["annotations"] = {"istio.io/dry-run": "true"}
+    assert [p.dry_run for p in stand_in(obj, "k", "istio-system")] == [True]
+
+
+def _decide(docs, labels):
+    store = PolicyStore()
+    store.replace_source("kubernetes", docs)
+    return evaluate(store, ConnAttrs("10.0.0.1", 4000, ALICE, "shop", "10.1.0.5", 8080, "shop", labels)).verdict == "allow"
+
+
+@pytest.mark.parametrize("broken, web, other", [
+    ({"action": "DENY", "rulez": []}, False, True),                  # the deny still denies
+    ({"action": "ALLOW", "rules": [{"from": [{"source": {"principalz": ["x"]}}]}]}, False, True),  # allows nothing
+])
+def test_what_the_stand_in_decides(broken, web, other):
+    docs = stand_in(_broken(selector={"matchLabels": {"app": "web"}}, **broken), "k", "istio-system")
+    assert _decide(docs, {"app": "web"}) is web
+    assert _decide(docs, {"app": "db"}) is other  # outside its selector: as without it
