@@ -10,7 +10,7 @@ import dataclasses
 
 from agent.proxy.l7core import on_exchange, on_exchanges, on_request
 from agent.proxy.native_http import HttpPaths
-from tests.unit.test_l7core import DENY_ADMIN, H, FakeAgent, FakeCore, l7
+from tests.unit.test_l7core import DENY_ADMIN, FakeAgent, FakeCore, H, l7
 
 TOLD = ("GET", "http://web:81/a/./b?q", "other")
 
