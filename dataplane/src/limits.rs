@@ -86,9 +86,9 @@ pub const QUIET_DELAY: Duration = Duration::from_millis(2);
 /// urgent comes first; a connection's finished record, which follows its exchanges in
 /// the queue, takes them along within QUIET_DELAY, and EVENT_BATCH of them wake Python
 /// at once. Nothing waits on an exchange (its request was answered already; Python only
-/// counts and records it), and each wake-up of Python's event loop costs it tens of
-/// microseconds: at 1,000 rps the 2 ms delay meant ~500 wake-ups a second per agent,
-/// 20 ms means ~50, each taking ~20 records in one batch. 20 ms is well inside the
+/// counts and records it), and each wake-up of Python's event loop is a trio turn of
+/// its own: at 1,000 rps the 2 ms delay allowed up to ~500 wake-ups a second per agent,
+/// 20 ms at most ~50, each taking ~20 records in one batch. 20 ms is well inside the
 /// telemetry flush (a second) and far below anything an operator reading counters or
 /// the access log could notice.
 pub const EXCHANGE_DELAY: Duration = Duration::from_millis(20);
