@@ -1,7 +1,7 @@
 """Python's half of the core's HTTP path (dataplane/src/l7.rs): the core serves
 HTTP/1.1 on an L7 port with hyper and sends one event per request head; this module
-answers each with one non-blocking command and turns each finished exchange into the
-connection's request records.
+answers each with one non-blocking command and turns the finished exchanges, which the
+core hands over in batches (``on_exchanges``), into the connections' request records.
 
 Per head: ``l7judge.judge_fields`` (the h11 inspector's rules on the field lines hyper
 parsed: 400 for ambiguous framing or a target that cannot be normalized), then
@@ -25,7 +25,7 @@ from agent.proxy import enforce
 from agent.proxy.connect import authority
 from agent.proxy.conns import Conn
 from agent.proxy.l7judge import ALLOW, NO_REQUEST, denial, judge_fields, needs_host, told_attrs
-from agent.proxy.l7records import submit_requests
+from agent.proxy.l7records import peers_of, record_type, submit_requests
 from agent.rbac.evaluate import HttpAttrs
 
 logger = logging.getLogger("hostmesh.l7")
@@ -88,30 +88,63 @@ def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: 
 
 def on_exchange(agent, h: L7Conn, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
                 end: float, flags: str, memo: int = 0, told=None) -> None:
-    """One finished exchange: its record. ``memo``: the core reused decision ``memo``
-    (counted as a decision now, as the head it answered was); ``told``: a told head's
-    (method, target, host)."""
-    if told is not None:
-        # a told connection's heads repeat too: what each distinct one shows is derived once
-        attrs = h.seen.get(told)
-        if attrs is None:
-            attrs = told_attrs(*told)
-            if len(h.seen) < MAX_MEMOS:
-                h.seen[told] = attrs
-        d, own_flags = ALLOW, ""
-    elif memo:
-        attrs, d = h.memos[memo - 1]
-        own_flags = ""
-        if h.police:
-            enforce.note(agent, h.conn, d, attrs)
-            agent.count("http_requests_allow")
-    else:
-        attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
-    if flags == "DPE" and not own_flags:  # the core refused what followed an allowed head (its body)
-        agent.count(f"http_refused_{status}")
-        logger.info("request refused", extra={"conn": h.conn.id, "status": status, "error": "request body"})
-    h.peers = submit_requests(agent, h.conn, h.reporters, h.peers, start, end, attrs, d, status, req_bytes,
-                              resp_bytes, own_flags or flags)
+    """One finished exchange of ``h`` (``on_exchanges`` with one)."""
+    failed = on_exchanges(agent, {0: h}, [(0, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told)])
+    if failed:
+        raise failed[0][1]
+
+
+def on_exchanges(agent, conns: dict, evs) -> list[tuple[int, Exception]]:
+    """A batch of finished exchanges, each (connection id, request id, status, request
+    bytes, response bytes, start, end, flags, memo, told), in the order they ended:
+    their records. ``conns``: connection id -> L7Conn (an exchange of none is dropped:
+    its connection is gone). ``memo``: the core reused decision ``memo`` (counted as a
+    decision now, as the head it answered was); ``told``: a told head's (method,
+    target, host). One loop with the lookups hoisted (the per-connection part of a
+    record is made once per connection): the same counts and records as one call per
+    exchange. Returns (connection id, error) for each exchange that failed, the others
+    done."""
+    tel = agent.telemetry
+    submit = tel.submit if tel is not None else None
+    record, node, count, note = record_type(), agent.config.node.name, agent.count, enforce.note
+    failed = []
+    for cid, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told in evs:
+        h = conns.get(cid)
+        if h is None:
+            continue
+        try:
+            if told is not None:
+                # a told connection's heads repeat too: what each distinct one shows is derived once
+                attrs = h.seen.get(told)
+                if attrs is None:
+                    attrs = told_attrs(*told)
+                    if len(h.seen) < MAX_MEMOS:
+                        h.seen[told] = attrs
+                d, own_flags = ALLOW, ""
+            elif memo:
+                attrs, d = h.memos[memo - 1]
+                own_flags = ""
+                if h.police:
+                    note(agent, h.conn, d, attrs)
+                    count("http_requests_allow")
+            else:
+                attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
+            if flags == "DPE" and not own_flags:  # the core refused what followed an allowed head (its body)
+                count(f"http_refused_{status}")
+                logger.info("request refused", extra={"conn": h.conn.id, "status": status, "error": "request body"})
+            if submit is None or attrs is None:
+                continue
+            peers = h.peers
+            if peers is None:
+                peers = h.peers = peers_of(agent, h.conn, h.reporters)
+            conn = h.conn
+            for direction, src, dst, service in peers:
+                submit(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status, d.verdict,
+                              d.policy, conn.trace_id, direction, conn.mode, req_bytes, resp_bytes,
+                              own_flags or flags, service))
+        except Exception as e:  # noqa: BLE001 - this connection's exchange only; the caller ends it
+            failed.append((cid, e))
+    return failed
 
 
 def on_refused(agent, h: L7Conn, status: int, reason: str, req_bytes: int, now: float) -> None:

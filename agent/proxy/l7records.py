@@ -10,31 +10,36 @@ from functools import cache
 
 
 @cache
-def _record_type():
+def record_type():
     """The record class, imported once (an import statement per exchange costs ~0.8 us)."""
     from agent.telemetry.record import RequestRecord
 
     return RequestRecord
 
 
+def peers_of(agent, conn, reporters) -> tuple:
+    """What every record of the connection shares, computed once per connection:
+    (direction, source end, destination end, service) for each of ``reporters``
+    ("outbound": the source's view, "inbound": the destination's)."""
+    from agent.proxy.finish import endpoint, service_of
+
+    src = endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal)
+    dst = endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal)
+    return tuple((r, src, dst, service_of(agent, conn, r)) for r in reporters)
+
+
 def submit_requests(agent, conn, reporters, peers, start: float, end: float, attrs, d, status: int,
                     req_bytes: int, resp_bytes: int, flags: str):
-    """Submit the exchange for each of ``reporters`` ("outbound": the source's view,
-    "inbound": the destination's); returns ``peers`` (the connection's ends and services,
-    computed once per connection: pass the returned value back in)."""
+    """Submit the exchange for each of ``reporters``; returns ``peers`` (``peers_of``,
+    computed on the first record: pass the returned value back in). The core's
+    exchanges take l7core.on_exchanges' loop, which makes the same records."""
     tel = agent.telemetry
     if tel is None or not reporters or attrs is None:
         return peers
-    record = _record_type()
     if peers is None:
-        from agent.proxy.finish import endpoint, service_of
-
-        peers = (endpoint(conn.src_ip, conn.src_port, conn.src, conn.src_principal),
-                 endpoint(conn.dst_ip, conn.dst_port, conn.dst, conn.dst_principal),
-                 {r: service_of(agent, conn, r) for r in reporters})
-    src, dst, services = peers
-    for direction in reporters:
-        tel.submit(record(start, end, agent.config.node.name, src, dst, attrs.method, attrs.path,
-                                 attrs.host, status, d.verdict, d.policy, conn.trace_id, direction, conn.mode,
-                                 req_bytes, resp_bytes, flags, services[direction]))
+        peers = peers_of(agent, conn, reporters)
+    record, node = record_type(), agent.config.node.name
+    for direction, src, dst, service in peers:
+        tel.submit(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status, d.verdict,
+                          d.policy, conn.trace_id, direction, conn.mode, req_bytes, resp_bytes, flags, service))
     return peers

@@ -492,6 +492,7 @@ async def open_native(agent, socks: list[tuple[socket.socket, str]]) -> AsyncIte
                 yield eng
             finally:
                 eng._follow_policies(False)
+                eng.take_records()  # what the core still holds is recorded before it stops
                 nursery.cancel_scope.cancel()
     finally:
         core.shutdown()

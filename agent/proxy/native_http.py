@@ -15,6 +15,7 @@ planner chose the routes; it never blocks the trio thread.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -24,10 +25,17 @@ from agent.proxy import plan
 from agent.proxy.conns import Conn
 from agent.proxy.finish import finish, opened
 
+logger = logging.getLogger("hostmesh.native")
+
+# The core's events that only report (records and counts), taken at shutdown.
+_RECORDS = frozenset({"exchanges", "finished", "http_refused", "progress"})
+
 
 class HttpPaths:
     """Mixed into ``NativeEngine`` (its ``core``, ``agent``, ``_nursery``, ``_pending``,
     ``_legs``, ``_leg_addr``, ``_try_next`` and ``_refuse``)."""
+
+    _l7_on_exchanges = None  # l7core.on_exchanges, imported on the first batch
 
     def _http_routed(self, cid: int, conn: Conn, p: plan.HttpRouted) -> None:
         """A service with HTTP routes: the core pipes the pod's bytes to the request
@@ -156,13 +164,30 @@ class HttpPaths:
             self.core.http_answer(cid, rid, "bad", 503, b"internal error\n")
             raise
 
-    def _on_exchange(self, cid: int, rid: int, status: int, req_bytes: int, resp_bytes: int, start: float,
-                     end: float, flags: str, memo: int = 0, told=None) -> None:
-        from agent.proxy.l7core import on_exchange
+    def _on_exchanges(self, evs: list) -> None:
+        """A batch of finished exchanges (the core hands them over together:
+        limits.rs EXCHANGE_DELAY): their records (l7core.on_exchanges). One that fails
+        ends its connection only, as any event's error does."""
+        on_exchanges = self._l7_on_exchanges
+        if on_exchanges is None:
+            from agent.proxy.l7core import on_exchanges
 
-        h = self._http.get(cid)
-        if h is not None:
-            on_exchange(self.agent, h, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told)
+            self._l7_on_exchanges = on_exchanges
+        for cid, e in on_exchanges(self.agent, self._http, evs):
+            logger.error("native event exchange failed", exc_info=e)
+            self.core.refuse(cid, "internal_error", 503)
+
+    def take_records(self) -> None:
+        """At shutdown, before the core stops: the records it still holds (an exchange's
+        waits up to limits.rs EXCHANGE_DELAY for a wake-up), so none is lost. Decisions
+        still asked for are not made: shutdown resets those connections."""
+        while evs := self.core.events():
+            for ev in evs:
+                if ev[0] in _RECORDS:
+                    try:
+                        getattr(self, "_on_" + ev[0])(*ev[1:])
+                    except Exception:  # noqa: BLE001 - the others are still recorded
+                        logger.exception("native event %s failed at shutdown", ev[0])
 
     def _follow_policies(self, follow: bool = True) -> None:
         """The core reuses L7 answers only under the policy generation they were decided

@@ -3,18 +3,21 @@
 //!
 //! Decides: what the core tells Python (a new connection to decide, an attempt that
 //! failed, a finished connection, progress), when an event is dropped, and when Python
-//! is woken: at once for what waits on Python (a decision, a failed attempt), within
-//! limits::QUIET_DELAY for what does not (finished, progress), which under load rides
-//! along with the next decision instead of costing a wake-up of its own. Must never:
+//! is woken: at once for what waits on Python (a decision, a failed attempt, an L7
+//! request head), within limits::QUIET_DELAY for what does not (finished, progress),
+//! and within limits::EXCHANGE_DELAY for an L7 exchange's record, which is only
+//! counted and recorded; both under load ride along with the next decision (or the
+//! connection's finished record) instead of costing a wake-up of their own. Must never:
 //! block, wait for the GIL, drop anything but a progress record (decisions and finished
 //! records are bounded elsewhere: limits.rs), or leave an event unsignalled.
 
-use crate::limits::{MAX_EVENTS, QUIET_DELAY};
+use crate::limits::{EVENT_BATCH, EXCHANGE_DELAY, MAX_EVENTS, QUIET_DELAY};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Which listener accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,19 +142,30 @@ impl Event {
             Event::Conn { .. } | Event::Failed { .. } | Event::Request { .. }
         )
     }
+
+    /// How long a non-urgent event may wait for a wake-up: an exchange's record longest
+    /// (nothing reads it but the counters and telemetry), the rest QUIET_DELAY.
+    fn delay(&self) -> Duration {
+        match self {
+            Event::Exchange { .. } => EXCHANGE_DELAY,
+            _ => QUIET_DELAY,
+        }
+    }
 }
 
 struct Inner {
     q: VecDeque<Event>,
     /// The eventfd was written and Python has not drained since.
     signalled: bool,
+    /// When the earliest delayed signal scheduled fires (None: none is scheduled). A
+    /// later one is only scheduled when it must fire earlier (a finished record after
+    /// exchanges), so there are at most two in flight.
+    nudge_at: Option<tokio::time::Instant>,
 }
 
 pub struct Queue {
     q: Mutex<Inner>,
     efd: OwnedFd,
-    /// A delayed signal is scheduled (at most one at a time).
-    nudging: AtomicBool,
     pub dropped: AtomicU64,
 }
 
@@ -166,10 +180,10 @@ impl Queue {
             q: Mutex::new(Inner {
                 q: VecDeque::new(),
                 signalled: false,
+                nudge_at: None,
             }),
             // SAFETY: `fd` was just created and is owned here only.
             efd: unsafe { OwnedFd::from_raw_fd(fd) },
-            nudging: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         }))
     }
@@ -184,8 +198,8 @@ impl Queue {
 
     /// Queue `ev`. Python drains until empty after each wake-up, so one signal per
     /// batch is enough: an urgent event signals unless a signal is already pending; any
-    /// other is signalled within QUIET_DELAY (by the next urgent event, a full batch,
-    /// or a delayed nudge on the runtime; at once outside one).
+    /// other is signalled within its delay (QUIET_DELAY, EXCHANGE_DELAY: by the next
+    /// urgent event, a full batch, or a delayed nudge on the runtime; at once outside one).
     pub fn push(self: &Arc<Self>, ev: Event) {
         let (now, later) = {
             let mut g = self.lock();
@@ -193,36 +207,47 @@ impl Queue {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let urgent = ev.urgent() || g.q.len() + 1 >= crate::limits::EVENT_BATCH;
+            let urgent = ev.urgent() || g.q.len() + 1 >= EVENT_BATCH;
+            let delay = ev.delay();
             g.q.push_back(ev);
             if g.signalled {
-                (false, false)
+                (false, None)
             } else if urgent {
                 g.signalled = true;
-                (true, false)
+                (true, None)
             } else {
-                (false, true)
+                (false, Some(delay))
             }
         };
         if now {
             self.signal();
-        } else if later {
-            self.nudge();
+        } else if let Some(delay) = later {
+            self.nudge(delay);
         }
     }
 
-    /// Signal within QUIET_DELAY unless something else does first.
-    fn nudge(self: &Arc<Self>) {
+    /// Signal within `delay` unless something else does first.
+    fn nudge(self: &Arc<Self>, delay: Duration) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self.signal_pending();
         };
-        if self.nudging.swap(true, Ordering::AcqRel) {
-            return; // one is on its way
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut g = self.lock();
+            if g.nudge_at.is_some_and(|t| t <= at) {
+                return; // one is on its way, soon enough
+            }
+            g.nudge_at = Some(at);
         }
         let me = self.clone();
         rt.spawn(async move {
-            tokio::time::sleep(QUIET_DELAY).await;
-            me.nudging.store(false, Ordering::Release);
+            tokio::time::sleep_until(at).await;
+            {
+                let mut g = me.lock();
+                if g.nudge_at == Some(at) {
+                    g.nudge_at = None;
+                }
+            }
             me.signal_pending();
         });
     }
@@ -377,6 +402,67 @@ mod tests {
         q.push(finished(5)); // a second nudge after the first one fired
         tokio::time::sleep(QUIET_DELAY * 10).await;
         assert!(readable(&q));
+    }
+
+    fn exchange(id: u64) -> Event {
+        Event::Exchange {
+            id,
+            rid: 1,
+            status: 200,
+            req_bytes: 1,
+            resp_bytes: 2,
+            start: 0.0,
+            end: 0.0,
+            flags: "-",
+            memo: 1,
+            told: None,
+        }
+    }
+
+    /// The earliest delayed signal, as a delay from now.
+    fn nudge_in(q: &Queue) -> Option<Duration> {
+        let at = q.lock().nudge_at?;
+        Some(at.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn exchanges_wait_longer_and_a_finished_record_takes_them_along() {
+        let q = Queue::new().unwrap();
+        q.push(exchange(1));
+        q.push(exchange(1));
+        assert!(!readable(&q));
+        let d = nudge_in(&q).unwrap();
+        assert!(d > QUIET_DELAY && d <= EXCHANGE_DELAY, "{d:?}");
+        q.push(finished(1)); // the connection ended: its records go within QUIET_DELAY
+        assert!(nudge_in(&q).unwrap() <= QUIET_DELAY);
+        tokio::time::sleep(QUIET_DELAY * 10).await;
+        assert!(readable(&q));
+        let got = q.drain(512);
+        assert!(matches!(
+            got[..],
+            [
+                Event::Exchange { .. },
+                Event::Exchange { .. },
+                Event::Finished { .. }
+            ]
+        ));
+        q.push(exchange(2)); // never left unsignalled
+        tokio::time::sleep(EXCHANGE_DELAY * 3).await;
+        assert!(readable(&q));
+        assert_eq!(q.drain(512).len(), 1);
+        assert_eq!(nudge_in(&q), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_batch_of_exchanges_wakes_python_at_once() {
+        let q = Queue::new().unwrap();
+        for _ in 0..EVENT_BATCH - 1 {
+            q.push(exchange(1));
+        }
+        assert!(!readable(&q));
+        q.push(exchange(1));
+        assert!(readable(&q));
+        assert_eq!(q.drain(EVENT_BATCH).len(), EVENT_BATCH);
     }
 
     #[test]

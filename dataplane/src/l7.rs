@@ -8,7 +8,9 @@
 //! hyper client connection on the upstream socket the core opened, its body and the
 //! response streaming; a denied one is answered 403, its body read and dropped, and
 //! the connection goes on; a bad one is answered 400 and the connection closes. Each
-//! finished exchange is one `Exchange` event (status, bytes each way, times); a head
+//! finished exchange is one `Exchange` event (status, bytes each way, times; it waits
+//! up to limits::EXCHANGE_DELAY and reaches Python with its neighbours in one batch,
+//! events.rs); a head
 //! hyper refused is one `HttpRefused` event (its 400/431). An allowed Upgrade request
 //! the workload answers 101 switches both sockets to the copy loop (raw bytes; the
 //! exchange's record ends at the 101); CONNECT is 501. Must never: forward a byte

@@ -37,7 +37,7 @@ mod tls;
 use events::{Event, Kind};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use runtime::{Command, Settings, Shared, TunnelPlan};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +69,15 @@ fn tunnel_tuple(t: events::TunnelInfo) -> TunnelTuple {
         t.protocol,
         t.baggage,
     )
+}
+
+/// ("exchanges", [exchange tuples]): one event, so Python takes a batch of records in
+/// one call (agent/proxy/l7core.py on_exchanges).
+fn exchanges(py: Python<'_>, run: Vec<PyObject>) -> PyResult<PyObject> {
+    Ok(("exchanges", PyList::new(py, run)?)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
 }
 
 fn ip(s: &str) -> PyResult<IpAddr> {
@@ -166,11 +175,21 @@ impl Core {
     /// `entry` (decisions.rs; a captured one carries the traceparent the core sent);
     /// ("failed", id, status, reason, policy | None);
     /// ("finished", id, sent, received, start, end, reason);
-    /// ("progress", id, sent, received).
+    /// ("progress", id, sent, received);
+    /// ("request", id, rid, method, target, version, [(name, value)]): an L7 head to answer;
+    /// ("exchanges", [(id, rid, status, request bytes, response bytes, start, end, flags,
+    /// memo, told | None)]): L7 exchanges that ended one after the other, in order
+    /// (`told`: (method, target, first Host));
+    /// ("http_refused", id, status, reason, request bytes).
     fn events(&self, py: Python<'_>) -> PyResult<Vec<PyObject>> {
         let evs = self.shared.events.drain(limits::EVENT_BATCH);
         let mut out = Vec::with_capacity(evs.len());
+        // consecutive exchanges, handed over as one ("exchanges", [...]) event
+        let mut run: Vec<PyObject> = Vec::new();
         for ev in evs {
+            if !run.is_empty() && !matches!(ev, Event::Exchange { .. }) {
+                out.push(exchanges(py, std::mem::take(&mut run))?);
+            }
             let o = match ev {
                 Event::Conn {
                     id,
@@ -258,22 +277,22 @@ impl Core {
                     flags,
                     memo,
                     told,
-                } => (
-                    "exchange",
-                    id,
-                    rid,
-                    status,
-                    req_bytes,
-                    resp_bytes,
-                    start,
-                    end,
-                    flags,
-                    memo,
-                    told.map(|t| *t),
-                )
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind(),
+                } => {
+                    let t = (
+                        id,
+                        rid,
+                        status,
+                        req_bytes,
+                        resp_bytes,
+                        start,
+                        end,
+                        flags,
+                        memo,
+                        told.map(|t| *t),
+                    );
+                    run.push(t.into_pyobject(py)?.into_any().unbind());
+                    continue;
+                }
                 Event::HttpRefused {
                     id,
                     status,
@@ -285,6 +304,9 @@ impl Core {
                     .unbind(),
             };
             out.push(o);
+        }
+        if !run.is_empty() {
+            out.push(exchanges(py, run)?);
         }
         Ok(out)
     }
