@@ -42,7 +42,9 @@ def opened(agent, conn: Conn) -> None:
     tel = agent.telemetry
     if tel is None:
         return
-    conn.accounts = [(d, tel.opened(record(agent, conn, d, conn.start))) for d in directions(conn)]
+    # one TcpAccount per reporter, in directions() order (a connection's mode and
+    # direction no longer change once it got through): no list or pair per connection
+    conn.accounts = tuple(tel.opened(record(agent, conn, d, conn.start)) for d in directions(conn))
 
 
 def emit(agent, conn: Conn, end: float, established: bool = False) -> None:
@@ -53,11 +55,10 @@ def emit(agent, conn: Conn, end: float, established: bool = False) -> None:
     tel = agent.telemetry
     if tel is None:
         return
-    accounts = dict(conn.accounts)
-    conn.accounts = []
-    for direction in directions(conn):
+    accounts, conn.accounts = conn.accounts, ()
+    for i, direction in enumerate(directions(conn)):
         rec = record(agent, conn, direction, end)
-        acct = accounts.get(direction)
+        acct = accounts[i] if i < len(accounts) else None
         if acct is None and established:
             acct = tel.opened(rec)
         tel.submit(rec, acct)
@@ -83,7 +84,7 @@ def flow(agent) -> None:
             up, down = s.bytes_a_to_b, s.bytes_b_to_a
         else:
             continue
-        for _, acct in c.accounts:
+        for acct in c.accounts:
             tel.flow(acct, up, down)
 
 
