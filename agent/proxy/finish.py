@@ -70,22 +70,24 @@ def flow(agent) -> None:
     tel = agent.telemetry
     if tel is None or not len(agent.conns):
         return
-    live = {s.conn_id: s for s in agent.engine.snapshot()} if agent.engine is not None else {}
-    for c in agent.conns:
+    listed = set()  # ids of the relayed-by-Python ones the core lists (few)
+    for c, up, down in agent.engine.live_counts() if agent.engine is not None else ():
+        if agent.conns.get(c.id) is not c:  # finished or handed on (http_route) meanwhile
+            continue
         if not c.accounts:
-            if c.id not in live:
-                continue
             # the native core lists only bridged connections: this one got through (its
             # tunnel or connect succeeded), so istio_tcp_connections_opened_total moves now
             opened(agent, c)
         if c.live is not None:
+            listed.add(c.id)
             up, down = c.live
-        elif (s := live.get(c.id)) is not None:
-            up, down = s.bytes_a_to_b, s.bytes_b_to_a
-        else:
-            continue
         for acct in c.accounts:
             tel.flow(acct, up, down)
+    for c in agent.conns:  # relayed outside the core (the HTTP inspector): its own counts
+        if c.live is not None and c.accounts and c.id not in listed:
+            up, down = c.live
+            for acct in c.accounts:
+                tel.flow(acct, up, down)
 
 
 def service_of(agent, conn: Conn, direction: str):

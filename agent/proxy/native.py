@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -102,6 +102,17 @@ class NativeEngine(HttpPaths, RepeatFlows):
             if conn is not None:
                 out.append(LiveConn(conn.id, mode, sent, received, now - start))
         return out
+
+    def live_counts(self) -> Iterator[tuple[Conn, int, int]]:
+        """(connection, bytes to the destination, bytes back) of each one the core has
+        bridged, read from one packed bytes object (the telemetry tick's: no tuple or
+        LiveConn per connection, so 8,000 idle connections leave no freed peak behind)."""
+        live = self._live
+        packed = memoryview(self.core.live_counts()).cast("Q")
+        for i in range(0, len(packed), 3):
+            conn = live.get(packed[i])
+            if conn is not None:
+                yield conn, packed[i + 1], packed[i + 2]
 
     def statistics(self) -> dict[str, Any]:
         return {"engine": "native", **self.core.stats()}

@@ -3,6 +3,7 @@ connection record is slotted, shares its addresses, principals and label tuple w
 every other connection between the same pods, and holds no container until telemetry
 opens an account; the agent's process imports only its own command's CLI module."""
 
+import struct
 import sys
 from dataclasses import replace
 
@@ -103,8 +104,8 @@ def _cached_pair(n: int):
     class Listing(Core):
         rows: dict = {}
 
-        def connections(self):
-            return [(cid, "x", "tunnel", None, None, 0, 0, 0.0) for cid in self.rows]
+        def live_counts(self):  # as the core packs them: (id, sent, received) u64 triples
+            return b"".join(struct.pack("=3Q", cid, *counts) for cid, counts in self.rows.items())
 
     def run():
         (a1, e1), (a0, e0) = engine("node-1"), engine("node-0")
@@ -119,7 +120,7 @@ def _cached_pair(n: int):
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         for i, src, sent in events:
-            e1.core.rows[i] = e0.core.rows[i] = True
+            e1.core.rows[i] = e0.core.rows[i] = (0, 0)
             e1._on_cached(i, out1, 1795345876.25, src, ("198.19.0.2", 8080), None, sent)
             e0._on_cached(i, out, 1795345876.25, src, ("198.19.0.2", 15008),
                           (CLI, ("198.19.0.2", 8080), src, sent, "hbone", None), None)
@@ -129,13 +130,13 @@ def _cached_pair(n: int):
         tracemalloc.stop()
         mine = [tracemalloc.Filter(True, "*/agent/*")]
         grown = sum(d.size_diff for d in after.filter_traces(mine).compare_to(before.filter_traces(mine), "filename"))
-        return e1, e0, out1, grown / n / 2
+        return e1, e0, out1, grown / n / 2, (a1, a0)
 
     return drive(run)
 
 
 def test_an_idle_cached_connection_holds_its_record_and_nothing_it_can_share():
-    e1, e0, entry, per_conn = _cached_pair(400)
+    e1, e0, entry, per_conn, _ = _cached_pair(400)
     src, dst = e1._live[5], e0._live[5]
     assert e1._retry[5] is e1._repeat.get(entry)  # the stored entry stands in for a plan of its own
     assert src.core_id == 5 and src.in_engine and (src.trace_id, src.span_id) == (f"{5:032x}", f"{5:016x}")
@@ -145,3 +146,19 @@ def test_an_idle_cached_connection_holds_its_record_and_nothing_it_can_share():
     # the record, its ids, times, trace and account, two table entries: ~0.5 KB per
     # agent (0.9 KB before the trace int, shared plan and tuple accounts; issue 17)
     assert per_conn < 640, per_conn
+
+
+def test_the_telemetry_tick_opens_what_the_core_lists_and_moves_its_bytes():
+    from agent.proxy import finish
+    from tests.unit.test_decision_cost import counter, drive
+
+    e1, e0, _, _, (a1, a0) = _cached_pair(3)
+    assert counter(a1, "istio_tcp_connections_opened_total") == 3  # the cached three (the decided one is unlisted)
+    e1.core.rows[2] = (100, 7000)
+    del e1.core.rows[3]
+    drive(lambda: finish.flow(a1))
+    assert counter(a1, "istio_tcp_received_bytes_total") == 100
+    assert counter(a1, "istio_tcp_sent_bytes_total") == 7000
+    drive(lambda: finish.flow(a1))  # counted once, not per tick
+    assert counter(a1, "istio_tcp_received_bytes_total") == 100
+    assert counter(a1, "istio_tcp_connections_opened_total") == 3
