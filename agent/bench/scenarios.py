@@ -170,7 +170,10 @@ def idle(lab: Lab, path: str, client: str, d: Durations, pids: list[int], work: 
     how many TLS connections the source holds to carry them (``ss`` in node-1's
     namespace, or the client pod's for ztunnel, peer port in ``tls_ports``; the core's ``hbone_connections`` when it counts them)."""
     srv = lab.pod("srv")["ip"]
-    time.sleep(0.5)
+    # idle: the scenario before has ended and the core's first still sweep has handed its
+    # freed heap back (live.rs Trim; measured 3.5 s after connect-rate + http-l7-1000rps,
+    # 2 MiB per agent; at 0.5 s it was still held)
+    time.sleep(5.0)
     base = rss_mib(pids)
     report = work / f"idle-{path}.count"
     report.unlink(missing_ok=True)

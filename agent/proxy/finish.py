@@ -42,7 +42,9 @@ def opened(agent, conn: Conn) -> None:
     tel = agent.telemetry
     if tel is None:
         return
-    conn.accounts = [(d, tel.opened(record(agent, conn, d, conn.start))) for d in directions(conn)]
+    # one TcpAccount per reporter, in directions() order (a connection's mode and
+    # direction no longer change once it got through): no list or pair per connection
+    conn.accounts = tuple(tel.opened(record(agent, conn, d, conn.start)) for d in directions(conn))
 
 
 def emit(agent, conn: Conn, end: float, established: bool = False) -> None:
@@ -53,11 +55,10 @@ def emit(agent, conn: Conn, end: float, established: bool = False) -> None:
     tel = agent.telemetry
     if tel is None:
         return
-    accounts = dict(conn.accounts)
-    conn.accounts = []
-    for direction in directions(conn):
+    accounts, conn.accounts = conn.accounts, ()
+    for i, direction in enumerate(directions(conn)):
         rec = record(agent, conn, direction, end)
-        acct = accounts.get(direction)
+        acct = accounts[i] if i < len(accounts) else None
         if acct is None and established:
             acct = tel.opened(rec)
         tel.submit(rec, acct)
@@ -69,22 +70,24 @@ def flow(agent) -> None:
     tel = agent.telemetry
     if tel is None or not len(agent.conns):
         return
-    live = {s.conn_id: s for s in agent.engine.snapshot()} if agent.engine is not None else {}
-    for c in agent.conns:
+    listed = set()  # ids of the relayed-by-Python ones the core lists (few)
+    for c, up, down in agent.engine.live_counts() if agent.engine is not None else ():
+        if agent.conns.get(c.id) is not c:  # finished or handed on (http_route) meanwhile
+            continue
         if not c.accounts:
-            if c.id not in live:
-                continue
             # the native core lists only bridged connections: this one got through (its
             # tunnel or connect succeeded), so istio_tcp_connections_opened_total moves now
             opened(agent, c)
         if c.live is not None:
+            listed.add(c.id)
             up, down = c.live
-        elif (s := live.get(c.id)) is not None:
-            up, down = s.bytes_a_to_b, s.bytes_b_to_a
-        else:
-            continue
-        for _, acct in c.accounts:
+        for acct in c.accounts:
             tel.flow(acct, up, down)
+    for c in agent.conns:  # relayed outside the core (the HTTP inspector): its own counts
+        if c.live is not None and c.accounts and c.id not in listed:
+            up, down = c.live
+            for acct in c.accounts:
+                tel.flow(acct, up, down)
 
 
 def service_of(agent, conn: Conn, direction: str):

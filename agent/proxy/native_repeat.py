@@ -20,7 +20,7 @@ from agent.proxy.conns import Conn
 @dataclass(slots=True)
 class _Pending:
     conn: Conn
-    plans: list = field(default_factory=list)
+    plans: list | tuple = field(default_factory=list)  # only read (a stored entry's tuple)
     next: int = 0
     route: Any = None
     protocol: str = ""  # the tunnel protocol of the current attempt
@@ -50,16 +50,17 @@ class RepeatFlows:
             self.core.close(cid, "decision_lost")
             return
         if tunnel is None:  # a captured connection the core tunnelled (the source side)
-            conn = repeat.instance(e.template, src[1], at, trio.current_time())
-            conn.trace_id, conn.span_id = sent_trace[3:35], sent_trace[36:52]
-            self._retry[cid] = _Pending(conn, list(e.plans), 1, e.route, e.protocol)
-            self._routes[cid] = e.route
+            conn = repeat.instance(e.template, src[1], at)
+            conn.set_trace(sent_trace[3:35], sent_trace[36:52])
+            # the entry stands in for its _Pending until an attempt fails (_retried): an
+            # idle connection holds no plan of its own
+            self._retry[cid] = e
         else:
             _, _, forwarded, traceparent, _, _ = tunnel
-            conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at, trio.current_time())
+            conn = repeat.instance(e.template, repeat.source_port(e, src, forwarded), at)
             ids = traceparent_ids(traceparent) if traceparent else None
             if ids:
-                conn.trace_id, conn.parent_span_id = ids
+                conn.set_trace(*ids, parent=True)
         count = agent.count
         for name, n in e.counts:
             count(name, n)
@@ -70,6 +71,14 @@ class RepeatFlows:
         # (the world was checked when this batch began: changes run between batches)
         if e.generation != self._repeat.generation:
             self._rejudge(conn)
+
+    @staticmethod
+    def _retried(st, conn: Conn | None) -> _Pending | None:
+        """A failed attempt's plan: ``st`` itself, or the _Pending a cached connection's
+        entry stands for (its one route tried)."""
+        if isinstance(st, repeat.Entry) and conn is not None:
+            return _Pending(conn, st.plans, 1, st.route, st.protocol)
+        return st
 
     def _rejudge(self, conn: Conn) -> None:
         """A connection the core answered under an older generation: planned and judged

@@ -107,11 +107,11 @@ def source_port(e: Entry, peer, forwarded) -> int:
     return 0
 
 
-def instance(t: Conn, src_port: int, start: float, start_mono: float) -> Conn:
+def instance(t: Conn, src_port: int, start: float) -> Conn:
     """A connection with ``t``'s decision (an entry's template, or the decided connection
     a template is made from), its own source port and times (trace ids are the caller's)."""
-    return Conn(t.direction, t.mode, t.src_ip, src_port, t.dst_ip, t.dst_port, start, start_mono, t.src, t.dst,
-                t.src_principal, t.dst_principal, t.verdict, t.policy, t.reason, None, None, None, t.enforced_here)
+    return Conn(t.direction, t.mode, t.src_ip, src_port, t.dst_ip, t.dst_port, start, 0.0, t.src, t.dst,
+                t.src_principal, t.dst_principal, t.verdict, t.policy, t.reason, enforced_here=t.enforced_here)
 
 
 class Table:

@@ -217,6 +217,11 @@ impl Shared {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// How many connection ids were handed out (churn, for live.rs `Trim`).
+    pub fn ids_issued(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed) - 1
+    }
+
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -3,6 +3,7 @@ connection record is slotted, shares its addresses, principals and label tuple w
 every other connection between the same pods, and holds no container until telemetry
 opens an account; the agent's process imports only its own command's CLI module."""
 
+import struct
 import sys
 from dataclasses import replace
 
@@ -74,3 +75,90 @@ def test_the_agent_imports_only_its_own_command():
     assert command_of(["--log-level=debug", "ctl", "stats"]) == "ctl"
     assert command_of(["--log-level", "info", "--log-format", "text"]) is None
     assert command_of(["--version"]) is None
+
+
+def test_trace_ids_are_one_int_and_read_back_as_the_hex_they_were():
+    c = make()
+    assert (c.trace, c.trace_id, c.span_id, c.parent_span_id) == (None, None, None, None)
+    c.set_trace("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7")  # the source's own span
+    assert (c.trace_id, c.span_id, c.parent_span_id) == ("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7",
+                                                          None)
+    c.set_trace("0000000000000000000000000000000a", "b7ad6b7169203331", parent=True)  # the destination's
+    assert (c.trace_id, c.span_id, c.parent_span_id) == ("0000000000000000000000000000000a", None,
+                                                          "b7ad6b7169203331")
+    assert isinstance(c.trace, int) and not hasattr(c, "start_mono")
+
+
+def _cached_pair(n: int):
+    """Both agents' glue (fake cores) after ``n`` connections the cores answered from a
+    stored answer (the idle-10k shape: one flow, thousands of connections), telemetry
+    accounts opened by a flow tick; the tracemalloc bytes of agent/ per connection per
+    agent."""
+    import tracemalloc
+
+    from agent.proxy import finish
+    from tests.unit.test_decision_cost import CLI, Core, drive, engine
+
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    class Listing(Core):
+        rows: dict = {}
+
+        def live_counts(self):  # as the core packs them: (id, sent, received) u64 triples
+            return b"".join(struct.pack("=3Q", cid, *counts) for cid, counts in self.rows.items())
+
+    def run():
+        (a1, e1), (a0, e0) = engine("node-1"), engine("node-0")
+        for a, e in ((a1, e1), (a0, e0)):
+            e.core, a.engine = Listing(), e
+            e.core.rows = {}
+        e1._on_conn(1, "outbound", ("198.19.1.2", 30000), ("198.19.0.2", 8080), None)
+        e0._on_conn(1, "tunnel", ("198.19.1.2", 30000), ("198.19.0.2", 15008),
+                    (CLI, ("198.19.0.2", 8080), ("198.19.1.2", 30000), tp, "hbone", None))
+        out, out1 = e0.core.calls[-1][2]["remember"][1], e1.core.calls[-1][2]["remember"][1]
+        events = [(i, ("198.19.1.2", 30000 + i), f"00-{i:032x}-{i:016x}-01") for i in range(2, n + 2)]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for i, src, sent in events:
+            e1.core.rows[i] = e0.core.rows[i] = (0, 0)
+            e1._on_cached(i, out1, 1795345876.25, src, ("198.19.0.2", 8080), None, sent)
+            e0._on_cached(i, out, 1795345876.25, src, ("198.19.0.2", 15008),
+                          (CLI, ("198.19.0.2", 8080), src, sent, "hbone", None), None)
+        finish.flow(a1)
+        finish.flow(a0)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        mine = [tracemalloc.Filter(True, "*/agent/*")]
+        grown = sum(d.size_diff for d in after.filter_traces(mine).compare_to(before.filter_traces(mine), "filename"))
+        return e1, e0, out1, grown / n / 2, (a1, a0)
+
+    return drive(run)
+
+
+def test_an_idle_cached_connection_holds_its_record_and_nothing_it_can_share():
+    e1, e0, entry, per_conn, _ = _cached_pair(400)
+    src, dst = e1._live[5], e0._live[5]
+    assert e1._retry[5] is e1._repeat.get(entry)  # the stored entry stands in for a plan of its own
+    assert src.core_id == 5 and src.in_engine and (src.trace_id, src.span_id) == (f"{5:032x}", f"{5:016x}")
+    assert (dst.trace_id, dst.parent_span_id) == (f"{5:032x}", f"{5:016x}")
+    assert [type(a).__name__ for a in src.accounts + dst.accounts] == ["TcpAccount", "TcpAccount"]
+    assert src.accounts[0].labels is e1._live[6].accounts[0].labels
+    # the record, its ids, times, trace and account, two table entries: ~0.5 KB per
+    # agent (0.9 KB before the trace int, shared plan and tuple accounts; issue 17)
+    assert per_conn < 640, per_conn
+
+
+def test_the_telemetry_tick_opens_what_the_core_lists_and_moves_its_bytes():
+    from agent.proxy import finish
+    from tests.unit.test_decision_cost import counter, drive
+
+    e1, e0, _, _, (a1, a0) = _cached_pair(3)
+    assert counter(a1, "istio_tcp_connections_opened_total") == 3  # the cached three (the decided one is unlisted)
+    e1.core.rows[2] = (100, 7000)
+    del e1.core.rows[3]
+    drive(lambda: finish.flow(a1))
+    assert counter(a1, "istio_tcp_received_bytes_total") == 100
+    assert counter(a1, "istio_tcp_sent_bytes_total") == 7000
+    drive(lambda: finish.flow(a1))  # counted once, not per tick
+    assert counter(a1, "istio_tcp_received_bytes_total") == 100
+    assert counter(a1, "istio_tcp_connections_opened_total") == 3
