@@ -297,7 +297,11 @@ def _connect(g) -> str:
             "220-290 us with CONNECT (a resumed handshake still does a fresh key exchange: rustls resumes with "
             "psk_dhe_ke only, kept for forward secrecy, X25519 about 15% of each agent's CPU; the CONNECT head now "
             "rides in the write of the client's Finished, one write and one destination wake-up less), beside hey "
-            "and the server on the same 2 cores. Each run waits until the pods' TIME_WAIT connections of the run before "
+            "and the server on the same 2 cores. Until 2026-12-01 a capture rule held the rate down: the rule that "
+            "delivers replies to the agent's transparent sockets also matched a pod's new SYN on a reused 4-tuple "
+            "against the agent's TIME_WAIT socket, which answered with an ACK (0.36 SYN retransmits and resets per "
+            "connection); limited to packets that are not a pure SYN, HBONE went from 2,820 to 5,604-5,721 conn/s "
+            "(docs/capture.md). Each run waits until the pods' TIME_WAIT connections of the run before "
             "have expired: a path run within a minute of another measured half its rate.")
 
 
