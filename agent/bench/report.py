@@ -297,8 +297,14 @@ def _connect(g) -> str:
             "(HBONE 124-139 -> 68-75 us, CONNECT 133-144 -> 72-75 us in that lab; what is left is the record, its "
             "metrics and the access-log line), and what limits the rate now is the core: 105-190 us per HBONE "
             "connection per agent, three quarters of it kernel time (three TCP sockets, about 20 system calls), "
-            "220-290 us with CONNECT (a resumed handshake still does a fresh key exchange), beside hey and the "
-            "server on the same 2 cores. Each run waits until the pods' TIME_WAIT connections of the run before "
+            "220-290 us with CONNECT (a resumed handshake still does a fresh key exchange: rustls resumes with "
+            "psk_dhe_ke only, kept for forward secrecy, X25519 about 15% of each agent's CPU; the CONNECT head now "
+            "rides in the write of the client's Finished, one write and one destination wake-up less), beside hey "
+            "and the server on the same 2 cores. Until 2026-12-01 a capture rule held the rate down: the rule that "
+            "delivers replies to the agent's transparent sockets also matched a pod's new SYN on a reused 4-tuple "
+            "against the agent's TIME_WAIT socket, which answered with an ACK (0.36 SYN retransmits and resets per "
+            "connection); limited to packets that are not a pure SYN, HBONE went from 2,820 to 5,604-5,721 conn/s "
+            "(docs/capture.md). Each run waits until the pods' TIME_WAIT connections of the run before "
             "have expired: a path run within a minute of another measured half its rate.")
 
 

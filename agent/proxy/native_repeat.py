@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from agent.proxy import enforce, plan, repeat
+from agent.proxy.connect import traceparent_ids
 from agent.proxy.conns import Conn
 
 
@@ -41,8 +42,6 @@ class RepeatFlows:
     def _on_cached(self, cid: int, entry: int, at: float, src, dst, tunnel, sent_trace) -> None:
         """A connection the core answered from a stored answer: recorded as if decided
         here; one decided under an older generation is judged again at once."""
-        from agent.proxy.connect import traceparent_ids
-
         agent = self.agent
         e = self._repeat.get(entry)
         if e is None:  # dropped from the table while the event was queued: not recordable

@@ -162,13 +162,15 @@ pub fn traceparent(mut r: [u8; 24]) -> String {
     if r[16..].iter().all(|b| *b == 0) {
         r[23] = 1;
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(55);
     s.push_str("00-");
     for (i, b) in r.iter().enumerate() {
         if i == 16 {
             s.push('-');
         }
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
     }
     s.push_str("-01");
     s

@@ -160,6 +160,20 @@ fn a_traceparent_never_has_an_all_zero_id() {
 }
 
 #[test]
+fn a_traceparent_is_its_bytes_in_lowercase_hex() {
+    let mut r = [0u8; 24];
+    r[..16].copy_from_slice(&[
+        0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31,
+        0x9c,
+    ]);
+    r[16..].copy_from_slice(&[0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+    assert_eq!(
+        traceparent(r),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+}
+
+#[test]
 fn the_table_is_bounded() {
     let c = Cache::default();
     c.set_generation(1);

@@ -169,7 +169,7 @@ async fn connect(shared: &Arc<Shared>, plan: &TunnelPlan, key: &Key) -> Result<A
             fail(status, format!("connect_failed: {}", sockopt::reason(&e)))
         })?;
     let name = ServerName::IpAddress(plan.peer.ip().into());
-    let mut tls = crate::outbound::handshake(shared, cfg, name, tcp, 502).await?;
+    let mut tls = crate::outbound::handshake(shared, cfg, name, tcp, 502, &[]).await?;
     // rustls takes up to this much plaintext per write (h2 hands it whole frames)
     tls.get_mut()
         .1

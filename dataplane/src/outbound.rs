@@ -205,15 +205,28 @@ pub fn pipe(fd: OwnedFd) -> Option<UnixStream> {
 }
 
 /// The client handshake within the handshake timeout, failures counted by reason
-/// (`status` for a refused handshake, 504 for a timeout).
+/// (`status` for a refused handshake, 504 for a timeout). `first`: plaintext rustls
+/// holds until the handshake is complete (the server verified, or resumed with the
+/// ticket it issued) and then sends in the same write as the client's Finished (never
+/// as 0-RTT data: early data is off), so a CONNECT head costs no write and no segment
+/// of its own and the server reads Finished and head in one wake-up.
 pub(crate) async fn handshake(
     shared: &Shared,
     cfg: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
     status: u16,
+    first: &[u8],
 ) -> Result<TlsStream<TcpStream>, Failure> {
-    let hs = TlsConnector::from(cfg).connect(name, tcp);
+    let mut held = Ok(());
+    let hs = TlsConnector::from(cfg).connect_with(name, tcp, |c| {
+        if !first.is_empty() {
+            held = std::io::Write::write_all(&mut c.writer(), first);
+        }
+    });
+    if let Err(e) = held {
+        return Err(fail(502, format!("tunnel_write: {}", sockopt::reason(&e))));
+    }
     let tls = match tokio::time::timeout(shared.settings.handshake_timeout, hs).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
@@ -236,6 +249,8 @@ async fn open_tunnel(
     shared: &Shared,
     plan: &TunnelPlan,
 ) -> Result<(TlsStream<TcpStream>, Vec<u8>), Failure> {
+    let head = connect::request(&plan.authority, &plan.headers)
+        .ok_or_else(|| fail(400, "bad CONNECT authority or header"))?;
     let cfg = shared
         .client_config(&plan.source_identity, &plan.expected_identity, false)
         .map_err(|e| fail(503, format!("no_certificate: {e}")))?;
@@ -244,15 +259,12 @@ async fn open_tunnel(
         .map_err(|e| fail(502, format!("connect_failed: {}", sockopt::reason(&e))))?;
     let name = ServerName::try_from(plan.sni.clone())
         .map_err(|_| fail(503, format!("bad SNI {}", plan.sni)))?;
-    let mut tls = handshake(shared, cfg, name, tcp, 503).await?;
+    // the head rides with the client's Finished (see handshake)
+    let mut tls = handshake(shared, cfg, name, tcp, 503, &head).await?;
+    drop(head);
     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         shared.count("client_resumptions", 1);
     }
-    let head = connect::request(&plan.authority, &plan.headers)
-        .ok_or_else(|| fail(400, "bad CONNECT authority or header"))?;
-    tls.write_all(&head)
-        .await
-        .map_err(|e| fail(502, format!("tunnel_write: {}", sockopt::reason(&e))))?;
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         loop {

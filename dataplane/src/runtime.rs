@@ -228,7 +228,13 @@ impl Shared {
 
     pub fn count(&self, name: &str, n: u64) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        *c.entry(name.to_string()).or_insert(0) += n;
+        // the name is copied only the first time (counted several times per connection)
+        match c.get_mut(name) {
+            Some(v) => *v += n,
+            None => {
+                c.insert(name.to_string(), n);
+            }
+        }
     }
 
     /// An inbound attempt Python allowed that failed here (its upstream): Python learns

@@ -25,7 +25,9 @@ def test_nft_has_tproxy_to_both_listeners_and_fail_closed():
     assert "elements = { 198.19.0.2 }" in text and "elements = { fd00:686d::2 }" in text
     assert "tproxy ip to 127.0.0.1:15001 meta mark set 0x1 accept" in text
     assert "tproxy ip6 to [::1]:15006 meta mark set 0x1 accept" in text
-    assert "socket transparent 1 meta mark set 0x1 accept" in text
+    # replies to the agent's transparent sockets, never a new SYN (a SYN on a reused
+    # 4-tuple would meet the agent's TIME_WAIT socket: docs/capture.md)
+    assert "meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x1 accept" in text
     assert text.count("reject with tcp reset") == 3
     # a pod's :15008 (HBONE) reaches the pod-address tunnel listener, never :15006, and
     # before the exclusions; with no listener it meets the fail rule, not the plaintext port
@@ -61,6 +63,7 @@ def test_iptables_render_per_family():
     assert "-A HOSTMESH_PODS -s 198.19.0.2 -j HOSTMESH_OUT" in v4 and "fd00::2" not in v4
     assert "--on-ip ::1 --on-port 15001" in v6 and "-A HOSTMESH_PODS -d fd00::2 -j HOSTMESH_IN" in v6
     assert "REJECT --reject-with tcp-reset" in v4
+    assert "-A HOSTMESH_PRE -p tcp ! --syn -m socket --transparent -j MARK --set-mark 0x1" in v4  # never a new SYN
     # HBONE to a pod's :15008: the pod-address tunnel listener, before the exclusions
     assert "-A HOSTMESH_IN -p tcp --dport 15008 -j TPROXY --on-ip 127.0.0.1 --on-port 15008 --tproxy-mark 0x1" in v4
     assert "-A HOSTMESH_IN -p tcp --dport 15008 -j TPROXY --on-ip ::1 --on-port 15008 --tproxy-mark 0x1" in v6
