@@ -182,9 +182,9 @@ def _bool(v, loc, errors):
     if t is bool:
         return v
     if (t is int or t is float) and v in (0, 1):
-        return bool(v)
-    if t is str:
-        s = v.strip().lower()
+        return v == 1
+    if t is int or t is str or (t is float and v.is_integer()):
+        s = v.strip().lower() if t is str else None
         if s in _TRUE or s in _FALSE:
             return s in _TRUE
         return _fail(errors, loc, "Input should be a valid boolean, unable to interpret input", v)
