@@ -9,6 +9,7 @@ import pytest
 
 PURE = [
     "agent.yamlpos",
+    "agent.schema",
     "agent.config",
     "agent.state.workloads",
     "agent.proxy.plan",
