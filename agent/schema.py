@@ -370,7 +370,7 @@ class _Plan:
         for k, x in v.items():
             f = by_key.get(k)
             if f is None:
-                if self.extra == "forbid":
+                if self.extra == "forbid" or type(k) is not str:
                     errors.append(None)
                 continue
             if type(x) is f.exact:
@@ -423,8 +423,11 @@ class _Plan:
                 self._one(f, v[f.key], loc, errors)
             elif f.default is MISSING and f.factory is MISSING:
                 errors.append((loc + (f.key,), REQUIRED, None))
-        if self.extra == "forbid":
-            errors.extend((loc + (k,), "unknown field", x) for k, x in v.items() if k not in self.by_key)
+        for k, x in v.items():
+            if not isinstance(k, str):
+                errors.append((loc + (k,), "Keys should be strings", x))
+            elif self.extra == "forbid" and k not in self.by_key:
+                errors.append((loc + (k,), "unknown field", x))
         return _NONE
 
 

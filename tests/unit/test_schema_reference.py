@@ -27,12 +27,12 @@ SCALARS = st.one_of(
                      "[fd00::5]:15012", "security.istio.io/v1", "AuthorizationPolicy", "PeerAuthentication",
                      "8080", "99999", "a" * 254]))
 VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
-                   st.dictionaries(st.sampled_from(["a", "app", "8080", "0"]), SCALARS, max_size=2))
+                   st.dictionaries(st.sampled_from(["a", "app", "8080", "0", 1, None]), SCALARS, max_size=2))
 
 
 STRINGS = st.sampled_from(["x", "10.0.0.1", "fd00::5", "10.0.0.0/8", "10.1.0.0/16", "cluster.local", "8080",
                            "10.0.0.5:15012", "web", "ns/sa", "/run/hostmesh/x.sock"])
-TYPED = {str: STRINGS, int: st.integers(0, 70_000) | st.sampled_from(["80", " 9 ", "1_000", 3.0, True]),
+TYPED = {str: STRINGS | st.sampled_from([1.5, None, 7]), int: st.integers(0, 70_000) | st.sampled_from(["80", " 9 ", "1_000", 3.0, True]),
          float: st.floats(0.001, 1e5) | st.integers(1, 9) | st.sampled_from(["2.5", "1e3"]),
          bool: st.booleans() | st.sampled_from(["yes", "off", "true", 0, 1, 1.0]), typing.Any: VALUES,
          dict: st.dictionaries(st.sampled_from(["kind", "name"]), STRINGS, max_size=2), type(None): st.none()}
@@ -52,7 +52,7 @@ def typed(tp, depth: int):
     if origin is list:
         return st.lists(typed(args[0], depth), max_size=2)
     if origin is dict:
-        return st.dictionaries(st.sampled_from(["8080", "app", "15008"]), typed(args[1], depth), max_size=2)
+        return st.dictionaries(st.sampled_from(["8080", "app", "15008", 7]), typed(args[1], depth), max_size=2)
     return VALUES
 
 
@@ -79,12 +79,28 @@ def _plain(v):
     return v
 
 
+def _reworded(lines: list[str]) -> list[str]:
+    """pydantic's lines with the two wordings agent/schema.py changed: a value that is
+    neither of ``str | int`` is one line (pydantic: one per member, ``ports[1].str: ...``
+    and ``ports[1].int: ...``), and a key that is not a string is named without pydantic's
+    ``.[key]``."""
+    out: list[str] = []
+    for line in lines:
+        line = line.replace(".[key]: ", ": ")
+        head, sep, _ = line.partition(".int: Input should be a valid integer")
+        if sep and out and out[-1] == f"{head}.str: Input should be a valid string":
+            out[-1] = f"{head}: Input should be a valid string or integer"
+            continue
+        out.append(line)
+    return out
+
+
 def old(model, data, prefix=()):
     doc = yamlpos.Doc(data=data, path="p")
     try:
         return "ok", _plain(model.model_validate(data).model_dump())
     except ValidationError as e:
-        return "refused", yamlpos.pydantic_errors(doc, e, prefix)
+        return "refused", _reworded(yamlpos.pydantic_errors(doc, e, prefix))
 
 
 def new(model, data, prefix=()):
