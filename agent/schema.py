@@ -5,7 +5,7 @@ Decides whether a value has the declared shape, and normalises it (the models' `
 CIDRs, addresses); it never reads files and never formats lines (``yamlpos`` maps each
 location to ``path:line``). Written here instead of pydantic so that the agent's start
 path loads no schema library (pydantic and its schemas cost 13.5 MiB of an idle agent's
-60 MiB budget, docs/configuration.md). Conversions and messages are pydantic's lax mode,
+60 MiB budget, docs/install.md). Conversions and messages are pydantic's lax mode,
 which the files were first validated with: ``"80"`` is a valid ``int``, ``1`` a valid
 ``float``, ``yes`` a valid ``bool``; a missing field is "Field required".
 
@@ -21,17 +21,15 @@ loaded with ``load``.
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
-import types
 import typing
 from dataclasses import MISSING
-from typing import Any, Literal, Union
+from typing import Any
+
+from agent.schema_values import EXACT, NONE, converter, fail, mapping_message
+from agent.schema_values import Range as Range  # the models' bounds, named with them
 
 REQUIRED = "Field required"
-_INT = re.compile(r"[+-]?[0-9](?:_?[0-9])*")
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
 class Invalid(ValueError):
@@ -41,17 +39,6 @@ class Invalid(ValueError):
     def __init__(self, errors: list[tuple[tuple, str, Any]]) -> None:
         super().__init__("\n".join(f"{dotted(loc) + ': ' if loc else ''}{msg}" for loc, msg, _ in errors))
         self.errors = errors
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Bounds of a number (``Annotated[int, Range(ge=1)]``) or lengths of a string."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    min_length: int | None = None
-    max_length: int | None = None
 
 
 def dotted(loc: tuple) -> str:
@@ -131,187 +118,6 @@ def _post_init(self) -> None:
         raise Invalid(errors)
 
 
-# -- converters: each is ``fn(value, loc, errors) -> value`` and appends to ``errors`` -------
-
-_NONE = object()  # a converter's "no value" (an error was recorded)
-
-
-def _fail(errors: list, loc: tuple, msg: str, v: Any) -> Any:
-    errors.append((loc, msg, v))
-    return _NONE
-
-
-def _str(v, loc, errors):
-    return v if type(v) is str else _fail(errors, loc, "Input should be a valid string", v)
-
-
-def _int(v, loc, errors):
-    t = type(v)
-    if t is int:
-        return v
-    if t is bool:
-        return int(v)
-    if t is float:
-        if v.is_integer():
-            return int(v)
-        return _fail(errors, loc, "Input should be a valid integer, got a number with a fractional part", v)
-    if t is str:
-        s = v.strip()
-        if _INT.fullmatch(s):
-            return int(s)
-        return _fail(errors, loc, "Input should be a valid integer, unable to parse string as an integer", v)
-    return _fail(errors, loc, "Input should be a valid integer", v)
-
-
-def _float(v, loc, errors):
-    t = type(v)
-    if t is float:
-        return v
-    if t is int or t is bool:
-        return float(v)
-    if t is str:
-        try:
-            return float(v.strip())
-        except ValueError:
-            return _fail(errors, loc, "Input should be a valid number, unable to parse string as a number", v)
-    return _fail(errors, loc, "Input should be a valid number", v)
-
-
-def _bool(v, loc, errors):
-    t = type(v)
-    if t is bool:
-        return v
-    if (t is int or t is float) and v in (0, 1):
-        return v == 1
-    if t is int or t is str or (t is float and v.is_integer()):
-        s = v.strip().lower() if t is str else None
-        if s in _TRUE or s in _FALSE:
-            return s in _TRUE
-        return _fail(errors, loc, "Input should be a valid boolean, unable to interpret input", v)
-    return _fail(errors, loc, "Input should be a valid boolean", v)
-
-
-def _any(v, loc, errors):
-    return v
-
-
-def mapping_message(got: Any) -> str:
-    """What to say of a value where a mapping belongs (pydantic's names its own classes)."""
-    return ("must be a mapping, but it is empty (are the lines below it indented under it?)" if got is None
-            else f"must be a mapping, not {type(got).__name__} {got!r:.40}")
-
-
-def _dict_any(v, loc, errors):
-    return v if isinstance(v, dict) else _fail(errors, loc, mapping_message(v), v)
-
-
-def _literal(values: tuple):
-    shown = [repr(x) for x in values]
-    msg = "Input should be " + (" or ".join(shown) if len(shown) < 3 else ", ".join(shown[:-1]) + " or " + shown[-1])
-
-    def conv(v, loc, errors):
-        for x in values:
-            if v == x and type(v) is type(x):
-                return x
-        return _fail(errors, loc, msg, v)
-    return conv
-
-
-def _optional(inner):
-    def conv(v, loc, errors):
-        return None if v is None else inner(v, loc, errors)
-    return conv
-
-
-def _union(convs: list):
-    def conv(v, loc, errors):
-        for c in convs:
-            trial: list = []
-            out = c(v, loc, trial)
-            if not trial:
-                return out
-        return _fail(errors, loc, "Input should be a valid string or integer", v)
-    return conv
-
-
-def _list(inner):
-    exact = _EXACT.get(inner)
-
-    def conv(v, loc, errors):
-        if type(v) is not list:
-            return _fail(errors, loc, "Input should be a valid list", v)
-        if exact is not None and all(type(x) is exact for x in v):
-            return v[:]
-        out, n = [], len(errors)
-        for i, x in enumerate(v):
-            out.append(inner(x, loc + (i,), errors))
-        return out if len(errors) == n else _NONE
-    return conv
-
-
-def _dict(kconv, vconv):
-    exact = (_EXACT.get(kconv), _EXACT.get(vconv))
-
-    def conv(v, loc, errors):
-        if not isinstance(v, dict):
-            return _fail(errors, loc, mapping_message(v), v)
-        if exact[0] is str and exact[1] is str and all(type(k) is str and type(x) is str for k, x in v.items()):
-            return dict(v)
-        out, n = {}, len(errors)
-        for k, x in v.items():
-            kk = kconv(k, loc + (k,), errors)
-            out[kk] = vconv(x, loc + (k,), errors)
-        return out if len(errors) == n else _NONE
-    return conv
-
-
-def _ranged(inner, r: Range):
-    def conv(v, loc, errors):
-        out = inner(v, loc, errors)
-        if out is _NONE:
-            return out
-        if r.ge is not None and out < r.ge:
-            return _fail(errors, loc, f"Input should be greater than or equal to {r.ge}", v)
-        if r.gt is not None and out <= r.gt:
-            return _fail(errors, loc, f"Input should be greater than {r.gt}", v)
-        if r.le is not None and out > r.le:
-            return _fail(errors, loc, f"Input should be less than or equal to {r.le}", v)
-        if r.min_length is not None and len(out) < r.min_length:
-            s = "" if r.min_length == 1 else "s"
-            return _fail(errors, loc, f"String should have at least {r.min_length} character{s}", v)
-        if r.max_length is not None and len(out) > r.max_length:
-            return _fail(errors, loc, f"String should have at most {r.max_length} characters", v)
-        return out
-    return conv
-
-
-_SIMPLE = {str: _str, int: _int, float: _float, bool: _bool, Any: _any, dict: _dict_any}
-_EXACT = {_str: str, _int: int, _float: float, _bool: bool}
-
-
-def _converter(tp: Any):
-    if tp in _SIMPLE:
-        return _SIMPLE[tp]
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _plan(tp).convert_into
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Annotated:
-        return _ranged(_converter(args[0]), next(a for a in args[1:] if isinstance(a, Range)))
-    if origin is Literal:
-        return _literal(args)
-    if origin is Union or origin is types.UnionType:
-        rest = [a for a in args if a is not type(None)]
-        inner = _converter(rest[0]) if len(rest) == 1 else _union([_converter(a) for a in rest])
-        return _optional(inner) if len(rest) < len(args) else inner
-    if origin is list:
-        return _list(_converter(args[0]))
-    if origin is dict:
-        return _dict(_converter(args[0]), _converter(args[1]))
-    if tp is type(None):
-        return _literal((None,))
-    raise TypeError(f"no converter for {tp!r}")
-
-
 class _NoType:
     """No value is of this type (a field without a shortcut)."""
 
@@ -350,16 +156,16 @@ class _Plan:
     def resolve(self) -> None:
         hints = typing.get_type_hints(self.cls, vars(sys.modules[self.cls.__module__]), include_extras=True)
         for f in self.fields:
-            f.conv = _converter(hints[f.name])
+            f.conv = converter(hints[f.name], lambda tp: _plan(tp).convert_into)
             f.plain = f.before is None and f.check is None
             # a value of this exact type is taken as it is (no conversion, no check)
-            f.exact = _EXACT.get(f.conv, _NoType) if f.plain else _NoType
+            f.exact = EXACT.get(f.conv, _NoType) if f.plain else _NoType
 
     def convert_into(self, v: Any, loc: tuple, errors: list) -> Any:
-        """The instance, or ``_NONE`` with the problems appended to ``errors`` in the
+        """The instance, or ``NONE`` with the problems appended to ``errors`` in the
         model's field order (pydantic's), unknown fields last."""
         if type(v) is not dict and not isinstance(v, dict):
-            return _fail(errors, loc, mapping_message(v), v)
+            return fail(errors, loc, mapping_message(v), v)
         # the common case first: the document's keys in its order, defaults copied in bulk;
         # on any problem, again in field order for the errors
         n = len(errors)
@@ -377,7 +183,7 @@ class _Plan:
                 d[f.name] = x
                 continue
             x = f.conv(x, loc + (k,), errors) if f.plain else self._one(f, x, loc, errors)
-            if x is not _NONE:
+            if x is not NONE:
                 d[f.name] = x
         for f in self.made:
             if f.name not in d:
@@ -392,7 +198,7 @@ class _Plan:
             try:
                 self.model_check(obj)
             except ValueError as e:
-                return _fail(errors, loc, str(e), v)
+                return fail(errors, loc, str(e), v)
         return obj
 
     @staticmethod
@@ -402,14 +208,14 @@ class _Plan:
             try:
                 x = f.before(x)
             except ValueError as e:
-                return _fail(errors, here, str(e), x)
+                return fail(errors, here, str(e), x)
         got = f.conv(x, here, errors)
-        if got is _NONE or f.check is None:
+        if got is NONE or f.check is None:
             return got
         try:
             return f.check(got)
         except ValueError as e:
-            return _fail(errors, here, str(e), x)
+            return fail(errors, here, str(e), x)
 
     @staticmethod
     def _default(f: _Field, loc: tuple, errors: list) -> Any:
@@ -428,7 +234,7 @@ class _Plan:
                 errors.append((loc + (k,), "Keys should be strings", x))
             elif self.extra == "forbid" and k not in self.by_key:
                 errors.append((loc + (k,), "unknown field", x))
-        return _NONE
+        return NONE
 
 
 _PLANS: dict[type, _Plan] = {}

@@ -10,6 +10,7 @@ import pytest
 PURE = [
     "agent.yamlpos",
     "agent.schema",
+    "agent.schema_values",
     "agent.config",
     "agent.state.workloads",
     "agent.proxy.plan",
