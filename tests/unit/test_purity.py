@@ -11,6 +11,7 @@ PURE = [
     "agent.yamlpos",
     "agent.schema",
     "agent.schema_values",
+    "agent.schema_fast",
     "agent.config",
     "agent.state.workloads",
     "agent.proxy.plan",
