@@ -333,7 +333,7 @@ def _memory(g) -> str:
             "libcrypto among them) 16 MiB, cryptography 9, the agent with the core 5; the running agent adds 6-7. "
             "Each is used at start, so lazy imports do not move it. pydantic and the configuration and policy "
             "models (12 MiB) left the start path: they are dataclasses checked by agent/schema.py (idle-10k "
-            "--only runs: 60.2-60.3 MiB before, 48.9-49.4 after). The CA client no longer loads grpcio and protobuf (19 MiB with their C core's heap and "
+            "--only runs: 60.2-60.3 MiB before, 48.9-49.5 after). The CA client no longer loads grpcio and protobuf (19 MiB with their C core's heap and "
             "threads): the core makes the CA's one unary gRPC call over its own h2 and rustls "
             "(docs/decisions/0005). It is measured 5 s after the load scenarios and includes what they left "
             "behind beyond the heap the core hands back. "
