@@ -22,12 +22,17 @@ from agent.schema_values import Range
 _STRUCTS: dict[type, Any] = {}
 
 
+def load() -> None:
+    """Load msgspec, so that ``convert`` runs from now on (for a large set of documents)."""
+    import msgspec  # noqa: F401
+
+
 def convert(cls, data: Any):
     """``data`` as ``cls`` (its struct), or None when msgspec's strict reading refuses it,
     or when msgspec is not loaded: importing it is 1.3 MiB of an idle agent, so this path
     runs where it already is (Kubernetes discovery decodes every watch event with it, and
-    a watch event is where speed counts: docs/policy.md "One policy changed"); an agent
-    reading policy files only keeps the checker."""
+    a watch event is where speed counts: docs/policy.md "One policy changed") or once a
+    large file asked for it (``load``); an agent reading a few policy files keeps the checker."""
     msgspec = sys.modules.get("msgspec")
     if msgspec is None:
         return None

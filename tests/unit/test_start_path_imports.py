@@ -41,7 +41,7 @@ load_object({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy"
 dump = agent.config_dump()
 print(json.dumps({"docs": sorted(d.name for ds in docs.values() for d in ds), "errors": errors,
                   "address": dump["config"]["node"]["address"],
-                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core"))}))
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core", "msgspec"))}))
 """
 
 
@@ -56,3 +56,17 @@ def test_the_agent_starts_without_pydantic(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert out == {"docs": ["deny-db", "strict"], "errors": {}, "address": "192.0.2.7", "loaded": []}
+
+
+def test_msgspec_is_loaded_for_a_large_file_only():
+    # 1.3 MiB of an idle agent: a few policies are read by agent/schema.py alone, a
+    # large file by the msgspec fast path (agent/schema_fast.py, agent.rbac.loader.FAST_FROM)
+    code = ("import sys\nfrom agent.rbac.loader import FAST_FROM, load_documents\n"
+            "from agent.rbac.bench import make_policies\n"
+            "n = int(sys.argv[1]) or FAST_FROM\n"
+            "docs = load_documents(make_policies(n, 10), 'p.yaml')\n"
+            "print(len(docs), 'msgspec' in sys.modules, 'pydantic' in sys.modules)")
+    few = subprocess.run([sys.executable, "-c", code, "3"], capture_output=True, text=True, timeout=60)
+    many = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True, timeout=60)
+    assert few.stdout.split() == ["3", "False", "False"], few.stderr
+    assert many.stdout.split() == ["1000", "True", "False"], many.stderr
