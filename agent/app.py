@@ -419,7 +419,7 @@ class Agent:
             if new.identity.trust_domain != identity.trust_domain:
                 raise ApiError(400, "invalid_config", "identity.trust_domain cannot change on reload (restart the agent)")
             identity, policies_cfg = new.identity, new.policies
-            bodies = [wc.model_dump(exclude_none=True) for wc in new.workloads]
+            bodies = [wc.to_dict(exclude_none=True) for wc in new.workloads]
             for body in bodies:
                 try:
                     workload_from_json(body, local_node=self.config.node.name)
@@ -476,7 +476,7 @@ class Agent:
 
     def config_dump(self) -> dict[str, Any]:
         return {
-            "config": self.config.model_dump(),
+            "config": self.config.to_dict(),
             "status": self.status(),
             "workloads": self.list_workloads(),
             "policies": self.list_policies(),

@@ -11,20 +11,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated, Literal
 
 from agent import yamlpos
+from agent.schema import Range, field, model
 
 
 class ConfigError(ValueError):
     """Invalid configuration; ``str()`` holds one ``path:line: message`` per problem."""
-
-
-class _Model(BaseModel):
-    # Unknown fields are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 def _cidr(v: str) -> str:
@@ -41,80 +35,88 @@ def _ip(v: str) -> str:
         raise ValueError(f"{v!r} is not an IP address") from None
 
 
-class NodeConfig(_Model):
+def _ip_or_none(v: str | None) -> str | None:
+    return None if v is None else _ip(v)
+
+
+def _cidrs(v: list[str]) -> list[str]:
+    return [_cidr(c) for c in v]
+
+
+@model
+class NodeConfig:
     # Unset: NODE_NAME / NODE_IP from the environment (a DaemonSet's downward API,
     # deploy/kubernetes/daemonset.yaml), else the host name and loopback.
-    name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or os.uname().nodename)
+    name: str = field(factory=lambda: os.environ.get("NODE_NAME") or os.uname().nodename)
     # The underlay address other hosts reach on :15008 (and its IPv6 twin, if any).
-    address: str = Field(default_factory=lambda: os.environ.get("NODE_IP") or "127.0.0.1")
+    address: str = field(factory=lambda: os.environ.get("NODE_IP") or "127.0.0.1")
     address6: str | None = None
     # Node labels; topology.kubernetes.io/region and /zone place it for locality load balancing.
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = field(factory=dict)
     # Locality (Kubernetes' topology.kubernetes.io/region and /zone node labels): the
     # metrics' source_/destination_region and _zone for this node's workloads.
     region: str | None = None
     zone: str | None = None
 
-    _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
-
-    @field_validator("address6")
-    @classmethod
-    def _v6(cls, v: str | None) -> str | None:
-        return None if v is None else _ip(v)
+    _checks = {"address": _ip, "address6": _ip_or_none}
 
 
-class PeerNode(_Model):
+@model
+class PeerNode:
     """Another host of the mesh: where its pods live and where its tunnel listens."""
 
     name: str
     address: str
     address6: str | None = None
-    pod_cidrs: list[str] = []
-    labels: dict[str, str] = {}  # topology.kubernetes.io/region and /zone: locality (docs/traffic.md)
+    pod_cidrs: list[str] = field(factory=list)
+    labels: dict[str, str] = field(factory=dict)  # topology.kubernetes.io/region and /zone: locality (docs/traffic.md)
     region: str | None = None
     zone: str | None = None
 
-    _v_addr = field_validator("address")(classmethod(lambda cls, v: _ip(v)))
-    _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+    _checks = {"address": _ip, "pod_cidrs": _cidrs}
 
 
-class ServiceConfig(_Model):
+@model
+class ServiceConfig:
     """A virtual IP with endpoints (pod IPs or remote addresses) per port."""
 
     name: str
     namespace: str = "default"
     vip: str
-    ports: list[int] = []
-    endpoints: list[str] = []
+    ports: list[int] = field(factory=list)
+    endpoints: list[str] = field(factory=list)
     target_port: int | None = None
 
-    _v_vip = field_validator("vip")(classmethod(lambda cls, v: _ip(v)))
+    _checks = {"vip": _ip}
 
 
-class ClusterConfig(_Model):
+@model
+class ClusterConfig:
     # The metrics' source_cluster / destination_cluster (Istio's default cluster id) and
     # the DNS domain of service host names (destination_service: <name>.<ns>.svc.<domain>).
     name: str = "Kubernetes"
     domain: str = "cluster.local"
     # This node's pod CIDRs (capture of inbound traffic from outside the node).
-    pod_cidrs: list[str] = []
-    nodes: list[PeerNode] = []
-    services: list[ServiceConfig] = []
+    pod_cidrs: list[str] = field(factory=list)
+    nodes: list[PeerNode] = field(factory=list)
+    services: list[ServiceConfig] = field(factory=list)
 
-    _v_cidrs = field_validator("pod_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+    _checks = {"pod_cidrs": _cidrs}
 
 
-class AdminConfig(_Model):
+@model
+class AdminConfig:
     socket: str = "/run/hostmesh/admin.sock"
     # 0600 by default; with a group the socket is 0660 and that group's members may call.
     group: str | None = None
-    allowed_uids: list[int] = [0]
+    allowed_uids: list[int] = field(factory=lambda: [0])
     # Bounds for a request (h11's default header limit; bodies hold policy files).
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
 
 
-class PortsConfig(_Model):
+@model
+class PortsConfig:
     """SPEC.md fixes these; overridable only so tests can run several agents per netns."""
 
     outbound: int = 15001
@@ -126,21 +128,22 @@ class PortsConfig(_Model):
     readiness_bind: str = "0.0.0.0"
 
 
-class CaptureConfig(_Model):
+@model
+class CaptureConfig:
     enabled: bool = True
     backend: Literal["nftables", "iptables"] = "nftables"
     # closed: an enrolled pod's TCP is reset while no agent listens; open: it flows direct.
     fail: Literal["closed", "open"] = "closed"
-    exclude_ports: list[int] = []
-    exclude_cidrs: list[str] = []
-    exclude_pods: list[str] = []  # pod IPs that opted out
+    exclude_ports: list[int] = field(factory=list)
+    exclude_cidrs: list[str] = field(factory=list)
+    exclude_pods: list[str] = field(factory=list)  # pod IPs that opted out
     # Node-to-pod health probes (kubelet) bypass capture by default, as in ztunnel.
     skip_node_probes: bool = True
     route_table: int = 100
     # Watch pod interfaces over netlink: a vanished one un-registers its workload.
     watch_links: bool = True
 
-    _v_cidrs = field_validator("exclude_cidrs")(classmethod(lambda cls, v: [_cidr(c) for c in v]))
+    _checks = {"exclude_cidrs": _cidrs}
 
 
 # Data-plane settings of the Python data plane the native core replaced: naming one is an
@@ -155,31 +158,39 @@ _REMOVED_DATAPLANE = {
 }
 
 
-class DataplaneConfig(_Model):
+def _removed(name: str):
+    def check(v):
+        raise ValueError(f"{name} is no longer a setting: {_REMOVED_DATAPLANE[name]}")
+    return check
+
+
+def _one_engine(v):
+    if v in ("epoll", "trio"):
+        raise ValueError(f"engine {v} was removed with the Python data plane: the native core "
+                         "(engine: native, the default) is the one data plane (docs/dataplane.md)")
+    return v
+
+
+def _one_process(v):
+    if v != 1:
+        raise ValueError("worker processes were removed: the native core's dataplane.threads use the "
+                         "host's cores in one process (docs/decisions/0003); set threads instead")
+    return v
+
+
+@model
+class DataplaneConfig:
     # The Rust core (dataplane/, agent/proxy/native.py) accepts, terminates the tunnel TLS
     # and moves the bytes; Python decides (docs/dataplane.md). The only engine.
     engine: Literal["native"] = "native"
     # I/O threads of the native core; they replace the worker processes of decisions/0002
     # (decisions/0003). 1 runs one thread of its own; more run tokio's multi-thread runtime.
-    threads: int = Field(default=1, ge=1, le=64)
+    threads: Annotated[int, Range(ge=1, le=64)] = 1
     # One process; kept only so that configs written for decisions/0002 with 1 still load.
-    workers: int = Field(default=1, exclude=True)
+    workers: int = field(1, exclude=True)
     # Removed (_REMOVED_DATAPLANE): present only to name what replaced them.
-    tunnel_streams: None = Field(default=None, exclude=True)
-    buffer_bytes: None = Field(default=None, exclude=True)
-
-    @field_validator("tunnel_streams", "buffer_bytes", mode="before")
-    @classmethod
-    def _removed(cls, v, info):
-        raise ValueError(f"{info.field_name} is no longer a setting: {_REMOVED_DATAPLANE[info.field_name]}")
-
-    @field_validator("engine", mode="before")
-    @classmethod
-    def _one_engine(cls, v):
-        if v in ("epoll", "trio"):
-            raise ValueError(f"engine {v} was removed with the Python data plane: the native core "
-                             "(engine: native, the default) is the one data plane (docs/dataplane.md)")
-        return v
+    tunnel_streams: None = field(None, exclude=True)
+    buffer_bytes: None = field(None, exclude=True)
 
     # The tunnel between agents (docs/wire.md): `hbone`, HTTP/2 CONNECT streams to the
     # destination pod's :15008 (ztunnel's HBONE, many connections on one TLS connection),
@@ -192,14 +203,6 @@ class DataplaneConfig(_Model):
     # every stream (same records; the cost of one decision each).
     repeat_decisions: bool = True
 
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _one_process(cls, v):
-        if v != 1:
-            raise ValueError("worker processes were removed: the native core's dataplane.threads use the "
-                             "host's cores in one process (docs/decisions/0003); set threads instead")
-        return v
-
     # HTTP ports with per-request rules (or observed for HTTP metrics) at the destination:
     # `core`, the Rust core serves HTTP/1.1 (hyper) and asks Python per request head
     # (docs/dataplane.md "L7"); `python`, the core pipes the bytes to the h11 inspector.
@@ -210,8 +213,21 @@ class DataplaneConfig(_Model):
     egress: Literal["allow", "deny"] = "allow"
     max_connections: int = 100_000
 
+    # read before their types (a removed setting's message, not "Input should be None")
+    _before = {"tunnel_streams": _removed("tunnel_streams"), "buffer_bytes": _removed("buffer_bytes"),
+               "engine": _one_engine, "workers": _one_process}
 
-class IdentityConfig(_Model):
+
+def _trust_domain(v: str) -> str:
+    from agent.identity.spiffe import is_trust_domain
+
+    if not is_trust_domain(v):  # SPIFFE-ID.md 2.1, exactly (no trailing newline)
+        raise ValueError(f"{v!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')")
+    return v
+
+
+@model
+class IdentityConfig:
     trust_domain: str = "cluster.local"
     # Node intermediate (or root) that mints this node's SVIDs; paths to PEM files.
     ca_cert: str | None = None
@@ -238,17 +254,10 @@ class IdentityConfig(_Model):
     renew_jitter: float = 0.05
     handshake_timeout_s: float = 5.0
 
-    @field_validator("trust_domain")
-    @classmethod
-    def _td(cls, v: str) -> str:
-        from agent.identity.spiffe import is_trust_domain
+    _checks = {"trust_domain": _trust_domain}
 
-        if not is_trust_domain(v):  # SPIFFE-ID.md 2.1, exactly (no trailing newline)
-            raise ValueError(f"{v!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')")
-        return v
-
-    @model_validator(mode="after")
-    def _one_issuer(self) -> IdentityConfig:
+    def _check(self) -> None:
+        """One issuer (checked once every field is valid)."""
         if self.ca_address and (self.ca_cert or self.ca_key):
             raise ValueError("ca_address replaces ca_cert/ca_key: a node that asks a CA service holds no signing key")
         if self.ca_address and not self.ca_root:
@@ -258,7 +267,6 @@ class IdentityConfig(_Model):
                              "10.0.0.5:15012, [fd00::5]:15012)")
         if bool(self.ca_credential_cert) != bool(self.ca_credential_key):
             raise ValueError("ca_credential_cert and ca_credential_key go together")
-        return self
 
 
 def _host_port(a: str) -> bool:
@@ -275,14 +283,16 @@ def _host_port(a: str) -> bool:
                 and port.isdigit() and 0 < int(port) < 65536)
 
 
-class PoliciesConfig(_Model):
+@model
+class PoliciesConfig:
     dir: str | None = None
     root_namespace: str = "istio-system"
     # DestinationRule/VirtualService hosts: <svc>.<ns>.svc.<cluster_domain> (docs/traffic.md).
     cluster_domain: str = "cluster.local"
 
 
-class KafkaConfig(_Model):
+@model
+class KafkaConfig:
     bootstrap: str
     topic: str = "hostmesh.connections"
     linger_ms: int = 50
@@ -301,20 +311,22 @@ class KafkaConfig(_Model):
     buffer_bytes: int = 32 * 1024 * 1024
 
 
-class OtlpConfig(_Model):
+@model
+class OtlpConfig:
     # gRPC: "http://collector:4317" (or host:port); HTTP: the base URL, "http://collector:4318"
     # (the sink appends /v1/traces, /v1/logs, /v1/metrics).
     endpoint: str
     protocol: Literal["grpc", "http"] = "grpc"
     insecure: bool = True  # gRPC without TLS; HTTP follows the URL's scheme
-    headers: dict[str, str] = {}
-    export_interval_s: float = Field(5.0, gt=0)  # metrics
-    timeout_s: float = Field(5.0, gt=0)  # one export, retries inside it included
+    headers: dict[str, str] = field(factory=dict)
+    export_interval_s: Annotated[float, Range(gt=0)] = 5.0  # metrics
+    timeout_s: Annotated[float, Range(gt=0)] = 5.0  # one export, retries inside it included
     # Records (log + span) waiting for the receiver; beyond, new ones are dropped and counted.
-    buffer_records: int = Field(20000, ge=1)
+    buffer_records: Annotated[int, Range(ge=1)] = 20000
 
 
-class TelemetryConfig(_Model):
+@model
+class TelemetryConfig:
     access_log: str = "stderr"  # "stderr", "off", or a file path
     # Per-worker queue of finished-connection records; overflow is dropped and counted.
     queue_size: int = 65536
@@ -332,14 +344,16 @@ class TelemetryConfig(_Model):
     build_component: str = "ztunnel"
 
 
-class DrainConfig(_Model):
+@model
+class DrainConfig:
     deadline_s: float = 30.0
     # Keep accepting while draining until a replacement listens, at most this long:
     # stopping at once would make capture refuse pods' connections until one starts.
     accept_grace_s: float = 10.0
 
 
-class WorkloadConfig(_Model):
+@model
+class WorkloadConfig:
     """A workload known at start (bare metal): same shape as the admin API's POST body."""
 
     uid: str
@@ -347,13 +361,14 @@ class WorkloadConfig(_Model):
     namespace: str = "default"
     service_account: str = "default"
     ip: str
-    ips: list[str] = []
-    labels: dict[str, str] = {}
-    http_ports: list[int] = []
+    ips: list[str] = field(factory=list)
+    labels: dict[str, str] = field(factory=dict)
+    http_ports: list[int] = field(factory=list)
     node: str | None = None
 
 
-class KubernetesConfig(_Model):
+@model
+class KubernetesConfig:
     """Discovery from the Kubernetes API (DaemonSet mode; agent/k8s, docs/kubernetes.md)."""
 
     enabled: bool = False
@@ -364,33 +379,35 @@ class KubernetesConfig(_Model):
     token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     ca_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     # Server-side watch timeout; the watch is then resumed from the last version seen.
-    watch_timeout_s: int = Field(300, ge=1)
+    watch_timeout_s: Annotated[int, Range(ge=1)] = 300
     # Retry after an API error: backoff_initial_s doubling to backoff_max_s, jittered
     # (client-go's reflector: 0.8 s to 30 s); 410 Gone relists at once.
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
+    backoff_initial_s: Annotated[float, Range(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Range(gt=0)] = 30.0
     istio_api_version: str = "v1"  # of security.istio.io AuthorizationPolicy / PeerAuthentication
 
 
-class Config(_Model):
-    node: NodeConfig = Field(default_factory=NodeConfig)  # read at load time (NODE_NAME, NODE_IP)
-    ports: PortsConfig = PortsConfig()
-    admin: AdminConfig = AdminConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    capture: CaptureConfig = CaptureConfig()
-    dataplane: DataplaneConfig = DataplaneConfig()
-    identity: IdentityConfig = IdentityConfig()
-    policies: PoliciesConfig = PoliciesConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
-    drain: DrainConfig = DrainConfig()
-    workloads: list[WorkloadConfig] = []
-    kubernetes: KubernetesConfig = KubernetesConfig()
+@model
+class Config:
+    node: NodeConfig = field(factory=NodeConfig)  # read at load time (NODE_NAME, NODE_IP)
+    ports: PortsConfig = field(factory=PortsConfig)
+    admin: AdminConfig = field(factory=AdminConfig)
+    cluster: ClusterConfig = field(factory=ClusterConfig)
+    capture: CaptureConfig = field(factory=CaptureConfig)
+    dataplane: DataplaneConfig = field(factory=DataplaneConfig)
+    identity: IdentityConfig = field(factory=IdentityConfig)
+    policies: PoliciesConfig = field(factory=PoliciesConfig)
+    telemetry: TelemetryConfig = field(factory=TelemetryConfig)
+    drain: DrainConfig = field(factory=DrainConfig)
+    workloads: list[WorkloadConfig] = field(factory=list)
+    kubernetes: KubernetesConfig = field(factory=KubernetesConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the agent keeps runtime files (minted keys, state).
     state_dir: str = "/run/hostmesh"
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
+    """The configuration in ``text``, or ConfigError naming every problem with its line."""
     try:
         return yamlpos.load_model(text, path, Config, "the configuration")[1]
     except yamlpos.YamlError as e:

@@ -182,7 +182,7 @@ def _policies_and_workloads(cfg: Config, add) -> None:
 
     for i, wc in enumerate(cfg.workloads):
         try:
-            workload_from_json(wc.model_dump(exclude_none=True), local_node=cfg.node.name)
+            workload_from_json(wc.to_dict(exclude_none=True), local_node=cfg.node.name)
         except WorkloadError as e:
             add(f"workloads.{i}", f"{wc.uid}: {e}", "correct the entry")
 

@@ -197,7 +197,7 @@ def _load_static_state(agent: Agent) -> None:
     cfg = agent.config
     for wc in cfg.workloads:
         try:
-            w = workload_from_json(wc.model_dump(exclude_none=True), local_node=cfg.node.name)
+            w = workload_from_json(wc.to_dict(exclude_none=True), local_node=cfg.node.name)
             agent.register(w)
             agent.config_uids.add(w.uid)
         except WorkloadError as e:

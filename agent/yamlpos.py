@@ -3,7 +3,7 @@
 
 Decides nothing; it only parses. PyYAML's composer keeps a mark on every node; we turn
 the node tree into plain Python values and remember, for each location (a tuple of keys
-and indexes, as pydantic reports them), the 1-based line it came from.
+and indexes, as ``agent.schema`` reports them), the 1-based line it came from.
 
 Bounds (one place, each with its reason; docs/policy.md "Loading"): text size, number
 of documents, nesting depth, and values reached through aliases. A "billion laughs"
@@ -339,34 +339,49 @@ def load_one(text: str, path: str = "<input>") -> Doc:
     return docs[0]
 
 
+def _line(doc: Doc, loc: tuple, msg: str) -> str:
+    from agent.schema import dotted
+
+    return f"{doc.where(loc)}: {dotted(loc) + ': ' if loc else ''}{msg}"
+
+
+def schema_errors(doc: Doc, errors: list, prefix: tuple = ()) -> list[str]:
+    """``agent.schema`` problems -> ``path:line: a.b[0]: message`` lines."""
+    return [_line(doc, prefix + loc, msg) for loc, msg, _ in errors]
+
+
 def pydantic_errors(doc: Doc, err: Any, prefix: tuple = ()) -> list[str]:
-    """pydantic ``ValidationError`` -> ``path:line: a.b[0]: message`` lines."""
+    """pydantic ``ValidationError`` -> ``path:line: a.b[0]: message`` lines (the models that
+    still use pydantic: the lab's topology, the CA service's settings)."""
+    from agent.schema import mapping_message
+
     out = []
     for e in err.errors():
-        loc = prefix + tuple(e["loc"])
-        dotted = ""
-        for part in prefix + tuple(e["loc"]):
-            dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
-            # pydantic names the internal class ("instance of SourceM"); say what to write
-            got = e.get("input")
-            msg = ("must be a mapping, but it is empty (are the lines below it indented under it?)" if got is None
-                   else f"must be a mapping, not {type(got).__name__} {got!r:.40}")
-        out.append(f"{doc.where(loc)}: {dotted + ': ' if dotted else ''}{msg}")
+            msg = mapping_message(e.get("input"))  # pydantic names the internal class; say what to write
+        out.append(_line(doc, prefix + tuple(e["loc"]), msg))
     return out
 
 
 def load_model(text: str, path: str, model, what: str):
-    """One YAML mapping validated into ``model``: ``(doc, instance)``, or YamlError whose
-    str() holds every problem as ``path:line: field: message`` (one per line)."""
-    from pydantic import ValidationError
-
+    """One YAML mapping validated into ``model`` (an ``agent.schema`` model, or a pydantic one):
+    ``(doc, instance)``, or YamlError whose str() holds every problem as
+    ``path:line: field: message`` (one per line)."""
     doc = load_one(text, path)
     if not isinstance(doc.data, dict):
         raise YamlError(f"{doc.where()}: {what} must be a mapping")
+    if not hasattr(model, "model_validate"):
+        from agent import schema
+
+        value, errors = schema.convert(model, doc.data)
+        if errors:
+            raise YamlError("\n".join(schema_errors(doc, errors)))
+        return doc, value
+    from pydantic import ValidationError
+
     try:
         return doc, model.model_validate(doc.data)
     except ValidationError as e:

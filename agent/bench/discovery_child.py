@@ -123,9 +123,9 @@ def child(api: str, pods: int, port: int) -> dict:
     log: list[tuple[float, float, int]] = []
     waiters: list = []
     _instrument(disc, log, waiters)
-    cfg = Config.model_validate({"node": {"name": THIS_NODE, "address": "192.168.0.1"},
-                                 "ports": {"readiness": port, "readiness_bind": "127.0.0.1"},
-                                 "kubernetes": {"enabled": True, "api_server": api, "token_path": "/nonexistent"}})
+    cfg = Config.from_obj({"node": {"name": THIS_NODE, "address": "192.168.0.1"},
+                           "ports": {"readiness": port, "readiness_bind": "127.0.0.1"},
+                           "kubernetes": {"enabled": True, "api_server": api, "token_path": "/nonexistent"}})
     agent = Agent(cfg)
     out: dict = {}
     stalls: list[float] = []

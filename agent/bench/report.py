@@ -329,10 +329,11 @@ def _memory(g) -> str:
             f"(hostmesh-connect, {_f(kc)} KiB) each connection also holds its own rustls session. The Python "
             f"data plane held {_f(kp)} KiB. **Idle agent** ({_f(idle)} MiB; the Python data plane's agent "
             f"{_f(ip)} MiB in the same run): what every agent loads at start, measured per package in a fresh "
-            "interpreter on the start path (52-53 MiB): trio and the standard library it pulls in (ssl and "
-            "libcrypto among them) 16 MiB, cryptography 9, pydantic 7 plus 5 for the configuration models, the "
-            "agent with the core 5; the running agent adds 6-7. Each is used at start, so lazy imports do not "
-            "move it. The CA client no longer loads grpcio and protobuf (19 MiB with their C core's heap and "
+            "interpreter on the start path (52-53 MiB while it loaded pydantic): trio and the standard library it pulls in (ssl and "
+            "libcrypto among them) 16 MiB, cryptography 9, the agent with the core 5; the running agent adds 6-7. "
+            "Each is used at start, so lazy imports do not move it. pydantic and the configuration and policy "
+            "models (12 MiB) left the start path: they are dataclasses checked by agent/schema.py (idle-10k "
+            "--only runs: 60.2-60.3 MiB before, 48.9-49.5 after). The CA client no longer loads grpcio and protobuf (19 MiB with their C core's heap and "
             "threads): the core makes the CA's one unary gRPC call over its own h2 and rustls "
             "(docs/decisions/0005). It is measured 5 s after the load scenarios and includes what they left "
             "behind beyond the heap the core hands back. "
@@ -356,7 +357,7 @@ def _policy(g) -> str:
     return (f"- **Policy** (decision p99 {_f(p99)} us, loading 10,000 policies {_f(load)} s from JSON, "
             f"{_f(g('policy-10k', 'hostmesh', 'load_yaml_s'))} s from YAML): decisions are indexed per workload and "
             "each policy is compiled once per change into a matcher, so a decision costs a few set lookups; "
-            "loading is mostly pydantic's validation of each document.")
+            "loading is mostly the validation of each document (agent/schema.py).")
 
 
 def _discovery(g) -> str:
@@ -368,7 +369,7 @@ def _discovery(g) -> str:
             "compares it with the stored one and applies the change; run that rarely, each step costs several "
             "times its warm cost on this shared 2-core VM (a pod label change is ~45 us warm in process, the loop's "
             "bare wake-up and read ~0.2 ms). A policy event is the dearest kind (~0.15-0.2 ms above a pod's): "
-            "that one document validated by pydantic, then put in force in O(the change) (its namespace's list, "
+            "that one document validated (agent/schema.py), then put in force in O(the change) (its namespace's list, "
             "its matcher compiled when first needed, the cached decisions it cannot affect kept; "
             "docs/policy.md). Irrelevant events stop at the comparison, many per read "
             "(docs/kubernetes.md).")

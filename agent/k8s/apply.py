@@ -118,7 +118,7 @@ class Applier:
             self.agent.config.node.labels = dict(me["labels"])  # locality (docs/traffic.md)
         for entry in peers:
             try:
-                out.append(PeerNode.model_validate(entry))
+                out.append(PeerNode.from_obj(entry))
             except ValueError as err:
                 logger.warning("node %s skipped: %s", entry.get("name"), err)
         self.nodes = out
@@ -133,7 +133,7 @@ class Applier:
             new = []
             for entry in index.service_entries(key):
                 try:
-                    new.append(ServiceConfig.model_validate(entry))
+                    new.append(ServiceConfig.from_obj(entry))
                 except ValueError as err:
                     logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
             old = self.services.get(key, [])

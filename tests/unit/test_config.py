@@ -69,7 +69,7 @@ def test_node_name_and_address_from_the_downward_api(monkeypatch):
 
     monkeypatch.setenv("NODE_NAME", "worker-7")
     monkeypatch.setenv("NODE_IP", "10.0.0.7")
-    c = Config.model_validate({})
+    c = Config.from_obj({})
     assert (c.node.name, c.node.address) == ("worker-7", "10.0.0.7")
-    c = Config.model_validate({"node": {"name": "n", "address": "10.0.0.8"}})  # explicit wins
+    c = Config.from_obj({"node": {"name": "n", "address": "10.0.0.8"}})  # explicit wins
     assert (c.node.name, c.node.address) == ("n", "10.0.0.8")

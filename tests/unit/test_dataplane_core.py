@@ -64,4 +64,4 @@ def test_native_is_the_default_and_threads_are_its_cores():
     cfg = parse_config("node: {name: n, address: 10.0.0.1}\ndataplane: {engine: native, threads: 2, workers: 1}\n",
                        "c.yaml")
     assert (cfg.dataplane.engine, cfg.dataplane.threads) == ("native", 2)
-    assert "workers" not in cfg.dataplane.model_dump()  # accepted only as 1, for old configs
+    assert "workers" not in cfg.dataplane.to_dict()  # accepted only as 1, for old configs

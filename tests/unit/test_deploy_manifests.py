@@ -10,6 +10,7 @@ drain, read-only RBAC — and the ConfigMap's config.yaml parsed by agent.config
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import posixpath
 import re
@@ -73,7 +74,7 @@ def container(name: str) -> dict:
 
 def config_text_for_this_agent(text: str) -> str:
     """The ConfigMap's config.yaml, minus the ``kubernetes`` section while Config lacks it."""
-    if "kubernetes" in Config.model_fields:
+    if "kubernetes" in {f.name for f in dataclasses.fields(Config)}:
         return text
     # agent/k8s and its Config section are written alongside these manifests; until the
     # section exists, drop it so the rest of the file is still checked against Config.

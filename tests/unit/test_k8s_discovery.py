@@ -28,9 +28,9 @@ def replay():
 
 
 def config(url: str, **extra) -> Config:
-    return Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, **extra,
-                                  "kubernetes": {"enabled": True, "api_server": url, "token_path": "/nonexistent",
-                                                 "backoff_initial_s": 0.05, "backoff_max_s": 0.2}})
+    return Config.from_obj({"node": {"name": NODE, "address": "192.0.2.1"}, **extra,
+                            "kubernetes": {"enabled": True, "api_server": url, "token_path": "/nonexistent",
+                                           "backoff_initial_s": 0.05, "backoff_max_s": 0.2}})
 
 
 def run_discovery(replay: Replay, until, timeout: float = 8.0, agent: Agent | None = None) -> Agent:

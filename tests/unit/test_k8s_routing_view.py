@@ -34,7 +34,7 @@ def as_values(view):
 
 
 def test_every_service_event_leaves_the_view_a_full_rebuild_would(monkeypatch):
-    agent = Agent(Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, "kubernetes": {
+    agent = Agent(Config.from_obj({"node": {"name": NODE, "address": "192.0.2.1"}, "kubernetes": {
         "enabled": True, "api_server": "http://127.0.0.1:1", "token_path": "/nonexistent"}}))
     d = disc.Discovery(agent, agent.config.kubernetes, NODE)
     d.index.replace("services", [service("web", "10.96.0.10", HTTP), service("api", "10.96.0.11", HTTP)], "1")
@@ -70,7 +70,7 @@ def test_an_endpoint_change_patches_cluster_services_in_place_next_to_the_config
     from agent.k8s.reconcile import merge_services
 
     static = {"name": "metal", "namespace": "ops", "vip": "10.96.9.9", "ports": [80], "endpoints": ["192.0.2.7"]}
-    agent = Agent(Config.model_validate({"node": {"name": NODE, "address": "192.0.2.1"}, "cluster": {
+    agent = Agent(Config.from_obj({"node": {"name": NODE, "address": "192.0.2.1"}, "cluster": {
         "services": [static]}, "kubernetes": {"enabled": True, "api_server": "http://127.0.0.1:1",
                                               "token_path": "/nonexistent"}}))
     d = disc.Discovery(agent, agent.config.kubernetes, NODE)

@@ -9,6 +9,9 @@ import pytest
 
 PURE = [
     "agent.yamlpos",
+    "agent.schema",
+    "agent.schema_values",
+    "agent.schema_fast",
     "agent.config",
     "agent.state.workloads",
     "agent.proxy.plan",

@@ -87,28 +87,3 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_s
 def test_structured_garbage_gives_the_same_outcome(spec, kind):
     same({"apiVersion": "security.istio.io/v1", "kind": kind, "metadata": {"name": "n", "namespace": "x"},
           "spec": spec})
-
-
-def two_step(monkeypatch, obj):
-    """``load_object`` with the one-call AuthorizationPolicy model refusing everything:
-    what the DocM-then-spec validation alone gives."""
-    from agent.rbac import loader
-
-    with monkeypatch.context() as m:
-        m.setattr(loader.AuthzDocM, "model_validate", classmethod(lambda cls, data: loader.DocM.model_validate({})))
-        return outcome(load_object, obj, "p")
-
-
-@pytest.mark.parametrize("i", range(len(documents())))
-def test_the_one_call_validation_gives_what_the_two_step_one_does(monkeypatch, i):
-    assert outcome(load_object, documents()[i], "p") == two_step(monkeypatch, documents()[i])
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["action", "rules", "selector", "bogus", "targetRef", "provider"]), JSONISH,
-                       max_size=3))
-def test_the_one_call_validation_agrees_on_garbage_too(spec):
-    obj = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-           "metadata": {"name": "n", "namespace": "x"}, "spec": spec}
-    with pytest.MonkeyPatch.context() as mp:
-        assert outcome(load_object, obj, "p") == two_step(mp, obj)

@@ -85,7 +85,7 @@ def test_api_workloads_survive_a_restart_and_config_workloads_follow_reload(tmp_
            "workloads": [{"uid": "s1", "name": "static", "ip": "10.0.0.1"}]}
     cfg_path.write_text(yaml.safe_dump(doc))
     a = Agent(load_config(str(cfg_path)), str(cfg_path))
-    a.reconcile_config_workloads([wc.model_dump(exclude_none=True) for wc in a.config.workloads])
+    a.reconcile_config_workloads([wc.to_dict(exclude_none=True) for wc in a.config.workloads])
     a.add_workload({"uid": "p1", "name": "pod", "ip": "10.0.0.2"})
     a.add_workload({"uid": "p2", "name": "gone", "ip": "10.0.0.3"})
     a.remove_workload("p2")
@@ -95,7 +95,7 @@ def test_api_workloads_survive_a_restart_and_config_workloads_follow_reload(tmp_
     assert b.load_api_workloads() == 1 and {w.uid for w in b.registry} == {"p1"}
 
     # reload: the config's workloads are reconciled, peers follow; a bad one changes nothing
-    b.reconcile_config_workloads([wc.model_dump(exclude_none=True) for wc in b.config.workloads])
+    b.reconcile_config_workloads([wc.to_dict(exclude_none=True) for wc in b.config.workloads])
     doc["workloads"] = [{"uid": "s2", "name": "static2", "ip": "10.0.0.4"}]
     doc["cluster"] = {"nodes": [{"name": "n1", "address": "192.0.2.2", "pod_cidrs": ["10.1.0.0/24"]}]}
     cfg_path.write_text(yaml.safe_dump(doc))
