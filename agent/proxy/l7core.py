@@ -105,9 +105,9 @@ def on_exchanges(agent, conns: dict, evs) -> list[tuple[int, Exception]]:
     exchange. Returns (connection id, error) for each exchange that failed, the others
     done."""
     tel = agent.telemetry
-    submit = tel.submit if tel is not None else None
-    record, node, count, note = record_type(), agent.config.node.name, agent.count, enforce.note
-    failed = []
+    record, node, count = record_type(), agent.config.node.name, agent.count
+    failed, recs = [], []
+    reused: dict = {}  # (connection id, memo) -> [L7Conn, decision, attrs, exchanges]: counted once
     for cid, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told in evs:
         h = conns.get(cid)
         if h is None:
@@ -125,25 +125,36 @@ def on_exchanges(agent, conns: dict, evs) -> list[tuple[int, Exception]]:
                 attrs, d = h.memos[memo - 1]
                 own_flags = ""
                 if h.police:
-                    note(agent, h.conn, d, attrs)
-                    count("http_requests_allow")
+                    r = reused.get((cid, memo))
+                    if r is None:
+                        reused[(cid, memo)] = [h, d, attrs, 1]
+                    else:
+                        r[3] += 1
             else:
                 attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
             if flags == "DPE" and not own_flags:  # the core refused what followed an allowed head (its body)
                 count(f"http_refused_{status}")
                 logger.info("request refused", extra={"conn": h.conn.id, "status": status, "error": "request body"})
-            if submit is None or attrs is None:
+            if tel is None or attrs is None:
                 continue
             peers = h.peers
             if peers is None:
                 peers = h.peers = peers_of(agent, h.conn, h.reporters)
             conn = h.conn
             for direction, src, dst, service in peers:
-                submit(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status, d.verdict,
-                              d.policy, conn.trace_id, direction, conn.mode, req_bytes, resp_bytes,
-                              own_flags or flags, service))
+                recs.append(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status,
+                                   d.verdict, d.policy, conn.trace_id, direction, conn.mode, req_bytes, resp_bytes,
+                                   own_flags or flags, service))
         except Exception as e:  # noqa: BLE001 - this connection's exchange only; the caller ends it
             failed.append((cid, e))
+    # a reused decision is counted as that many decisions (enforce.note with n), and the
+    # batch's records go to telemetry together, in order: the same counts and records
+    # as one call per exchange
+    for h, d, attrs, n in reused.values():
+        enforce.note(agent, h.conn, d, attrs, n)
+        count("http_requests_allow", n)
+    if recs:
+        tel.submit_requests(recs)
     return failed
 
 
