@@ -273,7 +273,7 @@ def _l7(g) -> str:
             "connection's later heads of the same method, target, Host and framing until the next policy change "
             "(docs/dataplane.md \"Reused answers\"), so after a connection's first request only the finished "
             "exchange reaches Python. With `http_metrics: both` the source's core reports each told head with its "
-            "exchange. Exchanges wait in the core up to 20 ms (or until the next decision or their connection's "
+            "exchange. Exchanges wait in the core up to 50 ms (or until the next decision or their connection's "
             "end) and reach Python in batches, one wake-up and one loop for all of them (docs/dataplane.md "
             "\"Exchanges in batches\"). No body byte crosses the interpreter. What is left is Python's two request records per "
             "request (metrics and the access-log line, one per agent; 3.7 us each to build, count and log, 12.7 "
