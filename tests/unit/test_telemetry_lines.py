@@ -117,11 +117,12 @@ def test_request_accounting_moves_what_the_four_calls_moved():
     recs = [req(service=svc), req(service=svc, status=503, flags="UC"), req(direction="outbound"),
             req(service=svc), req(src=Endpoint(SRC.ip, SRC.port, SRC.workload, SRC.namespace, SRC.principal, SRC.labels, SRC.node)),
             req(src=OUT, request_bytes=7, start=5.0, end=4.0)]
-    fast, slow = Metrics(), Metrics()
+    fast, slow, other = Metrics(), Metrics(), Metrics()
     for r in recs * 3:
         account.request(fast, r, CTX)
+        account.request(other, r, CTX)  # two registries, one label cache: each moves its own series
         account_as_before(slow, r)
-    assert fast.snapshot() == slow.snapshot() and fast.render() == slow.render()
+    assert fast.snapshot() == slow.snapshot() == other.snapshot() and fast.render() == slow.render()
 
 
 def test_request_accounting_past_the_series_bound_counts_every_overflow():
