@@ -45,19 +45,20 @@ def decide(agent, conn: Conn, request: HttpAttrs | None = None) -> Decision:
     return d
 
 
-def note(agent, conn: Conn, d: Decision, request: HttpAttrs | None) -> None:
+def note(agent, conn: Conn, d: Decision, request: HttpAttrs | None, n: int = 1) -> None:
     """Count and log a decision (and mark the connection with it) as each evaluation
-    is: also a decision the core reused for a request (``reusable``), at its exchange."""
-    agent.count(f"policy_decisions_{d.verdict}")
+    is: also a decision the core reused for a request (``reusable``), at its exchange
+    (``n``: that many of its exchanges at once, as ``n`` calls would)."""
+    agent.count(f"policy_decisions_{d.verdict}", n)
     # the metric counts the same decisions as the event counter (one per evaluation,
     # where it is made), not finished-connection records (two for a same-node connection)
     tel = getattr(agent, "telemetry", None)
     if tel is not None:
-        tel.metrics.inc("hostmesh_policy_decisions_total", (d.verdict, d.policy or "-"))
+        tel.metrics.inc("hostmesh_policy_decisions_total", (d.verdict, d.policy or "-"), n)
     if getattr(d, "audit", False):
-        agent.count("policy_decisions_audit")
+        agent.count("policy_decisions_audit", n)
     for name in getattr(d, "dry_run_matches", ()) or ():
-        agent.count("policy_dry_run_matches")
+        agent.count("policy_dry_run_matches", n)
         logger.info("dry-run policy matched", extra={"policy": name, "conn": conn.id})
     if conn.enforced_here or request is None:
         conn.verdict = "audit" if d.verdict == "allow" and getattr(d, "audit", False) else d.verdict

@@ -33,6 +33,7 @@ logger = logging.getLogger("hostmesh.l7")
 # Decisions one connection lets the core reuse (tokens 1..MAX_MEMOS; the core keeps at
 # most limits.rs MAX_L7_MEMO of them at a time): past it, heads are asked as before.
 MAX_MEMOS = 64
+_UNSET = object()
 
 
 class L7Conn:
@@ -40,7 +41,7 @@ class L7Conn:
     policed, who reports them, the heads answered whose exchange has not ended, and the
     decisions the core may reuse (by token - 1)."""
 
-    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads", "memos", "seen")
+    __slots__ = ("conn", "police", "reporters", "told", "peers", "heads", "memos", "seen", "trace")
 
     def __init__(self, conn: Conn, police: bool, reporters, told: bool = False) -> None:
         # told: the core forwards heads unasked (the source's view of a tunnel)
@@ -49,6 +50,7 @@ class L7Conn:
         self.heads: dict[int, tuple] = {}  # request id -> (attrs, decision, flags)
         self.memos: list[tuple] = []  # token - 1 -> (attrs, decision)
         self.seen: dict[tuple, object] = {}  # told (method, target, host) -> its HttpAttrs
+        self.trace = (_UNSET, None)  # (conn.trace, conn.trace_id): its records' trace id, formatted once
 
 
 def on_request(agent, core, cid: int, h: L7Conn, rid: int, method: str, target: str, version: str,
@@ -105,9 +107,9 @@ def on_exchanges(agent, conns: dict, evs) -> list[tuple[int, Exception]]:
     exchange. Returns (connection id, error) for each exchange that failed, the others
     done."""
     tel = agent.telemetry
-    submit = tel.submit if tel is not None else None
-    record, node, count, note = record_type(), agent.config.node.name, agent.count, enforce.note
-    failed = []
+    record, node, count = record_type(), agent.config.node.name, agent.count
+    failed, recs = [], []
+    reused: dict = {}  # (connection id, memo) -> [L7Conn, decision, attrs, exchanges]: counted once
     for cid, rid, status, req_bytes, resp_bytes, start, end, flags, memo, told in evs:
         h = conns.get(cid)
         if h is None:
@@ -125,25 +127,39 @@ def on_exchanges(agent, conns: dict, evs) -> list[tuple[int, Exception]]:
                 attrs, d = h.memos[memo - 1]
                 own_flags = ""
                 if h.police:
-                    note(agent, h.conn, d, attrs)
-                    count("http_requests_allow")
+                    r = reused.get((cid, memo))
+                    if r is None:
+                        reused[(cid, memo)] = [h, d, attrs, 1]
+                    else:
+                        r[3] += 1
             else:
                 attrs, d, own_flags = h.heads.pop(rid, (None, ALLOW, ""))
             if flags == "DPE" and not own_flags:  # the core refused what followed an allowed head (its body)
                 count(f"http_refused_{status}")
                 logger.info("request refused", extra={"conn": h.conn.id, "status": status, "error": "request body"})
-            if submit is None or attrs is None:
+            if tel is None or attrs is None:
                 continue
             peers = h.peers
             if peers is None:
                 peers = h.peers = peers_of(agent, h.conn, h.reporters)
             conn = h.conn
+            trace = h.trace
+            if trace[0] != conn.trace:
+                trace = h.trace = (conn.trace, conn.trace_id)
             for direction, src, dst, service in peers:
-                submit(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status, d.verdict,
-                              d.policy, conn.trace_id, direction, conn.mode, req_bytes, resp_bytes,
-                              own_flags or flags, service))
+                recs.append(record(start, end, node, src, dst, attrs.method, attrs.path, attrs.host, status,
+                                   d.verdict, d.policy, trace[1], direction, conn.mode, req_bytes, resp_bytes,
+                                   own_flags or flags, service))
         except Exception as e:  # noqa: BLE001 - this connection's exchange only; the caller ends it
             failed.append((cid, e))
+    # a reused decision is counted as that many decisions (enforce.note with n), and the
+    # batch's records go to telemetry together, in order: the same counts and records
+    # as one call per exchange
+    for h, d, attrs, n in reused.values():
+        enforce.note(agent, h.conn, d, attrs, n)
+        count("http_requests_allow", n)
+    if recs:
+        tel.submit_requests(recs)
     return failed
 
 

@@ -100,10 +100,13 @@ class Metrics:
                 self._requests[labels] = [self.counters["istio_requests_total"]] + [self.hist[n][labels]
                                                                                     for n in REQUEST_HISTOGRAMS]
             return
-        s[0][labels] += 1
-        _observe(s[1], duration_ms)
-        _observe(s[2], request_bytes)
-        _observe(s[3], response_bytes)
+        count_in(s, labels, duration_ms, request_bytes, response_bytes)
+
+    def request_series(self, labels: tuple) -> list | None:
+        """The series ``count_request`` remembered for ``labels`` ([istio_requests_total's
+        series, its three histograms' lists]; None until it did): ``count_in`` moves them
+        as ``count_request`` would, without looking them up."""
+        return self._requests.get(labels)
 
     def snapshot(self) -> dict:
         return {"counters": {k: [[list(lb), v] for lb, v in s.items()] for k, s in self.counters.items()},
@@ -136,6 +139,14 @@ class Metrics:
                 out.append(f"{name}_sum{base} {_num(h[_NB])}")
                 out.append(f"{name}_count{base} {h[_NB + 1]}")
         return "\n".join(out) + "\n"
+
+
+def count_in(s: list, labels: tuple, duration_ms: float, request_bytes: int, response_bytes: int) -> None:
+    """One HTTP exchange into the series ``Metrics.request_series`` gave for ``labels``."""
+    s[0][labels] += 1
+    _observe(s[1], duration_ms)
+    _observe(s[2], request_bytes)
+    _observe(s[3], response_bytes)
 
 
 def _observe(h: list, value: float, _bisect=bisect.bisect_left, _sum=_NB, _count=_NB + 1, _min=_NB + 2,

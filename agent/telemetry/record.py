@@ -138,20 +138,41 @@ class RequestRecord:
     def json_line(self) -> str:
         """``encode(self.to_json())``, byte for byte, at a fifth of its cost: the fields a
         connection's requests share (node, direction, both ends) are encoded once per
-        connection (``_shared``), the rest with the encoder's own string escaper. Any
-        value of a type other than the usual ones takes the encoder itself."""
-        m, p, h, v, pol, tr = self.method, self.path, self.host, self.verdict, self.policy, self.trace_id
+        connection (``_shared``), the request's words (method, path, host, verdict,
+        policy, trace id) once per distinct set (``_words``), the rest here. Any value of
+        a type other than the usual ones takes the encoder itself."""
         st, rq, rs = self.status, self.request_bytes, self.response_bytes
         dur = round((self.end - self.start) * 1000, 3)
-        if (type(m) is str and type(p) is str and type(h) is str and type(v) is str and type(st) is int
-                and type(rq) is int and type(rs) is int and (pol is None or type(pol) is str)
-                and (tr is None or type(tr) is str) and type(dur) is float and dur - dur == 0.0):
+        w = _words(self.method, self.path, self.host, self.verdict, self.policy, self.trace_id)
+        if w is not None and type(st) is int and type(rq) is int and type(rs) is int and type(dur) is float \
+                and dur - dur == 0.0:
             return (f'{{"type":"request","start":"{rfc3339(self.start)}","end":"{rfc3339(self.end)}",'
-                    f'"duration_ms":{dur!r},{_shared(self)},"method":{_esc(m)},"path":{_esc(p)},'
-                    f'"host":{_esc(h)},"status":{st},"verdict":{_esc(v)},'
-                    f'"policy":{"null" if pol is None else _esc(pol)},"request_bytes":{rq},'
-                    f'"response_bytes":{rs},"trace_id":{"null" if tr is None else _esc(tr)}}}')
+                    f'"duration_ms":{dur!r},{_shared(self)},{w[0]},"status":{st},{w[1]},"request_bytes":{rq},'
+                    f'"response_bytes":{rs},"trace_id":{w[2]}}}')
         return encode(self.to_json())
+
+
+# (method, path, host, verdict, policy, trace id) -> ('"method":..,"path":..,"host":..',
+# '"verdict":..,"policy":..', the trace id's JSON): a keep-alive connection's requests
+# repeat them. Only str values (policy and trace id also None) are kept, and a str equals
+# only a str, so a hit is of the same types. Bounded: cleared when full.
+_WORDS: dict = {}
+_WORDS_MAX = 4096
+
+
+def _words(m, p, h, v, pol, tr) -> tuple | None:
+    key = (m, p, h, v, pol, tr)
+    hit = _WORDS.get(key)
+    if hit is None:
+        if not (type(m) is str and type(p) is str and type(h) is str and type(v) is str
+                and (pol is None or type(pol) is str) and (tr is None or type(tr) is str)):
+            return None
+        if len(_WORDS) >= _WORDS_MAX:
+            _WORDS.clear()
+        hit = _WORDS[key] = (f'"method":{_esc(m)},"path":{_esc(p)},"host":{_esc(h)}',
+                             f'"verdict":{_esc(v)},"policy":{"null" if pol is None else _esc(pol)}',
+                             "null" if tr is None else _esc(tr))
+    return hit
 
 
 # (node, direction, id(src), id(dst)) -> (src, dst, '"node":..,"direction":..,"src":{..},"dst":{..}'):

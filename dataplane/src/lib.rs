@@ -80,6 +80,18 @@ fn exchanges(py: Python<'_>, run: Vec<PyObject>) -> PyResult<PyObject> {
         .unbind())
 }
 
+/// An exchange's response flags as one shared Python string per value (one per
+/// exchange otherwise: a new str object each).
+fn flag<'py>(py: Python<'py>, flags: &'static str) -> Bound<'py, pyo3::types::PyString> {
+    match flags {
+        "-" => pyo3::intern!(py, "-").clone(),
+        "DC" => pyo3::intern!(py, "DC").clone(),
+        "UC" => pyo3::intern!(py, "UC").clone(),
+        "DPE" => pyo3::intern!(py, "DPE").clone(),
+        other => pyo3::types::PyString::new(py, other),
+    }
+}
+
 fn ip(s: &str) -> PyResult<IpAddr> {
     s.parse()
         .map_err(|_| PyValueError::new_err(format!("{s:?} is not an IP address")))
@@ -286,7 +298,7 @@ impl Core {
                         resp_bytes,
                         start,
                         end,
-                        flags,
+                        flag(py, flags),
                         memo,
                         told.map(|t| *t),
                     );

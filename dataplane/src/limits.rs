@@ -89,10 +89,12 @@ pub const QUIET_DELAY: Duration = Duration::from_millis(2);
 /// at once. Nothing waits on an exchange (its request was answered already; Python only
 /// counts and records it), and each wake-up of Python's event loop is a trio turn of
 /// its own: at 1,000 rps the 2 ms delay allowed up to ~500 wake-ups a second per agent,
-/// 20 ms at most ~50, each taking ~20 records in one batch. 20 ms is well inside the
-/// telemetry flush (a second) and far below anything an operator reading counters or
-/// the access log could notice.
-pub const EXCHANGE_DELAY: Duration = Duration::from_millis(20);
+/// 20 ms at most ~50, 50 ms at most ~20, each taking ~50 records in one batch (a
+/// wake-up costs Python a trio turn, the events() call and the world check, ~50 us,
+/// docs/dataplane.md "Exchanges in batches"). 50 ms is well inside the telemetry flush
+/// (a second) and far below anything an operator reading counters or the access log
+/// could notice.
+pub const EXCHANGE_DELAY: Duration = Duration::from_millis(50);
 
 // ---- HBONE (HTTP/2 CONNECT tunnels), ztunnel's settings (NOTES.md) ------------------
 

@@ -28,8 +28,8 @@ class FakeAgent:
         self.policies.apply(load_documents(POLICY, "p.yaml", "istio-system"), "p.yaml")
         self.counters: dict[str, int] = {}
 
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
 
 def conn(dst) -> Conn:

@@ -107,3 +107,14 @@ def test_what_the_core_holds_at_shutdown_is_recorded_and_decisions_are_not_made(
     assert eng.finished == [2] and core.batches == []
     assert [(r.path, r.direction) for r in agent.telemetry.records] == [
         ("/1k", "inbound"), ("/a/b", "outbound"), ("/1k", "inbound")]
+
+
+def test_records_carry_the_connections_trace_id_as_it_is_now():
+    """The trace id is formatted once per connection and follows a change of it."""
+    agent, conns = _setup()
+    conn = conns[1].conn
+    conn.set_trace("ab" * 16, "cd" * 8, parent=True)
+    on_exchanges(agent, conns, [BATCH[0], BATCH[2]])
+    conn.set_trace("ef" * 16, "01" * 8, parent=True)
+    on_exchanges(agent, conns, [(1, 4, 200, 50, 1100, 1.5, 1.6, "-", 1, None)])
+    assert [r.trace_id for r in agent.telemetry.records] == ["ab" * 16, "ab" * 16, "ef" * 16]

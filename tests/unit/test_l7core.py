@@ -30,6 +30,9 @@ class Recorded:
     def submit(self, rec) -> None:
         self.records.append(rec)
 
+    def submit_requests(self, recs) -> None:
+        self.records.extend(recs)
+
 
 class FakeAgent:
     def __init__(self, *docs: str) -> None:
@@ -41,8 +44,8 @@ class FakeAgent:
         self.config = SimpleNamespace(node=SimpleNamespace(name="node-0"), cluster=SimpleNamespace(domain="cluster.local"))
         self.view = SimpleNamespace(services={})
 
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
 
 class FakeCore:

@@ -117,11 +117,12 @@ def test_request_accounting_moves_what_the_four_calls_moved():
     recs = [req(service=svc), req(service=svc, status=503, flags="UC"), req(direction="outbound"),
             req(service=svc), req(src=Endpoint(SRC.ip, SRC.port, SRC.workload, SRC.namespace, SRC.principal, SRC.labels, SRC.node)),
             req(src=OUT, request_bytes=7, start=5.0, end=4.0)]
-    fast, slow = Metrics(), Metrics()
+    fast, slow, other = Metrics(), Metrics(), Metrics()
     for r in recs * 3:
         account.request(fast, r, CTX)
+        account.request(other, r, CTX)  # two registries, one label cache: each moves its own series
         account_as_before(slow, r)
-    assert fast.snapshot() == slow.snapshot() and fast.render() == slow.render()
+    assert fast.snapshot() == slow.snapshot() == other.snapshot() and fast.render() == slow.render()
 
 
 def test_request_accounting_past_the_series_bound_counts_every_overflow():
@@ -145,3 +146,27 @@ def test_kafka_values_are_the_encoders_bytes():
     sink.offer(recs, [r.to_json() for r in recs])
     assert list(sink._buf) == [(r.key.encode(), old_line(r).encode()) for r in recs]
     assert sink.counts["produced"] == len(recs)
+
+
+def test_a_batch_of_requests_moves_what_one_submit_each_moves():
+    """``Telemetry.submit_requests`` (the core's exchanges, one call per batch) against
+    ``submit`` of each: the same series, counts, queue and drops past a full queue."""
+    from types import SimpleNamespace
+
+    from agent.telemetry.pipeline import Telemetry
+
+    def tel():
+        cfg = SimpleNamespace(max_series=100, build_component="ztunnel", queue_size=4, batch_size=3)
+        return Telemetry(cfg, "node-0", CTX)
+
+    recs = [req(), req(status=503), req(direction="outbound"), req(end=1795345876.0), req(), req(status=404)]
+    one, batch = tel(), tel()
+    for r in recs:
+        one.submit(r)
+    batch.submit_requests(recs[:2])
+    batch.submit_requests(recs[2:])
+    assert batch.counts == one.counts == {"submitted": 6, "dropped_queue_full": 2, "access_log": 0}
+    assert list(batch.queue) == list(one.queue) == recs[:4]
+    for kind in ("counters", "hist"):
+        assert dict(getattr(batch.metrics, kind)) == dict(getattr(one.metrics, kind))
+    assert batch._wake.is_set() and one._wake.is_set()
