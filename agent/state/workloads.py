@@ -8,6 +8,7 @@ through ``by_ip``. A workload with ``node`` None (or equal to this node's name) 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,14 +85,17 @@ def canonical_ip(v: Any) -> str:
     return str(ipaddress.ip_address(v))
 
 
+_FIELDS = frozenset({"uid", "name", "namespace", "service_account", "ip", "ips", "labels", "http_ports", "node"})
+_STR = itertools.repeat(str)  # isinstance's second argument, for map()
+
+
 def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
     """Validate an admin-API / config body into a Workload (raises WorkloadError)."""
     if not isinstance(body, dict):
         raise WorkloadError("body must be a JSON object")
-    allowed = {"uid", "name", "namespace", "service_account", "ip", "ips", "labels", "http_ports", "node"}
-    unknown = sorted(set(body) - allowed)
+    unknown = body.keys() - _FIELDS
     if unknown:
-        raise WorkloadError(f"{unknown[0]}: unknown field")
+        raise WorkloadError(f"{sorted(unknown)[0]}: unknown field")
     for req in ("uid", "name", "ip"):
         if req not in body:
             raise WorkloadError(f"{req}: required")
@@ -112,10 +116,13 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
         if ip not in ips:
             ips.append(ip)
     labels = body.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+    # C-level scans (every discovered pod's change comes through here)
+    if not isinstance(labels, dict) or not (all(map(isinstance, labels, _STR)) and all(map(isinstance, labels.values(),
+                                                                                              _STR))):
         raise WorkloadError("labels: must map strings to strings")
     ports = body.get("http_ports") or []
-    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+    if not isinstance(ports, list) or (ports and not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+                                                         for p in ports)):
         raise WorkloadError("http_ports: must be a list of ports 1-65535")
     node = body.get("node")
     if node is not None:
