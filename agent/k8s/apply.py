@@ -4,7 +4,8 @@ routing view, peers, policies one document at a time.
 
 Every step is proportional to the change: a plan covers the uids that changed (in
 batches, so the shell can let the event loop run between them), a slice change
-re-validates its service's entries only and patches those routing-view entries, a
+re-validates its service's entries only (an entry whose endpoints alone changed keeps
+what it validated to, with the new endpoints) and patches those routing-view entries, a
 policy change loads that policy only. It must never rebuild what a change did not
 touch, nor unregister a workload discovery did not register.
 """

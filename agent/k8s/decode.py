@@ -5,7 +5,7 @@ is decoded into typed dicts that name only the fields discovery reads, so the
 decoder skips everything else (``managedFields``, containers, volumes, conditions, the
 status discovery ignores) without building a Python object for it: a 7 KB pod decodes
 in a few microseconds instead of ~40 with the standard library, and what survives is a
-small dict, built as it is parsed. Without msgspec, or for anything the structs do not fit (a field of an
+small dict, built as it is parsed. Without msgspec, or for anything the shapes do not fit (a field of an
 unexpected type, an ``ERROR`` event's Status), the standard library decodes the whole
 object, as before. Either way ``slim`` gets the same answer: a pruned object holds
 every field it reads (property-tested against the whole object). It decides nothing
