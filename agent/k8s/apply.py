@@ -4,13 +4,16 @@ routing view, peers, policies one document at a time.
 
 Every step is proportional to the change: a plan covers the uids that changed (in
 batches, so the shell can let the event loop run between them), a slice change
-re-validates its service's entries only and patches those routing-view entries, a
+re-validates its service's entries only (an entry whose endpoints alone changed keeps
+what it validated to, with the new endpoints) and patches those routing-view entries, a
 policy change loads that policy only. It must never rebuild what a change did not
 touch, nor unregister a workload discovery did not register.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -35,6 +38,7 @@ class Applier:
         self.retry: dict[str, dict] = {}  # uid -> body an address held elsewhere kept out: tried again
         self.services: dict[str, list] = {}  # service key -> its validated ServiceConfig entries
         self._flat: dict[tuple[str, int], object] = {}  # the same entries, flat: (key, i) -> ServiceConfig
+        self._made: dict[str, list[tuple[dict, object]]] = {}  # service key -> (entry, what it validated to)
         # cluster.services as last merged (the config's, then _flat's in order), the
         # entries replaced in place since (None: a merge is due) and their places
         self._merged: list | None = None
@@ -130,12 +134,25 @@ class Applier:
 
         delta: dict = {}
         for key in sorted(keys):
-            new = []
-            for entry in index.service_entries(key):
-                try:
-                    new.append(ServiceConfig.from_obj(entry))
-                except ValueError as err:
-                    logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
+            new, made = [], []
+            entries = index.service_entries(key)
+            was = self._made.get(key, ())
+            same = len(was) == len(entries)  # the entries in place, as validated last time
+            for i, entry in enumerate(entries):
+                svc = _endpoints_changed(was[i], entry) if same else None
+                if svc is None:
+                    try:
+                        svc = ServiceConfig.from_obj(entry)
+                    except ValueError as err:
+                        logger.warning("service %s/%s skipped: %s", entry.get("namespace"), entry.get("name"), err)
+                        same = False
+                        continue
+                new.append(svc)
+                made.append((entry, svc))
+            if made:
+                self._made[key] = made
+            else:
+                self._made.pop(key, None)
             old = self.services.get(key, [])
             if new == old:
                 continue
@@ -247,3 +264,23 @@ class Applier:
         self.agent.policies.swap(self.prepared_policies(compile_all=False))
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()
+
+
+def _endpoints_changed(was: tuple[dict, object], entry: dict):
+    """The entry validated before (``was``: the entry, its ServiceConfig) with only its
+    endpoints changed, when ``entry`` differs from it in nothing else (a slice's
+    readiness: the common EndpointSlice event); None: validate ``entry`` afresh. The
+    endpoints must be strings, which is all validating them would check."""
+    prev, svc = was
+    eps = entry.get("endpoints")
+    if (entry.keys() != prev.keys() or type(eps) is not list or not all(map(isinstance, eps, _STR))
+            or any(entry[k] != prev[k] for k in entry if k != "endpoints")):
+        return None
+    if eps == prev["endpoints"]:
+        return svc
+    out = copy.copy(svc)
+    out.endpoints = list(eps)
+    return out
+
+
+_STR = itertools.repeat(str)  # isinstance's second argument, for map()

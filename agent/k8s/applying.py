@@ -51,12 +51,12 @@ class Applying:
         task_status.started()
         while True:
             await self._changed.wait()
-            wait = self._last_apply + COALESCE_S - trio.current_time()
+            wait = self._last_apply + COALESCE_S - time.perf_counter()
             if wait > 0:
                 await trio.sleep(wait)
             self._changed = trio.Event()
             await self.flush()
-            self._last_apply = trio.current_time()
+            self._last_apply = time.perf_counter()
 
     def _delivered(self) -> None:
         """Watch events changed the index (on the event loop, where a read was taken in).
@@ -64,7 +64,7 @@ class Applying:
         it, no timer runs (the event's whole cost is its own work). Anything else, or
         while an apply is under way, goes to ``apply_loop``."""
         if (not self._flushing and not self._changed.is_set() and self._small(self.index.pending)
-                and trio.current_time() - self._last_apply >= COALESCE_S):
+                and time.perf_counter() - self._last_apply >= COALESCE_S):
             try:
                 self.apply_now()
             except Exception:  # noqa: BLE001 - a callback must not crash the event loop
@@ -102,7 +102,7 @@ class Applying:
             pass
         if not self._commit_small():  # _small keeps this from happening; never lose it
             self._changed.set()
-        self._last_apply = trio.current_time()
+        self._last_apply = time.perf_counter()
 
     async def flush(self, remerge: bool = False) -> None:
         """Apply what changed, letting the event loop run between batches."""

@@ -1,11 +1,11 @@
 """API response bytes -> the parts of each object that ``agent.k8s.model.slim`` reads.
 
 Pure: bytes in, plain dicts out. With msgspec installed, a watch event or a list page
-is decoded into typed structs that name only the fields discovery reads, so the
+is decoded into typed dicts that name only the fields discovery reads, so the
 decoder skips everything else (``managedFields``, containers, volumes, conditions, the
 status discovery ignores) without building a Python object for it: a 7 KB pod decodes
 in a few microseconds instead of ~40 with the standard library, and what survives is a
-small dict. Without msgspec, or for anything the structs do not fit (a field of an
+small dict, built as it is parsed. Without msgspec, or for anything the shapes do not fit (a field of an
 unexpected type, an ``ERROR`` event's Status), the standard library decodes the whole
 object, as before. Either way ``slim`` gets the same answer: a pruned object holds
 every field it reads (property-tested against the whole object). It decides nothing
@@ -28,90 +28,46 @@ except ImportError:  # pragma: no cover - exercised by the fallback tests via HA
 HAVE_MSGSPEC = msgspec is not None
 
 if msgspec is not None:
-    from msgspec import UNSET, Struct
+    from typing import TypedDict
 
-    # Each field defaults to UNSET, so an absent field stays absent in the dict (slim
-    # tells "missing" from "null" in a few places, e.g. a targetPort). ``Any``: the
-    # value is kept whole, whatever its type, and slim judges it as before.
-    class _Meta(Struct):
-        name: Any = UNSET
-        namespace: Any = UNSET
-        uid: Any = UNSET
-        labels: Any = UNSET
-        annotations: Any = UNSET
-        resourceVersion: Any = UNSET  # noqa: N815 - the API's names
-        deletionTimestamp: Any = UNSET  # noqa: N815
-        creationTimestamp: Any = UNSET  # noqa: N815
+    # Each shape names the fields discovery reads; ``total=False``: an absent field stays
+    # absent (slim tells "missing" from "null" in a few places, e.g. a targetPort).
+    # ``Any``: the value is kept whole, whatever its type, and slim judges it as before.
+    # TypedDicts, not Structs: msgspec builds the plain dicts slim reads while it parses
+    # (a Struct would be converted to dicts afterwards, one more pass and one more copy
+    # of every value per event).
+    def _shape(name: str, fields: dict) -> type:
+        return TypedDict(name, fields, total=False)  # type: ignore[operator]
 
-    class _PodSpec(Struct):
-        hostNetwork: Any = UNSET  # noqa: N815
-        nodeName: Any = UNSET  # noqa: N815
-        serviceAccountName: Any = UNSET  # noqa: N815
-
-    class _PodStatus(Struct):
-        phase: Any = UNSET
-        podIP: Any = UNSET  # noqa: N815
-        podIPs: Any = UNSET  # noqa: N815
-
-    class _Pod(Struct):
-        metadata: _Meta | None = UNSET  # type: ignore[assignment]
-        spec: _PodSpec | None = UNSET  # type: ignore[assignment]
-        status: _PodStatus | None = UNSET  # type: ignore[assignment]
-
-    class _NodeSpec(Struct):
-        podCIDR: Any = UNSET  # noqa: N815
-        podCIDRs: Any = UNSET  # noqa: N815
-
-    class _NodeStatus(Struct):
-        addresses: Any = UNSET
-
-    class _Node(Struct):
-        metadata: _Meta | None = UNSET  # type: ignore[assignment]
-        spec: _NodeSpec | None = UNSET  # type: ignore[assignment]
-        status: _NodeStatus | None = UNSET  # type: ignore[assignment]
-
-    class _ServiceSpec(Struct):
-        type: Any = UNSET
-        clusterIP: Any = UNSET  # noqa: N815
-        clusterIPs: Any = UNSET  # noqa: N815
-        ports: Any = UNSET
-
-    class _Service(Struct):
-        metadata: _Meta | None = UNSET  # type: ignore[assignment]
-        spec: _ServiceSpec | None = UNSET  # type: ignore[assignment]
-
-    class _Endpoint(Struct):
-        addresses: Any = UNSET
-        conditions: Any = UNSET
-
-    class _Slice(Struct):
-        metadata: _Meta | None = UNSET  # type: ignore[assignment]
-        ports: Any = UNSET
-        endpoints: list[_Endpoint] | None = UNSET  # type: ignore[assignment]
-
-    class _Policy(Struct):
-        apiVersion: Any = UNSET  # noqa: N815
-        metadata: _Meta | None = UNSET  # type: ignore[assignment]
-        spec: Any = UNSET
+    _Meta = _shape("_Meta", dict.fromkeys(("name", "namespace", "uid", "labels", "annotations", "resourceVersion",
+                                           "deletionTimestamp", "creationTimestamp"), Any))
+    _Pod = _shape("_Pod", {"metadata": _Meta | None,
+                           "spec": _shape("_PodSpec", dict.fromkeys(("hostNetwork", "nodeName",
+                                                                     "serviceAccountName"), Any)) | None,
+                           "status": _shape("_PodStatus", dict.fromkeys(("phase", "podIP", "podIPs"), Any)) | None})
+    _Node = _shape("_Node", {"metadata": _Meta | None,
+                             "spec": _shape("_NodeSpec", dict.fromkeys(("podCIDR", "podCIDRs"), Any)) | None,
+                             "status": _shape("_NodeStatus", {"addresses": Any}) | None})
+    _Service = _shape("_Service", {"metadata": _Meta | None,
+                                   "spec": _shape("_ServiceSpec", dict.fromkeys(("type", "clusterIP", "clusterIPs",
+                                                                                 "ports"), Any)) | None})
+    _Slice = _shape("_Slice", {"metadata": _Meta | None, "ports": Any,
+                               "endpoints": list[_shape("_Endpoint", dict.fromkeys(("addresses", "conditions"),
+                                                                                   Any))] | None})
+    _Policy = _shape("_Policy", {"apiVersion": Any, "metadata": _Meta | None, "spec": Any})
 
     _SHAPES: dict[str, type] = {"pods": _Pod, "nodes": _Node, "services": _Service, "endpointslices": _Slice}
 
     def _event_type(shape: type) -> type:
-        return msgspec.defstruct(f"{shape.__name__}Event", [("type", Any, UNSET), ("object", shape | None, UNSET)])
+        return _shape(f"{shape.__name__}Event", {"type": Any, "object": shape | None})
 
     def _list_type(shape: type) -> type:
-        return msgspec.defstruct(f"{shape.__name__}List", [("metadata", Any, UNSET), ("items", list[shape] | None,
-                                                                                      UNSET)])
+        return _shape(f"{shape.__name__}List", {"metadata": Any, "items": list[shape] | None})
 
     _EVENTS = {kind: msgspec.json.Decoder(_event_type(shape)) for kind, shape in _SHAPES.items()}
     _LISTS = {kind: msgspec.json.Decoder(_list_type(shape)) for kind, shape in _SHAPES.items()}
     _POLICY_EVENT = msgspec.json.Decoder(_event_type(_Policy))
     _POLICY_LIST = msgspec.json.Decoder(_list_type(_Policy))
-    _to_builtins = msgspec.to_builtins
-
-
-def _plain(obj) -> Any:
-    return _to_builtins(obj) if obj is not None else None
 
 
 def decode_event(kind: str, line: bytes | str) -> tuple[Any, dict]:
@@ -123,8 +79,9 @@ def decode_event(kind: str, line: bytes | str) -> tuple[Any, dict]:
         except msgspec.DecodeError:  # and ValidationError: a field of a type the structs do not
             pass  # expect, or JSON msgspec refuses: the standard library judges it, below
         else:
-            if ev.type != "ERROR":
-                return (None if ev.type is UNSET else ev.type), (_plain(ev.object) if ev.object is not UNSET else {})
+            etype = ev.get("type")
+            if etype != "ERROR":
+                return etype, ev.get("object") or {}
     # as the client's line reader did: bytes that are not UTF-8 become U+FFFD
     ev = json.loads(line.decode("utf-8", "replace") if isinstance(line, bytes | bytearray) else line)
     if not isinstance(ev, dict):
@@ -141,8 +98,9 @@ def decode_list(kind: str, data: bytes, on_item: Callable[[dict], None]) -> dict
         except msgspec.DecodeError:  # as for events
             pass
         else:
-            items, page.items = page.items, None
-            for item in items if items is not UNSET and items is not None else ():
-                on_item(_to_builtins(item))
-            return {} if page.metadata is UNSET else {"metadata": page.metadata}
+            items = page.pop("items", None) or ()
+            for i in range(len(items)):  # each item let go once handed over
+                item, items[i] = items[i], None
+                on_item(item)
+            return {"metadata": page["metadata"]} if "metadata" in page else {}
     return scan_list(data.decode() if isinstance(data, bytes | bytearray) else data, on_item)

@@ -156,6 +156,9 @@ class Index:
         affected = {key}
         for ip in (*old_ips, *new_ips):
             affected.update(self.claims.get(ip, ()))
+        if len(affected) == 1:  # no address shared with another pod: only this one
+            self._emit(key)
+            return
         for k in sorted(affected):
             self._emit(k)
 
@@ -172,10 +175,12 @@ class Index:
         view = self.objects["pods"].get(key)
         body, lost = None, ()
         if view is not None:
-            won = [ip for ip in view.body["ips"] if self._holder(ip) == key]
-            b = view.body
-            lost = tuple(f"pod {b['namespace']}/{b['name']}: {ip} is held by pod {self._name(self._holder(ip))}"
-                         for ip in b["ips"] if ip not in won)
+            b, claims = view.body, self.claims
+            # an address no other pod claims is this pod's (nearly every address)
+            won = [ip for ip in b["ips"] if len(claims[ip]) == 1 or self._holder(ip) == key]
+            if len(won) < len(b["ips"]):
+                lost = tuple(f"pod {b['namespace']}/{b['name']}: {ip} is held by pod {self._name(self._holder(ip))}"
+                             for ip in b["ips"] if ip not in won)
             body = grant(b, won) if won else None
         if lost:
             self.conflicts[key] = lost

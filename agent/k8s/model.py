@@ -86,8 +86,8 @@ class Cache:
 # ---- pods -> workloads ----------------------------------------------------------------
 
 
-def _ips(pod: dict) -> list[str]:
-    st = pod.get("status") or {}
+def _ips(st: dict) -> list[str]:
+    """A pod's addresses (its ``status``), canonical, each once."""
     ips = [p.get("ip") for p in st.get("podIPs") or [] if p.get("ip")]
     if not ips and st.get("podIP"):
         ips = [st["podIP"]]
@@ -103,6 +103,8 @@ def _ips(pod: dict) -> list[str]:
 
 
 def _http_ports(value: str | None) -> list[int]:
+    if not value:  # nearly every pod: no annotation
+        return []
     out = []
     for part in (value or "").replace(" ", "").split(","):
         if part.isdigit() and 0 < int(part) < 65536:
@@ -123,7 +125,7 @@ def pod_workload(pod: dict, this_node: str | None) -> dict | None:
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     if labels.get(OPT_OUT[0]) == OPT_OUT[1] or annotations.get(OPT_OUT[0]) == OPT_OUT[1]:
         return None
-    ips = _ips(pod)
+    ips = _ips(st)
     if not ips or not meta.get("uid") or not meta.get("name"):
         return None
     node = spec.get("nodeName")
@@ -132,14 +134,17 @@ def pod_workload(pod: dict, this_node: str | None) -> dict | None:
     return {
         "uid": meta["uid"], "name": meta["name"], "namespace": _intern(meta.get("namespace") or "default"),
         "service_account": _intern(spec.get("serviceAccountName") or "default"), "ip": ips[0], "ips": ips,
-        "labels": {_intern(str(k)): _intern(str(v)) for k, v in labels.items()},
+        "labels": {intern(str(k)): intern(str(v)) for k, v in labels.items()},  # str() gives a str
         "http_ports": _http_ports(annotations.get(HTTP_PORTS_ANNOTATION)),
         "node": None if node == this_node else _intern(node) if isinstance(node, str) else node,
     }
 
 
 def _intern(s):
-    return sys.intern(s) if type(s) is str else s
+    return intern(s) if type(s) is str else s
+
+
+intern = sys.intern
 
 
 @dataclass(frozen=True, slots=True)

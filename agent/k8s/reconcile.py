@@ -143,7 +143,7 @@ def _one_in_place(changes: Mapping[str, dict | None], owned: set[str], registry:
     if body is None or cur is None or uid not in owned:
         return None
     try:
-        w = workload_from_json(body, local_node=node)
+        w = workload_from_json(body, local_node=node, known=cur)
     except WorkloadError:
         return None  # the general plan says why, once
     if w.ips != cur.ips:

@@ -8,6 +8,7 @@ through ``by_ip``. A workload with ``node`` None (or equal to this node's name) 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,24 +85,65 @@ def canonical_ip(v: Any) -> str:
     return str(ipaddress.ip_address(v))
 
 
-def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
-    """Validate an admin-API / config body into a Workload (raises WorkloadError)."""
+_FIELDS = frozenset({"uid", "name", "namespace", "service_account", "ip", "ips", "labels", "http_ports", "node"})
+_STR = itertools.repeat(str)  # isinstance's second argument, for map()
+
+
+def _same_or_valid(v: Any, was: str | None, what: str) -> str:
+    """``was`` (a name validated before) when ``v`` equals it, else ``v`` validated."""
+    return was if type(v) is str and v == was else _label(v, what)
+
+
+def workload_from_json(body: Any, *, local_node: str | None = None, known: Workload | None = None) -> Workload:
+    """Validate an admin-API / config body into a Workload (raises WorkloadError).
+    ``known``: a registered workload (one this function made) that the body is likely to
+    repeat, such as the one it replaces; a field equal to ``known``'s is taken from it
+    without being checked again (a discovered pod's label change re-checks its labels
+    only). The result is the same with or without it."""
     if not isinstance(body, dict):
         raise WorkloadError("body must be a JSON object")
-    allowed = {"uid", "name", "namespace", "service_account", "ip", "ips", "labels", "http_ports", "node"}
-    unknown = sorted(set(body) - allowed)
+    unknown = body.keys() - _FIELDS
     if unknown:
-        raise WorkloadError(f"{unknown[0]}: unknown field")
+        raise WorkloadError(f"{sorted(unknown)[0]}: unknown field")
     for req in ("uid", "name", "ip"):
         if req not in body:
             raise WorkloadError(f"{req}: required")
-    uid = _label(body["uid"], "uid")
-    name = _label(body["name"], "name")
-    ns = _label(body.get("namespace", "default"), "namespace")
-    sa = _label(body.get("service_account", "default"), "service_account")
-    raw_ips = [body["ip"], *(body.get("ips") or [])]
+    k = known
+    uid = _same_or_valid(body["uid"], k and k.uid, "uid")
+    name = _same_or_valid(body["name"], k and k.name, "name")
+    ns = _same_or_valid(body.get("namespace", "default"), k and k.namespace, "namespace")
+    sa = _same_or_valid(body.get("service_account", "default"), k and k.service_account, "service_account")
+    rest = body.get("ips") or []
+    if not isinstance(rest, list | tuple):
+        raise WorkloadError("ips: must be a list of IP addresses")
+    if k is not None and type(rest) is list and body["ip"] == k.ips[0] and tuple(rest) == k.ips:
+        ips = k.ips  # canonical and unique already
+    else:
+        ips = _ips([body["ip"], *rest])
+    labels = body.get("labels") or {}
+    if k is not None and type(labels) is dict and labels == k.labels:
+        held = k.labels  # read-only already
+    # C-level scans (every discovered pod's change comes through here)
+    elif not isinstance(labels, dict) or not (all(map(isinstance, labels, _STR)) and all(map(isinstance,
+                                                                                              labels.values(), _STR))):
+        raise WorkloadError("labels: must map strings to strings")
+    else:
+        held = MappingProxyType(dict(labels))
+    ports = body.get("http_ports") or []
+    if not isinstance(ports, list) or (ports and not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+                                                         for p in ports)):
+        raise WorkloadError("http_ports: must be a list of ports 1-65535")
+    node = body.get("node")
+    if node is not None:
+        node = _same_or_valid(node, k and k.node, "node")
+        if node == local_node:
+            node = None
+    return Workload(uid, name, ns, sa, ips, held, frozenset(ports), node)
+
+
+def _ips(raw: list) -> tuple[str, ...]:
     ips: list[str] = []
-    for v in raw_ips:
+    for v in raw:
         if v in ips:  # ``ip`` repeated first in ``ips`` (a canonical string): parsed once
             continue
         try:
@@ -111,18 +153,7 @@ def workload_from_json(body: Any, *, local_node: str | None = None) -> Workload:
         ip = v if ip == v else ip  # already canonical: keep the caller's string (one copy per pod)
         if ip not in ips:
             ips.append(ip)
-    labels = body.get("labels") or {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise WorkloadError("labels: must map strings to strings")
-    ports = body.get("http_ports") or []
-    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
-        raise WorkloadError("http_ports: must be a list of ports 1-65535")
-    node = body.get("node")
-    if node is not None:
-        node = _label(node, "node")
-        if node == local_node:
-            node = None
-    return Workload(uid, name, ns, sa, tuple(ips), MappingProxyType(dict(labels)), frozenset(ports), node)
+    return tuple(ips)
 
 
 @dataclass

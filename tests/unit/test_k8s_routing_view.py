@@ -92,3 +92,30 @@ def test_an_endpoint_change_patches_cluster_services_in_place_next_to_the_config
         assert as_values(agent.view) == as_values(plan.build_view(agent.config, agent.registry, agent.traffic))
     assert [(s.name, s.endpoints) for s in agent.config.cluster.services] == [
         ("metal", ["192.0.2.7"]), ("web", []), ("api", ["10.1.0.8"])]
+
+
+ENTRY = {"name": "web", "namespace": "default", "vip": "10.96.0.10", "ports": [80], "endpoints": ["10.1.0.5"],
+         "target_port": 8080}
+
+
+@pytest.mark.parametrize("change, reused", [
+    ({"endpoints": ["10.1.0.5", "10.1.0.7"]}, True),  # readiness: the entry kept, new endpoints
+    ({"endpoints": []}, True),
+    ({}, True),  # nothing changed: the same object
+    ({"endpoints": ["10.1.0.5", 7]}, False),  # not strings: validated (and refused) afresh
+    ({"vip": "10.96.0.11"}, False),
+    ({"ports": [81], "endpoints": []}, False),
+    ({"target_port": None}, False),
+])
+def test_an_endpoints_only_change_reuses_the_validated_entry(change, reused):
+    from agent.config import ServiceConfig
+    from agent.k8s.apply import _endpoints_changed
+
+    was = ServiceConfig.from_obj(ENTRY)
+    entry = dict(ENTRY, **change)
+    got = _endpoints_changed((ENTRY, was), entry)
+    if not reused:
+        assert got is None
+        return
+    assert got == ServiceConfig.from_obj(entry)
+    assert (got is was) == (change == {}) and was.endpoints == ENTRY["endpoints"]  # the old one unchanged

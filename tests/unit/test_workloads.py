@@ -26,6 +26,7 @@ def test_identity_and_json_round_trip():
         ({"http_ports": [True]}, "http_ports"),
         ({"labels": {"a": 1}}, "labels"),
         ({"colour": "red"}, "colour: unknown field"),
+        ({"ips": 5}, "ips: must be a list of IP addresses"),
     ],
 )
 def test_invalid_bodies(patch, msg):
@@ -134,3 +135,28 @@ def test_canonical_ip_says_what_the_ipaddress_module_says(v):
 @given(st.ip_addresses().map(str) | st.text(alphabet="0123456789.:abcdefx%", max_size=20))
 def test_canonical_ip_property(v):
     assert _says(canonical_ip, v) == _says(_ipaddress, v)
+
+
+def _judged(body, **kw):
+    try:
+        return "ok", workload_from_json(body, **kw)
+    except WorkloadError as e:
+        return "error", str(e)
+
+
+_KNOWN = workload_from_json(dict(BODY, ips=["198.19.0.2", "fd00::2"], node="node-b"))
+_value = st.one_of(st.none(), st.integers(-1, 70000), st.booleans(), st.sampled_from(
+    ["u1", "web", "shop", "web-sa", "198.19.0.2", "fd00::2", "fd00:0::2", "node-b", "node-a", "", "a b", "x/y"]),
+    st.lists(st.sampled_from(["198.19.0.2", "fd00::2", "fd00:0::2", "10.0.0.1", 7]), max_size=3),
+    st.dictionaries(st.sampled_from(["app", "tier", 1]), st.sampled_from(["web", "db", 2]), max_size=2))
+
+
+@given(patch=st.dictionaries(st.sampled_from(sorted(BODY) + ["ips", "node"]), _value, max_size=4),
+       local=st.sampled_from([None, "node-a", "node-b"]))
+def test_a_known_workload_changes_nothing_but_the_work(patch, local):
+    """``known`` (fields equal to a validated workload's are not checked again) gives
+    exactly what validating the whole body gives, for bodies near and far from it."""
+    body = dict(_KNOWN.to_json(), **patch)
+    assert _judged(body, local_node=local, known=_KNOWN) == _judged(body, local_node=local)
+    got = _judged(_KNOWN.to_json(), known=_KNOWN)
+    assert got == ("ok", _KNOWN) and got[1].labels is _KNOWN.labels
