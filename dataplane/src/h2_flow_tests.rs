@@ -305,7 +305,7 @@ async fn bulk_cpu() {
     agent.set_nodelay(true).unwrap();
     tokio::spawn(async move {
         let c = crate::copy::Counters::default();
-        let _ = crate::copy::bridge(&mut agent, &mut h2s, &c, &|| 0).await;
+        let _ = crate::ways::bridge_legs(&mut agent, &mut h2s, &c, &|| 0).await;
     });
     let gib: u64 = std::env::var("BULK_GIB")
         .ok()
