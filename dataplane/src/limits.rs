@@ -131,12 +131,6 @@ pub const H2_SEND_BUFFER: usize = 256 * 1024;
 /// 1.805-1.848 vs 1.844-1.945 on four).
 pub const H2_TLS_BUFFER: usize = 256 * 1024;
 
-/// The same for an HTTP/1.1 CONNECT tunnel's TLS session (one per connection), set
-/// when its bridge starts: a copy buffer's 256 KiB goes into rustls in one write instead
-/// of four (rustls's default is 64 KiB). A peer that stops reading holds at most this
-/// much TLS in rustls (plus the socket's buffer) before the copy loop waits.
-pub const CONNECT_TLS_BUFFER: usize = 256 * 1024;
-
 /// PING after this long without one, and the connection is dead when no PONG came
 /// within H2_PING_TIMEOUT (ztunnel: 10 s / 20 s).
 pub const H2_PING_EVERY: Duration = Duration::from_secs(10);

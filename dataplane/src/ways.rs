@@ -14,7 +14,7 @@
 
 use crate::copy::{bridge, bridge_ways, read_eof, Counters, Direction, Meter, Side, Way};
 use crate::h2stream::H2Stream;
-use crate::limits::{BUFFER_SIZES, CONNECT_TLS_BUFFER};
+use crate::limits::BUFFER_SIZES;
 use bytes::{Bytes, BytesMut};
 use std::any::Any;
 use std::io;
@@ -193,12 +193,10 @@ where
     if db.is::<ClientTls>() {
         // a CONNECT tunnel's client: the plaintext back is written from rustls's buffer
         let (a, tls) = (cast::<A>(da), cast::<ClientTls>(db));
-        tls.get_mut().1.set_buffer_limit(Some(CONNECT_TLS_BUFFER));
         return bridge_ways(a, tls, Direction::default(), FromBuf::default(), c, now_ms).await;
     }
     if da.is::<ServerTls>() {
         let (tls, b) = (cast::<ServerTls>(da), cast::<B>(db));
-        tls.get_mut().1.set_buffer_limit(Some(CONNECT_TLS_BUFFER));
         return bridge_ways(tls, b, FromBuf::default(), Direction::default(), c, now_ms).await;
     }
     bridge(cast::<A>(da), cast::<B>(db), c, now_ms).await
