@@ -15,7 +15,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A live connection's counters, read by stats and progress while it runs.
@@ -143,15 +143,7 @@ where
             }
         }
         if d.eof {
-            if !d.shut {
-                match Pin::new(&mut *dst).poll_shutdown(cx) {
-                    Poll::Ready(Ok(())) => d.shut = true,
-                    // the other side already gone: its own direction reports it
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => d.shut = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::B, e))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            ready!(poll_shut(cx, &mut d.shut, dst))?;
             d.buf = None;
             return Poll::Ready(Ok(()));
         }
@@ -185,6 +177,24 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::A, e))),
         }
     }
+}
+
+/// The destination's write side shut (a half-close carried); a destination already gone
+/// is not this direction's failure (its own direction reports it).
+pub(crate) fn poll_shut<W: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    shut: &mut bool,
+    dst: &mut W,
+) -> Poll<Result<(), (Side, io::Error)>> {
+    if !*shut {
+        match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => return Poll::Ready(Err((Side::B, e))),
+        }
+        *shut = true;
+    }
+    Poll::Ready(Ok(()))
 }
 
 fn flip(r: Poll<Result<(), (Side, io::Error)>>) -> Poll<Result<(), (Side, io::Error)>> {

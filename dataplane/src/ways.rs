@@ -12,7 +12,9 @@
 //! end (EOF, shutdown, reset) from what copy.rs's `Direction` does, or hold a chunk
 //! while waiting for the source.
 
-use crate::copy::{bridge, bridge_ways, read_eof, Counters, Direction, Meter, Side, Way};
+use crate::copy::{
+    bridge, bridge_ways, poll_shut, read_eof, Counters, Direction, Meter, Side, Way,
+};
 use crate::h2stream::H2Stream;
 use crate::limits::BUFFER_SIZES;
 use bytes::{Bytes, BytesMut};
@@ -25,24 +27,6 @@ use tokio::net::TcpStream;
 
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
-
-/// The destination's write side shut (a half-close carried); a destination already gone
-/// is not this direction's failure (its own direction reports it).
-fn poll_shut<W: AsyncWrite + Unpin + ?Sized>(
-    cx: &mut Context<'_>,
-    shut: &mut bool,
-    dst: &mut W,
-) -> Poll<Result<(), (Side, io::Error)>> {
-    if !*shut {
-        match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-            Err(e) => return Poll::Ready(Err((Side::B, e))),
-        }
-        *shut = true;
-    }
-    Poll::Ready(Ok(()))
-}
 
 /// Straight from the source's own buffer to the destination.
 #[derive(Default)]
