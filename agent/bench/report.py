@@ -236,10 +236,10 @@ def _bulk_cpu(g) -> str:
 
 
 BULK_CPU = (
-    "Measured the same way in four alternating `--only bulk-1,bulk-4` runs on this VM (2.6 GHz): hostmesh's two "
-    "agents 1.59-1.72 s/GiB on one stream and 1.76-1.80 on four (before the copy loop wrote h2's DATA and rustls' "
-    "plaintext straight from their buffers and handed h2 its chunks without a copy: 1.68-1.81 / 1.82-1.93), "
-    "HAProxy's two processes 1.64-1.91 / 1.74-1.98: the two spend about the same CPU per byte, so they carry "
+    "Measured the same way in five alternating `--only bulk-1,bulk-4` runs on this VM (2.6 GHz): hostmesh's two "
+    "agents 1.59-1.72 s/GiB on one stream and 1.71-1.80 on four (before the copy loop wrote h2's DATA and rustls' "
+    "plaintext straight from their buffers and handed h2 its chunks without a copy: 1.68-1.88 / 1.82-2.04), "
+    "HAProxy's two processes 1.64-1.91 / 1.74-2.09: the two spend about the same CPU per byte, so they carry "
     "about the same. The agents' profile (perf): three quarters kernel (socket copies 25%; ~30% the veth, "
     "bridge, netfilter and TCP receive work each sent segment costs in the sender's context), AES-GCM 12-16% "
     "(ring, VAES, AES-128-GCM), memmove 7% (rustls copies each record's plaintext to encrypt it in place, and "
