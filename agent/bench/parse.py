@@ -25,6 +25,14 @@ def iperf3_gbit(text: str) -> float:
         raise ToolOutputError("iperf3 JSON has no end.sum_received") from None
 
 
+def iperf3_bytes(text: str) -> int:
+    """Bytes the iperf3 server received (the run's total over all streams)."""
+    try:
+        return int(json.loads(text)["end"]["sum_received"]["bytes"])
+    except (ValueError, KeyError, TypeError):
+        raise ToolOutputError("iperf3 JSON has no end.sum_received.bytes") from None
+
+
 _SOCKPERF = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
 
 

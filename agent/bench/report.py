@@ -222,21 +222,32 @@ def _bulk(g) -> str:
             f"it carries {_f(same)} Gbit/s: the crypto and the second agent are the cost. The Python data plane "
             f"carried {_f(py)}. With `dataplane.threads: 2`: {_f(t1)} / {_f(t4)}; there is no idle core for a "
             "second I/O thread here (the difference to one thread is within this VM's run-to-run spread), so "
-            "it says nothing about a host with idle cores. " + BULK_CPU)
+            "it says nothing about a host with idle cores. " + _bulk_cpu(g))
 
 
-# Measured beside a bench run (not by it): the processes' user+system time over the iperf3 runs.
+# The run's own cpu_s_per_gib rows (scenarios.bulk) when present, and what was measured around them.
+def _bulk_cpu(g) -> str:
+    c = {(s, p): g(s, p, "cpu_s_per_gib") for s in ("bulk-1", "bulk-4") for p in ("hostmesh", "haproxy")}
+    run = ("" if None in c.values() else
+           f"In this run, CPU seconds per GiB carried (each proxy's processes' user+system time over the iperf3 run): "
+           f"hostmesh's two agents {c['bulk-1', 'hostmesh']:.3g} / {c['bulk-4', 'hostmesh']:.3g}, HAProxy's two "
+           f"processes {c['bulk-1', 'haproxy']:.3g} / {c['bulk-4', 'haproxy']:.3g}. ")
+    return run + BULK_CPU
+
+
 BULK_CPU = (
-    "CPU per byte, measured beside `--only bulk-1,bulk-4` runs on this VM (2.6 GHz; each proxy's processes' "
-    "user+system time over the iperf3 runs, three runs): HAProxy's two processes 1.76-1.85 s/GiB (4.3-4.5 cycles "
-    "per byte), hostmesh's two agents 1.71-1.76 s/GiB (4.1-4.3), down from 1.86-1.88 on one stream once the "
-    "core set glibc malloc's thresholds (its 256 KiB buffers were mapped, unmapped and faulted in again) and a "
-    "256 KiB rustls buffer: the two spend the same CPU per byte, so they carry the same. The core's profile "
-    "(perf, bulk-1): ~30% the kernel's TCP/veth/bridge path, 15% socket copies, 12% AES-GCM (ring, VAES), 8% "
-    "memmove (plaintext into and out of rustls and h2), the rest h2, tokio and the copy loop. With everything "
-    "else on the 2 cores at ~0.84 s/GiB, 1.5x HAProxy needs the agents at ~0.9 s/GiB, half of OpenSSL's C "
-    "loop's: out of reach for a user-space TLS proxy whose fixed costs are that kernel path, those copies and "
-    "the cipher.")
+    "Measured the same way in five alternating `--only bulk-1,bulk-4` runs on this VM (2.6 GHz): hostmesh's two "
+    "agents 1.59-1.72 s/GiB on one stream and 1.71-1.80 on four (before the copy loop wrote h2's DATA and rustls' "
+    "plaintext straight from their buffers and handed h2 its chunks without a copy: 1.68-1.88 / 1.82-2.04), "
+    "HAProxy's two processes 1.64-1.91 / 1.74-2.09: the two spend about the same CPU per byte, so they carry "
+    "about the same. The agents' profile (perf): three quarters kernel (socket copies 25%; ~30% the veth, "
+    "bridge, netfilter and TCP receive work each sent segment costs in the sender's context), AES-GCM 12-16% "
+    "(ring, VAES, AES-128-GCM), memmove 7% (rustls copies each record's plaintext to encrypt it in place, and "
+    "out of its read buffer into h2's), h2, tokio and the copy loop under 3% together. A read-ahead under "
+    "rustls' 16 KiB reads, smaller h2 chunks and smaller send buffers each cost more than they saved "
+    "(docs/dataplane.md, \"Bytes per CPU second\"); this kernel has no kTLS. With everything else on the 2 "
+    "cores at ~0.84 s/GiB, 1.5x HAProxy needs the agents at ~0.9 s/GiB, half of OpenSSL's C loop's: out of reach "
+    "for a user-space TLS proxy whose fixed costs are that kernel path, those copies and the cipher.")
 
 
 def _latency(g) -> str:

@@ -109,8 +109,8 @@ class Run:
                   which: tuple[str, ...] = STANDARD, tls_ports: range = range(15008, 15009)) -> None:
         d = self.d
         steps: dict[str, Callable[[], list[dict]]] = {
-            "bulk-1": lambda: sc.bulk(lab, path, client, d, 1),
-            "bulk-4": lambda: sc.bulk(lab, path, client, d, 4),
+            "bulk-1": lambda: sc.bulk(lab, path, client, d, 1, pids),
+            "bulk-4": lambda: sc.bulk(lab, path, client, d, 4, pids),
             "pingpong": lambda: sc.pingpong(lab, path, client, d),
             "http-1000rps": lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents),
             "http-l7-1000rps": lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents, l7=True),

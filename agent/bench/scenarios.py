@@ -93,8 +93,11 @@ def start_servers(lab: Lab, work: Path) -> None:
         wait_port(lab, ns, "127.0.0.1", port)
 
 
-def bulk(lab: Lab, path: str, client: str, d: Durations, streams: int) -> list[dict]:
+def bulk(lab: Lab, path: str, client: str, d: Durations, streams: int, pids: list[int]) -> list[dict]:
+    """iperf3 through the path; with proxy processes, their CPU seconds per GiB carried
+    (all of them together: both agents, or HAProxy's two), the steadier figure on shared cores."""
     srv = lab.pod("srv")["ip"]
+    cpu0 = cpu_seconds(pids)
     for _ in range(10):
         r = lab.run(lab.pod(client)["netns"], "iperf3", "-c", srv, "-p", str(PORTS["iperf"]), "-t", str(d.bulk_s),
                     "-P", str(streams), "-J", timeout=d.bulk_s + 30)
@@ -102,7 +105,12 @@ def bulk(lab: Lab, path: str, client: str, d: Durations, streams: int) -> list[d
         if "server is busy" not in r.stdout:
             break
         time.sleep(0.5)
-    return [row(f"bulk-{streams}", path, "gbit_s", parse.iperf3_gbit(r.stdout))]
+        cpu0 = cpu_seconds(pids)
+    cpu = cpu_seconds(pids) - cpu0
+    out = [row(f"bulk-{streams}", path, "gbit_s", parse.iperf3_gbit(r.stdout))]
+    if pids:
+        out.append(row(f"bulk-{streams}", path, "cpu_s_per_gib", cpu / (parse.iperf3_bytes(r.stdout) / 2**30)))
+    return out
 
 
 def pingpong(lab: Lab, path: str, client: str, d: Durations) -> list[dict]:

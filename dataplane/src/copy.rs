@@ -1,6 +1,8 @@
 //! The copy loop: bytes both ways between the two legs of a connection.
 //!
-//! Decides: buffering (a direction's buffer grows with use, 1 KiB -> 16 KiB -> 256 KiB,
+//! Decides: the shape of a bridge (two directions, each a `Way` of moving bytes from
+//! one leg to the other; ways.rs has the ways that copy less for TLS and HBONE legs),
+//! buffering (a direction's buffer grows with use, 1 KiB -> 16 KiB -> 256 KiB,
 //! and is released whenever the direction is drained and waiting, so an idle
 //! connection holds no buffer), backpressure (a direction reads again only after its
 //! bytes were written and flushed), half-close (EOF on one side becomes a shutdown of
@@ -13,7 +15,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A live connection's counters, read by stats and progress while it runs.
@@ -34,8 +36,36 @@ pub enum Side {
     B,
 }
 
+/// Where a direction counts what it moved.
+pub(crate) struct Meter<'a> {
+    pub(crate) moved: &'a AtomicU64,
+    pub(crate) active: &'a AtomicU64,
+    pub(crate) now_ms: &'a (dyn Fn() -> u64 + Sync),
+}
+
+impl Meter<'_> {
+    pub(crate) fn add(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.active.store((self.now_ms)(), Ordering::Relaxed);
+    }
+}
+
+/// One direction's way of moving bytes from `S` to `D`: Ready(Ok) once the source's EOF
+/// became the destination's shutdown, or the side that failed (`Side::A` the source,
+/// `B` the destination; the bridge flips them for the way back).
+pub(crate) trait Way<S: ?Sized, D: ?Sized> {
+    fn poll_move(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        m: &Meter<'_>,
+    ) -> Poll<Result<(), (Side, io::Error)>>;
+}
+
+/// Through a copy buffer of ours: any source to any destination.
 #[derive(Default)]
-struct Direction {
+pub(crate) struct Direction {
     buf: Option<Box<[u8]>>,
     class: usize,
     grow: bool,
@@ -56,8 +86,24 @@ impl Direction {
 
 /// A TLS peer that closes without close_notify ends its stream: treated as EOF, as
 /// OpenSSL's ragged EOF was on the Python side.
-fn read_eof(e: &io::Error) -> bool {
+pub(crate) fn read_eof(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::UnexpectedEof
+}
+
+impl<R, W> Way<R, W> for Direction
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    fn poll_move(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        m: &Meter<'_>,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        poll_direction(cx, self, src, dst, m)
+    }
 }
 
 fn poll_direction<R, W>(
@@ -65,9 +111,7 @@ fn poll_direction<R, W>(
     d: &mut Direction,
     src: &mut R,
     dst: &mut W,
-    moved: &AtomicU64,
-    active: &AtomicU64,
-    now_ms: &(dyn Fn() -> u64 + Sync),
+    m: &Meter<'_>,
 ) -> Poll<Result<(), (Side, io::Error)>>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -84,8 +128,7 @@ where
                 Poll::Ready(Ok(n)) => {
                     d.start += n;
                     d.flush = true;
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                    active.store(now_ms(), Ordering::Relaxed);
+                    m.add(n);
                     continue;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::B, e))),
@@ -100,15 +143,7 @@ where
             }
         }
         if d.eof {
-            if !d.shut {
-                match Pin::new(&mut *dst).poll_shutdown(cx) {
-                    Poll::Ready(Ok(())) => d.shut = true,
-                    // the other side already gone: its own direction reports it
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => d.shut = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((Side::B, e))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            ready!(poll_shut(cx, &mut d.shut, dst))?;
             d.buf = None;
             return Poll::Ready(Ok(()));
         }
@@ -144,6 +179,24 @@ where
     }
 }
 
+/// The destination's write side shut (a half-close carried); a destination already gone
+/// is not this direction's failure (its own direction reports it).
+pub(crate) fn poll_shut<W: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    shut: &mut bool,
+    dst: &mut W,
+) -> Poll<Result<(), (Side, io::Error)>> {
+    if !*shut {
+        match ready!(Pin::new(&mut *dst).poll_shutdown(cx)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => return Poll::Ready(Err((Side::B, e))),
+        }
+        *shut = true;
+    }
+    Poll::Ready(Ok(()))
+}
+
 fn flip(r: Poll<Result<(), (Side, io::Error)>>) -> Poll<Result<(), (Side, io::Error)>> {
     r.map_err(|(s, e)| {
         (
@@ -168,27 +221,46 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = Direction::default();
-    let mut down = Direction::default();
+    bridge_ways(a, b, Direction::default(), Direction::default(), c, now_ms).await
+}
+
+/// Drive `up` (a -> b, counted as sent) and `down` (b -> a, received) until both ended
+/// or one failed.
+pub(crate) async fn bridge_ways<A, B, U, D>(
+    a: &mut A,
+    b: &mut B,
+    mut up: U,
+    mut down: D,
+    c: &Counters,
+    now_ms: &(dyn Fn() -> u64 + Sync),
+) -> Result<(), (Side, io::Error)>
+where
+    A: ?Sized,
+    B: ?Sized,
+    U: Way<A, B>,
+    D: Way<B, A>,
+{
+    let sent = Meter {
+        moved: &c.sent,
+        active: &c.active_ms,
+        now_ms,
+    };
+    let received = Meter {
+        moved: &c.received,
+        active: &c.active_ms,
+        now_ms,
+    };
     let (mut up_done, mut down_done) = (false, false);
     poll_fn(|cx| {
         if !up_done {
-            match poll_direction(cx, &mut up, a, b, &c.sent, &c.active_ms, now_ms) {
+            match up.poll_move(cx, a, b, &sent) {
                 Poll::Ready(Ok(())) => up_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
         }
         if !down_done {
-            match flip(poll_direction(
-                cx,
-                &mut down,
-                b,
-                a,
-                &c.received,
-                &c.active_ms,
-                now_ms,
-            )) {
+            match flip(down.poll_move(cx, b, a, &received)) {
                 Poll::Ready(Ok(())) => down_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}

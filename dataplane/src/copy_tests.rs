@@ -51,19 +51,24 @@ fn buffers_grow_with_use_and_are_released_when_drained() {
         let moved = AtomicU64::new(0);
         let active = AtomicU64::new(0);
         let mut d = Direction::default();
+        let m = Meter {
+            moved: &moved,
+            active: &active,
+            now_ms: &clock,
+        };
         // idle: nothing held
-        let r = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &moved, &active, &clock);
+        let r = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &m);
         assert!(r.is_pending());
         assert_eq!(d.held(), 0);
         // one small message: 1 KiB buffer, then released once drained
         src_w.write_all(&[1u8; 100]).await.unwrap();
-        let _ = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &moved, &active, &clock);
+        let _ = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &m);
         assert_eq!((d.class, d.held()), (0, 0));
         // a burst: each full read moves the buffer up one size
         src_w.write_all(&vec![2u8; 600_000]).await.unwrap();
         let mut sizes = Vec::new();
         for _ in 0..8 {
-            let _ = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &moved, &active, &clock);
+            let _ = poll_direction(&mut cx, &mut d, &mut src, &mut dst, &m);
             sizes.push(BUFFER_SIZES[d.class]);
             let mut sunk = vec![0u8; 1 << 20];
             let _ = Pin::new(&mut sink).poll_read(&mut cx, &mut ReadBuf::new(&mut sunk));

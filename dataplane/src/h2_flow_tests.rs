@@ -267,8 +267,10 @@ fn cpu_s() -> f64 {
 }
 
 /// A measurement, not a test (run by hand: `cargo test --release bulk_cpu -- --ignored
-/// --nocapture`): CPU seconds per GiB through one HBONE stream, pod socket -> client
-/// core's copy loop -> h2 over TLS -> server core -> upstream socket, all in this process.
+/// --nocapture`): CPU seconds per GiB through HBONE, pod sockets -> client core's copy
+/// loop -> h2 over TLS -> server core -> upstream sockets, all in this process.
+/// BULK_STREAMS=4 runs four streams on the one pooled connection (bulk-4), BULK_GIB the
+/// total.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bulk_cpu() {
@@ -276,54 +278,87 @@ async fn bulk_cpu() {
     if std::env::var_os("BULK_DEFAULT_MALLOC").is_none() {
         crate::threads::tune_malloc();
     }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (gib, streams) = (env("BULK_GIB", 4), env("BULK_STREAMS", 1));
     let pki = pki();
     let (_srv, addr, _) = server(&pki, 0).await;
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink = l.local_addr().unwrap();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
         loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
+            let (mut s, _) = l.accept().await.unwrap();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = done.send(total).await;
+            });
         }
-        let _ = done_tx.send(total);
     });
     let cli = core(&pki, &[CLIENT]);
-    let (mut h2s, _lease) = open(&cli, &plan(addr, sink)).await.unwrap();
     let pl = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut pod = tokio::net::TcpStream::connect(pl.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (mut agent, _) = pl.accept().await.unwrap();
-    pod.set_nodelay(true).unwrap();
-    agent.set_nodelay(true).unwrap();
-    tokio::spawn(async move {
-        let c = crate::copy::Counters::default();
-        let _ = crate::copy::bridge(&mut agent, &mut h2s, &c, &|| 0).await;
-    });
-    let gib: u64 = std::env::var("BULK_GIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let chunk = vec![0x5au8; 1 << 20];
-    let (c0, t0) = (cpu_s(), std::time::Instant::now());
-    for _ in 0..gib * 1024 {
-        pod.write_all(&chunk).await.unwrap();
+    let mut pods = Vec::new();
+    let mut leases = Vec::new();
+    for _ in 0..streams {
+        let (mut h2s, lease) = open(&cli, &plan(addr, sink)).await.unwrap();
+        leases.push(lease);
+        let pod = tokio::net::TcpStream::connect(pl.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut agent, _) = pl.accept().await.unwrap();
+        pod.set_nodelay(true).unwrap();
+        agent.set_nodelay(true).unwrap();
+        tokio::spawn(async move {
+            let c = crate::copy::Counters::default();
+            let _ = crate::ways::bridge_legs(&mut agent, &mut h2s, &c, &|| 0).await;
+        });
+        pods.push(pod);
     }
-    pod.shutdown().await.unwrap();
-    let total = done_rx.await.unwrap();
+    assert_eq!(cli.counters().get("hbone_connections_opened"), Some(&1));
+    let each = (gib << 30) / streams;
+    let (c0, t0) = (cpu_s(), std::time::Instant::now());
+    let writers: Vec<_> = pods
+        .into_iter()
+        .map(|mut pod| {
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 1 << 20];
+                let mut left = each;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    pod.write_all(&chunk[..n]).await.unwrap();
+                    left -= n as u64;
+                }
+                pod.shutdown().await.unwrap();
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for _ in 0..streams {
+        total += done_rx.recv().await.unwrap();
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
     let (cpu, wall) = (cpu_s() - c0, t0.elapsed().as_secs_f64());
-    assert_eq!(total, gib << 30);
+    assert_eq!(total, each * streams);
+    let gib = total as f64 / (1u64 << 30) as f64;
     println!(
-        "BULK {gib} GiB: cpu {:.3} s/GiB, wall {:.3} s/GiB, {:.2} Gbit/s",
-        cpu / gib as f64,
-        wall / gib as f64,
-        (gib << 30) as f64 * 8.0 / wall / 1e9
+        "BULK {gib:.2} GiB, {streams} streams: cpu {:.3} s/GiB, wall {:.3} s/GiB, {:.2} Gbit/s",
+        cpu / gib,
+        wall / gib,
+        total as f64 * 8.0 / wall / 1e9
     );
 }

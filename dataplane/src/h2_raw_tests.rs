@@ -152,3 +152,69 @@ async fn a_client_offering_other_alpn_gets_the_http1_path_as_before() {
         String::from_utf8_lossy(&head)
     );
 }
+
+/// A client that trusts any server (only the negotiated suite is looked at).
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        crate::tls::crypto()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// ztunnel's client offers AES-256-GCM before AES-128-GCM; the server picks 128 anyway
+/// (its own order: fewer AES rounds per byte on every tunnelled byte).
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_when_a_client_prefers_256() {
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let pki = pki();
+    let (_srv, addr, _) = server(&pki, 0).await;
+    let cli = core(&pki, &[CLIENT]);
+    let ours = cli.client_config(CLIENT, SERVER, true).unwrap();
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256];
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_cert_resolver(ours.client_auth_cert_resolver.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap();
+    assert_eq!(suite.suite(), TLS13_AES_128_GCM_SHA256.suite());
+}

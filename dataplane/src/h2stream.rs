@@ -1,5 +1,6 @@
 //! One HBONE stream as a byte stream: an HTTP/2 stream (h2's SendStream + RecvStream)
-//! behind AsyncRead/AsyncWrite, so the copy loop (copy.rs) and the life of a bridged
+//! behind AsyncRead/AsyncBufRead/AsyncWrite (and owned-bytes sends, so the copy loop's
+//! ways.rs hands h2 its chunks without a copy), so the copy loop (copy.rs) and the life of a bridged
 //! connection (live.rs) carry it like any socket.
 //!
 //! Decides: flow control (received bytes are released to the peer's window only as the
@@ -19,7 +20,7 @@ use h2::{Reason, RecvStream, SendStream};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
@@ -60,6 +61,10 @@ fn as_io(e: h2::Error) -> Option<io::Error> {
     Some(io::Error::new(io::ErrorKind::ConnectionReset, Ended(why)))
 }
 
+fn send_error(e: h2::Error) -> io::Error {
+    as_io(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
+}
+
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         H2Stream {
@@ -70,27 +75,37 @@ impl H2Stream {
             write_done: false,
         }
     }
+
+    /// How many of `want` bytes (at most H2_SEND_BUFFER) the stream takes now: what the
+    /// peer's window and h2's send buffer allow.
+    pub fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<io::Result<usize>> {
+        let want = want.min(crate::limits::H2_SEND_BUFFER);
+        self.send.reserve_capacity(want);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => return Poll::Ready(Ok(n.min(want))),
+                Some(Err(e)) => return Poll::Ready(Err(send_error(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    /// Send owned bytes, no more than poll_send_capacity allowed, without a copy.
+    pub fn send_bytes(&mut self, b: Bytes) -> io::Result<()> {
+        self.send.send_data(b, false).map_err(send_error)
+    }
 }
 
-impl AsyncRead for H2Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        loop {
-            if !me.pending.is_empty() {
-                let n = me.pending.len().min(buf.remaining());
-                buf.put_slice(&me.pending[..n]);
-                me.pending.advance(n);
-                // the bytes are ours now: the peer may send as many again
-                let _ = me.recv.flow_control().release_capacity(n);
-                return Poll::Ready(Ok(()));
-            }
-            if me.read_done {
-                return Poll::Ready(Ok(()));
-            }
+impl AsyncBufRead for H2Stream {
+    /// The received DATA not yet taken (empty at the end of the stream).
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let me = self.get_mut();
+        while me.pending.is_empty() && !me.read_done {
             match ready!(me.recv.poll_data(cx)) {
                 Some(Ok(b)) => me.pending = b,
                 None => me.read_done = true,
@@ -100,6 +115,27 @@ impl AsyncRead for H2Stream {
                 },
             }
         }
+        Poll::Ready(Ok(&me.pending[..]))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, n: usize) {
+        self.pending.advance(n);
+        // the bytes are ours now: the peer may send as many again
+        let _ = self.recv.flow_control().release_capacity(n);
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let held = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = held.len().min(buf.remaining());
+        buf.put_slice(&held[..n]);
+        self.consume(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -112,24 +148,8 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let me = &mut *self;
-        let want = buf.len().min(crate::limits::H2_SEND_BUFFER);
-        me.send.reserve_capacity(want);
-        let n = loop {
-            match ready!(me.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => break n.min(want),
-                Some(Err(e)) => {
-                    return Poll::Ready(Err(
-                        as_io(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
-                    ))
-                }
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        };
-        me.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(|e| as_io(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()))?;
+        let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
+        self.send_bytes(Bytes::copy_from_slice(&buf[..n]))?;
         Poll::Ready(Ok(n))
     }
 

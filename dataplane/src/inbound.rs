@@ -48,7 +48,7 @@ async fn open_and_bridge<B>(
     up_fd: RawFd,
     leftover: Vec<u8>,
 ) where
-    B: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     if tls.write_all(&connect::response(200, None)).await.is_err() {
         return;

@@ -33,6 +33,7 @@ mod sockopt;
 mod spiffe;
 mod threads;
 mod tls;
+mod ways;
 
 use events::{Event, Kind};
 use pyo3::exceptions::{PyOSError, PyValueError};

@@ -7,7 +7,7 @@
 //! let a bridged connection end without its finished record, or keep a connection after
 //! its record was sent.
 
-use crate::copy::{self, Counters, Side};
+use crate::copy::{Counters, Side};
 use crate::events::{Event, Kind};
 use crate::limits::{PROGRESS_EVERY, SWEEP_EVERY, TRIM_CHURN, TRIM_EVERY, TRIM_QUIET};
 use crate::runtime::{wall, Shared};
@@ -51,8 +51,8 @@ impl Shared {
         already: (u64, u64),
     ) -> impl std::future::Future<Output = ()> + 's
     where
-        A: AsyncRead + AsyncWrite + Unpin + 's,
-        B: AsyncRead + AsyncWrite + Unpin + 's,
+        A: AsyncRead + AsyncWrite + Unpin + 'static,
+        B: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         async move {
             let live = Arc::new(Live {
@@ -95,7 +95,7 @@ impl Shared {
                         ))
                         .await
                     }
-                    None => copy::bridge(&mut a, &mut b, &live.counters, &now).await,
+                    None => crate::ways::bridge_legs(&mut a, &mut b, &live.counters, &now).await,
                 }
             };
             let outcome = tokio::select! {

@@ -27,6 +27,13 @@ def test_iperf3():
         parse.iperf3_gbit(json.dumps({"error": "unable to connect to server"}))
 
 
+def test_iperf3_bytes_is_what_the_server_received():
+    doc = {"end": {"sum_received": {"bytes": 8_589_934_592, "bits_per_second": 8.6e9}}}
+    assert parse.iperf3_bytes(json.dumps(doc)) == 8 * 2**30
+    with pytest.raises(parse.ToolOutputError, match="sum_received.bytes"):
+        parse.iperf3_bytes(json.dumps({"end": {"sum_received": {"bits_per_second": 1.0}}}))
+
+
 def test_hey_csv_counts_only_successes():
     text = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n"
     text += "".join(f"0.00{i},0,0,0,0,0,200,{i / 10}\n" for i in range(1, 10))
