@@ -77,6 +77,8 @@ def convert(cls, data: Any, loc: tuple = ()) -> tuple[Any, list]:
     """``(instance, [])``, or ``(None, errors)``: ``(location, message, value)`` per problem."""
     errors: list = []
     value = _plan(cls).convert_into(data, loc, errors)
+    if value is NONE and not errors:  # a refusal that lost its reason is still a refusal
+        errors.append((loc, "invalid", data))
     return (None, errors) if errors else (value, errors)
 
 
@@ -176,7 +178,7 @@ class _Plan:
         for k, x in v.items():
             f = by_key.get(k)
             if f is None:
-                if self.extra == "forbid" or type(k) is not str:
+                if self.extra == "forbid" or not isinstance(k, str):  # as _ordered tells them
                     errors.append(None)
                 continue
             if type(x) is f.exact:

@@ -8,13 +8,15 @@ appends ``(loc, message, value)`` to ``errors`` and returns ``NONE``. Pure: no I
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, Union
 
-_INT = re.compile(r"[+-]?[0-9](?:_?[0-9])*")
+# pydantic's: digits (``_`` between them), optionally ``.0``, ``.00``...: "80.0" is 80
+_INT = re.compile(r"([+-]?[0-9](?:_?[0-9])*)(?:\.0+)?")
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -38,28 +40,52 @@ def fail(errors: list, loc: tuple, msg: str, v: Any) -> Any:
 
 
 def _str(v, loc, errors):
-    return v if type(v) is str else fail(errors, loc, "Input should be a valid string", v)
+    if type(v) is str:
+        return v
+    if isinstance(v, str):  # a subclass: its plain value, as pydantic (and msgspec) take it
+        return str(v)
+    if type(v) is bytes or type(v) is bytearray:  # YAML's !!binary: pydantic decoded it
+        try:
+            return v.decode()
+        except UnicodeDecodeError:
+            return fail(errors, loc, "Input should be a valid string, unable to parse raw data as a unicode string", v)
+    return fail(errors, loc, "Input should be a valid string", v)
+
+
+def _text(v):
+    """``bytes`` or a str subclass as the string pydantic parses numbers and booleans from
+    (undecodable bytes: a string that parses as nothing)."""
+    if type(v) is bytes:
+        return v.decode("utf-8", "replace")
+    return str(v) if isinstance(v, str) and type(v) is not str else v
 
 
 def _int(v, loc, errors):
+    v = _text(v)
     t = type(v)
     if t is int:
         return v
     if t is bool:
         return int(v)
     if t is float:
+        if not math.isfinite(v):
+            return fail(errors, loc, "Input should be a finite number", v)
         if v.is_integer():
             return int(v)
         return fail(errors, loc, "Input should be a valid integer, got a number with a fractional part", v)
     if t is str:
-        s = v.strip()
-        if _INT.fullmatch(s):
-            return int(s)
+        m = _INT.fullmatch(v.strip())
+        if m:
+            try:
+                return int(m[1])
+            except ValueError:  # beyond Python's 4,300 digits (pydantic's bound too)
+                return fail(errors, loc, "Unable to parse input string as an integer, exceeded maximum size", v)
         return fail(errors, loc, "Input should be a valid integer, unable to parse string as an integer", v)
     return fail(errors, loc, "Input should be a valid integer", v)
 
 
 def _float(v, loc, errors):
+    v = _text(v)
     t = type(v)
     if t is float:
         return v
@@ -67,20 +93,26 @@ def _float(v, loc, errors):
         return float(v)
     if t is str:
         try:
-            return float(v.strip())
+            s = v.strip()
+            if not s.isascii():  # float() reads "\uff18\uff10" (fullwidth 80) as 80.0; pydantic refuses it
+                raise ValueError
+            return float(s)
         except ValueError:
             return fail(errors, loc, "Input should be a valid number, unable to parse string as a number", v)
     return fail(errors, loc, "Input should be a valid number", v)
 
 
 def _bool(v, loc, errors):
+    v = _text(v)
     t = type(v)
     if t is bool:
         return v
     if (t is int or t is float) and v in (0, 1):
         return v == 1
+    if t is int and not -(2**63) <= v < 2**63:  # pydantic reads no wider int as a boolean
+        return fail(errors, loc, "Input should be a valid boolean", v)
     if t is int or t is str or (t is float and v.is_integer()):
-        s = v.strip().lower() if t is str else None
+        s = v.lower() if t is str else None  # not stripped: pydantic refuses " yes"
         if s in _TRUE or s in _FALSE:
             return s in _TRUE
         return fail(errors, loc, "Input should be a valid boolean, unable to interpret input", v)
@@ -107,7 +139,7 @@ def _literal(values: tuple):
 
     def conv(v, loc, errors):
         for x in values:
-            if v == x and type(v) is type(x):
+            if v == x and (type(v) is type(x) or isinstance(x, str) and isinstance(v, str)):
                 return x
         return fail(errors, loc, msg, v)
     return conv
@@ -135,7 +167,9 @@ def _list(inner):
 
     def conv(v, loc, errors):
         if type(v) is not list:
-            return fail(errors, loc, "Input should be a valid list", v)
+            if not isinstance(v, (list, tuple, set, frozenset)):  # what pydantic (and msgspec) read as a list
+                return fail(errors, loc, "Input should be a valid list", v)
+            v = list(v)
         if exact is not None and all(type(x) is exact for x in v):
             return v[:]
         out, n = [], len(errors)
@@ -166,12 +200,14 @@ def _ranged(inner, r: Range):
         out = inner(v, loc, errors)
         if out is NONE:
             return out
-        if r.ge is not None and out < r.ge:
-            return fail(errors, loc, f"Input should be greater than or equal to {r.ge}", v)
-        if r.gt is not None and out <= r.gt:
-            return fail(errors, loc, f"Input should be greater than {r.gt}", v)
-        if r.le is not None and out > r.le:
+        # "not >=": NaN compares false both ways, and pydantic refuses it at every bound
+        # (the upper one named first, as pydantic checks it first)
+        if r.le is not None and not out <= r.le:
             return fail(errors, loc, f"Input should be less than or equal to {r.le}", v)
+        if r.ge is not None and not out >= r.ge:
+            return fail(errors, loc, f"Input should be greater than or equal to {r.ge}", v)
+        if r.gt is not None and not out > r.gt:
+            return fail(errors, loc, f"Input should be greater than {r.gt}", v)
         if r.min_length is not None and len(out) < r.min_length:
             s = "" if r.min_length == 1 else "s"
             return fail(errors, loc, f"String should have at least {r.min_length} character{s}", v)

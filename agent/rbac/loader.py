@@ -321,6 +321,13 @@ def stand_in(data: Any, path: str = "<policy>", root_namespace: str = "istio-sys
     try:
         return load_object(doc, path, root_namespace)
     except PolicyError:
+        if "selector" not in out_spec:
+            return []
+    # its selector itself refused ("app: web*", an empty key): every workload of its namespace
+    del out_spec["selector"]
+    try:
+        return load_object(doc, path, root_namespace)
+    except PolicyError:
         return []
 
 

@@ -130,7 +130,7 @@ def value_problems(key: str, vals) -> list[str]:
     if key in ("source.ip", "remote.ip", "destination.ip"):
         out += [f"{v!r} is not a CIDR or IP address" for v in vals if v and not _is_ip(v)]
     elif key == "destination.port":
-        out += [f"{v!r} is not a port" for v in vals if v and not (str(v).isdigit() and int(v) <= 65535)]
+        out += [f"{v!r} is not a port" for v in vals if v and not (str(v).isascii() and str(v).isdigit() and int(v) <= 65535)]
     elif key == "source.serviceAccount":
         out += service_account_problems(vals)
     return out

@@ -2,6 +2,8 @@
 read from the object (agent.rbac.loader.stand_in, docs/kubernetes.md): a typo never lets
 through what the operator's policy was written to stop, and the stand-in depends on the
 object only, so a restart (a fresh list) enforces the same."""
+import math
+
 import pytest
 
 from agent.rbac.evaluate import ConnAttrs, evaluate
@@ -58,3 +60,43 @@ def test_what_the_stand_in_decides(broken, web, other):
     docs = stand_in(_broken(selector={"matchLabels": {"app": "web"}}, **broken), "k", "istio-system")
     assert _decide(docs, {"app": "web"}) is web
     assert _decide(docs, {"app": "db"}) is other  # outside its selector: as without it
+
+
+def _watched(spec: dict, name: str = "p") -> dict:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+
+
+@pytest.mark.parametrize("labels", [{"app": "web*"}, {"": "web"}, {"a*": "b"}])
+def test_a_deny_whose_selector_is_refused_denies_its_whole_namespace(labels):
+    doc = _watched({"action": "DENY", "selector": {"matchLabels": labels}, "rules": [{}]})
+    with pytest.raises(PolicyError):
+        load_object(doc, "p")
+    # before: the stand-in kept the refused selector, was refused itself, and nothing was enforced
+    [held] = stand_in(doc, "p")
+    assert (held.namespace, held.action, held.selector, len(held.rules)) == ("ns", "DENY", None, 1)
+
+
+def test_an_allow_whose_selector_is_refused_allows_nothing_in_its_namespace():
+    [held] = stand_in(_watched({"selector": {"matchLabels": {"app": "*"}}, "rules": [{}]}), "p")
+    assert (held.action, held.selector, held.rules) == ("ALLOW", None, ())
+
+
+@pytest.mark.parametrize("spec", [
+    {"action": "DENY", "rules": [{"to": [{"operation": {"ports": "80"}}]}]},
+    {"action": "DENY", "rules": [{"when": [{"key": "source.ip", "values": [{"a": [1]}]}]}], "x": {1: 2}},
+    {"action": "DENY", "rules": [{"from": [{"source": {"principals": [b"\xff"]}}]}]},
+    {"action": "DENY", "rules": [{"to": [{"operation": {"ports": ["9" * 5000]}}]}]},
+    {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [math.nan, math.inf]}}]}]},
+    {"action": "DENY", "rules": [{"to": [{"operation": {"ports": [2**70]}}]}]},
+    {"action": "DENY", "rules": [{"when": [{"key": "destination.port", "values": ["\u00b2"]}]}]},
+    {"action": "DENY", "selector": {"matchLabels": {"app": "web"}}, "rules": [{"from": [{"source": None}]}]},
+    {"action": ["DENY"], "rules": [{}]}, {"action": {"x": 1}}, {"action": "deny", "rules": [{}]},
+])
+def test_a_refused_watched_policy_is_a_policy_error_and_is_held_closed(spec):
+    doc = _watched(spec)
+    with pytest.raises(PolicyError):  # a ValueError, the one the watch's apply catches
+        load_object(doc, "p")
+    [held] = stand_in(doc, "p")
+    assert held.action == "DENY" and len(held.rules) == 1 and held.rules[0].sources == ()
+    assert held.selector == ((("app", "web"),) if "selector" in spec else None)

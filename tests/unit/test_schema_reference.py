@@ -25,8 +25,11 @@ SCALARS = st.one_of(
                      "10.0.0.0/33", "::1", "fd00::/64", "nftables", "pf", "native", "trio", "hbone", "all", "1", "gzip",
                      "STRICT", "ALLOW", "deny", "CUSTOM", "cluster.local", "Bad.Domain", "10.0.0.5:15012",
                      "[fd00::5]:15012", "security.istio.io/v1", "AuthorizationPolicy", "PeerAuthentication",
-                     "8080", "99999", "a" * 254]))
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
+                     "8080", "99999", "a" * 254,
+                     # edges (tests/unit/test_schema_probes.py): "80.0" is 80, " yes" no boolean, fullwidth
+                     # digits no number, unicode spaces stripped, bytes decoded, infinity no integer
+                     "80.0", " yes", "\uff18\uff10", "\xa080", b"80", float("inf")]))
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(SCALARS, max_size=2).map(tuple),
                    st.dictionaries(st.sampled_from(["a", "app", "8080", "0", 1, None]), SCALARS, max_size=2))
 
 
