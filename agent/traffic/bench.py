@@ -34,7 +34,7 @@ def _setup(services: int, per_service: int, rules: int):
         svcs.append({"name": f"svc{s}", "namespace": "shop", "vip": f"10.96.{s // 250}.{s % 250 + 1}",
                      "ports": [80], "target_port": 8080, "endpoints": eps})
     zones = [{"topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": f"z{i % 2}"} for i in range(4)]
-    cfg = Config.model_validate({
+    cfg = Config.from_obj({
         "node": {"name": "node-0", "address": "192.0.2.1", "labels": zones[0]},
         "cluster": {"services": svcs, "nodes": [{"name": f"node-{i}", "address": f"192.0.2.{i + 1}",
                                                  "labels": zones[i]} for i in range(4)]}})
