@@ -223,13 +223,12 @@ class Applier:
                     self.replaced += [((d.kind, d.namespace, d.name), d) for d in new]
             except ValueError as e:  # PolicyError, TrafficError
                 self.count("policies_rejected")
-                held = stand_in(doc, where, cfg.root_namespace) if kind == "authorizationpolicies" else []
+                held = stand_in(doc, where, cfg.root_namespace) if kind in FAIL_CLOSED_KINDS else []
                 if held:  # fail closed: never less than the operator wrote (docs/kubernetes.md)
                     self.count("policies_fail_closed")
                     self.policies[(kind, key)] = held
                     self.replaced += [((d.kind, d.namespace, d.name), d) for d in held]
-                    logger.warning("policy rejected, enforced as %s until fixed: %s",
-                                   "ALLOW nothing" if held[0].action == "ALLOW" else "DENY all", e)
+                    logger.warning("policy rejected, enforced as %s until fixed: %s", _held_as(held[0]), e)
                 else:
                     logger.warning("policy skipped: %s", e)
         traffic = sum(1 for kind, _ in keys if kind in TRAFFIC_KINDS)
@@ -264,6 +263,16 @@ class Applier:
         self.agent.policies.swap(self.prepared_policies(compile_all=False))
         self.agent.traffic.replace_source("kubernetes", self.traffic_docs())
         self.agent.recheck_connections()
+
+
+FAIL_CLOSED_KINDS = ("authorizationpolicies", "peerauthentications")
+
+
+def _held_as(doc) -> str:
+    """How a stand-in is enforced, for the log line."""
+    if doc.kind == "PeerAuthentication":
+        return "STRICT mTLS"
+    return "ALLOW nothing" if doc.action == "ALLOW" else "DENY all"
 
 
 def _endpoints_changed(was: tuple[dict, object], entry: dict):

@@ -291,33 +291,38 @@ def load_object(data: Any, path: str = "<policy>", root_namespace: str = "istio-
 
 
 def stand_in(data: Any, path: str = "<policy>", root_namespace: str = "istio-system") -> list:
-    """What a watched AuthorizationPolicy the loader refuses is enforced as until it is fixed,
-    so a typo never enforces less than the operator wrote (and the same across a restart:
-    it depends on the object only, never on an earlier version). Read from the object as far
-    as it can be: a DENY, a CUSTOM or an action that cannot be read -> DENY every request to
-    its workloads (``rules: [{}]``); an ALLOW -> ALLOW nothing (no rules: its workloads admit
-    only what another ALLOW admits); an AUDIT -> nothing (it never decides). Its workloads
-    are its ``selector.matchLabels`` when those are strings, else every workload of its
-    namespace (broader, never narrower); ``istio.io/dry-run`` is kept when it can be read.
+    """What a watched AuthorizationPolicy or PeerAuthentication the loader refuses is enforced
+    as until it is fixed, so a typo never enforces less than the operator wrote (and the same
+    across a restart: it depends on the object only, never on an earlier version). Read from
+    the object as far as it can be: a DENY, a CUSTOM or an action that cannot be read -> DENY
+    every request to its workloads (``rules: [{}]``); an ALLOW -> ALLOW nothing (no rules: its
+    workloads admit only what another ALLOW admits); an AUDIT -> nothing (it never decides);
+    a PeerAuthentication -> STRICT mutual TLS on every port (its mode or port modes could have
+    relaxed it only where the operator wrote so, and that is what cannot be read). Its
+    workloads are its ``selector.matchLabels`` when those are strings, else every workload of
+    its namespace (broader, never narrower); ``istio.io/dry-run`` is kept when it can be read.
     ``[]`` when no stand-in can be built (no usable name or namespace)."""
     if not isinstance(data, dict):
         return []
     meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+    kind = "PeerAuthentication" if data.get("kind") == "PeerAuthentication" else "AuthorizationPolicy"
     action = spec.get("action", "ALLOW")
-    if action == "AUDIT":
+    if kind == "PeerAuthentication":
+        out_spec: dict = {"mtls": {"mode": "STRICT"}}
+    elif action == "AUDIT":
         return []
-    out_spec: dict = {"action": "ALLOW"} if action == "ALLOW" else {"action": "DENY", "rules": [{}]}
+    else:
+        out_spec = {"action": "ALLOW"} if action == "ALLOW" else {"action": "DENY", "rules": [{}]}
     sel = spec.get("selector")
     labels = sel.get("matchLabels") if isinstance(sel, dict) else None
     if isinstance(labels, dict) and labels and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         out_spec["selector"] = {"matchLabels": dict(labels)}
     out_meta = {k: meta[k] for k in ("name", "namespace") if isinstance(meta.get(k), str)}
     notes = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
-    if isinstance(notes.get("istio.io/dry-run"), str):
+    if isinstance(notes.get("istio.io/dry-run"), str) and kind == "AuthorizationPolicy":
         out_meta["annotations"] = {"istio.io/dry-run": notes["istio.io/dry-run"]}
-    doc = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": out_meta,
-           "spec": out_spec}
+    doc = {"apiVersion": "security.istio.io/v1", "kind": kind, "metadata": out_meta, "spec": out_spec}
     try:
         return load_object(doc, path, root_namespace)
     except PolicyError:

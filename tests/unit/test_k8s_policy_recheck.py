@@ -88,3 +88,29 @@ def test_a_change_the_store_cannot_make_in_place_in_a_large_set_goes_beside_the_
     assert agent.policies.generation == gen + 1 and d.applier.policies_dirty == 1 and d.applier.replaced
     d.applier.commit_policies()
     assert [p["name"] for p in agent.policies.list()] == ["db", "web", "strict"]
+
+
+def test_a_peer_authentication_made_invalid_is_held_as_strict_until_fixed():
+    from agent.rbac.evaluate import mtls_mode
+
+    agent = Agent(config("http://127.0.0.1:1"))
+    d = disc.Discovery(agent, agent.config.kubernetes, NODE)
+    d.index.replace("peerauthentications", [], "0")
+    d.apply()
+
+    def peer(mtls, rv):
+        return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": rv},
+                "spec": {"selector": {"matchLabels": {"app": "web"}}, "mtls": mtls}}
+
+    def put(obj):
+        d.index.event("peerauthentications", "MODIFIED", obj)
+        for _ in d.applier.steps(d.index, d.index.take()):
+            pass
+        d.applier.commit_policies()
+        return mtls_mode(agent.policies, "shop", {"app": "web"}, 8080)
+
+    assert put(peer({"mode": "DISABLE"}, "1")) == "PERMISSIVE"  # DISABLE: plaintext accepted
+    assert put(peer({"mode": "DISABLED"}, "2")) == "STRICT"  # a typo: never more plaintext than written
+    assert d.counts["policies_rejected"] == 1 and d.counts["policies_fail_closed"] == 1
+    assert put(peer({"mode": "PERMISSIVE"}, "3")) == "PERMISSIVE"  # fixed: the object's own mode again

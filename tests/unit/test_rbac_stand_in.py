@@ -100,3 +100,36 @@ def test_a_refused_watched_policy_is_a_policy_error_and_is_held_closed(spec):
     [held] = stand_in(doc, "p")
     assert held.action == "DENY" and len(held.rules) == 1 and held.rules[0].sources == ()
     assert held.selector == ((("app", "web"),) if "selector" in spec else None)
+
+
+def _peer(name, ns="shop", **spec):
+    return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"}, "spec": spec}
+
+
+@pytest.mark.parametrize("spec, selector", [
+    ({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "PERMISIVE"}}, (("app", "web"),)),  # a typo'd mode
+    ({"selector": {"matchLabels": {"app": "web"}}, "mtlz": {"mode": "DISABLE"}}, (("app", "web"),)),
+    ({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "PERMISSIVE"},
+      "portLevelMtls": {"http": {"mode": "DISABLE"}}}, (("app", "web"),)),                           # a port by name
+    ({"selector": {"matchLabels": {"app": 7}}, "mtls": {"mode": "DISABLE"}}, None),                  # unreadable selector
+    ({"selector": {"matchLabels": {"app": "web*"}}, "mtls": {"mode": "DISABLE"}}, None),             # refused selector
+])
+def test_an_invalid_peer_authentication_is_held_as_strict_mtls(spec, selector):
+    obj = _peer("relaxed", **spec)
+    with pytest.raises(PolicyError):
+        load_object(obj, "kubernetes:p", "istio-system")
+    got = stand_in(obj, "kubernetes:p", "istio-system")
+    assert [(p.kind, p.namespace, p.name, p.mode, p.selector, p.port_modes) for p in got] == [
+        ("PeerAuthentication", "shop", "relaxed", "STRICT", selector, ())]
+
+
+def test_a_held_peer_authentication_refuses_plaintext_where_the_namespace_allowed_it():
+    from agent.rbac.evaluate import mtls_mode
+
+    store = PolicyStore()
+    ns_wide = load_object(_peer("ns", mtls={"mode": "PERMISSIVE"}), "k", "istio-system")
+    held = stand_in(_peer("web", selector={"matchLabels": {"app": "web"}}, mtls={"mode": "DISABEL"}), "k", "istio-system")
+    store.replace_source("kubernetes", ns_wide + held)
+    assert mtls_mode(store, "shop", {"app": "web"}, 8080) == "STRICT"
+    assert mtls_mode(store, "shop", {"app": "db"}, 8080) == "PERMISSIVE"  # the others keep the namespace's
