@@ -154,7 +154,8 @@ class Applying:
             store.swap(new)
         if traffic:
             self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
-        self.agent.recheck_connections(only)
+        if self.agent.conns:  # none live: nothing to evaluate again (nor the enforcer to import)
+            self.agent.recheck_connections(only)
         return True
 
     def apply(self, remerge: bool = False) -> None:

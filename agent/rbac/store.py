@@ -144,6 +144,10 @@ class PolicyStore:
         None (the caller rebuilds the source) when a key is another source's or a
         PeerAuthentication comes or goes."""
         old = self._set
+        if len(changes) == 1:
+            one = self._replace_one(old, source, changes, compile_all, compile_changed)
+            if one is not None:
+                return one
         docs = dict(old.docs)
         swapped: dict[int, Doc] = {}  # id(old doc) -> its replacement
         gone: set[int] = set()
@@ -196,6 +200,29 @@ class PolicyStore:
                     compiled[id(p)] = (p.ref, compile_policy(p))
         return PolicySet(docs, by_ns, peer, compiled, base=old.serial, touched=tuple(touched))
 
+    @staticmethod
+    def _replace_one(old: PolicySet, source: str, changes: dict, compile_all: bool,
+                     compile_changed: bool) -> PolicySet | None:
+        """``prepare_change`` of the commonest change, a watch event's one
+        AuthorizationPolicy of ``source`` replaced by a new version: the same set in a
+        few steps (an isolated event's CPU is mostly cache misses, one per step); None
+        for any other change."""
+        ((key, d),) = changes.items()
+        have = old.docs.get(key)
+        if have is None or d is None or have[1] != source or key[0] != "AuthorizationPolicy":
+            return None
+        was = have[0]
+        docs = old.docs.copy()
+        docs[key] = (d, source)
+        by_ns = old.by_ns.copy()
+        by_ns[key[1]] = tuple(d if p is was else p for p in by_ns[key[1]])
+        compiled = old.compiled.copy() if compile_all else {}
+        if compiled:
+            compiled.pop(id(was), None)
+        if compile_all and compile_changed:
+            compiled[id(d)] = (d.ref, compile_policy(d))
+        return PolicySet(docs, by_ns, old.peer, compiled, base=old.serial, touched=(was, d))
+
     def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
         new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
         return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None
@@ -226,9 +253,9 @@ class PolicyStore:
         affect: the workloads of their namespace their selectors select (every cache
         when one is in the root namespace: it applies to every namespace). What was
         dropped is returned, to be freed with the old set."""
-        dropped: list = []
-        for p in touched:
-            dropped.append(self._lazy.pop(id(p), None))
+        dropped: list = [self._lazy.pop(id(p), None) for p in touched] if self._lazy else []
+        if not (self._index or self._by_obj):  # nothing cached (no decision since the last change)
+            return dropped
         if any(p.namespace == self.root_namespace for p in touched):
             dropped += [self._index, self._by_obj]
             self._index, self._by_obj, self._obj_ns, self._indexed = {}, {}, {}, 0
