@@ -332,6 +332,18 @@ class PolicyStore:
         return any(p.namespace == self.root_namespace or (p.namespace == namespace and self._selects(p.selector, labels))
                    for p in touched)
 
+    def rechecks(self, touched: tuple[AuthorizationPolicy, ...]) -> Callable[[object], bool] | None:
+        """The live connections a change that touched these policies can decide otherwise,
+        as a predicate for ``Agent.recheck_connections`` (``affects`` of a connection's
+        destination; one without a destination always); None: every connection (a
+        root-namespace policy applies to all). The namespace is compared first, so each
+        of a node's thousands of connections costs a set lookup."""
+        nss = {p.namespace for p in touched}
+        if self.root_namespace in nss:
+            return None
+        affects = self.affects
+        return lambda c: c.dst is None or (c.dst.namespace in nss and affects(touched, c.dst.namespace, c.dst.labels))
+
     def applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
         # Fast path: a workload's labels are one long-lived mapping, so its identity is a
         # key (the entry holds the mapping, so the id cannot be reused while cached).
