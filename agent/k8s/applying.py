@@ -149,12 +149,12 @@ class Applying:
             if new.base == store.snapshot().serial and not traffic:
                 # only the connections to workloads the changed policies select are
                 # evaluated again (a connection's decision depends on nothing else)
-                touched = new.touched
-                only = lambda c: c.dst is None or store.affects(touched, c.dst.namespace, c.dst.labels)  # noqa: E731
+                only = store.rechecks(new.touched)
             store.swap(new)
         if traffic:
             self.agent.traffic.replace_source("kubernetes", a.traffic_docs())
-        self.agent.recheck_connections(only)
+        if self.agent.conns:  # none live: nothing to evaluate again (nor the enforcer to import)
+            self.agent.recheck_connections(only)
         return True
 
     def apply(self, remerge: bool = False) -> None:

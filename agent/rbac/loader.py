@@ -206,26 +206,33 @@ def _sa(ns: str, values) -> tuple[str, ...]:
     return tuple(v if "/" in v else f"{ns}/{v}" for v in values)
 
 
+def _net(values: tuple) -> tuple:
+    return tuple(ipaddress.ip_network(x, strict=False) for x in values) if values else ()
+
+
+def _source(ns: str, s: SourceM) -> Source:
+    # positional, each empty field without a call: one watch event builds these on the
+    # event loop, where every step is a cold cache miss (docs/policy.md)
+    return Source(tuple(s.principals), tuple(s.notPrincipals), tuple(s.namespaces), tuple(s.notNamespaces),
+                  _sa(ns, s.serviceAccounts) if s.serviceAccounts else (),
+                  _sa(ns, s.notServiceAccounts) if s.notServiceAccounts else (),
+                  _net((*s.ipBlocks, *s.remoteIpBlocks)), _net((*s.notIpBlocks, *s.notRemoteIpBlocks)))
+
+
+def _operation(o: OperationM) -> Operation:
+    return Operation(tuple(map(int, o.ports)) if o.ports else (), tuple(map(int, o.notPorts)) if o.notPorts else (),
+                     tuple(o.methods), tuple(o.notMethods), tuple(o.paths), tuple(o.notPaths),
+                     tuple(o.hosts), tuple(o.notHosts))
+
+
 def _build_authz(meta: MetaM, spec: AuthzSpecM) -> AuthorizationPolicy:
     rules = []
     ns = meta.namespace
     for r in spec.rules:
-        sources = tuple(Source(
-            principals=_t(f.source.principals), not_principals=_t(f.source.notPrincipals),
-            namespaces=_t(f.source.namespaces), not_namespaces=_t(f.source.notNamespaces),
-            service_accounts=_sa(ns, f.source.serviceAccounts),
-            not_service_accounts=_sa(ns, f.source.notServiceAccounts),
-            ip_blocks=tuple(ipaddress.ip_network(x, strict=False) for x in (*f.source.ipBlocks, *f.source.remoteIpBlocks)),
-            not_ip_blocks=tuple(ipaddress.ip_network(x, strict=False)
-                                for x in (*f.source.notIpBlocks, *f.source.notRemoteIpBlocks)),
-        ) for f in r.from_)
-        ops = tuple(Operation(
-            ports=tuple(int(p) for p in t.operation.ports), not_ports=tuple(int(p) for p in t.operation.notPorts),
-            methods=_t(t.operation.methods), not_methods=_t(t.operation.notMethods),
-            paths=_t(t.operation.paths), not_paths=_t(t.operation.notPaths),
-            hosts=_t(t.operation.hosts), not_hosts=_t(t.operation.notHosts)) for t in r.to)
+        sources = tuple(_source(ns, f.source) for f in r.from_)
+        ops = tuple(_operation(t.operation) for t in r.to)
         conds = tuple(Condition(w.key, _sa(ns, w.values), _sa(ns, w.notValues)) if w.key == "source.serviceAccount"
-                      else Condition(w.key, _t(w.values), _t(w.notValues)) for w in r.when)
+                      else Condition(w.key, _t(w.values), _t(w.notValues)) for w in r.when) if r.when else ()
         rules.append(Rule(sources, ops, conds))
     selector = tuple(sorted(spec.selector.matchLabels.items())) if spec.selector else None
     dry = meta.annotations.get("istio.io/dry-run", "false").lower() == "true"

@@ -49,9 +49,11 @@ INDEX_MAX = 65536
 _serials = itertools.count(1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PolicySet:
-    """One generation of policies; never mutated once built."""
+    """One generation of policies; never mutated once built. Slotted, not frozen (as
+    agent.rbac.model's values): a frozen one pays an ``object.__setattr__`` per field,
+    a third of building one on a watch event's cold cache (0.021 -> 0.014 ms)."""
 
     docs: dict[tuple[str, str, str], tuple[Doc, str]] = field(default_factory=dict)  # key -> (doc, source)
     by_ns: dict[str, tuple[AuthorizationPolicy, ...]] = field(default_factory=dict)
@@ -144,6 +146,10 @@ class PolicyStore:
         None (the caller rebuilds the source) when a key is another source's or a
         PeerAuthentication comes or goes."""
         old = self._set
+        if len(changes) == 1:
+            one = self._replace_one(old, source, changes, compile_all, compile_changed)
+            if one is not None:
+                return one
         docs = dict(old.docs)
         swapped: dict[int, Doc] = {}  # id(old doc) -> its replacement
         gone: set[int] = set()
@@ -196,6 +202,29 @@ class PolicyStore:
                     compiled[id(p)] = (p.ref, compile_policy(p))
         return PolicySet(docs, by_ns, peer, compiled, base=old.serial, touched=tuple(touched))
 
+    @staticmethod
+    def _replace_one(old: PolicySet, source: str, changes: dict, compile_all: bool,
+                     compile_changed: bool) -> PolicySet | None:
+        """``prepare_change`` of the commonest change, a watch event's one
+        AuthorizationPolicy of ``source`` replaced by a new version: the same set in a
+        few steps (an isolated event's CPU is mostly cache misses, one per step); None
+        for any other change."""
+        ((key, d),) = changes.items()
+        have = old.docs.get(key)
+        if have is None or d is None or have[1] != source or key[0] != "AuthorizationPolicy":
+            return None
+        was = have[0]
+        docs = old.docs.copy()
+        docs[key] = (d, source)
+        by_ns = old.by_ns.copy()
+        by_ns[key[1]] = tuple(d if p is was else p for p in by_ns[key[1]])
+        compiled = old.compiled.copy() if compile_all else {}
+        if compiled:
+            compiled.pop(id(was), None)
+        if compile_all and compile_changed:
+            compiled[id(d)] = (d.ref, compile_policy(d))
+        return PolicySet(docs, by_ns, old.peer, compiled, base=old.serial, touched=(was, d))
+
     def prepare_delete(self, namespace: str, name: str, compile_all: bool = True) -> PolicySet | None:
         new = {k: v for k, v in self._set.docs.items() if not (k[1] == namespace and k[2] == name)}
         return build_set(new, compile_all, self._set) if len(new) != len(self._set.docs) else None
@@ -226,9 +255,9 @@ class PolicyStore:
         affect: the workloads of their namespace their selectors select (every cache
         when one is in the root namespace: it applies to every namespace). What was
         dropped is returned, to be freed with the old set."""
-        dropped: list = []
-        for p in touched:
-            dropped.append(self._lazy.pop(id(p), None))
+        dropped: list = [self._lazy.pop(id(p), None) for p in touched] if self._lazy else []
+        if not (self._index or self._by_obj):  # nothing cached (no decision since the last change)
+            return dropped
         if any(p.namespace == self.root_namespace for p in touched):
             dropped += [self._index, self._by_obj]
             self._index, self._by_obj, self._obj_ns, self._indexed = {}, {}, {}, 0
@@ -302,6 +331,18 @@ class PolicyStore:
         ``swap`` keeps that workload's cached entries."""
         return any(p.namespace == self.root_namespace or (p.namespace == namespace and self._selects(p.selector, labels))
                    for p in touched)
+
+    def rechecks(self, touched: tuple[AuthorizationPolicy, ...]) -> Callable[[object], bool] | None:
+        """The live connections a change that touched these policies can decide otherwise,
+        as a predicate for ``Agent.recheck_connections`` (``affects`` of a connection's
+        destination; one without a destination always); None: every connection (a
+        root-namespace policy applies to all). The namespace is compared first, so each
+        of a node's thousands of connections costs a set lookup."""
+        nss = {p.namespace for p in touched}
+        if self.root_namespace in nss:
+            return None
+        affects = self.affects
+        return lambda c: c.dst is None or (c.dst.namespace in nss and affects(touched, c.dst.namespace, c.dst.labels))
 
     def applicable(self, namespace: str, labels: dict[str, str]) -> Applicable:
         # Fast path: a workload's labels are one long-lived mapping, so its identity is a

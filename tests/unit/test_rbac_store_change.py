@@ -207,3 +207,36 @@ def test_any_sequence_of_changes_decides_as_a_fresh_load(batches, compile_all, w
     assert decisions(st_) == decisions(want)
     assert refs(st_.snapshot()) == refs(want.snapshot())
     assert st_.list() == want.list()
+
+
+class _Dst:
+    def __init__(self, ns, labels):
+        self.namespace, self.labels = ns, labels
+
+
+class _Conn:
+    def __init__(self, dst):
+        self.dst = dst
+
+
+@pytest.mark.parametrize("touched,want", [
+    # (the touched policies, which of the connections below are evaluated again)
+    ([ap("a", app="web")], [True, True, False, False, False]),
+    ([ap("a", app="api")], [True, False, False, False, False]),
+    ([ap("a")], [True, True, True, False, False]),                 # no selector: its whole namespace
+    ([ap("a", app="web"), ap("b", ns="web", app="web")], [True, True, False, True, False]),
+    ([], [True, False, False, False, False]),                      # a PeerAuthentication changed in place
+])
+def test_rechecks_selects_the_connections_affects_does(touched, want):
+    st_ = PolicyStore()
+    docs = load(*touched)
+    conns = [_Conn(None), _Conn(_Dst("shop", {"app": "web"})), _Conn(_Dst("shop", {"app": "db"})),
+             _Conn(_Dst("web", {"app": "web"})), _Conn(_Dst("other", {"app": "web"}))]
+    only = st_.rechecks(tuple(docs))
+    assert [only(c) for c in conns] == want
+    assert want == [c.dst is None or st_.affects(tuple(docs), c.dst.namespace, c.dst.labels) for c in conns]
+
+
+def test_rechecks_every_connection_for_a_root_namespace_policy():
+    st_ = PolicyStore()
+    assert st_.rechecks(tuple(load(ap("a", ns="istio-system"), ap("b")))) is None

@@ -89,3 +89,31 @@ def test_decisions_follow_the_replacement():
     st.swap(st.prepare_replace("kubernetes", load(ap("b", action="DENY"))))
     assert [(p["name"], p["action"]) for p in st.list()] == [("b", "DENY")]
     assert st.sources() == {"kubernetes": list(st.snapshot().by_ns["shop"])}
+
+
+@pytest.mark.parametrize("base_compiled", [True, False])
+@pytest.mark.parametrize("compile_all,compile_changed", [(True, True), (True, False), (False, True), (False, False)])
+def test_one_policy_replaced_takes_the_short_path_to_the_same_set(base_compiled, compile_all, compile_changed):
+    """A watch event's one AuthorizationPolicy replaced (PolicyStore._replace_one) leaves
+    the set the general path of prepare_change builds: order, namespaces, compiled
+    matchers (unchanged ones reused), what it touched and the set it was made from."""
+    st = PolicyStore()
+    st.swap(st.prepare_sources({"/etc/policies/a.yaml": load(ap("file-1"))}, compile_all=base_compiled))
+    st.swap(st.prepare_sources({"kubernetes": load(*BASE)}, compile_all=base_compiled))
+    (new,) = load(ap("b", action="DENY"))
+    key = (new.kind, new.namespace, new.name)
+    got = st.prepare_change("kubernetes", {key: new}, compile_all, compile_changed)
+    # the general path: the same change beside a no-op one (a policy that is not there, gone)
+    want = st.prepare_change("kubernetes", {key: new, ("AuthorizationPolicy", "shop", "absent"): None},
+                             compile_all, compile_changed)
+    assert shape(got) == shape(want)
+    assert [id(p) for p in got.touched] == [id(p) for p in want.touched] == [id(st.snapshot().docs[key][0]), id(new)]
+    assert got.base == want.base == st.snapshot().serial
+    assert got.peer is st.snapshot().peer
+    for i, (_ref, m) in got.compiled.items():
+        if i != id(new):
+            assert m is st.snapshot().compiled[i][1]  # reused, never compiled again
+    assert (id(new) in got.compiled) == (compile_all and compile_changed)
+    assert st.snapshot().docs[key][0] is not new  # the set in force is untouched
+    # refused as before: another source's policy (the caller rebuilds)
+    assert st.prepare_change("kubernetes", {("AuthorizationPolicy", "shop", "file-1"): new}) is None
