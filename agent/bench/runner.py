@@ -190,6 +190,8 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
     return {
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "quick": quick,
+        # every scenario on every path: a run a later --merge starts the reruns list afresh from
+        "full": sel == Selection(),
         "results": run.results,
         "targets": compute(run.results),
         "errors": run.errors,
@@ -198,14 +200,16 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
 
 def merge(old: dict, new: dict) -> dict:
     """``new``'s rows replace ``old``'s for the same (scenario, path); errors of the steps
-    measured again are replaced too; targets computed afresh. Pure."""
+    measured again are replaced too; targets computed afresh. A full ``new`` run is the
+    document's run from then on: the reruns listed are only those merged after it (the rows
+    it kept from ``old`` are paths it no longer measures, each labelled in the report). Pure."""
     again = {(r["scenario"], r["path"]) for r in new["results"]}
     steps = {e["step"] for e in new["errors"]} | {f"{p} {s}" for s, p in again}
     measured = {p for _, p in again}  # a path measured again: its old set-up errors are gone too
     results = [r for r in old["results"] if (r["scenario"], r["path"]) not in again] + new["results"]
     errors = [e for e in old.get("errors", []) if e["step"] not in steps
               and e["step"].split(" ", 1)[0] not in measured] + new["errors"]
-    reruns = old.get("reruns", []) + [sorted(f"{p} {s}" for s, p in again)]
+    reruns = [] if new.get("full") else old.get("reruns", []) + [sorted(f"{p} {s}" for s, p in again)]
     out = {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns}
     if new.get("note"):
         out["note"] = new["note"]

@@ -142,6 +142,9 @@ def test_merge_replaces_only_what_was_measured_again():
     # once the path that failed to set up is measured, its old set-up error goes
     again = merge(old, {"results": [r("bulk-1", "hostmesh-connect", "gbit_s", 7)], "errors": []})
     assert again["errors"] == [{"step": "hostmesh pingpong", "error": "x"}]
+    # a full run merged over it is the run: nothing is listed as measured again after it
+    full = merge(m, {"results": [r("pingpong", "hostmesh", "p50_us", 70)], "errors": [], "full": True})
+    assert full["reruns"] == [] and merge(full, new)["reruns"] == [["hostmesh pingpong"]]
 
 
 def test_haproxy_l7_port_is_mode_http_with_the_deny_rule_at_the_server_end():
