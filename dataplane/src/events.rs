@@ -103,7 +103,7 @@ pub enum Event {
     /// An L7 exchange ended: its status, bytes each way (as on the pod's wire), times,
     /// and Envoy's response flags ("-", "DC", "UC"); `memo`: the token of the reused
     /// answer that allowed it (0: Python was asked, l7memo.rs); `told`: a told head's
-    /// (method, target, first Host) when the head was not its own event (Mode::Tell).
+    /// (method, target, first Host) of a watched connection (Mode::Tell, l7tap.rs).
     Exchange {
         id: u64,
         rid: u64,

@@ -1,8 +1,7 @@
-//! Reused answers and told heads on the core's HTTP path (l7memo.rs): what Python is
-//! asked, what reaches the workload, and what each exchange's event carries.
+//! Reused answers on the core's HTTP path (l7memo.rs): what Python is asked, what
+//! reaches the workload, and what each exchange's event carries.
 
 use super::tests::{run_on, shared, OK};
-use super::Mode;
 use crate::events::Event;
 
 fn asked(evs: &[Event]) -> Vec<String> {
@@ -37,7 +36,7 @@ const THREE: &[u8] = b"GET /m HTTP/1.1\r\nHost: web\r\nUser-Agent: a\r\n\r\n\
 
 #[tokio::test]
 async fn an_answer_python_lets_reuse_is_carried_out_without_asking_again() {
-    let (out, up, evs) = run_on(shared(), Mode::Ask, THREE, OK, false).await;
+    let (out, up, evs) = run_on(shared(), THREE, OK, false).await;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
     assert_eq!(up.matches("GET /m HTTP/1.1").count(), 3, "{up}");
     // the second head has the first's key (another User-Agent is not in it); the third
@@ -51,7 +50,7 @@ async fn an_answer_python_lets_reuse_is_carried_out_without_asking_again() {
 async fn a_memo_of_another_policy_generation_is_not_used() {
     let s = shared();
     s.l7.generation.set(1); // the decider's memos are of generation 0
-    let (out, _, evs) = run_on(s, Mode::Ask, THREE, OK, false).await;
+    let (out, _, evs) = run_on(s, THREE, OK, false).await;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
     assert_eq!(asked(&evs), ["/m", "/m", "/m"]);
     assert!(exchanges(&evs).iter().all(|e| e.2 == 0));
@@ -60,26 +59,8 @@ async fn a_memo_of_another_policy_generation_is_not_used() {
 #[tokio::test]
 async fn a_denied_head_is_never_reused_and_never_reaches_the_workload() {
     let req = b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\nGET /admin HTTP/1.1\r\nHost: web\r\n\r\n";
-    let (out, up, evs) = run_on(shared(), Mode::Ask, req, OK, false).await;
+    let (out, up, evs) = run_on(shared(), req, OK, false).await;
     assert_eq!(out.matches("HTTP/1.1 403 Forbidden").count(), 2, "{out}");
     assert!(!up.contains("admin"), "{up}");
     assert_eq!(asked(&evs).len(), 2);
-}
-
-#[tokio::test]
-async fn told_heads_are_no_events_of_their_own_their_exchange_carries_them() {
-    let req = b"GET /a/../b HTTP/1.1\r\nHost: web:8080\r\n\r\nGET http://x/c HTTP/1.1\r\nHost: w\xe9b\r\n\r\n";
-    let (out, up, evs) = run_on(shared(), Mode::Tell, req, OK, false).await;
-    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
-    assert!(up.starts_with("GET /a/../b HTTP/1.1\r\n"), "{up}");
-    assert!(asked(&evs).is_empty());
-    let told: Vec<_> = exchanges(&evs).into_iter().map(|e| e.3).collect();
-    let t = |m: &str, p: &str, h: &str| Some((m.into(), p.into(), h.into()));
-    assert_eq!(
-        told,
-        [
-            t("GET", "/a/../b", "web:8080"),
-            t("GET", "http://x/c", "w\u{e9}b")
-        ]
-    );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub(super) fn shared() -> Arc<Shared> {
+pub(crate) fn shared() -> Arc<Shared> {
     Shared::new(Settings {
         connect_timeout: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(2),
@@ -69,13 +69,12 @@ async fn run(
     answer: &'static [u8],
     close: bool,
 ) -> (String, String, Vec<Event>) {
-    run_on(shared(), super::Mode::Ask, client_bytes, answer, close).await
+    run_on(shared(), client_bytes, answer, close).await
 }
 
-/// `run` on `s`, serving in `mode`.
+/// `run` on `s`.
 pub(super) async fn run_on(
     s: Arc<Shared>,
-    mode: super::Mode,
     client_bytes: &[u8],
     answer: &'static [u8],
     close: bool,
@@ -106,7 +105,7 @@ pub(super) async fn run_on(
     pod.write_all(client_bytes).await.unwrap();
     let c = Counters::default();
     let now = || 0u64;
-    let srv = serve(&s, 7, mode, &mut a, &mut b, &c, &now);
+    let srv = serve(&s, 7, &mut a, &mut b, &c, &now);
     let reader = async {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -343,7 +342,7 @@ async fn an_allowed_upgrade_answered_101_becomes_raw_bytes_both_ways() {
         rd.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "{rest:?}");
     };
-    let srv = serve(&s, 7, super::Mode::Ask, &mut a, &mut b, &c, &now);
+    let srv = serve(&s, 7, &mut a, &mut b, &c, &now);
     let (r, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(5), srv), client);
     assert!(
         matches!(r, Ok(Ok(()))),

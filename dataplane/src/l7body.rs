@@ -6,7 +6,7 @@
 //! `UC` when the workload's body failed, `DC` when it was dropped unfinished, `DPE` for
 //! the core's own 400). Must never: hold a body's bytes, or report an exchange twice.
 
-use crate::events::{Event, Told};
+use crate::events::Event;
 use crate::runtime::wall;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -39,7 +39,6 @@ pub struct Ended {
     pub written_mark: u64,
     pub flags: &'static str,
     pub memo: u32,
-    pub told: Option<Box<Told>>,
 }
 
 impl Meter {
@@ -62,17 +61,15 @@ impl Meter {
             end: e.end,
             flags: e.flags,
             memo: e.memo,
-            told: e.told,
+            told: None,
         })
     }
 }
 
-/// What an exchange's record gets besides its bytes: the memo that allowed it, or the
-/// told head.
+/// What an exchange's record gets besides its bytes: the memo that allowed it.
 #[derive(Default)]
 pub struct Note {
     pub memo: u32,
-    pub told: Option<Box<Told>>,
 }
 
 /// An exchange whose response is being written.
@@ -81,7 +78,6 @@ pub struct Ex {
     pub start: f64,
     pub written_mark: u64,
     pub memo: u32,
-    pub told: Option<Box<Told>>,
 }
 
 /// A response body that notes when it ended (or was dropped before its end).
@@ -111,7 +107,6 @@ impl Tracked {
             written_mark: ex.written_mark,
             flags,
             memo: ex.memo,
-            told: ex.told,
         });
         m.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

@@ -17,8 +17,9 @@ use tokio::sync::oneshot;
 pub enum Mode {
     /// Every head waits for Python's answer (per-request rules at the destination).
     Ask,
-    /// Heads are told to Python and forwarded as they are (the source's view for HTTP
-    /// metrics: the destination judges them).
+    /// Watched, not served: the bytes go on as they are and each exchange is told to
+    /// Python with its head (the source's view for HTTP metrics, l7tap.rs: the
+    /// destination judges them).
     Tell,
 }
 

@@ -22,6 +22,8 @@ mod l7body;
 mod l7head;
 mod l7memo;
 mod l7table;
+mod l7tap;
+mod l7watch;
 mod limits;
 mod listen;
 mod live;
@@ -363,9 +365,9 @@ impl Core {
         Ok(ok)
     }
 
-    /// Serve connection `id` as HTTP when the command Python sends next (a tunnel)
-    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics). Heads
-    /// are told, not asked: ("request", ...) events Python does not answer.
+    /// Watch connection `id` as HTTP when the command Python sends next (a tunnel)
+    /// bridges it: the source's view of a workload's HTTP port (HTTP metrics). Its
+    /// bytes go on as they are (l7tap.rs); each exchange's event carries its told head.
     fn http_mark(&self, id: u64) {
         self.shared.l7.mark(id, None, l7::Mode::Tell);
     }

@@ -179,6 +179,12 @@ pub const GRPC_MAX_RESPONSE: usize = 4 * 1024 * 1024;
 /// connection that sends ever new paths asks Python each time, as without the memo).
 pub const MAX_L7_MEMO: usize = 32;
 
+/// Requests one watched connection (the source's view, l7watch.rs) may have sent ahead
+/// of their responses: pipelining clients send a few; past 128 the connection is no
+/// longer watched (its bytes go on; `l7_watch_lost_too_many_requests_in_flight`), so
+/// a client that never reads cannot grow the watch's queue.
+pub const MAX_L7_WATCHED: usize = 128;
+
 /// Python's answers for repeat tunnel flows the core keeps (decisions.rs). One entry per
 /// (peer identity, peer address, target, ...) a node sees under one generation: 4,096
 /// covers every pod pair of a busy node; past it the table is emptied (counted

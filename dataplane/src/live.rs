@@ -82,12 +82,24 @@ impl Shared {
             let http = self.l7.take(id, dst); // an HTTP port with per-request rules: l7.rs
             let moved = async {
                 match http {
+                    // the source's view: watched as the bytes pass (l7tap.rs); boxed, as the
+                    // served ones below, so a plain connection's task stays as small
+                    Some(crate::l7::Mode::Tell) => {
+                        Box::pin(crate::l7tap::bridge_watched(
+                            self,
+                            id,
+                            &mut a,
+                            &mut b,
+                            &live.counters,
+                            &now,
+                        ))
+                        .await
+                    }
                     // boxed: the HTTP server's state never widens every plain connection's task
-                    Some(mode) => {
+                    Some(crate::l7::Mode::Ask) => {
                         Box::pin(crate::l7::serve(
                             self,
                             id,
-                            mode,
                             &mut a,
                             &mut b,
                             &live.counters,
