@@ -7,7 +7,15 @@ The ports in ``l7_ports`` (http-l7-1000rps) are terminated in ``mode http`` at n
 ``http-request deny`` for the denied path prefix: the equivalent of hostmesh's L7 rule,
 enforced where hostmesh enforces it (the destination's node; the source side stays TCP,
 as hostmesh's source agent does not parse requests). ``client_config`` and
-``server_config`` are pure."""
+``server_config`` are pure.
+
+``tls=False`` (path ``haproxy-plain``) is the same topology with the ``ssl ...`` parts of
+the inter-node hop removed: the same capture rules, namespaces, veths, ports and backends,
+plain TCP between the nodes. It is the bench's floor for bulk, the ceiling of this two-hop
+topology on this machine for any relay that copies bytes through user space and does no
+crypto; never a configuration to run a mesh with. It never turns on splicing (``option
+splice-*``): a splicing relay skips the user-space copy a TLS relay cannot skip, so it
+would not be a floor for TLS."""
 
 from __future__ import annotations
 
@@ -15,11 +23,12 @@ from pathlib import Path
 
 from agent.bench.lab import Lab, hm
 
-# Per destination port, the TLS port node-0's HAProxy listens on.
+# Per destination port, the port node-0's HAProxy listens on for the inter-node hop
+# (TLS, or plain TCP with tls=False).
 TLS_PORT_BASE = 25000
 
 
-def client_config(ports: list[int], node0: str, certs: Path) -> str:
+def client_config(ports: list[int], node0: str, certs: Path | None, tls: bool = True) -> str:
     lines = [
         "global", "  maxconn 9000", "  nbthread 1",
         "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
@@ -27,15 +36,16 @@ def client_config(ports: list[int], node0: str, certs: Path) -> str:
     ]
     for p in ports:
         lines.append(f"  use_backend b{p} if {{ dst_port {p} }}")
+    ssl = f" ssl verify required ca-file {certs}/bundle.pem crt {certs}/client.pem ssl-min-ver TLSv1.3" if tls else ""
     for p in ports:
-        lines += [f"backend b{p}",
-                  f"  server n0 {node0}:{TLS_PORT_BASE + p % 1000} ssl verify required "
-                  f"ca-file {certs}/bundle.pem crt {certs}/client.pem ssl-min-ver TLSv1.3"]
+        lines += [f"backend b{p}", f"  server n0 {node0}:{TLS_PORT_BASE + p % 1000}{ssl}"]
     return "\n".join(lines) + "\n"
 
 
-def server_config(ports: list[int], node0: str, pod: str, certs: Path, l7_ports: dict[int, str] | None = None) -> str:
+def server_config(ports: list[int], node0: str, pod: str, certs: Path | None, l7_ports: dict[int, str] | None = None,
+                  tls: bool = True) -> str:
     """``l7_ports``: port -> the path prefix its ``mode http`` frontend denies."""
+    ssl = f" ssl crt {certs}/server.pem ca-file {certs}/bundle.pem verify required ssl-min-ver TLSv1.3" if tls else ""
     lines = [
         "global", "  maxconn 9000", "  nbthread 1",
         "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 1h", "  timeout server 1h",
@@ -44,8 +54,7 @@ def server_config(ports: list[int], node0: str, pod: str, certs: Path, l7_ports:
     for p in ports:
         deny = (l7_ports or {}).get(p)
         lines += [f"frontend f{p}"] + (["  mode http"] if deny else []) + [
-                  f"  bind {node0}:{TLS_PORT_BASE + p % 1000} ssl crt {certs}/server.pem ca-file {certs}/bundle.pem "
-                  "verify required ssl-min-ver TLSv1.3"]
+                  f"  bind {node0}:{TLS_PORT_BASE + p % 1000}{ssl}"]
         if deny:
             lines.append(f"  http-request deny if {{ path_beg {deny} }}")
         lines += [f"  default_backend b{p}", f"backend b{p}"] + (["  mode http"] if deny else []) + [
@@ -70,23 +79,28 @@ def make_certs(work: Path) -> Path:
 
 
 class HAProxyPath:
-    def __init__(self, lab: Lab, work: Path, ports: list[int], l7_ports: dict[int, str] | None = None) -> None:
-        self.lab, self.work, self.ports, self.l7_ports = lab, work, ports, l7_ports
+    """Both HAProxies up (and node-1's capture installed) for the ``with`` block; ``tls=False``:
+    the plain-TCP floor, its files named ``hap-plain-*`` beside the TLS path's."""
+
+    def __init__(self, lab: Lab, work: Path, ports: list[int], l7_ports: dict[int, str] | None = None,
+                 tls: bool = True) -> None:
+        self.lab, self.work, self.ports, self.l7_ports, self.tls = lab, work, ports, l7_ports, tls
         self.pids: list[int] = []
 
     def __enter__(self) -> HAProxyPath:
-        certs = make_certs(self.work)
+        certs = make_certs(self.work) if self.tls else None
         n0, n1 = self.lab.node(0), self.lab.node(1)
         cli = self.lab.pod("cli")
         srv = self.lab.pod("srv")
-        (self.work / "hap-client.cfg").write_text(client_config(self.ports, n0["address"], certs))
-        (self.work / "hap-server.cfg").write_text(server_config(self.ports, n0["address"], srv["ip"], certs,
-                                                                         self.l7_ports))
+        name = "hap" if self.tls else "hap-plain"
+        (self.work / f"{name}-client.cfg").write_text(client_config(self.ports, n0["address"], certs, self.tls))
+        (self.work / f"{name}-server.cfg").write_text(server_config(self.ports, n0["address"], srv["ip"], certs,
+                                                                    self.l7_ports, self.tls))
         hm("capture", "install", "--netns", n1["netns"], "--pod", cli["ip"])
-        a = self.lab.spawn(n0["netns"], "haproxy", "-db", "-f", str(self.work / "hap-server.cfg"),
-                           log=self.work / "hap-server.log")
-        b = self.lab.spawn(n1["netns"], "haproxy", "-db", "-f", str(self.work / "hap-client.cfg"),
-                           log=self.work / "hap-client.log")
+        a = self.lab.spawn(n0["netns"], "haproxy", "-db", "-f", str(self.work / f"{name}-server.cfg"),
+                           log=self.work / f"{name}-server.log")
+        b = self.lab.spawn(n1["netns"], "haproxy", "-db", "-f", str(self.work / f"{name}-client.cfg"),
+                           log=self.work / f"{name}-client.log")
         self.pids = [a.pid, b.pid]
         from agent.bench.lab import wait_port
 

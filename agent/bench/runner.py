@@ -1,7 +1,8 @@
 """`hostmesh bench`: every scenario over every path in one run, side by side.
 
 Phase 1, a lab without agents: ``direct`` (no capture), ``haproxy`` (HAProxy at both
-ends, same mTLS hop; ``mode http`` with a deny rule on the L7 port) and, given
+ends, same mTLS hop; ``mode http`` with a deny rule on the L7 port), ``haproxy-plain``
+(the same HAProxies with no TLS on the hop: bulk's floor, ``PLAIN``) and, given
 ``--ztunnel BIN``, ``ztunnel`` (a user-supplied ztunnel at both ends, HBONE). Phase 2, a
 lab whose agents run the native core (the one data plane):
 ``hostmesh`` and ``hostmesh-same-node``, then the agents restarted once per variant in
@@ -52,7 +53,10 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "hostmesh-connect-decide-all": ({"dataplane": {"engine": "native", "tunnel_protocol": "connect",
                                                    "repeat_decisions": False}}, ("connect-rate",)),
 }
-PATHS = ("direct", "haproxy", "ztunnel", "hostmesh", "hostmesh-same-node", *VARIANTS)
+# haproxy-plain: what any relay carries here without crypto (bulk's ceiling; ping-pong's
+# floor beside it, cheap)
+PLAIN = ("bulk-1", "bulk-4", "pingpong")
+PATHS = ("direct", "haproxy", "haproxy-plain", "ztunnel", "hostmesh", "hostmesh-same-node", *VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
     l7 = {sc.PORTS["http_l7"]: sc.L7_DENIED}
     progress(f"benchmark ({'quick' if quick else 'full'}), work dir {work}")
 
-    phase1 = ["direct", "haproxy"] + (["ztunnel"] if ztunnel else [])
+    phase1 = ["direct", "haproxy", "haproxy-plain"] + (["ztunnel"] if ztunnel else [])
     if any(sel.any(p, STANDARD + ("idle-10k",)) for p in phase1):
         progress(f"phase 1: lab without agents ({', '.join(phase1)})")
         with Lab("benchd", work / "d", agents=False) as lab:
@@ -146,6 +150,12 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
                         run.scenarios(lab, "haproxy", "cli", hp.pids, 2, work)
                 except Exception as e:
                     run.error("haproxy setup", e)
+            if sel.any("haproxy-plain", PLAIN):
+                try:
+                    with HAProxyPath(lab, work / "d", ports, l7, tls=False) as hp:
+                        run.scenarios(lab, "haproxy-plain", "cli", hp.pids, 2, work, PLAIN)
+                except Exception as e:
+                    run.error("haproxy-plain setup", e)
             if ztunnel and sel.any("ztunnel", STANDARD + ("idle-10k",)):
                 from agent.bench.ztunnel import ZtunnelPath
 

@@ -21,6 +21,8 @@ def test_bench_quick_produces_every_scenario_on_every_path(tmp_path):
         for scenario in ("bulk-1", "bulk-4", "pingpong", "http-1000rps", "http-l7-1000rps", "connect-rate"):
             assert (scenario, path) in got, (scenario, path, doc["errors"])
     assert ("pingpong", "hostmesh-same-node") in got and ("bulk-4", "hostmesh-2-threads") in got
+    # the no-crypto floor beside haproxy: bulk and ping-pong only
+    assert {x for x in got if x[1] == "haproxy-plain"} == {(s, "haproxy-plain") for s in ("bulk-1", "bulk-4", "pingpong")}
     assert ("http-l7-1000rps", "hostmesh-telemetry-off") in got
     assert ("idle-10k", "hostmesh") in got and ("policy-10k", "hostmesh") in got
     idle = {x["metric"]: x["value"] for x in doc["results"] if (x["scenario"], x["path"]) == ("idle-10k", "hostmesh")}

@@ -2,6 +2,7 @@
 and scenario selection, the merge of a re-run, and the HAProxy / ztunnel configurations
 the bench generates (agent.bench: targets, runner, haproxy, ztunnel)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,53 @@ def test_haproxy_l7_port_is_mode_http_with_the_deny_rule_at_the_server_end():
     assert "mode http" not in f8080 and "deny" not in f8080
     # the source end stays TCP for every port (hostmesh's source agent parses no requests)
     assert "mode http" not in haproxy.client_config([8080, 8081], "10.0.0.1", Path("/c"))
+
+
+
+@pytest.mark.parametrize("l7", [None, {8081: "/admin"}])
+def test_haproxy_plain_is_the_tls_config_without_ssl_on_the_hop(l7):
+    """haproxy-plain: the same frontends, backends, ports and capture listener; only the
+    ``ssl ...`` parts of the inter-node hop go (and nothing splices)."""
+    ports, certs = [5201, 8080, 8081], Path("/c")
+    for tls_cfg, plain in (
+            (haproxy.client_config(ports, "10.0.0.1", certs), haproxy.client_config(ports, "10.0.0.1", None, tls=False)),
+            (haproxy.server_config(ports, "10.0.0.1", "10.1.0.2", certs, l7),
+             haproxy.server_config(ports, "10.0.0.1", "10.1.0.2", None, l7, tls=False))):
+        assert tls_cfg.count(" ssl ") == 3 and "ssl" not in plain and "splice" not in plain
+        assert plain == re.sub(r" ssl .*$", "", tls_cfg, flags=re.M)
+    assert "  server n0 10.0.0.1:25201\n" in haproxy.client_config(ports, "10.0.0.1", None, tls=False)
+    server = haproxy.server_config(ports, "10.0.0.1", "10.1.0.2", None, l7, tls=False)
+    assert "frontend f5201\n  bind 10.0.0.1:25201\n  default_backend b5201\nbackend b5201\n  server pod 10.1.0.2:5201\n" in server
+
+
+def test_bulk_rows_note_the_plain_ceiling_and_it_never_decides_the_goal():
+    plain = [r("bulk-1", "haproxy-plain", "gbit_s", 4.8), r("bulk-4", "haproxy-plain", "gbit_s", 5.0)]
+    t = by_name(BASE + plain)
+    assert (t["bulk-1 vs haproxy"]["value"], t["bulk-1 vs haproxy"]["met"]) == (1.5, True)
+    assert t["bulk-1 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.20x HAProxy"
+    assert (t["bulk-4 vs haproxy"]["value"], t["bulk-4 vs haproxy"]["met"]) == (1.475, False)
+    assert t["bulk-4 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.25x HAProxy"
+    # every other row is as without haproxy-plain; without it the bulk rows carry no note
+    assert [x for x in compute(BASE + plain) if not x["name"].startswith("bulk")] == \
+        [x for x in compute(BASE) if not x["name"].startswith("bulk")]
+    assert "note" not in by_name(BASE)["bulk-1 vs haproxy"]
+    # hostmesh not measured: still said so, the ceiling beside it
+    rows = [x for x in BASE if x["path"] != "hostmesh"] + plain
+    one = by_name(rows)["bulk-1 vs haproxy"]
+    assert (one["value"], one["met"], one["note"]) == (
+        None, False, "not measured; the ceiling for any relay without crypto is 1.20x HAProxy")
+    assert "haproxy-plain" in PATHS and Selection.parse("bulk-1", "haproxy-plain").wants("haproxy-plain", "bulk-1")
+
+
+def test_report_bulk_prose_gives_the_plain_ceiling():
+    from agent.bench.report import _bulk
+
+    rows = BASE + [r("bulk-1", "haproxy-plain", "gbit_s", 4.8), r("bulk-4", "haproxy-plain", "gbit_s", 5.0),
+                   r("bulk-1", "haproxy-plain", "cpu_s_per_gib", 1.25), r("bulk-4", "haproxy-plain", "cpu_s_per_gib", 1.3)]
+    g = lambda s, p, m: next((x["value"] for x in rows if (x["scenario"], x["path"], x["metric"]) == (s, p, m)), None)  # noqa: E731
+    text = _bulk(g)
+    assert "(`haproxy-plain`) carry 4.8 / 5 Gbit/s at 1.25 / 1.3 CPU s/GiB: 1.20x / 1.25x the TLS HAProxy" in text
+    assert "carry 4.8" not in _bulk(lambda s, p, m: None if p == "haproxy-plain" else g(s, p, m))
 
 
 PODS = [
