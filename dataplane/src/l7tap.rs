@@ -132,6 +132,9 @@ where
     };
     t.watch.end(r.as_ref().err().map(|e| e.0), wall());
     t.report();
+    if t.watch.switched() {
+        shared.count("l7_upgrades", 1); // as a served connection's (l7.rs)
+    }
     if let Some(why) = t.watch.lost {
         shared.count(&format!("l7_watch_lost_{why}"), 1);
     }

@@ -148,6 +148,11 @@ impl Watch {
         self.lost.is_none() && !self.over
     }
 
+    /// A 101, or a 2xx to CONNECT, switched the connection to raw bytes.
+    pub fn switched(&self) -> bool {
+        self.over
+    }
+
     fn lose(&mut self, why: &'static str) {
         if self.watching() {
             self.lost = Some(why);

@@ -126,7 +126,10 @@ fn a_101_or_a_connect_2xx_ends_the_watch_at_its_head() {
     );
     w.requests(b"\x81\x85not http at all", 3.0);
     assert_eq!(recs(&w).len(), 1);
-    assert_eq!((w.done[0].status, w.lost, w.watching()), (101, None, false));
+    assert_eq!(
+        (w.done[0].status, w.lost, w.watching(), w.switched()),
+        (101, None, false, true)
+    );
 
     let c = b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n";
     let w = watch(c, b"HTTP/1.1 200 OK\r\n\r\n\x00\x01binary");

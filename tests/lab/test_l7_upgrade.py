@@ -99,7 +99,8 @@ def test_an_allowed_upgrade_gets_101_and_a_byte_exact_raw_echo(lab):
     r = ns_run(client, PY, "-c", CLIENT, web, "/ws", timeout=60)
     assert r.stdout.splitlines() == ["HTTP/1.1 101 Switching Protocols", "echo exact"], (r.stdout, r.stderr)
     assert "GET /ws HTTP/1.1" in lab.upstream_log.read_text()
-    # switched by the core at both ends (the source's view is served as HTTP too)
+    # switched by the core at both ends (the destination serves it; the source's view
+    # watches it switch, l7tap.rs)
     wait_for(lambda: all(lab.stats(n).get("native_l7_upgrades", 0) >= 1 for n in (0, 1)))
     # the connection after the upgrade is an ordinary one: no reset counted
     assert all(lab.stats(n).get("connection_errors", 0) == 0 for n in (0, 1))
