@@ -5,8 +5,8 @@ terminates TLS on its underlay address and connects to the server pod.
 
 The ports in ``l7_ports`` (http-l7-1000rps) are terminated in ``mode http`` at node-0 with
 ``http-request deny`` for the denied path prefix: the equivalent of hostmesh's L7 rule,
-enforced where hostmesh enforces it (the destination's node; the source side stays TCP,
-as hostmesh's source agent does not parse requests). ``client_config`` and
+enforced where hostmesh enforces it (the destination's node; the source side stays TCP:
+hostmesh's source agent only watches the heads for its metrics and judges none). ``client_config`` and
 ``server_config`` are pure.
 
 ``tls=False`` (path ``haproxy-plain``) is the same topology with the ``ssl ...`` parts of

@@ -10,21 +10,16 @@
 //! Must never: change, hold or delay a byte, or fail a connection because its bytes
 //! are not HTTP (a connection the watch cannot follow goes on as a plain one).
 
-use crate::copy::{bridge, bridge_ways, Counters, Direction, Side};
+use crate::copy::{Counters, Side};
 use crate::events::{Event, Queue};
-use crate::h2stream::H2Stream;
 use crate::l7watch::Watch;
 use crate::runtime::{wall, Shared};
-use crate::ways::{FromBuf, IntoH2};
 use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
-type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The pod's leg, watched.
 struct Tapped<'a, T: ?Sized> {
@@ -62,8 +57,7 @@ impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Tapped<'_, T> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut *self.inner).poll_read(cx, buf))?;
         if self.watch.watching() {
-            let me = &mut *self;
-            me.watch.requests(&buf.filled()[before..], wall());
+            self.watch.requests(&buf.filled()[before..], wall());
         }
         Poll::Ready(Ok(()))
     }
@@ -113,23 +107,7 @@ where
         id,
         events: &shared.events,
     };
-    let db = b as &mut dyn Any;
-    let r = if let Some(h2) = db.downcast_mut::<H2Stream>() {
-        bridge_ways(&mut t, h2, IntoH2::default(), FromBuf::default(), c, now_ms).await
-    } else if let Some(tls) = db.downcast_mut::<ClientTls>() {
-        bridge_ways(
-            &mut t,
-            tls,
-            Direction::default(),
-            FromBuf::default(),
-            c,
-            now_ms,
-        )
-        .await
-    } else {
-        let b = db.downcast_mut::<B>().expect("the leg's own type");
-        bridge(&mut t, b, c, now_ms).await
-    };
+    let r = crate::ways::bridge_to(&mut t, b, c, now_ms).await;
     t.watch.end(r.as_ref().err().map(|e| e.0), wall());
     t.report();
     if t.watch.switched() {

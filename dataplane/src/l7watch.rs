@@ -161,47 +161,44 @@ impl Watch {
     }
 
     /// Bytes the pod sent (in order, as read); `now`: wall-clock seconds.
-    pub fn requests(&mut self, mut b: &[u8], now: f64) {
-        while !b.is_empty() && self.watching() {
-            match self.req.body {
-                None => match self.head(&mut b, true, now) {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(why) => return self.lose(why),
-                },
-                Some(body) => {
-                    let n = match self.body(body, b, true) {
-                        Ok(n) => n,
-                        Err(why) => return self.lose(why),
-                    };
-                    if let Some(a) = self.asked.back_mut() {
-                        a.req_bytes += n as u64;
-                    }
-                    b = &b[n..];
-                }
-            }
-        }
+    pub fn requests(&mut self, b: &[u8], now: f64) {
+        self.feed(b, true, now);
     }
 
     /// Bytes written to the pod (in order, as written).
-    pub fn responses(&mut self, mut b: &[u8], now: f64) {
+    pub fn responses(&mut self, b: &[u8], now: f64) {
+        self.feed(b, false, now);
+    }
+
+    /// One stream's bytes through its heads and bodies: a request's body bytes count
+    /// on it, a response's on the exchange, which ends with its body.
+    fn feed(&mut self, mut b: &[u8], request: bool, now: f64) {
         while !b.is_empty() && self.watching() {
-            match self.resp.body {
-                None => match self.head(&mut b, false, now) {
-                    Ok(true) => {}
+            let at = if request {
+                self.req.body
+            } else {
+                self.resp.body
+            };
+            let Some(body) = at else {
+                match self.head(&mut b, request, now) {
+                    Ok(true) => continue,
                     Ok(false) => return,
                     Err(why) => return self.lose(why),
-                },
-                Some(body) => {
-                    let n = match self.body(body, b, false) {
-                        Ok(n) => n,
-                        Err(why) => return self.lose(why),
-                    };
-                    self.resp_bytes += n as u64;
-                    b = &b[n..];
-                    if self.resp.body.is_none() {
-                        self.answered(now, "-");
-                    }
+                }
+            };
+            let n = match self.body(body, b, request) {
+                Ok(n) => n,
+                Err(why) => return self.lose(why),
+            };
+            b = &b[n..];
+            if request {
+                if let Some(a) = self.asked.back_mut() {
+                    a.req_bytes += n as u64;
+                }
+            } else {
+                self.resp_bytes += n as u64;
+                if self.resp.body.is_none() {
+                    self.answered(now, "-");
                 }
             }
         }
@@ -485,7 +482,6 @@ fn chunk(s: &mut Stream, c: Chunk, b: &[u8]) -> Result<(usize, Option<Chunk>), &
                     _ => (start, cr) = (false, false),
                 }
             }
-            s.acc.clear();
             Ok((b.len(), Some(Chunk::Trailer(start, cr))))
         }
     }

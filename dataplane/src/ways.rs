@@ -164,26 +164,44 @@ where
     B: AsyncRead + AsyncWrite + Unpin + Any,
 {
     let (da, db) = (a as &mut dyn Any, b as &mut dyn Any);
-    if db.is::<H2Stream>() {
-        // the HBONE client: the pod's socket -> the stream, and back from its DATA
-        let (a, h2) = (cast::<A>(da), cast::<H2Stream>(db));
-        return bridge_ways(a, h2, IntoH2::default(), FromBuf::default(), c, now_ms).await;
-    }
-    if da.is::<H2Stream>() {
+    // a destination leg of its own kind decides first (bridge_to)
+    let plain_b = !db.is::<H2Stream>() && !db.is::<ClientTls>();
+    if da.is::<H2Stream>() && !db.is::<H2Stream>() {
         // the HBONE server: the stream's DATA -> the workload (or Python's pipe), and back
         let (h2, b) = (cast::<H2Stream>(da), cast::<B>(db));
         return bridge_ways(h2, b, FromBuf::default(), IntoH2::default(), c, now_ms).await;
     }
-    if db.is::<ClientTls>() {
-        // a CONNECT tunnel's client: the plaintext back is written from rustls's buffer
-        let (a, tls) = (cast::<A>(da), cast::<ClientTls>(db));
-        return bridge_ways(a, tls, Direction::default(), FromBuf::default(), c, now_ms).await;
-    }
-    if da.is::<ServerTls>() {
+    if da.is::<ServerTls>() && plain_b {
         let (tls, b) = (cast::<ServerTls>(da), cast::<B>(db));
         return bridge_ways(tls, b, FromBuf::default(), Direction::default(), c, now_ms).await;
     }
-    bridge(cast::<A>(da), cast::<B>(db), c, now_ms).await
+    bridge_to(cast::<A>(da), cast::<B>(db), c, now_ms).await
+}
+
+/// `bridge_legs` by the destination leg's kind alone, for a source leg of any type (a
+/// watched pod leg, l7tap.rs, is no `'static` type to tell apart).
+pub(crate) async fn bridge_to<A, B>(
+    a: &mut A,
+    b: &mut B,
+    c: &Counters,
+    now_ms: &(dyn Fn() -> u64 + Sync),
+) -> Result<(), (Side, io::Error)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + Any,
+{
+    let db = b as &mut dyn Any;
+    if db.is::<H2Stream>() {
+        // the HBONE client: the pod's socket -> the stream, and back from its DATA
+        let h2 = cast::<H2Stream>(db);
+        return bridge_ways(a, h2, IntoH2::default(), FromBuf::default(), c, now_ms).await;
+    }
+    if db.is::<ClientTls>() {
+        // a CONNECT tunnel's client: the plaintext back is written from rustls's buffer
+        let tls = cast::<ClientTls>(db);
+        return bridge_ways(a, tls, Direction::default(), FromBuf::default(), c, now_ms).await;
+    }
+    bridge(a, cast::<B>(db), c, now_ms).await
 }
 
 fn cast<T: Any>(x: &mut dyn Any) -> &mut T {
