@@ -108,7 +108,9 @@ DROPPED = ("Dropped with the Python data plane: `hostmesh-one-shot` (reusable st
            "`hostmesh-2-threads` asks the same question of its threads). `hostmesh-native` became `hostmesh`.")
 SCENARIO_NOTES = [
     ("bulk-1, bulk-4", "iperf3, 1 and 4 streams, 8 s"),
-    ("pingpong", "sockperf ping-pong, 8 s: latency of one small message and its answer"),
+    ("pingpong", "sockperf ping-pong, 8 s: latency of one small message and its answer; like both http "
+                 "scenarios, run three times on each path (once with `--quick`) and reported as each "
+                 "figure's median, so one stall of the shared cores does not decide a ratio"),
     ("http-1000rps", "hey at 1,000 requests/s over 16 keep-alive connections to nginx (1 KiB answers), 10 s, on a "
                      "port not declared HTTP (L4: an HTTP rule on a workload has every declared HTTP port of it "
                      "inspected, so only the L7 port is declared); `cpu_per_1k_req` is CPU seconds per 1,000 "

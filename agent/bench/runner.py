@@ -115,9 +115,12 @@ class Run:
         steps: dict[str, Callable[[], list[dict]]] = {
             "bulk-1": lambda: sc.bulk(lab, path, client, d, 1, pids),
             "bulk-4": lambda: sc.bulk(lab, path, client, d, 4, pids),
-            "pingpong": lambda: sc.pingpong(lab, path, client, d),
-            "http-1000rps": lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents),
-            "http-l7-1000rps": lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents, l7=True),
+            # the latency scenarios: d.repeats runs each, their medians (sc.median_rows)
+            "pingpong": lambda: sc.repeated(lambda: sc.pingpong(lab, path, client, d), d.repeats),
+            "http-1000rps": lambda: sc.repeated(
+                lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents), d.repeats),
+            "http-l7-1000rps": lambda: sc.repeated(
+                lambda: sc.http_fixed_rate(lab, path, client, d, pids, n_agents, l7=True), d.repeats),
             "connect-rate": lambda: sc.connect_rate(lab, path, client, d),
             "idle-10k": lambda: sc.idle(lab, path, client, d, pids, work, tls_ports),
         }

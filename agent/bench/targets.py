@@ -44,10 +44,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _ceiling(plain: float | None, measured: float | None) -> str:
     """The bulk rows' note: haproxy-plain / haproxy, the ceiling of this topology on this
-    machine for any relay without crypto (informational: it never decides MET or MISS)."""
+    machine for any relay without crypto, beside hostmesh's ratio ``measured``
+    (informational: it never decides MET or MISS). A TLS relay above that ceiling was
+    measured on a faster machine than the HAProxies were (they run in the lab's first
+    phase, the agents minutes later; 2 shared cores drift by a third between runs), and
+    the note says so: that ratio is the drift, not the relay."""
     if plain is None:
         return ""
-    return f"{'not measured; ' if measured is None else ''}the ceiling for any relay without crypto is {plain:.2f}x HAProxy"
+    text = f"{'not measured; ' if measured is None else ''}the ceiling for any relay without crypto is {plain:.2f}x HAProxy"
+    if measured is not None and measured > plain:
+        text += ("; above it, so the machine was faster while hostmesh ran than while the HAProxies did: "
+                 "this ratio is not evidence")
+    return text
 
 
 def _added(results: list[dict], scenario: str, metric: str, path: str, ref: str = "haproxy",
@@ -72,8 +80,9 @@ def compute(results: list[dict]) -> list[dict[str, Any]]:
     # issue 16 (bulk-1, bulk-4) and 17 (bulk-4: four connections sharing one TLS connection);
     # the note beside each: what any relay carries here without crypto, never a goal
     for s in ("bulk-1", "bulk-4"):
-        add(f"{s} vs haproxy", _ratio(g(s, HM, "gbit_s"), g(s, "haproxy", "gbit_s")), ">= 1.5", lambda v: v >= 1.5,
-            _ceiling(_ratio(g(s, "haproxy-plain", "gbit_s"), g(s, "haproxy", "gbit_s")), g(s, HM, "gbit_s")))
+        v = _ratio(g(s, HM, "gbit_s"), g(s, "haproxy", "gbit_s"))
+        add(f"{s} vs haproxy", v, ">= 1.5", lambda v: v >= 1.5,
+            _ceiling(_ratio(g(s, "haproxy-plain", "gbit_s"), g(s, "haproxy", "gbit_s")), v))
 
     # issue 16: p50 <= 1.0x (1.25x is the floor for making native the default), p99 <= 1.25x
     v = _added(results, "pingpong", "p50_us", HM)

@@ -180,9 +180,16 @@ def test_bulk_rows_note_the_plain_ceiling_and_it_never_decides_the_goal():
     plain = [r("bulk-1", "haproxy-plain", "gbit_s", 4.8), r("bulk-4", "haproxy-plain", "gbit_s", 5.0)]
     t = by_name(BASE + plain)
     assert (t["bulk-1 vs haproxy"]["value"], t["bulk-1 vs haproxy"]["met"]) == (1.5, True)
-    assert t["bulk-1 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.20x HAProxy"
+    # a TLS relay above the ceiling of the same run measured the machine's drift: said so
+    drift = "; above it, so the machine was faster while hostmesh ran than while the HAProxies did: " \
+            "this ratio is not evidence"
+    assert t["bulk-1 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.20x HAProxy" + drift
     assert (t["bulk-4 vs haproxy"]["value"], t["bulk-4 vs haproxy"]["met"]) == (1.475, False)
-    assert t["bulk-4 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.25x HAProxy"
+    assert t["bulk-4 vs haproxy"]["note"] == "the ceiling for any relay without crypto is 1.25x HAProxy" + drift
+    # below the ceiling: the ceiling alone
+    high = [r("bulk-1", "haproxy-plain", "gbit_s", 6.4), r("bulk-4", "haproxy-plain", "gbit_s", 5.0)]
+    assert by_name(BASE + high)["bulk-1 vs haproxy"]["note"] == \
+        "the ceiling for any relay without crypto is 1.60x HAProxy"
     # every other row is as without haproxy-plain; without it the bulk rows carry no note
     assert [x for x in compute(BASE + plain) if not x["name"].startswith("bulk")] == \
         [x for x in compute(BASE) if not x["name"].startswith("bulk")]
