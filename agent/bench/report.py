@@ -128,6 +128,24 @@ SCENARIO_NOTES = [
 ]
 
 
+def drift(doc: dict) -> list[str]:
+    """The reference paths measured before and after the agents' phase (runner phase 3):
+    each pair and how far the machine moved between them; the results above use their
+    means (scenarios.bracket)."""
+    pairs = doc.get("brackets") or []
+    if not pairs:
+        return []
+    lines = ["## Drift between the phases", "",
+             "`direct`, `haproxy` and `haproxy-plain` ran before the agents (phase 1) and again after them "
+             "(phase 3); each figure above is the mean of the two, what the reference would have measured "
+             "while the agents ran if the machine drifted evenly. The pairs:", "",
+             "| scenario | path | metric | before | after | after / before |", "| --- | --- | --- | --- | --- | --- |"]
+    for b in pairs:
+        ratio = f"{b['after'] / b['before']:.2f}" if b["before"] else "-"
+        lines.append(f"| {b['scenario']} | {b['path']} | {b['metric']} | {b['before']:g} | {b['after']:g} | {ratio} |")
+    return lines + [""]
+
+
 def markdown(doc: dict, images: list[Path], md_path: Path) -> str:
     m = doc["machine"]
     lines = [
@@ -148,6 +166,7 @@ def markdown(doc: dict, images: list[Path], md_path: Path) -> str:
     lines += ["## Paths", ""] + [f"- `{p}`: {t}" for p, t in PATH_NOTES] + ["", DROPPED, ""]
     lines += ["## Scenarios", ""] + [f"- **{s}**: {t}" for s, t in SCENARIO_NOTES] + [""]
     lines += ["## Results", "", "```", table(doc), "```", ""]
+    lines += drift(doc)
     lines += analysis(doc)
     lines += USAGE
     for img in images:

@@ -56,6 +56,9 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
 # haproxy-plain: what any relay carries here without crypto (bulk's ceiling; ping-pong's
 # floor beside it, cheap)
 PLAIN = ("bulk-1", "bulk-4", "pingpong")
+# what phase 3 measures again on the reference paths (the targets within a drift of the
+# goal; connect-rate's and idle-10k's margins are several times any drift seen)
+BRACKETED = ("bulk-1", "bulk-4", "pingpong", "http-1000rps", "http-l7-1000rps")
 PATHS = ("direct", "haproxy", "haproxy-plain", "ztunnel", "hostmesh", "hostmesh-same-node", *VARIANTS)
 
 
@@ -170,7 +173,8 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
                     run.error("ztunnel setup", e)
 
     hm_paths = ["hostmesh", "hostmesh-same-node", *VARIANTS]
-    if any(sel.any(p, STANDARD + ("idle-10k",)) for p in hm_paths):
+    measured_hm = any(sel.any(p, STANDARD + ("idle-10k",)) for p in hm_paths)
+    if measured_hm:
         progress("phase 2: lab with hostmesh agents (native core)")
         with Lab("benchm", work / "m", agents=True) as lab:
             sc.start_servers(lab, work / "m")
@@ -192,6 +196,32 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
             if restarted:
                 restart_agents(lab, {})
 
+    brackets: list[dict] = []
+    if measured_hm and not quick and any(sel.any(p, BRACKETED) for p in ("direct", "haproxy", "haproxy-plain")):
+        # phase 3: the references again, so each is the mean of a run before and one after
+        # the agents' (sc.bracket): on 2 shared cores the machine drifts by up to a third
+        # within a run, which a ratio across phases would otherwise carry as the proxy's
+        progress("phase 3: the reference paths again, after the agents (direct, haproxy, haproxy-plain)")
+        n = len(run.results)
+        with Lab("benchd", work / "d3", agents=False) as lab:
+            sc.start_servers(lab, work / "d3")
+            run.scenarios(lab, "direct", "cli", [], 0, work, BRACKETED)
+            if sel.any("haproxy", BRACKETED):
+                try:
+                    with HAProxyPath(lab, work / "d3", ports, l7) as hp:
+                        run.scenarios(lab, "haproxy", "cli", hp.pids, 2, work, BRACKETED)
+                except Exception as e:
+                    run.error("haproxy setup (phase 3)", e)
+            if sel.any("haproxy-plain", PLAIN):
+                try:
+                    with HAProxyPath(lab, work / "d3", ports, l7, tls=False) as hp:
+                        run.scenarios(lab, "haproxy-plain", "cli", hp.pids, 2, work, PLAIN)
+                except Exception as e:
+                    run.error("haproxy-plain setup (phase 3)", e)
+        after = run.results[n:]
+        run.results[n:] = []
+        run.results, brackets = sc.bracket(run.results, after)
+
     if sel.wants("hostmesh", "policy-10k"):
         progress("policy engine micro-benchmark")
         run.step("policy-10k", lambda: sc.policy(quick))
@@ -208,6 +238,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
         "results": run.results,
         "targets": compute(run.results),
         "errors": run.errors,
+        "brackets": brackets,
     }
 
 
@@ -223,7 +254,11 @@ def merge(old: dict, new: dict) -> dict:
     errors = [e for e in old.get("errors", []) if e["step"] not in steps
               and e["step"].split(" ", 1)[0] not in measured] + new["errors"]
     reruns = [] if new.get("full") else old.get("reruns", []) + [sorted(f"{p} {s}" for s, p in again)]
-    out = {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns}
+    # phase 3's before/after pairs: the new run's, and the old ones of rows it did not measure
+    brackets = [b for b in old.get("brackets", []) if (b["scenario"], b["path"]) not in again] + \
+        new.get("brackets", [])
+    out = {**old, "results": results, "errors": errors, "targets": compute(results), "reruns": reruns,
+           "brackets": brackets}
     if new.get("note"):
         out["note"] = new["note"]
     return out

@@ -97,6 +97,27 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
+def bracket(before: list[dict], after: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The reference paths measured on both sides of the hostmesh phase (A-B-A): each row
+    of ``before`` that ``after`` measured again takes the mean of the two (``errors`` the
+    sum), the value the reference would have had at the hostmesh phase if the machine
+    drifted evenly; a row only one side measured stands as it was. Returns the rows, in
+    ``before``'s order with any new ones after, and one {scenario, path, metric, before,
+    after} per row measured twice (the report's drift table). Pure."""
+    again = {(r["scenario"], r["path"], r["metric"]): r["value"] for r in after}
+    rows, pairs = [], []
+    for r in before:
+        k = (r["scenario"], r["path"], r["metric"])
+        if k not in again:
+            rows.append(r)
+            continue
+        a, b = r["value"], again.pop(k)
+        rows.append(row(*k, a + b if k[2] == "errors" else (a + b) / 2))
+        pairs.append({"scenario": k[0], "path": k[1], "metric": k[2], "before": a, "after": b})
+    rows += [row(*k, v) for k, v in again.items()]
+    return rows, pairs
+
+
 def repeated(fn, n: int) -> list[dict]:
     """``fn`` run ``n`` times, as median_rows of the runs."""
     return median_rows([fn() for _ in range(max(n, 1))])

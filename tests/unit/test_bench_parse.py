@@ -86,3 +86,25 @@ def test_repeated_runs_report_each_metrics_median_and_every_error():
     assert repeated(lambda: calls.append(1) or [row("s", "p", "m", len(calls))], 3) == [row("s", "p", "m", 2)]
     assert len(calls) == 3
     assert repeated(lambda: [row("s", "p", "m", 1)], 0) == [row("s", "p", "m", 1)]  # at least once
+
+
+def test_the_references_measured_before_and_after_the_agents_are_their_mean():
+    from agent.bench.report import drift
+    from agent.bench.scenarios import bracket, row
+
+    before = [row("bulk-1", "haproxy", "gbit_s", 4.0), row("bulk-1", "haproxy", "cpu_s_per_gib", 3.0),
+              row("connect-rate", "haproxy", "conn_per_s", 600), row("http-1000rps", "haproxy", "errors", 2)]
+    after = [row("bulk-1", "haproxy", "gbit_s", 5.0), row("bulk-1", "haproxy", "cpu_s_per_gib", 2.0),
+             row("http-1000rps", "haproxy", "errors", 1), row("pingpong", "haproxy", "p50_us", 80)]
+    rows, pairs = bracket(before, after)
+    # each pair's mean, errors summed, a row measured once kept as it was, in order
+    assert rows == [row("bulk-1", "haproxy", "gbit_s", 4.5), row("bulk-1", "haproxy", "cpu_s_per_gib", 2.5),
+                    row("connect-rate", "haproxy", "conn_per_s", 600), row("http-1000rps", "haproxy", "errors", 3),
+                    row("pingpong", "haproxy", "p50_us", 80)]
+    assert [(p["scenario"], p["metric"], p["before"], p["after"]) for p in pairs] == [
+        ("bulk-1", "gbit_s", 4.0, 5.0), ("bulk-1", "cpu_s_per_gib", 3.0, 2.0), ("http-1000rps", "errors", 2, 1)]
+    assert bracket(before, []) == (before, [])
+    # the report's table: one line per pair with after / before
+    text = "\n".join(drift({"brackets": pairs}))
+    assert "| bulk-1 | haproxy | gbit_s | 4 | 5 | 1.25 |" in text and "| bulk-1 | haproxy | cpu_s_per_gib | 3 | 2 | 0.67 |" in text
+    assert drift({}) == [] and drift({"brackets": []}) == []

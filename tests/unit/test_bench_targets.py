@@ -148,6 +148,18 @@ def test_merge_replaces_only_what_was_measured_again():
     assert full["reruns"] == [] and merge(full, new)["reruns"] == [["hostmesh pingpong"]]
 
 
+def test_merge_keeps_the_drift_pairs_of_what_it_did_not_measure_again():
+    pair = {"scenario": "bulk-1", "path": "haproxy", "metric": "gbit_s", "before": 4.0, "after": 5.0}
+    pp = {"scenario": "pingpong", "path": "haproxy", "metric": "p50_us", "before": 70, "after": 80}
+    old = {"results": BASE, "errors": [], "targets": [], "brackets": [pair, pp]}
+    new_pp = dict(pp, after=90)
+    m = merge(old, {"results": [r("pingpong", "haproxy", "p50_us", 80)], "errors": [], "brackets": [new_pp]})
+    assert m["brackets"] == [pair, new_pp]
+    # a run without phase 3 (--quick, or older documents) adds none and drops none it did not measure
+    assert merge({"results": BASE, "errors": []}, {"results": [], "errors": []})["brackets"] == []
+    assert merge(old, {"results": [r("bulk-1", "haproxy", "gbit_s", 4.5)], "errors": []})["brackets"] == [pp]
+
+
 def test_haproxy_l7_port_is_mode_http_with_the_deny_rule_at_the_server_end():
     cfg = haproxy.server_config([8080, 8081], "10.0.0.1", "10.1.0.2", Path("/c"), {8081: "/admin"})
     f8081 = cfg.split("frontend f8081\n")[1].split("frontend ")[0]
