@@ -132,6 +132,21 @@ class Run:
                 self.step(f"{path} {s}", steps[s])
 
 
+def references(run: Run, lab: Lab, work: Path, here: Path, which: tuple[str, ...], when: str = "") -> None:
+    """The reference paths in a lab without agents: direct, HAProxy with TLS on ``which``
+    and haproxy-plain on bulk and ping-pong (phase 1, and phase 3 after the agents)."""
+    ports, l7 = list(sc.PORTS.values()), {sc.PORTS["http_l7"]: sc.L7_DENIED}
+    run.scenarios(lab, "direct", "cli", [], 0, work, which)
+    for path, tls, scenarios in (("haproxy", True, which), ("haproxy-plain", False, PLAIN)):
+        if not run.sel.any(path, scenarios):
+            continue
+        try:
+            with HAProxyPath(lab, here, ports, l7, tls=tls) as hp:
+                run.scenarios(lab, path, "cli", hp.pids, 2, work, scenarios)
+        except Exception as e:
+            run.error(f"{path} setup{when}", e)
+
+
 def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selection | None = None,
               ztunnel: Path | None = None) -> dict:
     from agent.cli.run import _raise_fd_limit
@@ -140,8 +155,6 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
     sel = sel or Selection()
     run = Run(quick, progress, sel)
     work = Path(tempfile.mkdtemp(prefix="hostmesh-bench-"))
-    ports = list(sc.PORTS.values())
-    l7 = {sc.PORTS["http_l7"]: sc.L7_DENIED}
     progress(f"benchmark ({'quick' if quick else 'full'}), work dir {work}")
 
     phase1 = ["direct", "haproxy", "haproxy-plain"] + (["ztunnel"] if ztunnel else [])
@@ -149,19 +162,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
         progress(f"phase 1: lab without agents ({', '.join(phase1)})")
         with Lab("benchd", work / "d", agents=False) as lab:
             sc.start_servers(lab, work / "d")
-            run.scenarios(lab, "direct", "cli", [], 0, work)
-            if sel.any("haproxy", STANDARD):
-                try:
-                    with HAProxyPath(lab, work / "d", ports, l7) as hp:
-                        run.scenarios(lab, "haproxy", "cli", hp.pids, 2, work)
-                except Exception as e:
-                    run.error("haproxy setup", e)
-            if sel.any("haproxy-plain", PLAIN):
-                try:
-                    with HAProxyPath(lab, work / "d", ports, l7, tls=False) as hp:
-                        run.scenarios(lab, "haproxy-plain", "cli", hp.pids, 2, work, PLAIN)
-                except Exception as e:
-                    run.error("haproxy-plain setup", e)
+            references(run, lab, work, work / "d", STANDARD)
             if ztunnel and sel.any("ztunnel", STANDARD + ("idle-10k",)):
                 from agent.bench.ztunnel import ZtunnelPath
 
@@ -205,19 +206,7 @@ def run_bench(quick: bool, progress: Callable[[str], None] = print, sel: Selecti
         n = len(run.results)
         with Lab("benchd", work / "d3", agents=False) as lab:
             sc.start_servers(lab, work / "d3")
-            run.scenarios(lab, "direct", "cli", [], 0, work, BRACKETED)
-            if sel.any("haproxy", BRACKETED):
-                try:
-                    with HAProxyPath(lab, work / "d3", ports, l7) as hp:
-                        run.scenarios(lab, "haproxy", "cli", hp.pids, 2, work, BRACKETED)
-                except Exception as e:
-                    run.error("haproxy setup (phase 3)", e)
-            if sel.any("haproxy-plain", PLAIN):
-                try:
-                    with HAProxyPath(lab, work / "d3", ports, l7, tls=False) as hp:
-                        run.scenarios(lab, "haproxy-plain", "cli", hp.pids, 2, work, PLAIN)
-                except Exception as e:
-                    run.error("haproxy-plain setup (phase 3)", e)
+            references(run, lab, work, work / "d3", BRACKETED, " (phase 3)")
         after = run.results[n:]
         run.results[n:] = []
         run.results, brackets = sc.bracket(run.results, after)
